@@ -1,0 +1,102 @@
+package bus
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Edge is one network's gateway as the controller stores and publishes it.
+// The JSON names follow the reference walkthrough ("host_addr", "cidr").
+type Edge struct {
+	Name     string         `json:"name"`
+	Comment  string         `json:"comment"`
+	CIDR     netip.Prefix   `json:"cidr"`
+	HostAddr netip.AddrPort `json:"host_addr"`
+	// ExtraCIDRs are further networks behind the same edge (k8s pod and
+	// service ranges, secondary VPC ranges).
+	ExtraCIDRs []netip.Prefix `json:"extra_cidrs,omitempty"`
+	// Revision is the store revision of the edge's last change.
+	Revision uint64 `json:"revision"`
+}
+
+// Prefixes returns every network behind the edge, primary CIDR first.
+func (e Edge) Prefixes() []netip.Prefix {
+	return append([]netip.Prefix{e.CIDR}, e.ExtraCIDRs...)
+}
+
+// Snapshot is the whole edge set at one revision, the reply on SubjectSnapshot.
+type Snapshot struct {
+	Revision uint64 `json:"revision"`
+	Edges    []Edge `json:"edges"`
+}
+
+// Delta operations.
+const (
+	OpPut    = "put"
+	OpDelete = "delete"
+)
+
+// Delta is one change to the edge set, published on SubjectDelta. A receiver
+// at revision Prev applies it and moves to Revision; a receiver at any other
+// revision has missed something and fetches a Snapshot instead.
+type Delta struct {
+	Revision uint64 `json:"revision"`
+	Prev     uint64 `json:"prev"`
+	Op       string `json:"op"`
+	// Edge is the new value for OpPut; only Name is set for OpDelete.
+	Edge Edge `json:"edge"`
+}
+
+// Hello is the controller's periodic announcement on SubjectHello: edges
+// whose applied revision differs fetch a snapshot, so a lost delta is
+// repaired within one interval.
+type Hello struct {
+	Revision uint64    `json:"revision"`
+	Started  time.Time `json:"started"`
+}
+
+// Edge agent states reported in Status.State.
+const (
+	StateReady         = "ready"          // applied the current set
+	StateNotRegistered = "not-registered" // connected, but no edge of this name exists
+	StateError         = "error"          // the last reconcile failed
+)
+
+// Status is an edge agent's heartbeat, published on StatusSubject(name)
+// every HeartbeatInterval and after each reconcile.
+type Status struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+	// AppliedRevision is the revision of the edge set the kernel matches.
+	AppliedRevision uint64 `json:"applied_revision"`
+	// Changes is the number of kernel changes the last reconcile made.
+	Changes int `json:"changes"`
+	// Error is the last reconcile error, empty when it succeeded.
+	Error string `json:"error,omitempty"`
+	// Conflicts are foreign kernel objects that overlap the mesh and were
+	// left alone (e.g. someone else's route to a peer's CIDR).
+	Conflicts []string  `json:"conflicts,omitempty"`
+	Mode      string    `json:"mode,omitempty"`
+	Version   string    `json:"version,omitempty"`
+	Time      time.Time `json:"time"`
+}
+
+// Audit event kinds (the last-but-one token of EventSubject).
+const (
+	EventEdgeAdded   = "added"
+	EventEdgeUpdated = "updated"
+	EventEdgeDeleted = "deleted"
+	EventEdgeOnline  = "online"
+	EventEdgeOffline = "offline"
+	EventKeyPinned   = "key-pinned"
+	EventKeyRefused  = "key-refused"
+)
+
+// Event is one audit record, published on EventSubject(kind, edge).
+type Event struct {
+	Time     time.Time `json:"time"`
+	Kind     string    `json:"kind"`
+	Edge     string    `json:"edge"`
+	Revision uint64    `json:"revision,omitempty"`
+	Detail   string    `json:"detail,omitempty"`
+}

@@ -1,0 +1,49 @@
+// Package bus is the wire contract between the controller, the edge agents
+// and audit subscribers: every NATS subject and message type (versioned under
+// "cframe.v1"), the embedded NATS server with its authentication, and the
+// client-side helpers edges use to join.
+//
+// Flow: the controller answers SubjectSnapshot requests with the whole edge
+// set, publishes each change on SubjectDelta (linked to the previous revision
+// so a receiver can tell when it missed one), announces its current revision on
+// SubjectHello, and follows the edges' heartbeats on StatusSubject(name).
+// Every change is also an audit Event on EventSubject(kind, name).
+package bus
+
+import "time"
+
+// Subjects of protocol version 1.
+const (
+	prefix = "cframe.v1."
+
+	// SubjectSnapshot is a request subject; the reply is a Snapshot.
+	SubjectSnapshot = prefix + "set.snapshot"
+	// SubjectDelta carries each Delta of the edge set.
+	SubjectDelta = prefix + "set.delta"
+	// SubjectHello carries the controller's periodic Hello.
+	SubjectHello = prefix + "set.hello"
+	// SubjectStatusAll matches every edge's status subject.
+	SubjectStatusAll = prefix + "status.*"
+	// SubjectEventsAll matches every audit event.
+	SubjectEventsAll = prefix + "events.>"
+)
+
+// StatusSubject is the only subject edge name may publish its Status on.
+func StatusSubject(name string) string { return prefix + "status." + name }
+
+// EventSubject is where audit events of one kind about one edge appear.
+func EventSubject(kind, edge string) string { return prefix + "events." + kind + "." + edge }
+
+// InboxPrefix is the reply-subject prefix of edge name's requests; an edge
+// may subscribe to its own inbox only.
+func InboxPrefix(name string) string { return "_INBOX_cframe." + name }
+
+// Timing shared by both ends.
+const (
+	// HeartbeatInterval is how often an edge publishes its Status.
+	HeartbeatInterval = 2 * time.Second
+	// OfflineAfter is how long without a heartbeat makes an edge offline.
+	OfflineAfter = 3 * HeartbeatInterval
+	// HelloInterval is how often the controller announces its revision.
+	HelloInterval = 5 * time.Second
+)

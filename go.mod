@@ -1,0 +1,3 @@
+module github.com/cframe/cframe
+
+go 1.26.8

@@ -1,0 +1,85 @@
+// Package netcfg makes the kernel match a desired mesh: it reads the tunnel
+// devices, FDB and neighbor entries, routes, ip_forward and iptables chains
+// that cframe owns, computes the difference to a Desired state, and applies
+// it through netlink and iptables. It knows nothing about controllers, NATS or
+// edge sets; the orchestrator hands it a Desired value and gets back the list
+// of changes it made.
+//
+// Ownership: cframe only ever touches objects it can recognise as its own —
+// links whose alias starts with OwnerAlias, routes with protocol
+// RouteProtocol, entries on its own links, and the iptables chains named in
+// chains.go. Everything else is read (to report conflicts) but never changed.
+package netcfg
+
+import (
+	"net"
+	"net/netip"
+)
+
+// Mode is the encapsulation used between edges.
+type Mode string
+
+const (
+	// ModeVXLAN uses one VXLAN device for all peers (the default).
+	ModeVXLAN Mode = "vxlan"
+	// ModeGRE uses one point-to-point GRE device per peer.
+	ModeGRE Mode = "gre"
+)
+
+// RouteProtocol is the rtnetlink protocol number stamped on every route
+// cframe installs ("ip route show proto 207"); routes with any other protocol
+// are never modified.
+const RouteProtocol = 207
+
+// OwnerAlias prefixes the alias (IFLA_IFALIAS) of every link cframe creates;
+// a link with the configured name but without this alias is someone else's.
+const OwnerAlias = "cframe"
+
+// VXLANOverhead is the encapsulation overhead subtracted from the underlay MTU
+// (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+const VXLANOverhead = 50
+
+// GREOverhead is the encapsulation overhead of a GRE tunnel (outer IPv4 20 + GRE 4).
+const GREOverhead = 24
+
+// Desired is the complete kernel state one edge should have.
+type Desired struct {
+	Mode Mode
+	// Device is the VXLAN device name; in GRE mode it is the prefix of the
+	// per-peer device names.
+	Device string
+	// DeviceMAC is this edge's own VTEP MAC address (VXLAN mode).
+	DeviceMAC net.HardwareAddr
+	// VNI is the VXLAN network identifier shared by all edges.
+	VNI int
+	// MTU of the tunnel device(s); 0 means underlay MTU minus the overhead.
+	MTU int
+	// Port is this edge's own tunnel UDP port (the VXLAN dstport it listens on).
+	Port uint16
+	// LocalAddr is the underlay source address; invalid means the kernel's choice.
+	LocalAddr netip.Addr
+	// LocalCIDRs are the networks behind this edge.
+	LocalCIDRs []netip.Prefix
+	// LANAddr is the source address for routes to remote networks; invalid
+	// means "the host address that lies inside one of LocalCIDRs", if any.
+	LANAddr netip.Addr
+	// Masquerade SNATs tunnel traffic entering the LAN to LANAddr.
+	Masquerade bool
+	// Peers are the other edges of the mesh.
+	Peers []Peer
+}
+
+// Peer is one remote edge.
+type Peer struct {
+	// Name is the peer's edge name (used in logs and GRE device aliases).
+	Name string
+	// Underlay is the peer's public address and tunnel port.
+	Underlay netip.AddrPort
+	// MAC is the peer's VTEP MAC (VXLAN mode).
+	MAC net.HardwareAddr
+	// NextHop is the on-link gateway address used for the peer's routes and
+	// its permanent neighbor entry (VXLAN mode).
+	NextHop netip.Addr
+	// CIDRs are the networks behind the peer.
+	CIDRs []netip.Prefix
+}
