@@ -1,0 +1,114 @@
+package bus
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// SnapshotTimeout bounds a snapshot request.
+const SnapshotTimeout = 3 * time.Second
+
+// Follower keeps a copy of the controller's edge set: a snapshot first, then
+// every delta whose Prev is the revision held. A delta that does not follow,
+// or a Hello announcing another revision, means something was missed, and the
+// follower fetches a fresh snapshot — so no change is lost or applied out of
+// order. It is not safe for concurrent use: drive it from one goroutine.
+type Follower struct {
+	nc   *nats.Conn
+	msgs chan *nats.Msg
+	set  map[string]Edge
+	rev  uint64
+	have bool
+}
+
+// Follow subscribes to deltas and hellos on nc. Subscriptions made before
+// the connection is up are sent when it comes up.
+func Follow(nc *nats.Conn) (*Follower, error) {
+	f := &Follower{nc: nc, msgs: make(chan *nats.Msg, 4096)}
+	for _, subj := range []string{SubjectDelta, SubjectHello} {
+		if _, err := nc.ChanSubscribe(subj, f.msgs); err != nil {
+			return nil, fmt.Errorf("subscribe %s: %w", subj, err)
+		}
+	}
+	return f, nil
+}
+
+// Messages delivers the deltas and hellos to pass to Handle.
+func (f *Follower) Messages() <-chan *nats.Msg { return f.msgs }
+
+// Set returns the held edge set (shared: do not modify), its revision, and
+// whether the follower holds a set at all yet.
+func (f *Follower) Set() (map[string]Edge, uint64, bool) { return f.set, f.rev, f.have }
+
+// Restore seeds the follower with a saved snapshot (taken over by the
+// follower) until the controller can be asked.
+func (f *Follower) Restore(s Snapshot) {
+	f.set = make(map[string]Edge, len(s.Edges))
+	for _, e := range s.Edges {
+		f.set[e.Name] = e
+	}
+	f.rev, f.have = s.Revision, true
+}
+
+// Snapshot returns the held set as a Snapshot (for saving).
+func (f *Follower) Snapshot() Snapshot {
+	s := Snapshot{Revision: f.rev, Edges: make([]Edge, 0, len(f.set))}
+	for _, e := range f.set {
+		s.Edges = append(s.Edges, e)
+	}
+	return s
+}
+
+// Handle processes one message from Messages. It returns a description of
+// the change when the held set changed, "" when it did not; an error means a
+// needed snapshot could not be fetched (the held set is unchanged).
+func (f *Follower) Handle(m *nats.Msg) (string, error) {
+	if m.Subject == SubjectHello {
+		var h Hello
+		if err := Decode(m, &h); err != nil {
+			return "", err
+		}
+		if f.have && h.Revision == f.rev {
+			return "", nil
+		}
+		return f.Resync(fmt.Sprintf("controller is at revision %d, held %d", h.Revision, f.rev))
+	}
+	var d Delta
+	if err := Decode(m, &d); err != nil {
+		return "", err
+	}
+	switch {
+	case !f.have:
+		return f.Resync("delta before any snapshot")
+	case d.Revision <= f.rev:
+		return "", nil // already part of the held set
+	case d.Prev != f.rev:
+		return f.Resync(fmt.Sprintf("missed revisions %d..%d", f.rev+1, d.Prev))
+	}
+	switch d.Op {
+	case OpPut:
+		f.set[d.Edge.Name] = d.Edge
+	case OpDelete:
+		delete(f.set, d.Edge.Name)
+	default:
+		return "", fmt.Errorf("delta %d: unknown op %q", d.Revision, d.Op)
+	}
+	f.rev = d.Revision
+	return fmt.Sprintf("revision %d: %s edge %s", d.Revision, d.Op, d.Edge.Name), nil
+}
+
+// Resync replaces the held set with the controller's current snapshot.
+func (f *Follower) Resync(why string) (string, error) {
+	m, err := f.nc.Request(SubjectSnapshot, nil, SnapshotTimeout)
+	if err != nil {
+		return "", fmt.Errorf("fetch edge set (%s): %w", why, err)
+	}
+	var s Snapshot
+	if err := Decode(m, &s); err != nil {
+		return "", err
+	}
+	f.Restore(s)
+	return fmt.Sprintf("snapshot revision %d (%s)", s.Revision, why), nil
+}

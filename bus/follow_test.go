@@ -1,0 +1,149 @@
+package bus
+
+import (
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// fakeController answers snapshot requests from a set it can change.
+type fakeController struct {
+	t     *testing.T
+	nc    *nats.Conn
+	mu    sync.Mutex
+	snap  Snapshot
+	asked int
+}
+
+func newFakeController(t *testing.T, s *Server) *fakeController {
+	f := &fakeController{t: t, nc: internal(t, s)}
+	if _, err := f.nc.Subscribe(SubjectSnapshot, func(m *nats.Msg) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.asked++
+		if err := Publish(f.nc, m.Reply, f.snap); err != nil {
+			t.Error(err)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *fakeController) set(rev uint64, names ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.snap = Snapshot{Revision: rev}
+	for _, n := range names {
+		f.snap.Edges = append(f.snap.Edges, Edge{Name: n, CIDR: netip.MustParsePrefix("10.0.0.0/24")})
+	}
+}
+
+func (f *fakeController) requests() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.asked
+}
+
+// next hands the follower its next message and returns the change it reports.
+func next(t *testing.T, fl *Follower) string {
+	t.Helper()
+	select {
+	case m := <-fl.Messages():
+		change, err := fl.Handle(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return change
+	case <-time.After(5 * time.Second):
+		t.Fatal("no message")
+		return ""
+	}
+}
+
+func names(fl *Follower) string {
+	set, _, _ := fl.Set()
+	var out []string
+	for _, n := range []string{"a", "b", "c", "d"} {
+		if _, ok := set[n]; ok {
+			out = append(out, n)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
+	s := startServer(t)
+	ctl := newFakeController(t, s)
+	ctl.set(5, "a", "b")
+	nc, _, err := connectEdge(t, s, identity(t, t.TempDir(), "a"), testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := Follow(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// A late joiner gets the full set at the current revision.
+	if _, err := fl.Resync("join"); err != nil {
+		t.Fatal(err)
+	}
+	if _, rev, ok := fl.Set(); !ok || rev != 5 || names(fl) != "a,b" {
+		t.Fatalf("after snapshot: rev %d set %s, want 5 a,b", rev, names(fl))
+	}
+
+	// A delta that follows is applied without asking for a snapshot.
+	asked := ctl.requests()
+	mustPublish(t, ctl.nc, SubjectDelta, Delta{Revision: 7, Prev: 5, Op: OpPut, Edge: Edge{Name: "c"}})
+	if c := next(t, fl); !strings.Contains(c, "revision 7") || names(fl) != "a,b,c" || ctl.requests() != asked {
+		t.Fatalf("delta 7: change %q set %s requests %d->%d", c, names(fl), asked, ctl.requests())
+	}
+	// A replayed (old) delta changes nothing.
+	mustPublish(t, ctl.nc, SubjectDelta, Delta{Revision: 7, Prev: 5, Op: OpDelete, Edge: Edge{Name: "c"}})
+	if c := next(t, fl); c != "" || names(fl) != "a,b,c" {
+		t.Fatalf("replayed delta: change %q set %s", c, names(fl))
+	}
+	mustPublish(t, ctl.nc, SubjectDelta, Delta{Revision: 8, Prev: 7, Op: OpDelete, Edge: Edge{Name: "b"}})
+	if next(t, fl); names(fl) != "a,c" {
+		t.Fatalf("delete delta: set %s", names(fl))
+	}
+
+	// Revision 9 was lost: delta 10 (prev 9) does not follow, so the
+	// follower fetches the snapshot instead of applying it out of order.
+	ctl.set(10, "a", "c", "d")
+	mustPublish(t, ctl.nc, SubjectDelta, Delta{Revision: 10, Prev: 9, Op: OpPut, Edge: Edge{Name: "d"}})
+	if c := next(t, fl); !strings.Contains(c, "missed revisions 9..9") || names(fl) != "a,c,d" {
+		t.Fatalf("gap: change %q set %s", c, names(fl))
+	}
+
+	// A hello at the held revision is quiet; one at another revision resyncs.
+	mustPublish(t, ctl.nc, SubjectHello, Hello{Revision: 10})
+	if c := next(t, fl); c != "" {
+		t.Fatalf("hello at held revision caused %q", c)
+	}
+	ctl.set(12, "a")
+	mustPublish(t, ctl.nc, SubjectHello, Hello{Revision: 12})
+	if c := next(t, fl); !strings.Contains(c, "snapshot revision 12") || names(fl) != "a" {
+		t.Fatalf("hello 12: change %q set %s", c, names(fl))
+	}
+	if s := fl.Snapshot(); s.Revision != 12 || len(s.Edges) != 1 {
+		t.Fatalf("Snapshot() = %+v", s)
+	}
+}
+
+func mustPublish(t *testing.T, nc *nats.Conn, subj string, v any) {
+	t.Helper()
+	if err := Publish(nc, subj, v); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,104 @@
+package bus
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+)
+
+// AuditUser is the NATS user name of read-only audit subscribers; its
+// password is AuditPassword(secret).
+const AuditUser = "cframe-audit"
+
+// Identity is an edge's key pair. The controller pins the public key the
+// first time it sees the edge's name, so the private seed never leaves the
+// edge's state_dir.
+type Identity struct {
+	Name string
+	kp   nkeys.KeyPair
+	// Public is the nkey public key ("U...").
+	Public string
+}
+
+// LoadIdentity reads the edge key seed from path, creating a new key pair
+// (file mode 0600, parent directory 0700) on first start.
+func LoadIdentity(path, name string) (*Identity, error) {
+	seed, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			return nil, fmt.Errorf("create edge key: %w", err)
+		}
+		if seed, err = kp.Seed(); err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(path, seed, 0o600); err != nil {
+			return nil, fmt.Errorf("save edge key: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("read edge key: %w", err)
+	}
+	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+	if err != nil {
+		return nil, fmt.Errorf("edge key %s: %w", path, err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return nil, err
+	}
+	return &Identity{Name: name, kp: kp, Public: pub}, nil
+}
+
+// JoinProof is the password an edge presents: it proves knowledge of the
+// join secret without sending it, and binds it to the edge's name and key so
+// a captured proof is useless without the private key that signs the
+// server's nonce.
+func JoinProof(secret, name, publicKey string) string {
+	return mac(secret, "join\x00"+name+"\x00"+publicKey)
+}
+
+// AuditPassword is the password of AuditUser, derived from the join secret.
+func AuditPassword(secret string) string { return mac(secret, "audit") }
+
+func mac(secret, msg string) string {
+	h := hmac.New(sha256.New, []byte(secret))
+	h.Write([]byte(msg))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// EdgeOptions are the NATS options an edge connects with: its name, proof of
+// the join secret, its key (signing the server nonce), its private inbox,
+// and reconnecting forever.
+func (id *Identity) EdgeOptions(secret string) []nats.Option {
+	return []nats.Option{
+		nats.Name("cframe-edge " + id.Name),
+		nats.UserInfo(id.Name, JoinProof(secret, id.Name, id.Public)),
+		nats.Nkey(id.Public, id.kp.Sign),
+		nats.CustomInboxPrefix(InboxPrefix(id.Name)),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, 0),
+	}
+}
+
+// ControllerURL turns the edge config's controller address ("1.2.3.4:58422"
+// as in the walkthrough, or a full nats:// URL) into a NATS URL.
+func ControllerURL(addr string) string {
+	if strings.Contains(addr, "://") {
+		return addr
+	}
+	return "nats://" + addr
+}

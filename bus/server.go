@@ -1,0 +1,209 @@
+package bus
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+)
+
+// Pinner decides whether a public key may act as an edge name. It pins the
+// first key seen for a name and refuses any other key until the operator
+// deletes the edge.
+type Pinner interface {
+	Pin(name, publicKey string) error
+}
+
+// ServerConfig configures the controller's embedded NATS server.
+type ServerConfig struct {
+	// ListenAddr is where edges connect (":58422"); port 0 picks a free one.
+	ListenAddr string
+	// StoreDir holds JetStream's files.
+	StoreDir string
+	// Secret is the join secret edges prove knowledge of.
+	Secret string
+	// Pins vets each edge's key (required).
+	Pins Pinner
+	Log  *slog.Logger
+}
+
+// Server is the embedded NATS server with cframe's authentication: the
+// controller connects in-process with a per-run token, audit subscribers as
+// AuditUser, and each edge as its name with a join proof and a pinned key.
+// Unauthenticated clients are refused.
+type Server struct {
+	ns    *server.Server
+	token string
+	cfg   ServerConfig
+}
+
+// StartServer starts the embedded NATS server with JetStream and waits until
+// it accepts connections.
+func StartServer(cfg ServerConfig) (*Server, error) {
+	host, portStr, err := net.SplitHostPort(cfg.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen_addr %q: %w", cfg.ListenAddr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("listen_addr %q: invalid port", cfg.ListenAddr)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	if cfg.Pins == nil {
+		return nil, fmt.Errorf("nats server: no Pinner")
+	}
+	tok := make([]byte, 32)
+	if _, err := rand.Read(tok); err != nil {
+		return nil, err
+	}
+	s := &Server{token: hex.EncodeToString(tok), cfg: cfg}
+	opts := &server.Options{
+		ServerName:                 "cframe-controller",
+		Host:                       host,
+		Port:                       port,
+		JetStream:                  true,
+		StoreDir:                   cfg.StoreDir,
+		SyncAlways:                 true,
+		MaxPayload:                 8 << 20,
+		AlwaysEnableNonce:          true,
+		CustomClientAuthentication: s,
+		NoSigs:                     true,
+		DisableJetStreamBanner:     true,
+	}
+	if host == "" {
+		opts.Host = "0.0.0.0"
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nats server: %w", err)
+	}
+	if cfg.Log != nil {
+		ns.SetLoggerV2(natsLogger{cfg.Log.With("component", "nats")}, false, false, false)
+	}
+	s.ns = ns
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("nats server on %s did not start", cfg.ListenAddr)
+	}
+	return s, nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ns.Addr() }
+
+// URL is a nats:// URL for the listening address.
+func (s *Server) URL() string { return s.ns.ClientURL() }
+
+// Connect opens the controller's own in-process connection, which may
+// publish and subscribe anywhere.
+func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	opts = append([]nats.Option{
+		nats.Name("cframe-controller"),
+		nats.Token(s.token),
+		nats.InProcessServer(s.ns),
+	}, opts...)
+	return nats.Connect("", opts...)
+}
+
+// Shutdown stops the server and disconnects every client.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}
+
+// Check implements server.Authentication.
+func (s *Server) Check(c server.ClientAuthentication) bool {
+	o := c.GetOpts()
+	switch {
+	case o.Token != "":
+		if !equal(o.Token, s.token) {
+			return s.refuse(c, "", "bad token")
+		}
+		c.RegisterUser(&server.User{Username: "cframe-controller"})
+		return true
+	case o.Username == AuditUser:
+		if !equal(o.Password, AuditPassword(s.cfg.Secret)) {
+			return s.refuse(c, AuditUser, "bad audit password")
+		}
+		c.RegisterUser(&server.User{Username: AuditUser, Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Deny: []string{">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{SubjectEventsAll}},
+		}})
+		return true
+	}
+	name := o.Username
+	if err := CheckName(name); err != nil {
+		return s.refuse(c, name, err.Error())
+	}
+	if err := verifyNonce(o.Nkey, o.Sig, c.GetNonce()); err != nil {
+		return s.refuse(c, name, err.Error())
+	}
+	if !equal(o.Password, JoinProof(s.cfg.Secret, name, o.Nkey)) {
+		return s.refuse(c, name, "wrong join secret")
+	}
+	if err := s.cfg.Pins.Pin(name, o.Nkey); err != nil {
+		return s.refuse(c, name, err.Error())
+	}
+	c.RegisterUser(&server.User{Username: name, Permissions: EdgePermissions(name)})
+	return true
+}
+
+// EdgePermissions lets an edge fetch snapshots, follow deltas and hellos,
+// receive replies in its own inbox, and publish its own status — nothing else.
+func EdgePermissions(name string) *server.Permissions {
+	return &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{StatusSubject(name), SubjectSnapshot}},
+		Subscribe: &server.SubjectPermission{Allow: []string{
+			SubjectDelta, SubjectHello, InboxPrefix(name) + ".>",
+		}},
+	}
+}
+
+func (s *Server) refuse(c server.ClientAuthentication, name, why string) bool {
+	if s.cfg.Log != nil {
+		s.cfg.Log.Warn("refused bus connection", "remote", c.RemoteAddress(), "user", name, "reason", why)
+	}
+	return false
+}
+
+func verifyNonce(pub, sig string, nonce []byte) error {
+	if pub == "" || sig == "" {
+		return fmt.Errorf("no edge key presented")
+	}
+	kp, err := nkeys.FromPublicKey(pub)
+	if err != nil || !nkeys.IsValidPublicUserKey(pub) {
+		return fmt.Errorf("invalid edge key")
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil {
+		return fmt.Errorf("malformed nonce signature")
+	}
+	if kp.Verify(nonce, raw) != nil {
+		return fmt.Errorf("nonce signature does not match the edge key")
+	}
+	return nil
+}
+
+func equal(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
+
+// natsLogger forwards the NATS server's warnings and errors to slog.
+type natsLogger struct{ l *slog.Logger }
+
+func (n natsLogger) Noticef(string, ...any)    {}
+func (n natsLogger) Debugf(string, ...any)     {}
+func (n natsLogger) Tracef(string, ...any)     {}
+func (n natsLogger) Warnf(f string, v ...any)  { n.l.Warn(fmt.Sprintf(f, v...)) }
+func (n natsLogger) Errorf(f string, v ...any) { n.l.Error(fmt.Sprintf(f, v...)) }
+func (n natsLogger) Fatalf(f string, v ...any) { n.l.Error(fmt.Sprintf(f, v...)) }

@@ -1,0 +1,238 @@
+package bus
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+const testSecret = "test-join-secret"
+
+// mapPins pins the first key per name, like the controller does.
+type mapPins struct {
+	mu   sync.Mutex
+	pins map[string]string
+}
+
+func (p *mapPins) Pin(name, key string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if k, ok := p.pins[name]; ok && k != key {
+		return fmt.Errorf("edge %s is pinned to another key", name)
+	}
+	p.pins[name] = key
+	return nil
+}
+
+func startServer(t *testing.T) *Server {
+	t.Helper()
+	s, err := StartServer(ServerConfig{ListenAddr: "127.0.0.1:0", StoreDir: t.TempDir(), Secret: testSecret, Pins: &mapPins{pins: map[string]string{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+func identity(t *testing.T, dir, name string) *Identity {
+	t.Helper()
+	id, err := LoadIdentity(filepath.Join(dir, name+".nk"), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// connectEdge connects as an edge; errs receives asynchronous errors such
+// as permission violations.
+func connectEdge(t *testing.T, s *Server, id *Identity, secret string) (*nats.Conn, chan error, error) {
+	t.Helper()
+	errs := make(chan error, 16)
+	opts := append(id.EdgeOptions(secret), nats.MaxReconnects(0), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	nc, err := nats.Connect(s.URL(), opts...)
+	if err == nil {
+		t.Cleanup(nc.Close)
+	}
+	return nc, errs, err
+}
+
+func internal(t *testing.T, s *Server) *nats.Conn {
+	t.Helper()
+	nc, err := s.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func wantAuthError(t *testing.T, err error, what string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("%s: connected, want an authorization error", what)
+	}
+	if !errors.Is(err, nats.ErrAuthorization) && !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Fatalf("%s: %v, want an authorization error", what, err)
+	}
+}
+
+func TestRefusesUnauthenticatedAndWrongCredentials(t *testing.T) {
+	s := startServer(t)
+	_, err := nats.Connect(s.URL(), nats.MaxReconnects(0))
+	wantAuthError(t, err, "no credentials")
+	_, err = nats.Connect(s.URL(), nats.UserInfo("sz-1", "guess"), nats.MaxReconnects(0))
+	wantAuthError(t, err, "user and password without a key")
+	_, err = nats.Connect(s.URL(), nats.Token("guess"), nats.MaxReconnects(0))
+	wantAuthError(t, err, "wrong token")
+	_, err = nats.Connect(s.URL(), nats.UserInfo(AuditUser, "guess"), nats.MaxReconnects(0))
+	wantAuthError(t, err, "wrong audit password")
+
+	dir := t.TempDir()
+	_, _, err = connectEdge(t, s, identity(t, dir, "sz-1"), "wrong-secret")
+	wantAuthError(t, err, "wrong join secret")
+	_, _, err = connectEdge(t, s, identity(t, dir, "Bad.Name"), testSecret)
+	wantAuthError(t, err, "invalid edge name")
+	if _, _, err := connectEdge(t, s, identity(t, dir, "sz-1"), testSecret); err != nil {
+		t.Fatalf("valid edge refused: %v", err)
+	}
+}
+
+func TestPinnedKeyRefusesAnotherKey(t *testing.T) {
+	s := startServer(t)
+	first := identity(t, t.TempDir(), "sz-1")
+	if _, _, err := connectEdge(t, s, first, testSecret); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := connectEdge(t, s, identity(t, t.TempDir(), "sz-1"), testSecret)
+	wantAuthError(t, err, "second key for a pinned name")
+	// The pinned key itself keeps working (an agent restart reconnects).
+	if _, _, err := connectEdge(t, s, first, testSecret); err != nil {
+		t.Fatalf("pinned key refused on reconnect: %v", err)
+	}
+}
+
+func TestLoadIdentityIsStable(t *testing.T) {
+	dir := t.TempDir()
+	a, b := identity(t, dir, "sz-1"), identity(t, dir, "sz-1")
+	if a.Public != b.Public || !strings.HasPrefix(a.Public, "U") {
+		t.Fatalf("identity not stable across loads: %s vs %s", a.Public, b.Public)
+	}
+}
+
+// An edge may publish only its own status; everything else is refused and
+// never reaches a subscriber.
+func TestEdgePermissions(t *testing.T) {
+	s := startServer(t)
+	ctl := internal(t, s)
+	statuses := make(chan *nats.Msg, 16)
+	if _, err := ctl.ChanSubscribe(SubjectStatusAll, statuses); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	nc, errs, err := connectEdge(t, s, identity(t, t.TempDir(), "sz-1"), testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Publish(nc, StatusSubject("hk-1"), Status{Name: "hk-1"}); err != nil {
+		t.Fatal(err)
+	}
+	waitPermissionError(t, errs, StatusSubject("hk-1"))
+	for _, subj := range []string{SubjectDelta, SubjectEventsAll + "x", "$JS.API.>"} {
+		_ = nc.Publish(subj, []byte("{}"))
+		waitPermissionError(t, errs, subj)
+	}
+	if _, err := nc.SubscribeSync(SubjectEventsAll); err != nil {
+		t.Fatal(err)
+	}
+	waitPermissionError(t, errs, SubjectEventsAll)
+	if _, err := nc.SubscribeSync(StatusSubject("hk-1")); err != nil {
+		t.Fatal(err)
+	}
+	waitPermissionError(t, errs, StatusSubject("hk-1"))
+
+	// Its own status goes through, and is the only one that arrives.
+	if err := Publish(nc, StatusSubject("sz-1"), Status{Name: "sz-1"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-statuses:
+		if m.Subject != StatusSubject("sz-1") {
+			t.Fatalf("controller received %s, want only sz-1's own status", m.Subject)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("own status never arrived")
+	}
+	select {
+	case m := <-statuses:
+		t.Fatalf("unexpected message on %s", m.Subject)
+	default:
+	}
+}
+
+func waitPermissionError(t *testing.T, errs chan error, subject string) {
+	t.Helper()
+	select {
+	case err := <-errs:
+		if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") || !strings.Contains(err.Error(), subject) {
+			t.Fatalf("got %v, want a permissions violation for %s", err, subject)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no permissions violation for %s", subject)
+	}
+}
+
+func TestAuditUserReadsEventsOnly(t *testing.T) {
+	s := startServer(t)
+	errs := make(chan error, 4)
+	nc, err := nats.Connect(s.URL(), nats.UserInfo(AuditUser, AuditPassword(testSecret)),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	sub, err := nc.SubscribeSync(SubjectEventsAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := Publish(internal(t, s), EventSubject(EventEdgeAdded, "sz-1"), Event{Kind: EventEdgeAdded, Edge: "sz-1"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e Event
+	if err := json.Unmarshal(m.Data, &e); err != nil || e.Edge != "sz-1" {
+		t.Fatalf("event = %s (%v)", m.Data, err)
+	}
+	_ = nc.Publish(EventSubject(EventEdgeAdded, "x"), []byte("{}"))
+	waitPermissionError(t, errs, EventSubject(EventEdgeAdded, "x"))
+	if _, err := nc.SubscribeSync(SubjectDelta); err != nil {
+		t.Fatal(err)
+	}
+	waitPermissionError(t, errs, SubjectDelta)
+}
+
+func TestJoinProofBindsNameAndKey(t *testing.T) {
+	p := JoinProof("s", "sz-1", "UKEY")
+	for _, other := range []string{JoinProof("t", "sz-1", "UKEY"), JoinProof("s", "hk-1", "UKEY"), JoinProof("s", "sz-1", "UOTHER")} {
+		if other == p {
+			t.Fatal("join proof does not depend on secret, name and key")
+		}
+	}
+	if strings.Contains(p, "s") {
+		t.Fatalf("join proof %q is not hex: it may leak the secret", p)
+	}
+}

@@ -1,0 +1,223 @@
+// Command cframectl is the operator CLI: edges and topology over the
+// controller's HTTP API, audit events over the bus.
+//
+//	cframectl edge add --name sz-1 --hostaddr 198.51.100.10:58423 --cidr 172.18.0.0/16
+//	cframectl edge del --name sz-1
+//	cframectl edge list [-o json]
+//	cframectl topology [-o json]
+//	cframectl events [-o json]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/urfave/cli/v2"
+
+	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/api"
+	"github.com/cframe/cframe/orchestrator/edgeset"
+)
+
+func main() {
+	output := &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"}
+	app := &cli.App{
+		Name:            "cframectl",
+		Usage:           "manage a cframe mesh through its controller",
+		HideHelpCommand: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:12345", EnvVars: []string{"CFRAME_API"}, Usage: "controller API URL"},
+			&cli.StringFlag{Name: "token", EnvVars: []string{"CFRAME_API_TOKEN"}, Usage: "bearer token (needed unless the API is on loopback)"},
+		},
+		OnUsageError: usageError,
+		Commands: []*cli.Command{
+			{
+				Name:  "edge",
+				Usage: "add, delete and list edges",
+				Subcommands: []*cli.Command{
+					{
+						Name:  "add",
+						Usage: "add an edge, or update the edge of that name",
+						Flags: []cli.Flag{
+							&cli.StringFlag{Name: "name", Required: true, Usage: "edge name (lowercase letters, digits, hyphens)"},
+							&cli.StringFlag{Name: "hostaddr", Required: true, Usage: "public IP:tunnel port the other edges reach it at"},
+							&cli.StringSliceFlag{Name: "cidr", Required: true, Usage: "network behind the edge; repeat for extra networks (k8s pod/service ranges)"},
+							&cli.StringFlag{Name: "comment"},
+						},
+						OnUsageError: usageError,
+						Action:       edgeAdd,
+					},
+					{
+						Name:         "del",
+						Usage:        "delete an edge (and its pinned key)",
+						Flags:        []cli.Flag{&cli.StringFlag{Name: "name", Required: true}},
+						OnUsageError: usageError,
+						Action: func(cc *cli.Context) error {
+							r, err := client(cc).Del(cc.Context, cc.String("name"))
+							if err == nil {
+								fmt.Printf("%s (revision %d)\n", r.Message, r.Revision)
+							}
+							return err
+						},
+					},
+					{Name: "list", Usage: "list edges with their status", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: edgeList},
+				},
+			},
+			{Name: "topology", Usage: "show the mesh: edges, next hops and link states", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: topology},
+			{
+				Name:  "events",
+				Usage: "follow audit events live (edge added, updated, deleted, online, offline, key pinned/refused)",
+				Flags: []cli.Flag{
+					output,
+					&cli.StringFlag{Name: "nats", Usage: "bus URL (default: the API's host and the controller's NATS port)"},
+				},
+				OnUsageError: usageError,
+				Action:       events,
+			},
+		},
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.RunContext(ctx, os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "cframectl:", err)
+		os.Exit(1)
+	}
+}
+
+func usageError(_ *cli.Context, err error, _ bool) error { return err }
+
+func client(cc *cli.Context) *api.Client {
+	return api.NewClient(cc.String("api"), cc.String("token"))
+}
+
+func edgeAdd(cc *cli.Context) error {
+	cidrs := cc.StringSlice("cidr")
+	s := edgeset.Spec{Name: cc.String("name"), HostAddr: cc.String("hostaddr"), CIDR: cidrs[0], ExtraCIDRs: cidrs[1:], Comment: cc.String("comment")}
+	r, err := client(cc).Add(cc.Context, s)
+	if err == nil {
+		fmt.Printf("%s (revision %d)\n", r.Message, r.Revision)
+	}
+	return err
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func edgeList(cc *cli.Context) error {
+	edges, err := client(cc).List(cc.Context)
+	if err != nil || cc.String("output") == "json" {
+		if err == nil {
+			err = printJSON(edges)
+		}
+		return err
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tHOSTADDR\tCIDRS\tSTATE\tAPPLIED\tREVISION\tERROR\tCOMMENT")
+	for _, e := range edges {
+		errText := e.LastError
+		if errText == "" && len(e.Conflicts) > 0 {
+			errText = fmt.Sprintf("%d conflict(s): %s", len(e.Conflicts), strings.Join(e.Conflicts, "; "))
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Name, e.HostAddr, strings.Join(append([]string{e.CIDR}, e.ExtraCIDRs...), ","),
+			e.State, e.AppliedRevision, e.Revision, dash(errText), dash(e.Comment))
+	}
+	return w.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func topology(cc *cli.Context) error {
+	t, err := client(cc).Topology(cc.Context)
+	if err != nil || cc.String("output") == "json" {
+		if err == nil {
+			err = printJSON(t)
+		}
+		return err
+	}
+	fmt.Printf("revision %d\n\n", t.Revision)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "EDGE\tHOSTADDR\tCIDRS\tVTEP MAC\tNEXT HOP\tSTATE\tAPPLIED")
+	for _, e := range t.Edges {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Name, e.HostAddr, strings.Join(e.CIDRs, ","), e.VTEPMAC, e.NextHop, e.State, e.AppliedRevision)
+	}
+	w.Flush()
+	if len(t.Links) > 0 {
+		fmt.Println()
+		w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "LINK\tSTATE")
+		for _, l := range t.Links {
+			fmt.Fprintf(w, "%s <-> %s\t%s\n", l.A, l.B, l.State)
+		}
+		w.Flush()
+	}
+	if len(t.Pending) > 0 {
+		fmt.Printf("\nconnected but not added: %s\n", strings.Join(t.Pending, ", "))
+	}
+	return nil
+}
+
+// events subscribes to the audit stream with the credentials the API hands
+// out and prints each event until interrupted.
+func events(cc *cli.Context) error {
+	creds, err := client(cc).Credentials(cc.Context)
+	if err != nil {
+		return err
+	}
+	natsURL := cc.String("nats")
+	if natsURL == "" {
+		u, err := url.Parse(cc.String("api"))
+		if err != nil {
+			return fmt.Errorf("--api %q: %w", cc.String("api"), err)
+		}
+		natsURL = "nats://" + net.JoinHostPort(u.Hostname(), strconv.Itoa(creds.Port))
+	}
+	nc, err := nats.Connect(natsURL, nats.UserInfo(creds.User, creds.Password), nats.Name("cframectl events"), nats.MaxReconnects(-1))
+	if err != nil {
+		return fmt.Errorf("bus %s: %w", natsURL, err)
+	}
+	defer nc.Close()
+	msgs := make(chan *nats.Msg, 256)
+	if _, err := nc.ChanSubscribe(creds.Subject, msgs); err != nil {
+		return err
+	}
+	if err := nc.Flush(); err != nil {
+		return fmt.Errorf("bus %s: %w", natsURL, err)
+	}
+	fmt.Fprintf(os.Stderr, "following %s on %s (Ctrl-C to stop)\n", creds.Subject, natsURL)
+	for {
+		select {
+		case <-cc.Context.Done():
+			return nil
+		case m := <-msgs:
+			if cc.String("output") == "json" {
+				fmt.Println(string(m.Data))
+				continue
+			}
+			var e bus.Event
+			if err := bus.Decode(m, &e); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				continue
+			}
+			fmt.Printf("%s  %-10s %-16s rev=%-6d %s\n", e.Time.Local().Format(time.RFC3339), e.Kind, e.Edge, e.Revision, e.Detail)
+		}
+	}
+}

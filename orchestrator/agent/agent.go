@@ -1,0 +1,305 @@
+// Package agent is the edge agent: it joins the bus, follows the edge set
+// (snapshot, then revision-linked deltas), turns it into a desired kernel
+// state (package mesh) and has netcfg make the kernel match — on every
+// change, on netlink drift events, and every ResyncInterval. It reports
+// status to the controller and keeps the last edge set in its state_dir so a
+// gateway that reboots while the controller is down restores the mesh at once.
+//
+// The agent never forwards a packet, and stopping it leaves the kernel state
+// in place: only Cleanup removes it.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/netcfg"
+	"github.com/cframe/cframe/orchestrator/config"
+	"github.com/cframe/cframe/orchestrator/mesh"
+)
+
+// ResyncInterval is how often the agent re-reads the kernel to repair drift
+// that raises no netlink event (iptables chains flushed by hand).
+const ResyncInterval = 2 * time.Second
+
+// driftSettle coalesces a burst of netlink events into one reconcile.
+const driftSettle = 20 * time.Millisecond
+
+// Version is reported in the agent's status.
+var Version = "dev"
+
+// Agent is one edge's agent.
+type Agent struct {
+	cfg    config.Edge
+	log    *slog.Logger
+	local  mesh.Local
+	kernel *netcfg.Kernel
+	nc     *nats.Conn
+	follow *bus.Follower
+	status bus.Status // last reported
+}
+
+// New checks that the kernel can do the configured mode and prepares the agent.
+func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
+	port, err := config.ListenPort(cfg.ListenAddr)
+	if err != nil {
+		return nil, err
+	}
+	mode := netcfg.Mode(cfg.Mode)
+	if err := netcfg.Supported(mode); err != nil {
+		return nil, err
+	}
+	local := mesh.Local{Name: cfg.Name, Mode: mode, Device: cfg.Device, MTU: cfg.MTU, Port: port, Masquerade: cfg.Masquerade}
+	if cfg.LocalAddr != "" {
+		local.LocalAddr = netip.MustParseAddr(cfg.LocalAddr) // checked by config.LoadEdge
+	}
+	k, err := netcfg.New()
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, log: log, local: local, kernel: k, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: Version}}, nil
+}
+
+// connect joins the bus as this edge and subscribes to the edge set. With
+// retry, it returns at once and keeps trying in the background (the
+// controller may be down or start later).
+func (a *Agent) connect(retry bool, extra ...nats.Option) error {
+	id, err := bus.LoadIdentity(filepath.Join(a.cfg.StateDir, "edge.nk"), a.cfg.Name)
+	if err != nil {
+		return err
+	}
+	opts := append(id.EdgeOptions(a.cfg.Secret), extra...)
+	if retry {
+		opts = append(opts, nats.RetryOnFailedConnect(true))
+	}
+	url := bus.ControllerURL(a.cfg.Controller)
+	if a.nc, err = nats.Connect(url, opts...); err != nil {
+		return fmt.Errorf("controller %s: %w", url, err)
+	}
+	if a.follow, err = bus.Follow(a.nc); err != nil {
+		a.nc.Close()
+	}
+	return err
+}
+
+// Run follows the edge set and keeps the kernel in line until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	resync := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case resync <- struct{}{}:
+		default:
+		}
+	}
+	err := a.connect(true,
+		nats.ConnectHandler(func(*nats.Conn) { a.log.Info("connected to controller"); poke() }),
+		nats.ReconnectHandler(func(*nats.Conn) { a.log.Info("reconnected to controller"); poke() }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			a.log.Warn("lost the controller; kernel state stays as applied", "err", err)
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { a.log.Warn("bus error", "err", err) }),
+	)
+	if err != nil {
+		return err
+	}
+	defer a.nc.Close()
+	if snap, err := a.loadState(); err != nil {
+		a.log.Warn("ignoring saved edge set", "err", err)
+	} else if snap != nil {
+		a.follow.Restore(*snap)
+		a.reconcile(fmt.Sprintf("restore saved edge set (revision %d)", snap.Revision))
+	}
+	if a.nc.IsConnected() {
+		poke()
+	}
+
+	drift := make(chan string, 1)
+	if err := a.kernel.Watch(ctx, func(reason string) {
+		select {
+		case drift <- reason:
+		default:
+		}
+	}); err != nil {
+		return fmt.Errorf("watch kernel: %w", err)
+	}
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	var driftReason string
+	tick := time.NewTicker(ResyncInterval)
+	defer tick.Stop()
+	heartbeat := time.NewTicker(bus.HeartbeatInterval)
+	defer heartbeat.Stop()
+
+	for {
+		select {
+		case <-ctx.Done():
+			a.log.Info("stopping; kernel state left in place (cframe-edge cleanup removes it)")
+			return nil
+		case m := <-a.follow.Messages():
+			a.apply(a.follow.Handle(m))
+		case <-resync:
+			a.apply(a.follow.Resync("connected"))
+		case r := <-drift:
+			if driftReason == "" {
+				settle.Reset(driftSettle)
+			}
+			driftReason = r
+		case <-settle.C:
+			a.reconcile("drift repair: " + driftReason)
+			driftReason = ""
+		case <-tick.C:
+			a.reconcile("periodic resync")
+		case <-heartbeat.C:
+			a.publishStatus()
+		}
+	}
+}
+
+// apply saves and reconciles a changed edge set.
+func (a *Agent) apply(change string, err error) {
+	if err != nil {
+		a.log.Warn("edge set not updated; keeping the applied one", "err", err)
+	}
+	if change == "" {
+		return
+	}
+	a.saveState()
+	a.reconcile(change)
+}
+
+// reconcile makes the kernel match the held set, logs every change and
+// reports the outcome.
+func (a *Agent) reconcile(reason string) {
+	set, rev, ok := a.follow.Set()
+	if !ok {
+		return
+	}
+	d, registered := mesh.Desired(a.local, set)
+	res, err := a.kernel.Reconcile(&d)
+	for _, ch := range res.Changes {
+		a.log.Info("kernel change", "change", ch, "reason", reason)
+	}
+	st := a.status
+	st.Changes, st.Conflicts, st.Error = len(res.Changes), res.Conflicts, ""
+	switch {
+	case err != nil:
+		st.State, st.Error = bus.StateError, err.Error()
+		a.log.Error("reconcile failed", "reason", reason, "err", err)
+	case !registered:
+		st.State, st.AppliedRevision = bus.StateNotRegistered, rev
+	default:
+		st.State, st.AppliedRevision = bus.StateReady, rev
+	}
+	if !slices.Equal(st.Conflicts, a.status.Conflicts) {
+		for _, c := range st.Conflicts {
+			a.log.Warn("conflict left alone", "object", c)
+		}
+	}
+	if st.State == bus.StateNotRegistered && a.status.State != st.State {
+		a.log.Warn("this edge is not registered: add it on the controller", "name", a.cfg.Name)
+	}
+	changed := st.State != a.status.State || st.AppliedRevision != a.status.AppliedRevision ||
+		st.Error != a.status.Error || len(res.Changes) > 0 || !slices.Equal(st.Conflicts, a.status.Conflicts)
+	a.status = st
+	if changed {
+		a.publishStatus()
+	}
+}
+
+func (a *Agent) publishStatus() {
+	if _, _, ok := a.follow.Set(); !ok || !a.nc.IsConnected() {
+		return
+	}
+	a.status.Time = time.Now().UTC()
+	if err := bus.Publish(a.nc, bus.StatusSubject(a.cfg.Name), a.status); err != nil {
+		a.log.Warn("publish status", "err", err)
+	}
+}
+
+func (a *Agent) statePath() string { return filepath.Join(a.cfg.StateDir, "edgeset.json") }
+
+// saveState writes the held set atomically, for a restart without the controller.
+func (a *Agent) saveState() {
+	b, err := json.Marshal(a.follow.Snapshot())
+	if err == nil {
+		err = writeFileAtomic(a.statePath(), b)
+	}
+	if err != nil {
+		a.log.Error("save edge set", "path", a.statePath(), "err", err)
+	}
+}
+
+// loadState returns the saved set, or nil when there is none.
+func (a *Agent) loadState() (*bus.Snapshot, error) {
+	b, err := os.ReadFile(a.statePath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s bus.Snapshot
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", a.statePath(), err)
+	}
+	return &s, nil
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".edgeset-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// Once is the outcome of ReconcileOnce.
+type Once struct {
+	netcfg.Result
+	Revision   uint64
+	Registered bool
+}
+
+// ReconcileOnce fetches the current set from the controller, makes the
+// kernel match it once and returns what changed.
+func (a *Agent) ReconcileOnce() (Once, error) {
+	if err := a.connect(false, nats.Timeout(5*time.Second)); err != nil {
+		return Once{}, err
+	}
+	defer a.nc.Close()
+	if _, err := a.follow.Resync("one-shot reconcile"); err != nil {
+		return Once{}, err
+	}
+	a.saveState()
+	set, rev, _ := a.follow.Set()
+	d, registered := mesh.Desired(a.local, set)
+	res, err := a.kernel.Reconcile(&d)
+	return Once{Result: res, Revision: rev, Registered: registered}, err
+}

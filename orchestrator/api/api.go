@@ -1,0 +1,258 @@
+// Package api is the controller's HTTP API, byte-compatible with the
+// reference walkthrough in paths and JSON field names:
+//
+//	POST /api-service/v1/edge/add   {"name","hostaddr","cidr"[,"comment","extra_cidrs"]}
+//	POST /api-service/v1/edge/del   {"name"}
+//	GET  /api-service/v1/edge/list  [{"name","comment","cidr","host_addr","status",...}]
+//	GET  /api-service/v1/topology
+//	GET  /api-service/v1/events/credentials  (NATS credentials for `cframectl events`)
+//
+// Requests from loopback need no credentials (the walkthrough curls
+// 127.0.0.1); every other request needs "Authorization: Bearer <api_token>".
+// Errors are JSON {"error": "..."} with a 4xx status; nothing is stored for
+// a refused request.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/cframe/cframe/orchestrator/edgeset"
+)
+
+// Paths of the API.
+const (
+	PathAdd         = "/api-service/v1/edge/add"
+	PathDel         = "/api-service/v1/edge/del"
+	PathList        = "/api-service/v1/edge/list"
+	PathTopology    = "/api-service/v1/topology"
+	PathCredentials = "/api-service/v1/events/credentials"
+)
+
+// ErrNotFound marks a request for an edge that does not exist (HTTP 404).
+var ErrNotFound = errors.New("not found")
+
+// Service is what the controller offers the API.
+type Service interface {
+	AddEdge(ctx context.Context, s edgeset.Spec) (ChangeResult, error)
+	DeleteEdge(ctx context.Context, name string) (ChangeResult, error)
+	ListEdges() []EdgeView
+	Topology() Topology
+	EventCredentials() Credentials
+}
+
+// EdgeView is one element of the edge list. The first five fields are the
+// walkthrough's; "status" keeps its integer type: 1 online, 0 offline.
+type EdgeView struct {
+	Name       string   `json:"name"`
+	Comment    string   `json:"comment"`
+	CIDR       string   `json:"cidr"`
+	HostAddr   string   `json:"host_addr"`
+	Status     int      `json:"status"`
+	ExtraCIDRs []string `json:"extra_cidrs,omitempty"`
+	// State is "online" or "offline" (no heartbeat for bus.OfflineAfter).
+	State string `json:"state"`
+	// Revision is the store revision of the edge's last change.
+	Revision uint64 `json:"revision"`
+	// AppliedRevision is the edge-set revision the edge's kernel matches.
+	AppliedRevision uint64     `json:"applied_revision"`
+	LastError       string     `json:"last_error,omitempty"`
+	Conflicts       []string   `json:"conflicts,omitempty"`
+	LastSeen        *time.Time `json:"last_seen,omitempty"`
+	// Key is the public key pinned for the edge, once it has connected.
+	Key string `json:"key,omitempty"`
+}
+
+// Edge states.
+const (
+	StateOnline  = "online"
+	StateOffline = "offline"
+)
+
+// ChangeResult answers add and del.
+type ChangeResult struct {
+	Revision uint64 `json:"revision"`
+	// Updated is true when add replaced an existing edge.
+	Updated bool   `json:"updated"`
+	Message string `json:"message"`
+}
+
+// Topology is the mesh as the controller sees it.
+type Topology struct {
+	Revision uint64         `json:"revision"`
+	Edges    []TopologyEdge `json:"edges"`
+	// Links are the tunnels between every pair of edges.
+	Links []Link `json:"links"`
+	// Pending are edges connected to the bus but not added yet.
+	Pending []string `json:"pending"`
+}
+
+// TopologyEdge is one edge with the values its peers program for it.
+type TopologyEdge struct {
+	Name            string   `json:"name"`
+	HostAddr        string   `json:"host_addr"`
+	CIDRs           []string `json:"cidrs"`
+	VTEPMAC         string   `json:"vtep_mac"`
+	NextHop         string   `json:"next_hop"`
+	State           string   `json:"state"`
+	AppliedRevision uint64   `json:"applied_revision"`
+}
+
+// Link states: "up" when both ends are online and have applied the current
+// revision, "pending" when both are online but one lags, else "down".
+const (
+	LinkUp      = "up"
+	LinkPending = "pending"
+	LinkDown    = "down"
+)
+
+// Link is the tunnel between two edges.
+type Link struct {
+	A     string `json:"a"`
+	B     string `json:"b"`
+	State string `json:"state"`
+}
+
+// Credentials let an audit subscriber follow events on the bus.
+type Credentials struct {
+	User     string `json:"user"`
+	Password string `json:"password"`
+	// Port is the controller's NATS port; the host is the API's host.
+	Port int `json:"port"`
+	// Subject matches every audit event.
+	Subject string `json:"subject"`
+}
+
+// ErrorBody is the JSON body of every error response.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
+
+// DelRequest is the body of POST /api-service/v1/edge/del.
+type DelRequest struct {
+	Name string `json:"name"`
+}
+
+// maxBody bounds request bodies.
+const maxBody = 1 << 20
+
+// Handler serves the API. token is the bearer token non-loopback clients
+// must present; empty means loopback only.
+func Handler(svc Service, token string, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	route := func(path, method string, h func(r *http.Request) (any, error)) {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != method {
+				w.Header().Set("Allow", method)
+				reply(w, http.StatusMethodNotAllowed, ErrorBody{fmt.Sprintf("%s needs %s, not %s", path, method, r.Method)})
+				return
+			}
+			v, err := h(r)
+			if err != nil {
+				code := status(err)
+				if code >= 500 {
+					log.Error("api request failed", "path", path, "err", err)
+				}
+				reply(w, code, ErrorBody{err.Error()})
+				return
+			}
+			reply(w, http.StatusOK, v)
+		})
+	}
+	route(PathAdd, http.MethodPost, func(r *http.Request) (any, error) {
+		var s edgeset.Spec
+		if err := decode(r, &s); err != nil {
+			return nil, err
+		}
+		return svc.AddEdge(r.Context(), s)
+	})
+	route(PathDel, http.MethodPost, func(r *http.Request) (any, error) {
+		var d DelRequest
+		if err := decode(r, &d); err != nil {
+			return nil, err
+		}
+		if d.Name == "" {
+			return nil, &edgeset.InvalidError{Msg: "name is required"}
+		}
+		return svc.DeleteEdge(r.Context(), d.Name)
+	})
+	route(PathList, http.MethodGet, func(*http.Request) (any, error) { return svc.ListEdges(), nil })
+	route(PathTopology, http.MethodGet, func(*http.Request) (any, error) { return svc.Topology(), nil })
+	route(PathCredentials, http.MethodGet, func(*http.Request) (any, error) { return svc.EventCredentials(), nil })
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusNotFound, ErrorBody{fmt.Sprintf("no such API path %s", r.URL.Path)})
+	})
+	return authorize(mux, token)
+}
+
+// authorize lets loopback through and demands the bearer token elsewhere.
+func authorize(next http.Handler, token string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !fromLoopback(r) {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			switch {
+			case token == "":
+				reply(w, http.StatusForbidden, ErrorBody{"the API answers loopback only: set api_token in controller.toml to allow remote clients"})
+				return
+			case !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1:
+				w.Header().Set("WWW-Authenticate", "Bearer")
+				reply(w, http.StatusUnauthorized, ErrorBody{"missing or wrong bearer token"})
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func fromLoopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// decode reads exactly one JSON object with no unknown fields.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return &edgeset.InvalidError{Msg: "malformed JSON body: " + strings.TrimPrefix(err.Error(), "json: ")}
+	}
+	if dec.More() {
+		return &edgeset.InvalidError{Msg: "malformed JSON body: more than one JSON value"}
+	}
+	return nil
+}
+
+func status(err error) int {
+	var inv *edgeset.InvalidError
+	var conflict *edgeset.ConflictError
+	switch {
+	case errors.As(err, &inv):
+		return http.StatusBadRequest
+	case errors.As(err, &conflict):
+		return http.StatusConflict
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	}
+	return http.StatusInternalServerError
+}
+
+func reply(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

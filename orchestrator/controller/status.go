@@ -1,0 +1,154 @@
+package controller
+
+import (
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/api"
+	"github.com/cframe/cframe/orchestrator/mesh"
+)
+
+// edgeStatus is what the controller knows about an edge agent from its
+// heartbeats. Agents that are connected but not added are tracked too
+// (shown as pending in the topology).
+type edgeStatus struct {
+	last   bus.Status
+	seen   time.Time
+	online bool
+}
+
+// onStatus records a heartbeat. The bus only lets an edge publish on its own
+// subject; a body naming another edge is ignored.
+func (c *Controller) onStatus(m *nats.Msg) {
+	name := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	var st bus.Status
+	if err := bus.Decode(m, &st); err != nil || st.Name != name {
+		c.log.Warn("ignored malformed status", "subject", m.Subject, "err", err)
+		return
+	}
+	c.statusMu.Lock()
+	s, ok := c.status[name]
+	if !ok {
+		s = &edgeStatus{}
+		c.status[name] = s
+	}
+	wasOnline := s.online
+	s.last, s.seen, s.online = st, time.Now(), true
+	c.statusMu.Unlock()
+	if !wasOnline {
+		c.log.Info("edge online", "edge", name, "state", st.State, "applied_revision", st.AppliedRevision)
+		c.event(bus.EventEdgeOnline, name, st.AppliedRevision, st.State)
+	}
+}
+
+// sweepOffline marks edges whose heartbeats stopped as offline.
+func (c *Controller) sweepOffline(now time.Time) {
+	var gone []string
+	c.statusMu.Lock()
+	for name, s := range c.status {
+		if s.online && now.Sub(s.seen) > bus.OfflineAfter {
+			s.online = false
+			gone = append(gone, name)
+		}
+	}
+	c.statusMu.Unlock()
+	for _, name := range gone {
+		c.log.Warn("edge offline: no heartbeat", "edge", name, "after", bus.OfflineAfter)
+		c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
+	}
+}
+
+// statusOf returns a copy of an edge's status.
+func (c *Controller) statusOf(name string) (edgeStatus, bool) {
+	c.statusMu.Lock()
+	defer c.statusMu.Unlock()
+	s, ok := c.status[name]
+	if !ok {
+		return edgeStatus{}, false
+	}
+	return *s, true
+}
+
+// ListEdges is the edge list with each edge's live status.
+func (c *Controller) ListEdges() []api.EdgeView {
+	c.mu.RLock()
+	edges := sortedEdges(c.edges)
+	c.mu.RUnlock()
+	c.pinMu.Lock()
+	pins := make(map[string]string, len(c.pins))
+	for k, v := range c.pins {
+		pins[k] = v
+	}
+	c.pinMu.Unlock()
+	out := make([]api.EdgeView, 0, len(edges))
+	for _, e := range edges {
+		v := api.EdgeView{
+			Name: e.Name, Comment: e.Comment, CIDR: e.CIDR.String(), HostAddr: e.HostAddr.String(),
+			State: api.StateOffline, Revision: e.Revision, Key: pins[e.Name],
+		}
+		if len(e.ExtraCIDRs) > 0 {
+			v.ExtraCIDRs = prefixStrings(e.ExtraCIDRs)
+		}
+		if s, ok := c.statusOf(e.Name); ok {
+			if s.online {
+				v.Status, v.State = 1, api.StateOnline
+			}
+			seen := s.seen.UTC()
+			v.LastSeen = &seen
+			v.AppliedRevision, v.LastError, v.Conflicts = s.last.AppliedRevision, s.last.Error, s.last.Conflicts
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// Topology is the mesh: every edge with what its peers program for it, the
+// state of every link, and agents waiting to be added.
+func (c *Controller) Topology() api.Topology {
+	c.mu.RLock()
+	edges, rev := sortedEdges(c.edges), c.rev
+	c.mu.RUnlock()
+	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}}
+	current := map[string]bool{}
+	online := map[string]bool{}
+	for _, e := range edges {
+		te := api.TopologyEdge{
+			Name: e.Name, HostAddr: e.HostAddr.String(), CIDRs: prefixStrings(e.Prefixes()),
+			VTEPMAC: mesh.VTEPMAC(e.Name).String(), NextHop: mesh.NextHop(e).String(), State: api.StateOffline,
+		}
+		if s, ok := c.statusOf(e.Name); ok {
+			te.AppliedRevision = s.last.AppliedRevision
+			if s.online {
+				te.State = api.StateOnline
+				online[e.Name] = true
+				current[e.Name] = s.last.AppliedRevision == rev && s.last.Error == ""
+			}
+		}
+		t.Edges = append(t.Edges, te)
+	}
+	for i, a := range edges {
+		for _, b := range edges[i+1:] {
+			l := api.Link{A: a.Name, B: b.Name, State: api.LinkDown}
+			if online[a.Name] && online[b.Name] {
+				l.State = api.LinkPending
+				if current[a.Name] && current[b.Name] {
+					l.State = api.LinkUp
+				}
+			}
+			t.Links = append(t.Links, l)
+		}
+	}
+	c.statusMu.Lock()
+	for name, s := range c.status {
+		if s.online && s.last.State == bus.StateNotRegistered {
+			t.Pending = append(t.Pending, name)
+		}
+	}
+	c.statusMu.Unlock()
+	sort.Strings(t.Pending)
+	return t
+}

@@ -1,0 +1,78 @@
+// Package mesh computes what one edge's kernel should hold from the edge set:
+// the desired-state half of the reconcile loop (netcfg does the kernel half).
+// It is pure, so the controller's topology view and the agent agree on every
+// derived value (VTEP MACs, next hops).
+package mesh
+
+import (
+	"crypto/sha256"
+	"net"
+	"net/netip"
+	"sort"
+
+	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/netcfg"
+)
+
+// VNI is the VXLAN network identifier every edge uses. Each edge's device
+// listens on its own tunnel port, so it does not clash with other VXLAN users.
+const VNI = 1
+
+// VTEPMAC is the stable VTEP MAC address of an edge, derived from its name
+// (a locally administered unicast address), so restarting or re-keying an
+// edge never invalidates its peers' FDB entries.
+func VTEPMAC(name string) net.HardwareAddr {
+	h := sha256.Sum256([]byte("cframe-vtep\x00" + name))
+	return net.HardwareAddr{0x02, h[0], h[1], h[2], h[3], h[4]}
+}
+
+// NextHop is the on-link gateway peers route an edge's networks through: the
+// network address of its primary CIDR, the shape flannel's VXLAN backend
+// uses. It is unique because CIDRs never overlap.
+func NextHop(e bus.Edge) netip.Addr { return e.CIDR.Addr() }
+
+// Local is what an edge knows about itself from its own config.
+type Local struct {
+	Name       string
+	Mode       netcfg.Mode
+	Device     string
+	MTU        int
+	Port       uint16
+	LocalAddr  netip.Addr
+	Masquerade bool
+}
+
+// Desired returns the kernel state edge l should have for the edge set, and
+// whether l is registered in it. An unregistered edge gets its device and
+// chains but no peers.
+func Desired(l Local, set map[string]bus.Edge) (netcfg.Desired, bool) {
+	d := netcfg.Desired{
+		Mode:       l.Mode,
+		Device:     l.Device,
+		DeviceMAC:  VTEPMAC(l.Name),
+		VNI:        VNI,
+		MTU:        l.MTU,
+		Port:       l.Port,
+		LocalAddr:  l.LocalAddr,
+		Masquerade: l.Masquerade,
+	}
+	self, ok := set[l.Name]
+	if !ok {
+		return d, false
+	}
+	d.LocalCIDRs = self.Prefixes()
+	for name, e := range set {
+		if name == l.Name {
+			continue
+		}
+		d.Peers = append(d.Peers, netcfg.Peer{
+			Name:     name,
+			Underlay: e.HostAddr,
+			MAC:      VTEPMAC(name),
+			NextHop:  NextHop(e),
+			CIDRs:    e.Prefixes(),
+		})
+	}
+	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].Name < d.Peers[j].Name })
+	return d, true
+}
