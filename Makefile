@@ -1,0 +1,35 @@
+# cframe: `make demo` runs the walkthrough in network namespaces, `make test`
+# runs every test (as root: the kernel tests build their own namespaces).
+GO ?= go
+ETCD ?=
+
+.PHONY: all build test demo demo-clean bench bench-quick deps vet
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build:
+	@scripts/build.sh
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+test: deps vet
+	$(GO) test -count=1 -timeout 15m ./...
+
+demo: deps build
+	$(GO) run ./scripts/demo $(if $(ETCD),-etcd)
+
+demo-clean:
+	$(GO) run ./scripts/demo -clean
+
+bench: build
+	@scripts/deps.sh bench
+	$(GO) run ./scripts/bench
+
+bench-quick: build
+	@scripts/deps.sh bench
+	$(GO) run ./scripts/bench --quick

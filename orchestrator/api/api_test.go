@@ -1,0 +1,79 @@
+package api
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/cframe/cframe/orchestrator/edgeset"
+)
+
+// emptyService answers every call with nothing.
+type emptyService struct{}
+
+func (emptyService) AddEdge(context.Context, edgeset.Spec) (ChangeResult, error) {
+	return ChangeResult{Message: "ok"}, nil
+}
+func (emptyService) DeleteEdge(context.Context, string) (ChangeResult, error) {
+	return ChangeResult{}, ErrNotFound
+}
+func (emptyService) ListEdges() []EdgeView         { return []EdgeView{} }
+func (emptyService) Topology() Topology            { return Topology{} }
+func (emptyService) EventCredentials() Credentials { return Credentials{} }
+
+func TestAuthorization(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	withToken := Handler(emptyService{}, "s3cret", log)
+	noToken := Handler(emptyService{}, "", log)
+	tests := []struct {
+		name    string
+		h       http.Handler
+		remote  string
+		auth    string
+		code    int
+		inError string
+	}{
+		{"loopback v4 needs nothing", withToken, "127.0.0.1:5000", "", 200, ""},
+		{"loopback v6 needs nothing", withToken, "[::1]:5000", "", 200, ""},
+		{"remote without token", withToken, "192.0.2.7:5000", "", 401, "bearer token"},
+		{"remote with wrong token", withToken, "192.0.2.7:5000", "Bearer nope", 401, "bearer token"},
+		{"remote with basic auth", withToken, "192.0.2.7:5000", "Basic czNjcmV0", 401, "bearer token"},
+		{"remote with token", withToken, "192.0.2.7:5000", "Bearer s3cret", 200, ""},
+		{"remote when no token configured", noToken, "192.0.2.7:5000", "Bearer s3cret", 403, "loopback only"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodGet, PathList, nil)
+			req.RemoteAddr = tt.remote
+			if tt.auth != "" {
+				req.Header.Set("Authorization", tt.auth)
+			}
+			rec := httptest.NewRecorder()
+			tt.h.ServeHTTP(rec, req)
+			if rec.Code != tt.code || !strings.Contains(rec.Body.String(), tt.inError) {
+				t.Fatalf("got %d %s, want %d containing %q", rec.Code, rec.Body, tt.code, tt.inError)
+			}
+			if rec.Code != 200 && rec.Header().Get("Content-Type") != "application/json" {
+				t.Fatalf("error is not JSON: %q", rec.Header().Get("Content-Type"))
+			}
+		})
+	}
+}
+
+func TestClientReportsAPIErrors(t *testing.T) {
+	srv := httptest.NewServer(Handler(emptyService{}, "", slog.New(slog.NewTextHandler(io.Discard, nil))))
+	defer srv.Close()
+	c := NewClient(srv.URL, "")
+	_, err := c.Del(context.Background(), "x")
+	se, ok := err.(*StatusError)
+	if !ok || se.Code != 404 || se.Msg != "not found" {
+		t.Fatalf("Del error = %#v, want a 404 StatusError", err)
+	}
+	if list, err := c.List(context.Background()); err != nil || len(list) != 0 {
+		t.Fatalf("List = %v, %v", list, err)
+	}
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks for cframe's tests and demo:
+# ping, iptables, iperf3 and etcd (for the etcd-store tests and `make demo ETCD=1`).
+# Go modules come from the module proxy when `go` first builds.
+# Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels `make bench` compares against)
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ping     || need+=(iputils-ping)
+have iptables || need+=(iptables)
+have iperf3   || need+=(iperf3)
+have etcd     || need+=(etcd-server)
+have ip       || need+=(iproute2)
+have bridge   || need+=(iproute2)
+if [ "${1:-}" = bench ]; then
+  have wg      || need+=(wireguard-tools)
+  have nebula  || need+=(nebula)
+  have openvpn || need+=(openvpn)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing ${need[*]}; run as root (cframe programs the kernel and its tests need root anyway)" >&2
+  exit 1
+fi
+echo "deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# --no-install-recommends: wireguard-tools would otherwise pull in a kernel image.
+apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
