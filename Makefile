@@ -2,6 +2,7 @@
 # runs every test (as root: the kernel tests build their own namespaces).
 GO ?= go
 ETCD ?=
+HOLD ?=
 
 .PHONY: all build test demo demo-clean bench bench-quick deps vet
 
@@ -21,7 +22,7 @@ test: deps vet
 	$(GO) test -count=1 -timeout 15m ./...
 
 demo: deps build
-	$(GO) run ./scripts/demo $(if $(ETCD),-etcd)
+	$(GO) run ./scripts/demo $(if $(ETCD),-etcd) $(if $(HOLD),-hold)
 
 demo-clean:
 	$(GO) run ./scripts/demo -clean

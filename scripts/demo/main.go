@@ -1,0 +1,251 @@
+// Command demo runs the reference walkthrough on one machine (make demo):
+// three VPCs in network namespaces with an "internet" between their edges,
+// the controller on sz-1's gateway, three edges, the walkthrough's three API
+// calls, and its ping test — then a full ping matrix and the edge list.
+// Everything lives in namespaces named cfdemo-*; nothing touches the root
+// namespace, and all of it is removed on exit or Ctrl-C (make demo-clean
+// removes the leftovers of a killed run).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cframe/cframe/scripts/cluster"
+	"github.com/cframe/cframe/scripts/topo"
+)
+
+const prefix = "cfdemo"
+
+func main() {
+	bin := flag.String("bin", "dist", "directory with the built programs (make build)")
+	etcd := flag.Bool("etcd", false, "run the controller on a real etcd, as the walkthrough does")
+	hold := flag.Bool("hold", false, "keep the mesh running until Ctrl-C, to look inside")
+	clean := flag.Bool("clean", false, "only remove the leftovers of an interrupted demo")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fail("the demo creates network namespaces: run it as root")
+	}
+	if err := topo.CleanupPrefix(prefix + "-"); err != nil {
+		fail("remove leftovers: %v", err)
+	}
+	if *clean {
+		fmt.Println("removed every cfdemo-* namespace and the processes in it")
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, *bin, *etcd, *hold)
+	if err != nil {
+		fail("%v", err)
+	}
+}
+
+func fail(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "demo: "+format+"\n", a...)
+	os.Exit(1)
+}
+
+func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
+
+func run(ctx context.Context, bin string, etcd, hold bool) error {
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "cframe-demo-")
+	if err != nil {
+		return err
+	}
+	n, err := topo.New(prefix)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		step("cleaning up: stopping the programs, deleting the namespaces")
+		n.Close()
+		os.RemoveAll(dir)
+	}()
+
+	step("building the walkthrough's topology in network namespaces")
+	t, err := topo.Build(n, topo.Walkthrough()...)
+	if err != nil {
+		return err
+	}
+	for i, s := range t.Sites() {
+		fmt.Printf("    %s  %-15s edge %-15s (public %-13s ns %s)  host %-15s (ns %s)\n",
+			cluster.WalkthroughNames[i], s.CIDR, s.EdgeAddr, s.Underlay(), s.Edge, s.HostAddr, s.Host)
+	}
+	fmt.Printf("    the hosts route the other VPCs via their edge (the cloud route table step)\n")
+
+	home := t.Sites()[0]
+	store := "embedded store"
+	if etcd {
+		store = "etcd on 127.0.0.1:2379"
+	}
+	step("starting the controller on sz-1's gateway (%s, %s)", home.Edge, store)
+	c, err := cluster.Start(t, home, cluster.Options{Bin: bin, Dir: dir, Etcd: etcd})
+	if err != nil {
+		return err
+	}
+	fmt.Print(indent(c.ControllerConfig()))
+
+	step("starting the three edges (they wait, unregistered, until they are added)")
+	var edges []*cluster.Edge
+	for i, s := range t.Sites() {
+		e, err := c.NewEdge(cluster.WalkthroughNames[i], s)
+		if err != nil {
+			return err
+		}
+		if err := e.Start(); err != nil {
+			return err
+		}
+		edges = append(edges, e)
+	}
+	cfg, _ := os.ReadFile(edges[0].Config)
+	fmt.Printf("    %s:\n%s", filepath.Base(edges[0].Config), indent(redact(string(cfg))))
+
+	step("adding the three edges with the walkthrough's API calls")
+	var added time.Time
+	for _, e := range edges {
+		body, _ := json.Marshal(e.Spec())
+		fmt.Printf("    curl \"http://127.0.0.1:12345/api-service/v1/edge/add\" -X POST -d '%s'\n", body)
+		res, err := e.Add(ctx)
+		if err != nil {
+			return err
+		}
+		added = time.Now()
+		fmt.Printf("      -> %s (revision %d)\n", res.Message, res.Revision)
+	}
+
+	step("waiting until every host reaches every other host")
+	if err := topo.Eventually(20*time.Second, func() error { return matrixOK(ctx, t) }); err != nil {
+		return fmt.Errorf("the mesh did not converge: %w (logs in %s)", err, dir)
+	}
+	fmt.Printf("    converged %s after the last API call returned\n", time.Since(added).Round(time.Millisecond))
+
+	step("the walkthrough's test: from the VPC3 host (172.20.0.13) ping both hosts and edges of VPC1 and VPC2")
+	vpc3 := t.Sites()[2]
+	for _, s := range t.Sites()[:2] {
+		for _, a := range []netip.Addr{s.HostAddr, s.EdgeAddr} {
+			out, err := n.Exec(vpc3.Host, "ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", a.String())
+			fmt.Print(indent(pingSummary(out)))
+			if err != nil {
+				return fmt.Errorf("ping %s from VPC3: %w", a, err)
+			}
+		}
+	}
+
+	step("full ping matrix (rows: from host; columns: to host / edge)")
+	if err := printMatrix(t); err != nil {
+		return err
+	}
+
+	step("cframectl edge list")
+	out, err := c.Ctl("edge", "list")
+	fmt.Print(indent(out))
+	if err != nil {
+		return err
+	}
+
+	step("how to look inside (while the demo holds, or in your own run)")
+	e3 := vpc3.Edge
+	for _, cmd := range []string{
+		"ip -d link show cframe0",
+		"bridge fdb show dev cframe0",
+		"ip neigh show dev cframe0",
+		"ip route show proto 207",
+		"iptables -S CFRAME-FORWARD; iptables -S CFRAME-INPUT; iptables -t mangle -S CFRAME-MSS",
+	} {
+		fmt.Printf("    ip netns exec %s sh -c '%s'\n", e3, cmd)
+	}
+	out, _ = n.Exec(e3, "ip", "route", "show", "proto", "207")
+	fmt.Printf("    for example, %s's routes:\n%s", cluster.WalkthroughNames[2], indent(out))
+	fmt.Printf("    logs: %s\n", dir)
+
+	if hold {
+		step("holding the mesh: press Ctrl-C to clean up")
+		<-ctx.Done()
+	}
+	return nil
+}
+
+// matrixOK is nil when every host reaches every other host with one ping.
+func matrixOK(ctx context.Context, t *topo.Topology) error {
+	for _, from := range t.Sites() {
+		for _, to := range t.Sites() {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if from != to {
+				if err := t.Net.Ping(from.Host, to.HostAddr, 1, time.Second); err != nil {
+					return fmt.Errorf("%s -> %s: %w", from.HostAddr, to.HostAddr, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func printMatrix(t *topo.Topology) error {
+	sites := t.Sites()
+	fmt.Printf("    %-16s", "from \\ to")
+	for _, s := range sites {
+		fmt.Printf(" %-16s %-16s", s.HostAddr, s.EdgeAddr)
+	}
+	fmt.Println()
+	failed := 0
+	for _, from := range sites {
+		fmt.Printf("    %-16s", from.HostAddr)
+		for _, to := range sites {
+			for _, a := range []netip.Addr{to.HostAddr, to.EdgeAddr} {
+				mark := "ok"
+				if err := t.Net.Ping(from.Host, a, 1, time.Second); err != nil {
+					mark, failed = "FAIL", failed+1
+				}
+				fmt.Printf(" %-16s", mark)
+			}
+		}
+		fmt.Println()
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d ping(s) failed", failed)
+	}
+	return nil
+}
+
+func pingSummary(out string) string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "PING") || strings.Contains(l, "bytes from") || strings.Contains(l, "packets transmitted") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n") + "\n"
+}
+
+func indent(s string) string {
+	s = strings.TrimRight(s, "\n")
+	return "      " + strings.ReplaceAll(s, "\n", "\n      ") + "\n"
+}
+
+// redact hides the join secret in printed configs.
+func redact(cfg string) string {
+	var out []string
+	for _, l := range strings.Split(cfg, "\n") {
+		if strings.HasPrefix(l, "secret") {
+			l = `secret = "…" # the controller's data_dir/secret`
+		}
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n")
+}

@@ -1,0 +1,479 @@
+// Package e2e runs the reference walkthrough end to end: the real
+// cframe-controller, cframe-edge and cframectl processes on a namespace
+// topology (package topo), driven through the HTTP API, with traffic
+// checked between the hosts behind the edges.
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cframe/cframe/orchestrator/api"
+	"github.com/cframe/cframe/orchestrator/edgeset"
+	"github.com/cframe/cframe/orchestrator/mesh"
+	"github.com/cframe/cframe/scripts/cluster"
+	"github.com/cframe/cframe/scripts/topo"
+)
+
+var bin string
+
+func TestMain(m *testing.M) {
+	code := 0
+	if os.Geteuid() == 0 {
+		dir, err := os.MkdirTemp("", "cframe-e2e-bin-")
+		if err == nil {
+			err = cluster.Build(dir)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		bin = dir
+		code = m.Run()
+		os.RemoveAll(dir)
+	} else {
+		code = m.Run()
+	}
+	os.Exit(code)
+}
+
+// fixture is the walkthrough's mesh, with a k8s pod range behind gz-3.
+type fixture struct {
+	t     *testing.T
+	net   *topo.Net
+	topo  *topo.Topology
+	c     *cluster.Cluster
+	edges map[string]*cluster.Edge
+	ctx   context.Context
+}
+
+var podRange = topo.Extra{CIDR: netip.MustParsePrefix("10.244.3.0/24"), EdgeAddr: netip.MustParseAddr("10.244.3.1"), HostAddr: netip.MustParseAddr("10.244.3.2")}
+
+func newFixture(t *testing.T) *fixture {
+	if os.Geteuid() != 0 {
+		t.Skip("end-to-end tests build network namespaces: run as root")
+	}
+	n, err := topo.New(topo.UniquePrefix("cfe"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	vpcs := topo.Walkthrough()
+	vpcs[2].Extra = &podRange
+	tp, err := topo.Build(n, vpcs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	c, err := cluster.Start(tp, tp.Sites()[0], cluster.Options{Bin: bin, Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, net: n, topo: tp, c: c, edges: map[string]*cluster.Edge{}, ctx: context.Background()}
+	t.Cleanup(func() {
+		if t.Failed() {
+			f.dumpLogs(dir)
+		}
+	})
+	for i, s := range tp.Sites() {
+		f.startEdge(cluster.WalkthroughNames[i], s)
+	}
+	return f
+}
+
+func (f *fixture) dumpLogs(dir string) {
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		f.t.Logf("---- %s ----\n%s", filepath.Base(l), strings.Join(lines, "\n"))
+	}
+}
+
+func (f *fixture) startEdge(name string, s *topo.Site, extra ...string) *cluster.Edge {
+	f.t.Helper()
+	e, err := f.c.NewEdge(name, s, extra...)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if err := e.Start(); err != nil {
+		f.t.Fatal(err)
+	}
+	f.edges[name] = e
+	return e
+}
+
+// add registers edges and returns when the last API call returned.
+func (f *fixture) add(names ...string) time.Time {
+	f.t.Helper()
+	for _, name := range names {
+		if _, err := f.edges[name].Add(f.ctx); err != nil {
+			f.t.Fatalf("add %s: %v", name, err)
+		}
+	}
+	return time.Now()
+}
+
+// targets are the addresses behind a site: host, edge and extra host.
+func targets(s *topo.Site) []netip.Addr {
+	out := []netip.Addr{s.HostAddr, s.EdgeAddr}
+	if s.Extra != nil {
+		out = append(out, s.Extra.HostAddr)
+	}
+	return out
+}
+
+// reachable checks that every host of sites pings every target of the
+// other sites.
+func (f *fixture) reachable(sites ...*topo.Site) error {
+	for _, from := range sites {
+		for _, to := range sites {
+			if from == to {
+				continue
+			}
+			for _, a := range targets(to) {
+				if err := f.net.Ping(from.Host, a, 1, time.Second); err != nil {
+					return fmt.Errorf("%s cannot reach %s (%s): %w", from.HostAddr, a, to.Name, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// converge waits until sites reach each other and logs how long it took
+// since start (an API call returning).
+func (f *fixture) converge(what string, start time.Time, sites ...*topo.Site) {
+	f.t.Helper()
+	if err := topo.Eventually(15*time.Second, func() error { return f.reachable(sites...) }); err != nil {
+		f.t.Fatalf("%s: %v", what, err)
+	}
+	f.t.Logf("convergence (%s): %s from the API call returning to every peer reachable", what, time.Since(start).Round(time.Millisecond))
+}
+
+// kernelState is everything cframe owns in an edge namespace, as the
+// operator's tools print it.
+func (f *fixture) kernelState(ns string) string {
+	f.t.Helper()
+	var b strings.Builder
+	for _, cmd := range [][]string{
+		{"ip", "-d", "link", "show", "cframe0"},
+		{"bridge", "fdb", "show", "dev", "cframe0"},
+		{"ip", "neigh", "show", "dev", "cframe0", "nud", "permanent"},
+		{"ip", "route", "show", "proto", "207"},
+		{"iptables-save"},
+	} {
+		out, err := f.net.Exec(ns, cmd...)
+		if err != nil {
+			f.t.Fatalf("%v: %v", cmd, err)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if cmd[0] != "iptables-save" || (strings.HasPrefix(l, "-A") && strings.Contains(l, "CFRAME")) {
+				b.WriteString(l + "\n")
+			}
+		}
+	}
+	return b.String()
+}
+
+func (f *fixture) site(name string) *topo.Site { return f.edges[name].Site }
+
+// appliedEverywhere waits until every listed edge is online and has applied rev.
+func (f *fixture) appliedEverywhere(rev uint64, names ...string) {
+	f.t.Helper()
+	err := topo.Eventually(10*time.Second, func() error {
+		list, err := f.c.API.List(f.ctx)
+		if err != nil {
+			return err
+		}
+		at := map[string]api.EdgeView{}
+		for _, e := range list {
+			at[e.Name] = e
+		}
+		for _, n := range names {
+			if e := at[n]; e.Status != 1 || e.AppliedRevision < rev {
+				return fmt.Errorf("edge %s: %+v, want online at revision %d", n, e, rev)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func TestWalkthrough(t *testing.T) {
+	f := newFixture(t)
+	sz, hk, gz := f.site("sz-1"), f.site("hk-1"), f.site("gz-3")
+	all := []*topo.Site{sz, hk, gz}
+	names := cluster.WalkthroughNames
+
+	t.Run("three adds, every host reaches every host and edge", func(t *testing.T) {
+		start := f.add(names...)
+		f.converge("walkthrough, 3 edges", start, all...)
+		for _, from := range all {
+			for _, to := range all {
+				if from != to {
+					if err := topo.TCPTransfer(from.Host, to.Host, to.HostAddr, 256<<10, 10*time.Second); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		}
+		// The k8s pod range behind gz-3 (an extra CIDR) is reachable too.
+		if err := topo.TCPTransfer(sz.Host, gz.ExtraHost, podRange.HostAddr, 64<<10, 10*time.Second); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("bad adds are refused and change nothing", func(t *testing.T) {
+		before := map[string]string{}
+		for _, s := range all {
+			before[s.Name] = f.kernelState(s.Edge)
+		}
+		topoBefore, err := f.c.API.Topology(f.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.c.API.Add(f.ctx, edgeset.Spec{Name: "bj-9", HostAddr: "198.18.9.10:58423", CIDR: "172.18.5.0/24"})
+		var se *api.StatusError
+		if !errors.As(err, &se) || se.Code != http.StatusConflict || !strings.Contains(se.Msg, "edge sz-1") {
+			t.Fatalf("overlapping add: %v, want 409 naming sz-1", err)
+		}
+		for _, body := range []string{`{"name": "bj-9", "hostaddr": `, `{"name": "bj-9", "hostaddr": "198.18.9.10:58423", "cidr": "10.9.0.0/16", "vni": 5}`} {
+			resp, err := f.c.API.HTTP.Post(f.c.API.Base+api.PathAdd, "application/json", strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("malformed add %s: %d, want 400", body, resp.StatusCode)
+			}
+		}
+		// A harmless change after the refusals is a barrier: once every
+		// edge applied it, anything a refused request had leaked would have
+		// been applied too.
+		spec := f.edges["gz-3"].Spec()
+		spec.Comment = "tencent guangzhou"
+		res, err := f.c.API.Add(f.ctx, spec)
+		if err != nil || res.Revision != topoBefore.Revision+1 {
+			t.Fatalf("comment update: %+v %v; want revision %d (refusals must not consume revisions)", res, err, topoBefore.Revision+1)
+		}
+		f.appliedEverywhere(res.Revision, names...)
+		for _, s := range all {
+			if after := f.kernelState(s.Edge); after != before[s.Name] {
+				t.Errorf("%s's kernel changed:\nbefore:\n%s\nafter:\n%s", s.Name, before[s.Name], after)
+			}
+		}
+	})
+
+	t.Run("delete an edge: gone everywhere within a second, add it back", func(t *testing.T) {
+		if _, err := f.c.API.Del(f.ctx, "hk-1"); err != nil {
+			t.Fatal(err)
+		}
+		deleted := time.Now()
+		mac := mesh.VTEPMAC("hk-1").String()
+		err := topo.Eventually(time.Second, func() error {
+			for _, s := range []*topo.Site{sz, gz} {
+				st := f.kernelState(s.Edge)
+				for _, trace := range []string{"172.31.0.0", mac, hk.Underlay().String()} {
+					if strings.Contains(st, trace) {
+						return fmt.Errorf("%s still has %s:\n%s", s.Name, trace, st)
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("convergence (delete hk-1): %s until no edge has a route, neighbor, FDB entry or INPUT rule for it", time.Since(deleted).Round(time.Millisecond))
+		if err := f.net.Ping(sz.Host, hk.HostAddr, 1, time.Second); err == nil {
+			t.Fatal("VPC2 is still reachable after its edge was deleted")
+		}
+		if err := f.reachable(sz, gz); err != nil {
+			t.Fatalf("the remaining edges lost each other: %v", err)
+		}
+		f.converge("hk-1 added back", f.add("hk-1"), all...)
+	})
+
+	t.Run("drift: hand-deleted route, device and flushed chains are repaired", func(t *testing.T) {
+		for _, breakIt := range [][]string{
+			{"ip", "route", "del", "172.18.0.0/16", "proto", "207"},
+			{"ip", "link", "del", "cframe0"},
+			{"iptables", "-F", "CFRAME-FORWARD"},
+		} {
+			before := f.kernelState(gz.Edge)
+			if _, err := f.net.Exec(gz.Edge, "iptables", "-P", "FORWARD", "DROP"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.net.Exec(gz.Edge, breakIt...); err != nil {
+				t.Fatal(err)
+			}
+			broken := time.Now()
+			err := topo.Eventually(5*time.Second, func() error {
+				if st := f.kernelState(gz.Edge); st != before {
+					return fmt.Errorf("not repaired yet")
+				}
+				return f.reachable(sz, gz)
+			})
+			if err != nil {
+				t.Fatalf("after %v: %v", breakIt, err)
+			}
+			t.Logf("drift repair after %q: %s", strings.Join(breakIt, " "), time.Since(broken).Round(time.Millisecond))
+		}
+	})
+
+	t.Run("kill -9 an agent and restart it: traffic uninterrupted, kernel unchanged", func(t *testing.T) {
+		e := f.edges["gz-3"]
+		before := f.kernelState(gz.Edge)
+		ping := startPing(sz.Host, gz.HostAddr, 40, 100*time.Millisecond)
+		e.Proc().Kill()
+		if err := e.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sent, received, err := ping.wait()
+		if err != nil || sent != received {
+			t.Fatalf("ping across the restart: %d sent, %d received (%v)", sent, received, err)
+		}
+		topoNow, _ := f.c.API.Topology(f.ctx)
+		f.appliedEverywhere(topoNow.Revision, "gz-3")
+		if after := f.kernelState(gz.Edge); after != before {
+			t.Fatalf("kernel state changed across the restart:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+	})
+
+	t.Run("controller down: no loss for 10 seconds, a rebooted edge restores its saved set", func(t *testing.T) {
+		ping := startPing(sz.Host, hk.HostAddr, 100, 100*time.Millisecond)
+		s, err := startStream(hk.Host, sz.Host, sz.HostAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listBefore, _ := f.c.API.List(f.ctx)
+		f.c.StopController()
+
+		// Reboot gz-3 while the controller is away: agent gone, kernel state wiped.
+		e := f.edges["gz-3"]
+		before := f.kernelState(gz.Edge)
+		e.Proc().Kill()
+		if out, err := e.Run("cleanup"); err != nil {
+			t.Fatalf("cleanup: %v: %s", err, out)
+		}
+		if err := f.net.Ping(sz.Host, gz.HostAddr, 1, time.Second); err == nil {
+			t.Fatal("gz-3 still reachable after its kernel state was wiped")
+		}
+		if err := e.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := topo.Eventually(5*time.Second, func() error { return f.reachable(sz, gz) }); err != nil {
+			t.Fatalf("gz-3 did not restore the mesh from its saved edge set: %v", err)
+		}
+		if after := f.kernelState(gz.Edge); after != before {
+			t.Fatalf("gz-3 restored a different state:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+
+		sent, received, err := ping.wait()
+		if err != nil || sent != received || sent < 100 {
+			t.Fatalf("ping with the controller down: %d sent, %d received (%v)", sent, received, err)
+		}
+		n, gap, err := s.finish()
+		if err != nil || gap > time.Second {
+			t.Fatalf("stream with the controller down: %d bytes, longest pause %s (%v)", n, gap, err)
+		}
+		t.Logf("controller down 10s: ping %d/%d, stream %d bytes, longest pause %s", received, sent, n, gap.Round(time.Millisecond))
+
+		if err := f.c.StartController(); err != nil {
+			t.Fatal(err)
+		}
+		listAfter, err := f.c.API.List(f.ctx)
+		if err != nil || len(listAfter) != len(listBefore) {
+			t.Fatalf("after restart: %d edges (%v), want %d", len(listAfter), err, len(listBefore))
+		}
+		for i := range listBefore {
+			if a, b := listAfter[i], listBefore[i]; a.Name != b.Name || a.CIDR != b.CIDR || a.HostAddr != b.HostAddr || a.Revision != b.Revision {
+				t.Fatalf("edge changed across the controller restart: %+v -> %+v", b, a)
+			}
+		}
+		topoNow, _ := f.c.API.Topology(f.ctx)
+		f.appliedEverywhere(topoNow.Revision, names...)
+	})
+
+	t.Run("a fourth VPC joins while traffic runs", func(t *testing.T) {
+		ping := startPing(sz.Host, hk.HostAddr, 30, 100*time.Millisecond)
+		s, err := startStream(gz.Host, sz.Host, sz.HostAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bj, err := f.topo.AddVPC(topo.VPC{Name: "vpc4", CIDR: netip.MustParsePrefix("10.60.6.0/24"),
+			EdgeAddr: netip.MustParseAddr("10.60.6.1"), HostAddr: netip.MustParseAddr("10.60.6.10")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.startEdge("bj-4", bj)
+		f.converge("branch office bj-4 joins", f.add("bj-4"), sz, hk, gz, bj)
+		sent, received, err := ping.wait()
+		if err != nil || sent != received {
+			t.Fatalf("existing ping disturbed: %d sent, %d received (%v)", sent, received, err)
+		}
+		if n, gap, err := s.finish(); err != nil || gap > time.Second {
+			t.Fatalf("existing stream disturbed: %d bytes, longest pause %s (%v)", n, gap, err)
+		}
+	})
+
+	t.Run("masquerade: a VPC without routes back is reachable", func(t *testing.T) {
+		lone, err := f.topo.AddVPC(topo.VPC{Name: "vpc5", CIDR: netip.MustParsePrefix("10.70.0.0/24"),
+			EdgeAddr: netip.MustParseAddr("10.70.0.1"), HostAddr: netip.MustParseAddr("10.70.0.10"), NoRouteBack: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.startEdge("sh-5", lone, "masquerade = true")
+		start := f.add("sh-5")
+		err = topo.Eventually(15*time.Second, func() error { return f.net.Ping(sz.Host, lone.HostAddr, 1, time.Second) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("convergence (masquerading sh-5): %s", time.Since(start).Round(time.Millisecond))
+		// The host sees the edge's LAN address as the peer: the SNAT at work.
+		var ln net.Listener
+		if err := topo.Do(lone.Host, func() (err error) { ln, err = net.Listen("tcp", "10.70.0.10:0"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		seen := make(chan net.Addr, 1)
+		go func() {
+			if c, err := ln.Accept(); err == nil {
+				seen <- c.RemoteAddr()
+				c.Close()
+			}
+		}()
+		if err := topo.Do(hk.Host, func() error {
+			c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case a := <-seen:
+			if ip := a.(*net.TCPAddr).IP.String(); ip != "10.70.0.1" {
+				t.Fatalf("connection from %s arrived from %s, want the edge's LAN address 10.70.0.1", hk.HostAddr, ip)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("connection never accepted")
+		}
+	})
+}

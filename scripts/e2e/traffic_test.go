@@ -1,0 +1,177 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cframe/cframe/scripts/topo"
+)
+
+// pinger is a ping running in the background.
+type pinger struct {
+	done chan struct{}
+	out  []byte
+	err  error
+}
+
+// startPing pings addr from ns count times, interval apart.
+func startPing(ns string, addr netip.Addr, count int, interval time.Duration) *pinger {
+	p := &pinger{done: make(chan struct{})}
+	secs := int(time.Duration(count)*interval/time.Second) + 5
+	cmd := exec.Command("ip", "netns", "exec", ns, "ping", "-n", "-q", "-i", fmt.Sprintf("%.2f", interval.Seconds()),
+		"-c", strconv.Itoa(count), "-w", strconv.Itoa(secs), addr.String())
+	go func() {
+		p.out, p.err = cmd.CombinedOutput()
+		close(p.done)
+	}()
+	return p
+}
+
+var pingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+
+// wait returns how many echo requests were sent and answered.
+func (p *pinger) wait() (sent, received int, err error) {
+	<-p.done
+	m := pingStats.FindSubmatch(p.out)
+	if m == nil {
+		return 0, 0, fmt.Errorf("ping: %v: %s", p.err, p.out)
+	}
+	sent, _ = strconv.Atoi(string(m[1]))
+	received, _ = strconv.Atoi(string(m[2]))
+	return sent, received, nil
+}
+
+// stream is a paced TCP stream between two namespaces that records the
+// longest pause in delivery.
+type stream struct {
+	conn, peer net.Conn
+	ln         net.Listener
+	stop       chan struct{}
+	wg         sync.WaitGroup
+
+	mu       sync.Mutex
+	sent     int64
+	received int64
+	maxGap   time.Duration
+	err      error
+}
+
+// startStream sends ~10 MB/s from fromNS to addr (an address of toNS).
+func startStream(fromNS, toNS string, addr netip.Addr) (*stream, error) {
+	s := &stream{stop: make(chan struct{})}
+	if err := topo.Do(toNS, func() (err error) {
+		s.ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := s.ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	if err := topo.Do(fromNS, func() (err error) {
+		s.conn, err = net.DialTimeout("tcp", s.ln.Addr().String(), 5*time.Second)
+		return err
+	}); err != nil {
+		s.ln.Close()
+		return nil, err
+	}
+	select {
+	case s.peer = <-accepted:
+	case <-time.After(5 * time.Second):
+	}
+	if s.peer == nil {
+		s.conn.Close()
+		s.ln.Close()
+		return nil, fmt.Errorf("stream to %s: not accepted", addr)
+	}
+	s.wg.Add(2)
+	go s.send()
+	go s.receive()
+	return s, nil
+}
+
+func (s *stream) fail(err error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.mu.Unlock()
+}
+
+func (s *stream) send() {
+	defer s.wg.Done()
+	chunk := make([]byte, 100<<10)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			s.conn.(*net.TCPConn).CloseWrite()
+			return
+		case <-tick.C:
+			s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			n, err := s.conn.Write(chunk)
+			s.mu.Lock()
+			s.sent += int64(n)
+			s.mu.Unlock()
+			if err != nil {
+				s.fail(fmt.Errorf("stream write: %w", err))
+				return
+			}
+		}
+	}
+}
+
+func (s *stream) receive() {
+	defer s.wg.Done()
+	buf := make([]byte, 256<<10)
+	last := time.Now()
+	for {
+		s.peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := s.peer.Read(buf)
+		now := time.Now()
+		s.mu.Lock()
+		s.received += int64(n)
+		if gap := now.Sub(last); gap > s.maxGap {
+			s.maxGap = gap
+		}
+		s.mu.Unlock()
+		last = now
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			s.fail(fmt.Errorf("stream read: %w", err))
+			return
+		}
+	}
+}
+
+// finish stops sending, waits for the rest to arrive and reports the bytes
+// delivered and the longest pause between reads.
+func (s *stream) finish() (int64, time.Duration, error) {
+	close(s.stop)
+	s.wg.Wait()
+	s.conn.Close()
+	s.peer.Close()
+	s.ln.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil && s.received != s.sent {
+		s.err = fmt.Errorf("stream: sent %d bytes, received %d", s.sent, s.received)
+	}
+	return s.received, s.maxGap, s.err
+}
