@@ -44,17 +44,21 @@ const GREOverhead = 24
 
 // Desired is the complete kernel state one edge should have.
 type Desired struct {
+	// Mode is the encapsulation; empty means ModeVXLAN.
 	Mode Mode
 	// Device is the VXLAN device name; in GRE mode it is the prefix of the
-	// per-peer device names.
+	// per-peer device names. Empty means DefaultDevice.
 	Device string
-	// DeviceMAC is this edge's own VTEP MAC address (VXLAN mode).
+	// DeviceMAC is this edge's own VTEP MAC address (VXLAN mode); nil leaves
+	// the kernel's random address alone.
 	DeviceMAC net.HardwareAddr
-	// VNI is the VXLAN network identifier shared by all edges.
+	// VNI is the VXLAN network identifier shared by all edges; 0 means
+	// DefaultVNI.
 	VNI int
 	// MTU of the tunnel device(s); 0 means underlay MTU minus the overhead.
 	MTU int
-	// Port is this edge's own tunnel UDP port (the VXLAN dstport it listens on).
+	// Port is this edge's own tunnel UDP port (the VXLAN dstport it listens
+	// on); 0 means DefaultPort.
 	Port uint16
 	// LocalAddr is the underlay source address; invalid means the kernel's choice.
 	LocalAddr netip.Addr

@@ -1,0 +1,165 @@
+package netcfg
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Defaults applied to zero fields of Desired.
+const (
+	// DefaultDevice is the VXLAN device name (and GRE device name prefix).
+	DefaultDevice = "cframe0"
+	// DefaultVNI is the VXLAN network identifier used when Desired.VNI is 0.
+	DefaultVNI = 1
+	// DefaultPort is the tunnel UDP port used when Desired.Port is 0 (the
+	// walkthrough's listen_addr ":58423").
+	DefaultPort = 58423
+)
+
+// greTTL is the outer TTL of GRE tunnels.
+const greTTL = 64
+
+// Validate reports the first problem that would keep d from being applied:
+// unknown mode, bad names, addresses that are not IPv4, missing peer data for
+// the mode, duplicate peers, MACs, next hops or CIDRs.
+func (d *Desired) Validate() error {
+	n := d.normalized()
+	if n.Mode != ModeVXLAN && n.Mode != ModeGRE {
+		return fmt.Errorf("unknown mode %q (want %q or %q)", d.Mode, ModeVXLAN, ModeGRE)
+	}
+	if len(n.Device) > 15 || strings.ContainsAny(n.Device, " /:\t") {
+		return fmt.Errorf("bad device name %q (at most 15 characters, no spaces, '/' or ':')", n.Device)
+	}
+	if n.VNI < 0 || n.VNI >= 1<<24 {
+		return fmt.Errorf("VNI %d out of range", n.VNI)
+	}
+	if n.MTU != 0 && (n.MTU < 576 || n.MTU > 65535) {
+		return fmt.Errorf("MTU %d out of range (576-65535, or 0 for automatic)", n.MTU)
+	}
+	if n.DeviceMAC != nil && !unicastMAC(n.DeviceMAC) {
+		return fmt.Errorf("device MAC %s is not a unicast Ethernet address", n.DeviceMAC)
+	}
+	if n.LocalAddr.IsValid() && !n.LocalAddr.Is4() {
+		return fmt.Errorf("local address %s is not IPv4", n.LocalAddr)
+	}
+	if n.LANAddr.IsValid() && !n.LANAddr.Is4() {
+		return fmt.Errorf("LAN address %s is not IPv4", n.LANAddr)
+	}
+	for _, c := range n.LocalCIDRs {
+		if !c.IsValid() || !c.Addr().Is4() {
+			return fmt.Errorf("local CIDR %s is not an IPv4 prefix", c)
+		}
+	}
+	seen := map[string]string{}
+	claim := func(kind, key, peer string) error {
+		if other, ok := seen[kind+key]; ok {
+			return fmt.Errorf("peers %q and %q have the same %s %s", other, peer, kind, key)
+		}
+		seen[kind+key] = peer
+		return nil
+	}
+	for _, p := range n.Peers {
+		if p.Name == "" {
+			return errors.New("peer without a name")
+		}
+		if err := claim("name", p.Name, p.Name); err != nil {
+			return err
+		}
+		if !p.Underlay.Addr().Is4() {
+			return fmt.Errorf("peer %q: underlay address %s is not IPv4", p.Name, p.Underlay.Addr())
+		}
+		for _, c := range p.CIDRs {
+			if !c.IsValid() || !c.Addr().Is4() {
+				return fmt.Errorf("peer %q: CIDR %s is not an IPv4 prefix", p.Name, c)
+			}
+			if err := claim("CIDR", c.String(), p.Name); err != nil {
+				return err
+			}
+		}
+		switch n.Mode {
+		case ModeVXLAN:
+			if p.Underlay.Port() == 0 {
+				return fmt.Errorf("peer %q: underlay %s has no port", p.Name, p.Underlay)
+			}
+			if !unicastMAC(p.MAC) {
+				return fmt.Errorf("peer %q: VTEP MAC %q is not a unicast Ethernet address", p.Name, p.MAC)
+			}
+			if !p.NextHop.Is4() {
+				return fmt.Errorf("peer %q: next hop %s is not IPv4", p.Name, p.NextHop)
+			}
+			if err := claim("MAC", p.MAC.String(), p.Name); err != nil {
+				return err
+			}
+			if err := claim("next hop", p.NextHop.String(), p.Name); err != nil {
+				return err
+			}
+		case ModeGRE:
+			if err := claim("GRE device", greDevice(n.Device, p.Name), p.Name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func unicastMAC(m []byte) bool {
+	return len(m) == 6 && m[0]&1 == 0 && slices.ContainsFunc(m, func(b byte) bool { return b != 0 })
+}
+
+// normalized returns a copy of d with defaults filled in, prefixes masked
+// and peers sorted by name, so that plans are deterministic.
+func (d *Desired) normalized() Desired {
+	n := *d
+	if n.Mode == "" {
+		n.Mode = ModeVXLAN
+	}
+	if n.Device == "" {
+		n.Device = DefaultDevice
+	}
+	if n.VNI == 0 {
+		n.VNI = DefaultVNI
+	}
+	if n.Port == 0 {
+		n.Port = DefaultPort
+	}
+	n.LocalCIDRs = maskAll(d.LocalCIDRs)
+	n.Peers = make([]Peer, len(d.Peers))
+	for i, p := range d.Peers {
+		p.CIDRs = maskAll(p.CIDRs)
+		n.Peers[i] = p
+	}
+	slices.SortFunc(n.Peers, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
+	return n
+}
+
+func maskAll(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		if m := p.Masked(); !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// greDevice returns the GRE device name for a peer: the device prefix cut to
+// 8 characters, "-", and 6 hex digits of the peer name's SHA-256, so names
+// are stable, at most 15 characters and distinct per peer.
+func greDevice(prefix, peer string) string {
+	if len(prefix) > 8 {
+		prefix = prefix[:8]
+	}
+	sum := sha256.Sum256([]byte(peer))
+	return prefix + "-" + hex.EncodeToString(sum[:3])
+}
+
+// GREDevice returns the name of the GRE device d uses for the named peer.
+func (d *Desired) GREDevice(peer string) string {
+	n := d.normalized()
+	return greDevice(n.Device, peer)
+}

@@ -1,0 +1,113 @@
+package topo
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// Do runs fn on an OS thread that has joined network namespace ns and
+// returns fn's error. Netlink sockets, Go sockets and child processes that fn
+// creates on that thread (i.e. without starting goroutines) live in ns;
+// sockets stay there after fn returns. Afterwards the thread returns to its
+// original namespace; if that fails it is discarded, so the namespace never
+// leaks into other goroutines.
+func Do(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("topo: current namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		h, err := netns.GetFromName(ns)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("topo: open namespace %s: %w", ns, err)
+			return
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("topo: enter namespace %s: %w", ns, err)
+			return
+		}
+		err = fn()
+		// Only a thread back in its own namespace may serve other
+		// goroutines; otherwise stay locked and the runtime discards it.
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// TCPTransfer listens on addr (an address of namespace toNS) on a free port,
+// connects from namespace fromNS, sends size random bytes through an echo
+// server and checks that exactly those bytes come back within timeout.
+func TCPTransfer(fromNS, toNS string, addr netip.Addr, size int, timeout time.Duration) error {
+	var ln net.Listener
+	if err := Do(toNS, func() (err error) {
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
+		return err
+	}); err != nil {
+		return err
+	}
+	defer ln.Close()
+	deadline := time.Now().Add(timeout)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(deadline)
+		io.Copy(c, c)
+	}()
+
+	var c net.Conn
+	if err := Do(fromNS, func() (err error) {
+		d := net.Dialer{Deadline: deadline}
+		c, err = d.Dial("tcp", ln.Addr().String())
+		return err
+	}); err != nil {
+		return fmt.Errorf("tcp %s -> %s: %w", fromNS, ln.Addr(), err)
+	}
+	defer c.Close()
+	c.SetDeadline(deadline)
+
+	payload := make([]byte, size)
+	rand.Read(payload)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return fmt.Errorf("tcp %s -> %s: read after %d bytes: %w", fromNS, ln.Addr(), len(got), err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("tcp %s -> %s: write: %w", fromNS, ln.Addr(), err)
+	}
+	if len(got) != size || !bytes.Equal(got, payload) {
+		a, b := sha256.Sum256(payload), sha256.Sum256(got)
+		return fmt.Errorf("tcp %s -> %s: echoed %d bytes (sha %x), sent %d (sha %x)", fromNS, ln.Addr(), len(got), b[:4], size, a[:4])
+	}
+	return nil
+}

@@ -1,0 +1,237 @@
+package topo
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+)
+
+// Interface names used by the VPC topology, the same in every site.
+const (
+	// EdgeWAN is the edge's underlay interface (toward the internet router).
+	EdgeWAN = "wan0"
+	// EdgeLAN is the edge's interface into its VPC.
+	EdgeLAN = "lan0"
+	// EdgeExtra is the edge's interface toward the extra network (pod range).
+	EdgeExtra = "pod0"
+	// HostIf is the only interface of a host or extra host.
+	HostIf = "eth0"
+)
+
+// VPC describes one network to build: an edge gateway and a host inside CIDR.
+type VPC struct {
+	// Name is a short role name ("vpc1"); namespaces are
+	// "<prefix>-<name>-edge", "-host" and "-pod".
+	Name     string
+	CIDR     netip.Prefix
+	EdgeAddr netip.Addr
+	HostAddr netip.Addr
+	// NoRouteBack leaves the host without routes to the other VPCs, like a
+	// cloud route table that cannot point at the edge: only masquerading
+	// edges make such a VPC reachable.
+	NoRouteBack bool
+	// Extra optionally puts a second network behind the edge (the k8s pod
+	// range case) with one host in it.
+	Extra *Extra
+}
+
+// Extra is a further network behind an edge, on its own veth.
+type Extra struct {
+	CIDR     netip.Prefix
+	EdgeAddr netip.Addr
+	HostAddr netip.Addr
+}
+
+// Walkthrough returns the three VPCs of the reference walkthrough.
+func Walkthrough() []VPC {
+	return []VPC{
+		{Name: "vpc1", CIDR: netip.MustParsePrefix("172.18.0.0/16"),
+			EdgeAddr: netip.MustParseAddr("172.18.171.245"), HostAddr: netip.MustParseAddr("172.18.171.247")},
+		{Name: "vpc2", CIDR: netip.MustParsePrefix("172.31.0.0/16"),
+			EdgeAddr: netip.MustParseAddr("172.31.185.158"), HostAddr: netip.MustParseAddr("172.31.185.159")},
+		{Name: "vpc3", CIDR: netip.MustParsePrefix("172.20.0.0/16"),
+			EdgeAddr: netip.MustParseAddr("172.20.0.9"), HostAddr: netip.MustParseAddr("172.20.0.13")},
+	}
+}
+
+// Topology is an "internet" router namespace plus one Site per VPC.
+type Topology struct {
+	Net *Net
+	// Router is the namespace of the underlay router.
+	Router string
+
+	mu    sync.Mutex
+	sites []*Site
+}
+
+// Site is one built VPC: its namespaces and underlay addressing.
+type Site struct {
+	VPC
+	// Index is the site's position in the topology (0 for the first).
+	Index int
+	// Edge, Host and ExtraHost are namespace names (ExtraHost is empty
+	// without Extra).
+	Edge, Host, ExtraHost string
+	// Public is the edge's underlay address with its /24, e.g. 198.51.100.10/24.
+	Public netip.Prefix
+	// Gateway is the router's address in Public's /24.
+	Gateway netip.Addr
+	// RouterIf is the router's interface toward this site.
+	RouterIf string
+}
+
+// Underlay returns the edge's public (underlay) address.
+func (s *Site) Underlay() netip.Addr { return s.Public.Addr() }
+
+// CIDRs returns every network behind the site's edge, primary first.
+func (s *Site) CIDRs() []netip.Prefix {
+	if s.Extra != nil {
+		return []netip.Prefix{s.CIDR, s.Extra.CIDR}
+	}
+	return []netip.Prefix{s.CIDR}
+}
+
+// underlayNet returns the /24 of site i: the three TEST-NETs first, then
+// /24s of the benchmarking range 198.18.0.0/15.
+func underlayNet(i int) (netip.Prefix, error) {
+	switch {
+	case i == 0:
+		return netip.MustParsePrefix("198.51.100.0/24"), nil
+	case i == 1:
+		return netip.MustParsePrefix("203.0.113.0/24"), nil
+	case i == 2:
+		return netip.MustParsePrefix("192.0.2.0/24"), nil
+	case i < 3+512:
+		j := i - 3
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(j/256), byte(j % 256), 0}), 24), nil
+	}
+	return netip.Prefix{}, fmt.Errorf("topo: too many sites (%d)", i+1)
+}
+
+// Build creates the router namespace and one site per VPC on n.
+func Build(n *Net, vpcs ...VPC) (*Topology, error) {
+	r, err := n.NS("inet")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := n.Exec(r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
+		return nil, err
+	}
+	t := &Topology{Net: n, Router: r}
+	for _, v := range vpcs {
+		if _, err := t.AddVPC(v); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// Sites returns the built sites in the order they were added.
+func (t *Topology) Sites() []*Site {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]*Site(nil), t.sites...)
+}
+
+// Site returns the site named name, or nil.
+func (t *Topology) Site(name string) *Site {
+	for _, s := range t.Sites() {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// AddVPC builds one more site and adds routes to its networks on the hosts
+// of the existing sites (the cloud route tables' part), so a VPC can join
+// while traffic between the others keeps running.
+func (t *Topology) AddVPC(v VPC) (*Site, error) {
+	if v.Name == "" || !v.CIDR.IsValid() || !v.CIDR.Contains(v.EdgeAddr) || !v.CIDR.Contains(v.HostAddr) {
+		return nil, fmt.Errorf("topo: bad VPC %+v", v)
+	}
+	if v.Extra != nil && (!v.Extra.CIDR.Contains(v.Extra.EdgeAddr) || !v.Extra.CIDR.Contains(v.Extra.HostAddr)) {
+		return nil, fmt.Errorf("topo: bad extra network %+v", *v.Extra)
+	}
+	t.mu.Lock()
+	idx := len(t.sites)
+	for _, s := range t.sites {
+		if s.Name == v.Name {
+			t.mu.Unlock()
+			return nil, fmt.Errorf("topo: VPC %s exists", v.Name)
+		}
+	}
+	t.mu.Unlock()
+
+	under, err := underlayNet(idx)
+	if err != nil {
+		return nil, err
+	}
+	base := under.Addr().As4()
+	gw, pub := base, base
+	gw[3], pub[3] = 1, 10
+	s := &Site{
+		VPC:      v,
+		Index:    idx,
+		Public:   netip.PrefixFrom(netip.AddrFrom4(pub), 24),
+		Gateway:  netip.AddrFrom4(gw),
+		RouterIf: fmt.Sprintf("s%d", idx),
+	}
+	n := t.Net
+	if s.Edge, err = n.NS(v.Name + "-edge"); err != nil {
+		return nil, err
+	}
+	if s.Host, err = n.NS(v.Name + "-host"); err != nil {
+		return nil, err
+	}
+	if err := n.Veth(End{NS: t.Router, Name: s.RouterIf, Addr: netip.PrefixFrom(s.Gateway, 24)},
+		End{NS: s.Edge, Name: EdgeWAN, Addr: s.Public}); err != nil {
+		return nil, err
+	}
+	if _, err := n.Exec(s.Edge, "ip", "route", "add", "default", "via", s.Gateway.String()); err != nil {
+		return nil, err
+	}
+	if err := n.Veth(End{NS: s.Edge, Name: EdgeLAN, Addr: netip.PrefixFrom(v.EdgeAddr, v.CIDR.Bits())},
+		End{NS: s.Host, Name: HostIf, Addr: netip.PrefixFrom(v.HostAddr, v.CIDR.Bits())}); err != nil {
+		return nil, err
+	}
+	if v.Extra != nil {
+		if s.ExtraHost, err = n.NS(v.Name + "-pod"); err != nil {
+			return nil, err
+		}
+		if err := n.Veth(End{NS: s.Edge, Name: EdgeExtra, Addr: netip.PrefixFrom(v.Extra.EdgeAddr, v.Extra.CIDR.Bits())},
+			End{NS: s.ExtraHost, Name: HostIf, Addr: netip.PrefixFrom(v.Extra.HostAddr, v.Extra.CIDR.Bits())}); err != nil {
+			return nil, err
+		}
+		// The pod network's only way out is its node: a default route.
+		if _, err := n.Exec(s.ExtraHost, "ip", "route", "add", "default", "via", v.Extra.EdgeAddr.String()); err != nil {
+			return nil, err
+		}
+	}
+
+	t.mu.Lock()
+	others := append([]*Site(nil), t.sites...)
+	t.sites = append(t.sites, s)
+	t.mu.Unlock()
+
+	var errs []error
+	for _, o := range others {
+		errs = append(errs, t.routeVia(s, o), t.routeVia(o, s))
+	}
+	return s, errors.Join(errs...)
+}
+
+// routeVia points host's routes for every network of dst at host's edge,
+// unless host's VPC is marked NoRouteBack.
+func (t *Topology) routeVia(host, dst *Site) error {
+	if host.NoRouteBack {
+		return nil
+	}
+	for _, c := range dst.CIDRs() {
+		if _, err := t.Net.Exec(host.Host, "ip", "route", "replace", c.String(), "via", host.EdgeAddr.String()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
