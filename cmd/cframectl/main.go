@@ -41,6 +41,10 @@ func main() {
 			&cli.StringFlag{Name: "token", EnvVars: []string{"CFRAME_API_TOKEN"}, Usage: "bearer token (needed unless the API is on loopback)"},
 		},
 		OnUsageError: usageError,
+		CommandNotFound: func(cc *cli.Context, name string) {
+			fmt.Fprintf(os.Stderr, "cframectl: unknown command %q (see cframectl --help)\n", name)
+			os.Exit(1)
+		},
 		Commands: []*cli.Command{
 			{
 				Name:  "edge",
@@ -50,9 +54,9 @@ func main() {
 						Name:  "add",
 						Usage: "add an edge, or update the edge of that name",
 						Flags: []cli.Flag{
-							&cli.StringFlag{Name: "name", Required: true, Usage: "edge name (lowercase letters, digits, hyphens)"},
-							&cli.StringFlag{Name: "hostaddr", Required: true, Usage: "public IP:tunnel port the other edges reach it at"},
-							&cli.StringSliceFlag{Name: "cidr", Required: true, Usage: "network behind the edge; repeat for extra networks (k8s pod/service ranges)"},
+							&cli.StringFlag{Name: "name", Usage: "edge name (lowercase letters, digits, hyphens)"},
+							&cli.StringFlag{Name: "hostaddr", Usage: "public IP:tunnel port the other edges reach it at"},
+							&cli.StringSliceFlag{Name: "cidr", Usage: "network behind the edge; repeat for extra networks (k8s pod/service ranges)"},
 							&cli.StringFlag{Name: "comment"},
 						},
 						OnUsageError: usageError,
@@ -61,9 +65,12 @@ func main() {
 					{
 						Name:         "del",
 						Usage:        "delete an edge (and its pinned key)",
-						Flags:        []cli.Flag{&cli.StringFlag{Name: "name", Required: true}},
+						Flags:        []cli.Flag{&cli.StringFlag{Name: "name", Usage: "edge name"}},
 						OnUsageError: usageError,
 						Action: func(cc *cli.Context) error {
+							if err := require(cc, "name"); err != nil {
+								return err
+							}
 							r, err := client(cc).Del(cc.Context, cc.String("name"))
 							if err == nil {
 								fmt.Printf("%s (revision %d)\n", r.Message, r.Revision)
@@ -101,7 +108,25 @@ func client(cc *cli.Context) *api.Client {
 	return api.NewClient(cc.String("api"), cc.String("token"))
 }
 
+// require checks flags itself: urfave/cli's Required prints the whole help
+// page, and errors here are one line.
+func require(cc *cli.Context, flags ...string) error {
+	var missing []string
+	for _, f := range flags {
+		if !cc.IsSet(f) {
+			missing = append(missing, "--"+f)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%s: missing %s", strings.TrimPrefix(cc.Command.HelpName, cc.App.Name+" "), strings.Join(missing, ", "))
+	}
+	return nil
+}
+
 func edgeAdd(cc *cli.Context) error {
+	if err := require(cc, "name", "hostaddr", "cidr"); err != nil {
+		return err
+	}
 	cidrs := cc.StringSlice("cidr")
 	s := edgeset.Spec{Name: cc.String("name"), HostAddr: cc.String("hostaddr"), CIDR: cidrs[0], ExtraCIDRs: cidrs[1:], Comment: cc.String("comment")}
 	r, err := client(cc).Add(cc.Context, s)

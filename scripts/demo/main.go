@@ -71,9 +71,8 @@ func run(ctx context.Context, bin string, etcd, hold bool) error {
 		return err
 	}
 	defer func() {
-		step("cleaning up: stopping the programs, deleting the namespaces")
+		step("cleaning up: stopping the programs, deleting the namespaces (logs stay in %s)", dir)
 		n.Close()
-		os.RemoveAll(dir)
 	}()
 
 	step("building the walkthrough's topology in network namespaces")
@@ -170,7 +169,6 @@ func run(ctx context.Context, bin string, etcd, hold bool) error {
 	}
 	out, _ = n.Exec(e3, "ip", "route", "show", "proto", "207")
 	fmt.Printf("    for example, %s's routes:\n%s", cluster.WalkthroughNames[2], indent(out))
-	fmt.Printf("    logs: %s\n", dir)
 
 	if hold {
 		step("holding the mesh: press Ctrl-C to clean up")

@@ -381,6 +381,101 @@ func TestWalkthrough(t *testing.T) {
 		}
 	})
 
+	t.Run("SIGTERM keeps the kernel state; cleanup removes it; one-shot reconcile restores it", func(t *testing.T) {
+		e := f.edges["gz-3"]
+		before := f.kernelState(gz.Edge)
+		e.Proc().Stop(5 * time.Second)
+		defer func() {
+			if err := e.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}()
+		if after := f.kernelState(gz.Edge); after != before {
+			t.Fatalf("SIGTERM changed the kernel:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		if err := f.reachable(sz, gz); err != nil {
+			t.Fatalf("traffic stopped with the agent: %v", err)
+		}
+		out, err := e.Run("cleanup")
+		if err != nil || !strings.Contains(out, "link del cframe0") || !strings.Contains(out, "-X CFRAME-INPUT") {
+			t.Fatalf("cleanup: %v\n%s", err, out)
+		}
+		for _, cmd := range [][]string{{"ip", "link"}, {"ip", "route", "show", "proto", "207"}, {"iptables-save"}} {
+			if out, err := f.net.Exec(gz.Edge, cmd...); err != nil || strings.Contains(out, "cframe") || strings.Contains(out, "CFRAME") || strings.Contains(out, "proto 207") {
+				t.Fatalf("cleanup left objects behind (%v):\n%s", err, out)
+			}
+		}
+		out, err = e.Run("reconcile")
+		if err != nil || !strings.Contains(out, "route add 172.18.0.0/16") || !strings.Contains(out, "applied") {
+			t.Fatalf("reconcile: %v\n%s", err, out)
+		}
+		if err := f.reachable(sz, gz); err != nil {
+			t.Fatalf("after one-shot reconcile: %v", err)
+		}
+		if out, err = e.Run("reconcile"); err != nil || !strings.Contains(out, ": 0 change(s)") {
+			t.Fatalf("second reconcile should change nothing: %v\n%s", err, out)
+		}
+		if after := f.kernelState(gz.Edge); after != before {
+			t.Fatalf("reconcile built a different state:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+	})
+
+	t.Run("cframectl: list, topology, events, one-line errors", func(t *testing.T) {
+		evLog := filepath.Join(t.TempDir(), "events.log")
+		events, err := f.net.Start(sz.Edge, evLog, filepath.Join(bin, "cframectl"), "events", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer events.Stop(time.Second)
+		logHas := func(want ...string) func() error {
+			return func() error {
+				b, _ := os.ReadFile(evLog)
+				for _, w := range want {
+					if !strings.Contains(string(b), w) {
+						return fmt.Errorf("events log lacks %s:\n%s", w, b)
+					}
+				}
+				return nil
+			}
+		}
+		if err := topo.Eventually(10*time.Second, logHas("following cframe.v1.events.>")); err != nil {
+			t.Fatal(err)
+		}
+		out, err := f.c.Ctl("edge", "list")
+		if err != nil || !strings.Contains(out, "NAME") || !strings.Contains(out, "gz-3") || !strings.Contains(out, "online") {
+			t.Fatalf("edge list: %v\n%s", err, out)
+		}
+		out, err = f.c.Ctl("topology")
+		if err != nil || !strings.Contains(out, "gz-3 <-> sz-1") || !strings.Contains(out, mesh.VTEPMAC("gz-3").String()) {
+			t.Fatalf("topology: %v\n%s", err, out)
+		}
+		for _, bad := range [][]string{
+			{"edge", "add", "--name", "x-1", "--hostaddr", "198.18.7.10:58423", "--cidr", "172.18.0.0/24"},
+			{"edge", "add", "--name", "x-1", "--hostaddr", "nope", "--cidr", "10.7.0.0/24"},
+			{"edge", "del", "--name", "nope"},
+			{"edge", "add", "--name", "x-1"},
+			{"--api", "http://127.0.0.1:1", "edge", "list"},
+		} {
+			out, err := f.c.Ctl(bad...)
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if err == nil || !strings.Contains(err.Error(), "exit status 1") || len(lines) != 1 || !strings.HasPrefix(lines[0], "cframectl: ") {
+				t.Errorf("cframectl %v: %v, want exit 1 and one line:\n%s", bad, err, out)
+			}
+		}
+		// Audit events arrive live: an add and a delete.
+		if out, err := f.c.Ctl("edge", "add", "--name", "x-1", "--hostaddr", "198.18.7.10:58423", "--cidr", "10.7.0.0/24", "--comment", "temp"); err != nil {
+			t.Fatalf("add: %v %s", err, out)
+		}
+		if out, err := f.c.Ctl("edge", "del", "--name", "x-1"); err != nil {
+			t.Fatalf("del: %v %s", err, out)
+		}
+		if err := topo.Eventually(10*time.Second, logHas(`"kind":"added","edge":"x-1"`, `"kind":"deleted","edge":"x-1"`)); err != nil {
+			t.Fatal(err)
+		}
+		topoNow, _ := f.c.API.Topology(f.ctx)
+		f.appliedEverywhere(topoNow.Revision, names...)
+	})
+
 	t.Run("controller down: no loss for 10 seconds, a rebooted edge restores its saved set", func(t *testing.T) {
 		ping := startPing(sz.Host, hk.HostAddr, 100, 100*time.Millisecond)
 		s, err := startStream(hk.Host, sz.Host, sz.HostAddr)
