@@ -550,6 +550,16 @@ func TestWalkthrough(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.startEdge("bj-4", bj)
+		// Started before it is added, it waits as "pending".
+		if err := topo.Eventually(10*time.Second, func() error {
+			tp, err := f.c.API.Topology(f.ctx)
+			if err != nil || len(tp.Pending) != 1 || tp.Pending[0] != "bj-4" {
+				return fmt.Errorf("pending = %v (%v), want [bj-4]", tp.Pending, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 		f.converge("branch office bj-4 joins", f.add("bj-4"), sz, hk, gz, bj)
 		sent, received, err := ping.wait()
 		if err != nil || sent != received {
@@ -557,6 +567,41 @@ func TestWalkthrough(t *testing.T) {
 		}
 		if n, gap, err := s.finish(); err != nil || gap > time.Second {
 			t.Fatalf("existing stream disturbed: %d bytes, longest pause %s (%v)", n, gap, err)
+		}
+	})
+
+	t.Run("a foreign route overlapping a peer is left alone and reported", func(t *testing.T) {
+		// Someone else's more specific route into bj-4's branch network.
+		foreign := []string{"ip", "route", "add", "10.60.6.128/25", "via", sz.Gateway.String(), "proto", "static"}
+		if _, err := f.net.Exec(sz.Edge, foreign...); err != nil {
+			t.Fatal(err)
+		}
+		err := topo.Eventually(10*time.Second, func() error {
+			list, err := f.c.API.List(f.ctx)
+			if err != nil {
+				return err
+			}
+			for _, e := range list {
+				if e.Name == "sz-1" {
+					for _, c := range e.Conflicts {
+						if strings.Contains(c, "10.60.6.128/25") {
+							return nil
+						}
+					}
+					return fmt.Errorf("sz-1 conflicts = %v", e.Conflicts)
+				}
+			}
+			return errors.New("sz-1 not listed")
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := f.net.Exec(sz.Edge, "ip", "route", "show", "10.60.6.128/25")
+		if err != nil || !strings.Contains(out, "proto static") {
+			t.Fatalf("foreign route was touched: %v %q", err, out)
+		}
+		if _, err := f.net.Exec(sz.Edge, "ip", "route", "del", "10.60.6.128/25"); err != nil {
+			t.Fatal(err)
 		}
 	})
 
