@@ -650,3 +650,33 @@ func TestWalkthrough(t *testing.T) {
 		}
 	})
 }
+
+// An edge configured for a mode the kernel cannot do refuses to start, in one line.
+func TestEdgeRefusesUnsupportedMode(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	n, err := topo.New(topo.UniquePrefix("cfm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	ns, err := n.NS("edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Exec(ns, "ip", "link", "add", "cfprobe", "type", "gre", "remote", "192.0.2.1", "local", "192.0.2.2"); err == nil {
+		t.Skip("this kernel has gre: nothing to refuse")
+	}
+	cfg := filepath.Join(t.TempDir(), "edge.toml")
+	body := fmt.Sprintf("controller=\"192.0.2.1:58422\"\nname = \"sz-1\"\nlisten_addr=\":58423\"\nsecret = \"x\"\nstate_dir = %q\nmode = \"gre\"\n", t.TempDir())
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := n.Exec(ns, filepath.Join(bin, "cframe-edge"), "-c", cfg)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if err == nil || len(lines) != 1 || !strings.Contains(lines[0], "gre") {
+		t.Fatalf("cframe-edge with mode gre: %v, want exit 1 and one line naming gre:\n%s", err, out)
+	}
+	t.Logf("refused: %s", lines[0])
+}
