@@ -36,10 +36,20 @@ type Actual struct {
 	UnderlaySource map[netip.Addr]netip.Addr
 	// IPForward is the value of net.ipv4.ip_forward.
 	IPForward bool
+	// Sets maps each existing ipset cframe owns (SetPeers, SetNets) to
+	// its type and members. A set that does not exist has no key.
+	Sets map[string]IPSet
 	// Chains maps each existing iptables chain cframe owns, and each built-in
 	// chain it hooks into, to its rules as "iptables -S" prints them
 	// ("-A CHAIN ..."). A chain that does not exist has no key.
 	Chains map[Chain][]string
+}
+
+// IPSet is an ipset: its type ("hash:ip", "hash:net") and members, the
+// members of a hash:ip set as /32s.
+type IPSet struct {
+	Type    string
+	Members []netip.Prefix
 }
 
 // Link is a network device as cframe sees it.
@@ -55,6 +65,10 @@ type Link struct {
 	VNI      int
 	Port     uint16
 	Learning bool
+	// RPS: received packets are steered to other CPUs after
+	// decapsulation (a non-zero rps_cpus, see sysfs.go). Read for the
+	// desired VXLAN device only; desired for it always.
+	RPS bool
 	// VXLAN and GRE: the underlay source address (invalid: kernel's choice).
 	Local netip.Addr
 	// GRE only: the peer's underlay address.

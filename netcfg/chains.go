@@ -60,12 +60,9 @@ func forwardRules(dev string, local netip.Prefix) []rule {
 	}
 }
 
-// inputAccept admits the tunnel protocol from one peer.
-func inputAccept(mode Mode, port uint16, peer Peer) rule {
-	args := []string{"-s", netip.PrefixFrom(peer.Underlay.Addr(), 32).String()}
-	args = append(args, tunnelMatch(mode, port)...)
-	args = append(args, "-m", "comment", "--comment", "cframe peer "+commentSafe(peer.Name), "-j", "ACCEPT")
-	return rule{ChainInput, args}
+// inputAccept admits the tunnel protocol from the peers (SetPeers).
+func inputAccept(mode Mode, port uint16) rule {
+	return rule{ChainInput, append(tunnelMatch(mode, port), "-m", "set", "--match-set", SetPeers, "src", "-j", "ACCEPT")}
 }
 
 // inputDrop drops the tunnel protocol from everyone else; it must stay the
@@ -92,31 +89,16 @@ func mssRules(dev string, mtu int) []rule {
 	return out
 }
 
-// natRule SNATs traffic from a remote network into a local one to the LAN
-// address (MASQUERADE when the LAN address is unknown).
-func natRule(remote, local netip.Prefix, lan netip.Addr) rule {
-	args := []string{"-s", remote.String(), "-d", local.String()}
+// natRule SNATs traffic from the peers' networks (SetNets) into a local
+// network to the LAN address (MASQUERADE when the LAN address is unknown).
+func natRule(local netip.Prefix, lan netip.Addr) rule {
+	args := []string{"-d", local.String(), "-m", "set", "--match-set", SetNets, "src"}
 	if lan.IsValid() {
 		args = append(args, "-j", "SNAT", "--to-source", lan.String())
 	} else {
 		args = append(args, "-j", "MASQUERADE")
 	}
 	return rule{ChainNAT, args}
-}
-
-// commentSafe keeps comment text to characters that never need escaping
-// beyond quotes, and within the 256-byte limit of the comment match.
-func commentSafe(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-_.:@", c) >= 0) {
-			b[i] = '_'
-		}
-	}
-	if len(b) > 64 {
-		b = b[:64]
-	}
-	return string(b)
 }
 
 // joinArgs joins rule arguments the way iptables -S prints them: the value

@@ -1,14 +1,15 @@
 // Package netcfg makes the kernel match a desired mesh: it reads the tunnel
-// devices, FDB and neighbor entries, routes, ip_forward and iptables chains
-// that cframe owns, computes the difference to a Desired state, and applies
+// devices, FDB and neighbor entries, routes, ip_forward, ipsets and iptables
+// chains that cframe owns, computes the difference to a Desired state, and applies
 // it through netlink and iptables. It knows nothing about controllers, NATS or
 // edge sets; the orchestrator hands it a Desired value and gets back the list
 // of changes it made.
 //
 // Ownership: cframe only ever touches objects it can recognise as its own —
 // links whose alias starts with OwnerAlias, routes with protocol
-// RouteProtocol, entries on its own links, and the iptables chains named in
-// chains.go. Everything else is read (to report conflicts) but never changed.
+// RouteProtocol, entries on its own links, the iptables chains named in
+// chains.go and the ipsets named in ipset.go. Everything else is read (to
+// report conflicts) but never changed.
 package netcfg
 
 import (

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 
@@ -23,13 +24,43 @@ import (
 // call the methods from a goroutine locked (runtime.LockOSThread) into that
 // namespace (scripts/topo.Do does exactly that). Netlink sockets are opened
 // per request on the calling thread and iptables is executed from it, and
-// Read, Apply, Reconcile and Cleanup start no goroutines. Watch remembers the
-// calling thread's namespace and subscribes there.
+// Read, Apply, Reconcile and Cleanup start no goroutines, but for the sysfs
+// access of receive packet steering, which hands the calling thread's
+// namespace to a thread of its own (sysfs.go). Watch remembers the calling
+// thread's namespace and subscribes there.
 //
-// A Kernel has no state besides the located iptables binary; it is safe for
-// use by one goroutine at a time.
+// A Kernel holds the located iptables programs, the iptables chains it read
+// last (reused while the nftables generation shows them unchanged, see
+// iptables.go), and for the duration of one call netlink sockets of the
+// calling thread's namespace (all requests of a call share them); it is
+// safe for use by one goroutine at a time.
 type Kernel struct {
 	ipt *iptables.IPTables
+	// save and restoreCmd are iptables-save and iptables-restore; nft
+	// tells that they are the nf_tables flavour.
+	save, restoreCmd string
+	nft              bool
+	chains           chainCache
+	// During one call (see begin): a netlink handle and raw sockets of the
+	// calling thread's namespace, the indexes of the links looked up, and
+	// the requests made.
+	nl    *netlink.Handle
+	socks map[int]int
+	seq   uint32
+	index map[string]int
+	count Requests
+	// buf receives netlink answers.
+	buf []byte
+}
+
+// Requests counts what one call asked of the kernel.
+type Requests struct {
+	// Netlink is the number of netlink requests: one per dump (however
+	// many objects it returns) and one per change of a route, neighbor,
+	// FDB entry or set member; link changes take a few.
+	Netlink int
+	// Exec is the number of iptables programs run.
+	Exec int
 }
 
 // Result is what one Reconcile did.
@@ -38,6 +69,8 @@ type Result struct {
 	Changes []string
 	// Conflicts are the foreign objects that were left alone.
 	Conflicts []string
+	// Requests are the reads and writes it took.
+	Requests Requests
 }
 
 // New locates iptables (IPv4) and returns a Kernel.
@@ -46,22 +79,35 @@ func New() (*Kernel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netcfg: iptables: %w", err)
 	}
-	return &Kernel{ipt: ipt}, nil
+	path, err := exec.LookPath("iptables")
+	if err != nil {
+		return nil, fmt.Errorf("netcfg: iptables: %w", err)
+	}
+	k := &Kernel{ipt: ipt}
+	if k.save, k.restoreCmd, k.nft, err = lookIptables(path); err != nil {
+		return nil, fmt.Errorf("netcfg: iptables: %w", err)
+	}
+	return k, nil
 }
 
 // Reconcile validates d, reads the kernel, plans and applies. Running it
 // again with the same d changes nothing.
 func (k *Kernel) Reconcile(d *Desired) (Result, error) {
-	if err := d.Validate(); err != nil {
+	n := d.normalized()
+	if err := n.validate(); err != nil {
 		return Result{}, fmt.Errorf("netcfg: invalid desired state: %w", err)
 	}
-	a, err := k.Read(d)
-	if err != nil {
+	if err := k.begin(); err != nil {
 		return Result{}, err
 	}
-	p := NewPlan(d, a)
-	applied, err := k.Apply(p)
-	return Result{Changes: applied, Conflicts: p.Conflicts}, err
+	defer k.end()
+	a, err := k.read(&n)
+	if err != nil {
+		return Result{Requests: k.count}, err
+	}
+	p := newPlan(n, a)
+	applied, err := k.apply(p)
+	return Result{Changes: applied, Conflicts: p.Conflicts, Requests: k.count}, err
 }
 
 // Apply carries out the changes of p in order. A failing change does not
@@ -69,9 +115,40 @@ func (k *Kernel) Reconcile(d *Desired) (Result, error) {
 // done); the error lists every failure. applied holds the changes that
 // succeeded.
 func (k *Kernel) Apply(p Plan) (applied []string, err error) {
+	if err := k.begin(); err != nil {
+		return nil, err
+	}
+	defer k.end()
+	return k.apply(p)
+}
+
+// begin starts a call: a netlink handle in the calling thread's namespace
+// (end closes it and the raw sockets), no link indexes known, no requests
+// counted.
+func (k *Kernel) begin() error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return fmt.Errorf("netcfg: netlink: %w", err)
+	}
+	k.nl, k.index, k.count = h, map[string]int{}, Requests{}
+	return nil
+}
+
+// end closes the sockets of the call.
+func (k *Kernel) end() {
+	k.nl.Close()
+	k.nl = nil
+	for proto, fd := range k.socks {
+		unix.Close(fd)
+		delete(k.socks, proto)
+	}
+}
+
+func (k *Kernel) apply(p Plan) (applied []string, err error) {
 	var errs []error
-	for _, c := range p.Changes {
-		if cerr := c.apply(k); cerr != nil {
+	for i, cerr := range k.runChanges(p.Changes) {
+		c := p.Changes[i]
+		if cerr != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", c, cerr))
 			continue
 		}
@@ -105,10 +182,19 @@ func dump[T any](what string, f func() (T, error)) (T, error) {
 
 // Read returns the current state of everything d's plan depends on.
 func (k *Kernel) Read(d *Desired) (*Actual, error) {
+	if err := k.begin(); err != nil {
+		return nil, err
+	}
+	defer k.end()
 	n := d.normalized()
-	a := &Actual{Chains: map[Chain][]string{}, UnderlayMTU: 1500}
+	return k.read(&n)
+}
 
-	links, err := dump("links", netlink.LinkList)
+// read is Read of a normalized Desired.
+func (k *Kernel) read(n *Desired) (*Actual, error) {
+	a := &Actual{Chains: map[Chain][]string{}, Sets: map[string]IPSet{}, UnderlayMTU: 1500}
+
+	links, err := dump("links", func() ([]netlink.Link, error) { k.count.Netlink++; return k.nl.LinkList() })
 	if err != nil {
 		return nil, err
 	}
@@ -135,31 +221,33 @@ func (k *Kernel) Read(d *Desired) (*Actual, error) {
 	}
 
 	if n.Mode == ModeVXLAN {
-		for _, l := range a.Links {
+		for i, l := range a.Links {
 			if l.Name == n.Device && l.Owned() && l.Kind == "vxlan" {
-				if err := readVXLANEntries(a, l); err != nil {
+				if err := k.readVXLANEntries(a, l, len(n.Peers)+8); err != nil {
 					return nil, err
+				}
+				if a.Links[i].RPS, err = readRPS(l.Name); err != nil {
+					return nil, fmt.Errorf("netcfg: read RPS of %s: %w", l.Name, err)
 				}
 			}
 		}
 	}
 
-	routes, err := dump("routes", func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return nil, err
-	}
-	var peerCIDRs []netip.Prefix
+	peerCIDRs := make([]netip.Prefix, 0, 2*len(n.Peers))
 	for _, p := range n.Peers {
 		peerCIDRs = append(peerCIDRs, p.CIDRs...)
 	}
+	routes, err := k.listRoutes(names, len(peerCIDRs)+16)
+	if err != nil {
+		return nil, err
+	}
+	a.Routes = make([]Route, 0, len(routes))
 	defaultDev, defaultMetric := 0, -1
 	for _, r := range routes {
-		rr := routeFrom(r, names)
+		rr := r.Route
 		if rr.Dst.Bits() == 0 {
-			if r.LinkIndex != 0 && (defaultMetric < 0 || r.Priority < defaultMetric) {
-				defaultDev, defaultMetric = r.LinkIndex, r.Priority
+			if r.ifindex != 0 && (defaultMetric < 0 || rr.Metric < defaultMetric) {
+				defaultDev, defaultMetric = r.ifindex, rr.Metric
 			}
 		}
 		switch {
@@ -170,7 +258,7 @@ func (k *Kernel) Read(d *Desired) (*Actual, error) {
 		}
 	}
 
-	addrs, err := dump("addresses", func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
+	addrs, err := dump("addresses", func() ([]netlink.Addr, error) { k.count.Netlink++; return k.nl.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +283,8 @@ func (k *Kernel) Read(d *Desired) (*Actual, error) {
 	if n.Mode == ModeGRE {
 		a.UnderlaySource = map[netip.Addr]netip.Addr{}
 		for _, p := range n.Peers {
-			rs, err := netlink.RouteGet(p.Underlay.Addr().AsSlice())
+			k.count.Netlink++
+			rs, err := k.nl.RouteGet(p.Underlay.Addr().AsSlice())
 			if err != nil || len(rs) == 0 {
 				continue // unreachable now: the tunnel gets no fixed local address
 			}
@@ -211,6 +300,19 @@ func (k *Kernel) Read(d *Desired) (*Actual, error) {
 	}
 	a.IPForward = strings.TrimSpace(string(fw)) == "1"
 
+	for name := range setTypes {
+		hint := len(n.Peers)
+		if name == SetNets {
+			hint = len(peerCIDRs)
+		}
+		set, ok, err := k.listSet(name, hint)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			a.Sets[name] = set
+		}
+	}
 	if err := k.readChains(a); err != nil {
 		return nil, err
 	}
@@ -231,59 +333,17 @@ func findLANAddr(addrs []netlink.Addr, cidrs []netip.Prefix, ours map[int]bool) 
 	return netip.Addr{}
 }
 
-func readVXLANEntries(a *Actual, l Link) error {
-	fdb, err := dump("fdb", func() ([]FDBEntry, error) { return fdbList(l.Index, l.Port) })
+func (k *Kernel) readVXLANEntries(a *Actual, l Link, hint int) error {
+	fdb, err := k.fdbList(l.Index, l.Port, hint)
 	if err != nil {
 		return err
 	}
-	for _, e := range fdb {
-		e.Device = l.Name
-		a.FDB = append(a.FDB, e)
+	for i := range fdb {
+		fdb[i].Device = l.Name
 	}
-	neighs, err := dump("neighbors", func() ([]netlink.Neigh, error) { return netlink.NeighList(l.Index, netlink.FAMILY_V4) })
-	if err != nil {
-		return err
-	}
-	for _, nb := range neighs {
-		ip, ok := netip.AddrFromSlice(nb.IP)
-		if !ok || nb.State&netlink.NUD_PERMANENT == 0 {
-			continue
-		}
-		a.Neighbors = append(a.Neighbors, Neighbor{Device: l.Name, IP: ip.Unmap(), MAC: nb.HardwareAddr})
-	}
-	return nil
-}
-
-func (k *Kernel) readChains(a *Actual) error {
-	existing := map[Chain]bool{}
-	for _, table := range []string{"filter", "mangle", "nat"} {
-		chains, err := k.ipt.ListChains(table)
-		if err != nil {
-			return fmt.Errorf("netcfg: iptables -t %s -S: %w", table, err)
-		}
-		for _, c := range chains {
-			existing[Chain{table, c}] = true
-		}
-	}
-	for _, h := range hooks {
-		for _, c := range []Chain{h.own, h.from} {
-			if _, done := a.Chains[c]; done || !existing[c] {
-				continue
-			}
-			lines, err := k.ipt.List(c.Table, c.Name)
-			if err != nil {
-				return fmt.Errorf("netcfg: iptables -t %s -S %s: %w", c.Table, c.Name, err)
-			}
-			rules := []string{}
-			for _, l := range lines {
-				if strings.HasPrefix(l, "-A ") {
-					rules = append(rules, normalizeLine(l))
-				}
-			}
-			a.Chains[c] = rules
-		}
-	}
-	return nil
+	a.FDB = fdb
+	a.Neighbors, err = k.listNeighbors(l.Index, l.Name, hint)
+	return err
 }
 
 func addrFromIP(ip net.IP) netip.Addr {
@@ -304,20 +364,6 @@ func linkFrom(l netlink.Link) Link {
 	case *netlink.Gretun:
 		out.Local, out.Remote = addrFromIP(v.Local), addrFromIP(v.Remote)
 		out.MAC = nil // the "hardware address" of a GRE device is its local IP
-	}
-	return out
-}
-
-func routeFrom(r netlink.Route, names map[int]string) Route {
-	out := Route{Gw: addrFromIP(r.Gw), Device: names[r.LinkIndex], Src: addrFromIP(r.Src),
-		Protocol: int(r.Protocol), Metric: r.Priority, OnLink: r.Flags&int(netlink.FLAG_ONLINK) != 0}
-	if r.Dst != nil {
-		if ip, ok := netip.AddrFromSlice(r.Dst.IP); ok {
-			ones, _ := r.Dst.Mask.Size()
-			out.Dst = netip.PrefixFrom(ip.Unmap(), ones)
-		}
-	} else {
-		out.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 	}
 	return out
 }
@@ -355,6 +401,7 @@ func (k *Kernel) enableForwarding() error {
 // linkAdd creates a link. The kernel ignores IFLA_IFALIAS when creating
 // links, so the link is created under a temporary name, given its alias and
 // only then renamed: a link with cframe's name never lacks cframe's alias.
+// With l.RPS it gets receive packet steering before it comes up.
 func (k *Kernel) linkAdd(l Link) error {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name, attrs.MTU = tempLinkName(), l.MTU
@@ -370,18 +417,27 @@ func (k *Kernel) linkAdd(l Link) error {
 	default:
 		return fmt.Errorf("unsupported link type %q", l.Kind)
 	}
-	if err := netlink.LinkAdd(link); err != nil {
+	// LinkAdd looks the new link up to learn its index: two requests.
+	k.count.Netlink += 2
+	if err := k.nl.LinkAdd(link); err != nil {
 		return err
 	}
-	err := netlink.LinkSetAlias(link, l.Alias)
+	k.count.Netlink += 3
+	err := k.nl.LinkSetAlias(link, l.Alias)
 	if err == nil {
-		err = netlink.LinkSetName(link, l.Name)
+		err = k.nl.LinkSetName(link, l.Name)
 	}
 	if err != nil {
-		netlink.LinkDel(link)
+		k.nl.LinkDel(link)
 		return err
 	}
-	return netlink.LinkSetUp(link)
+	k.index[l.Name] = link.Attrs().Index
+	if l.RPS {
+		if err := setRPS(l.Name); err != nil {
+			return fmt.Errorf("set RPS: %w", err)
+		}
+	}
+	return k.nl.LinkSetUp(link)
 }
 
 // tempLinkPrefix starts the names of links being created.
@@ -394,66 +450,86 @@ func tempLinkName() string {
 	return tempLinkPrefix + hex.EncodeToString(b)
 }
 
-func (k *Kernel) linkDel(name string) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return ignoreGone(err)
+// ifindex returns the index of link name, looked up once per call.
+func (k *Kernel) ifindex(name string) (int, error) {
+	if i, ok := k.index[name]; ok {
+		return i, nil
 	}
-	return ignoreGone(netlink.LinkDel(l))
+	k.count.Netlink++
+	l, err := k.nl.LinkByName(name)
+	if err != nil {
+		return 0, err
+	}
+	k.index[name] = l.Attrs().Index
+	return l.Attrs().Index, nil
 }
 
-func (k *Kernel) withLink(name string, f func(netlink.Link) error) error {
-	l, err := netlink.LinkByName(name)
+// withLink calls f, which sends one request about link name, with the
+// link's index.
+func (k *Kernel) withLink(name string, f func(index int) error) error {
+	i, err := k.ifindex(name)
 	if err != nil {
 		return err
 	}
-	return f(l)
+	k.count.Netlink++
+	return f(i)
+}
+
+// byIndex is a link for the netlink calls that only use its index.
+func byIndex(i int) netlink.Link { return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: i}} }
+
+func (k *Kernel) linkDel(name string) error {
+	err := k.withLink(name, func(i int) error { return k.nl.LinkDel(byIndex(i)) })
+	delete(k.index, name)
+	return ignoreGone(err)
 }
 
 func (k *Kernel) linkSetMTU(name string, mtu int) error {
-	return k.withLink(name, func(l netlink.Link) error { return netlink.LinkSetMTU(l, mtu) })
+	return k.withLink(name, func(i int) error { return k.nl.LinkSetMTU(byIndex(i), mtu) })
 }
 
 func (k *Kernel) linkSetMAC(name string, mac net.HardwareAddr) error {
-	return k.withLink(name, func(l netlink.Link) error { return netlink.LinkSetHardwareAddr(l, mac) })
+	return k.withLink(name, func(i int) error { return k.nl.LinkSetHardwareAddr(byIndex(i), mac) })
 }
 
 func (k *Kernel) linkSetAlias(name, alias string) error {
-	return k.withLink(name, func(l netlink.Link) error { return netlink.LinkSetAlias(l, alias) })
+	return k.withLink(name, func(i int) error { return k.nl.LinkSetAlias(byIndex(i), alias) })
 }
 
+func (k *Kernel) linkSetRPS(name string) error { return setRPS(name) }
+
 func (k *Kernel) linkSetUp(name string) error {
-	return k.withLink(name, netlink.LinkSetUp)
+	return k.withLink(name, func(i int) error { return k.nl.LinkSetUp(byIndex(i)) })
 }
 
 func (k *Kernel) fdbSet(e FDBEntry) error {
-	return k.withLink(e.Device, func(l netlink.Link) error {
-		return fdbRequest(unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, l.Attrs().Index, e)
+	return k.withLink(e.Device, func(i int) error {
+		return k.fdbRequest(unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, i, e)
 	})
 }
 
 func (k *Kernel) fdbDel(e FDBEntry) error {
-	return ignoreGone(k.withLink(e.Device, func(l netlink.Link) error {
-		return fdbRequest(unix.RTM_DELNEIGH, 0, l.Attrs().Index, e)
+	return ignoreGone(k.withLink(e.Device, func(i int) error {
+		return k.fdbRequest(unix.RTM_DELNEIGH, 0, i, e)
 	}))
 }
 
 func (k *Kernel) neighSet(n Neighbor) error {
-	return k.withLink(n.Device, func(l netlink.Link) error {
-		return netlink.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4,
+	return k.withLink(n.Device, func(i int) error {
+		return k.nl.NeighSet(&netlink.Neigh{LinkIndex: i, Family: netlink.FAMILY_V4,
 			State: netlink.NUD_PERMANENT, IP: n.IP.AsSlice(), HardwareAddr: n.MAC})
 	})
 }
 
 func (k *Kernel) neighDel(n Neighbor) error {
-	return ignoreGone(k.withLink(n.Device, func(l netlink.Link) error {
-		return netlink.NeighDel(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4, IP: n.IP.AsSlice()})
+	return ignoreGone(k.withLink(n.Device, func(i int) error {
+		return k.nl.NeighDel(&netlink.Neigh{LinkIndex: i, Family: netlink.FAMILY_V4, IP: n.IP.AsSlice()})
 	}))
 }
 
 func (k *Kernel) routeSet(r Route, replace bool) error {
-	return k.withLink(r.Device, func(l netlink.Link) error {
-		nr := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(r.Dst), Gw: ipOrNil(r.Gw), Src: ipOrNil(r.Src),
+	return k.withLink(r.Device, func(i int) error {
+		nr := &netlink.Route{LinkIndex: i, Dst: ipNet(r.Dst), Gw: ipOrNil(r.Gw), Src: ipOrNil(r.Src),
 			Protocol: netlink.RouteProtocol(r.Protocol), Priority: r.Metric, Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_UNIVERSE}
 		if !r.Gw.IsValid() {
 			nr.Scope = netlink.SCOPE_LINK
@@ -462,71 +538,87 @@ func (k *Kernel) routeSet(r Route, replace bool) error {
 			nr.Flags = int(netlink.FLAG_ONLINK)
 		}
 		if replace {
-			return netlink.RouteReplace(nr)
+			return k.nl.RouteReplace(nr)
 		}
-		return netlink.RouteAdd(nr)
+		return k.nl.RouteAdd(nr)
 	})
 }
 
 // routeDel deletes one of cframe's routes; the kernel only matches routes
 // with our protocol, so a foreign route with the same destination is safe.
 func (k *Kernel) routeDel(r Route) error {
-	return ignoreGone(netlink.RouteDel(&netlink.Route{Dst: ipNet(r.Dst), Protocol: netlink.RouteProtocol(r.Protocol),
+	k.count.Netlink++
+	return ignoreGone(k.nl.RouteDel(&netlink.Route{Dst: ipNet(r.Dst), Protocol: netlink.RouteProtocol(r.Protocol),
 		Priority: r.Metric, Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_NOWHERE}))
-}
-
-func (k *Kernel) iptDelete(c Chain, args []string) error {
-	return ignoreGone(k.ipt.Delete(c.Table, c.Name, args...))
 }
 
 // Cleanup removes everything cframe created — links with its alias,
 // main-table routes with RouteProtocol, its iptables chains and the jumps
-// into them — and nothing else. It returns what it removed.
+// into them, its ipsets — and nothing else. It returns what it removed.
 func (k *Kernel) Cleanup() ([]string, error) {
+	if err := k.begin(); err != nil {
+		return nil, err
+	}
+	defer k.end()
 	var done []string
 	var errs []error
-	run := func(c Change) {
-		if err := c.apply(k); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", c, err))
-			return
+	run := func(cs []Change) {
+		for i, err := range k.runChanges(cs) {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", cs[i], err))
+				continue
+			}
+			done = append(done, cs[i].String())
 		}
-		done = append(done, c.String())
 	}
-	links, err := dump("links", netlink.LinkList)
+	links, err := dump("links", func() ([]netlink.Link, error) { k.count.Netlink++; return k.nl.LinkList() })
 	if err != nil {
 		return nil, err
 	}
 	names := map[int]string{}
+	var dels []Change
 	for _, l := range links {
 		ll := linkFrom(l)
 		names[ll.Index] = ll.Name
 		if ll.Owned() {
-			run(Change{"link del " + ll.Name, func(k *Kernel) error { return k.linkDel(ll.Name) }})
+			dels = append(dels, Change{"link del " + ll.Name, func(k *Kernel) error { return k.linkDel(ll.Name) }, nil})
 		}
 	}
+	run(dels)
 	// Listed after the links are gone: they take their routes along.
-	routes, err := dump("routes", func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol},
-			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-	})
+	routes, err := k.listRoutes(names, 16)
 	if err != nil {
 		return done, err
 	}
+	dels = nil
 	for _, r := range routes {
-		rr := routeFrom(r, names)
-		run(Change{"route del " + rr.String(), func(k *Kernel) error { return k.routeDel(rr) }})
+		if rr := r.Route; rr.Protocol == RouteProtocol {
+			dels = append(dels, Change{"route del " + rr.String(), func(k *Kernel) error { return k.routeDel(rr) }, nil})
+		}
 	}
-	a := &Actual{Chains: map[Chain][]string{}}
+	run(dels)
+	a := &Actual{Chains: map[Chain][]string{}, Sets: map[string]IPSet{}}
 	if err := k.readChains(a); err != nil {
 		return done, err
+	}
+	for name := range setTypes {
+		set, ok, err := k.listSet(name, 16)
+		if err != nil {
+			return done, err
+		}
+		if ok {
+			a.Sets[name] = set
+		}
 	}
 	pl := &planner{a: a}
 	for _, h := range hooks {
 		pl.removeChain(h.own, h.from)
 	}
-	for _, c := range pl.ipDel {
-		run(c)
+	for _, name := range []string{SetPeers, SetNets} {
+		pl.removeSet(name)
 	}
+	run(pl.ipDel)
+	run(pl.setDel)
 	return done, errors.Join(errs...)
 }
 

@@ -2,6 +2,7 @@ package netcfg
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
 
 	"github.com/cframe/cframe/scripts/topo"
 )
@@ -207,6 +211,28 @@ func (m *mesh) expectUnreachable(from *topo.Site, to netip.Addr) {
 	}
 }
 
+// expectMembers checks the members of an ipset on site's edge.
+func (m *mesh) expectMembers(site, set string, want ...string) {
+	m.t.Helper()
+	var got IPSet
+	m.in(site, func() (err error) {
+		if err := m.k.begin(); err != nil {
+			return err
+		}
+		defer m.k.end()
+		var ok bool
+		if got, ok, err = m.k.listSet(set, 4); err == nil && !ok {
+			err = fmt.Errorf("no ipset %s", set)
+		}
+		return err
+	})
+	var members []string
+	for _, p := range got.Members {
+		members = append(members, p.String())
+	}
+	m.expectSet("members of "+set, members, want)
+}
+
 // counter returns the packet counter of the first rule in chain whose
 // "iptables -L -v -x -n" line contains match.
 func (m *mesh) counter(ns, table, chain, match string) int {
@@ -243,8 +269,7 @@ var vpc1FilterRules = []string{
 	"-A FORWARD -j CFRAME-FORWARD",
 	"-A CFRAME-FORWARD -d 172.18.0.0/16 -i cframe0 -j ACCEPT",
 	"-A CFRAME-FORWARD -s 172.18.0.0/16 -o cframe0 -j ACCEPT",
-	`-A CFRAME-INPUT -s 203.0.113.10/32 -p udp -m udp --dport 58423 -m comment --comment "cframe peer vpc2" -j ACCEPT`,
-	`-A CFRAME-INPUT -s 192.0.2.10/32 -p udp -m udp --dport 58423 -m comment --comment "cframe peer vpc3" -j ACCEPT`,
+	"-A CFRAME-INPUT -p udp -m udp --dport 58423 -m set --match-set cframe-peers src -j ACCEPT",
 	"-A CFRAME-INPUT -p udp -m udp --dport 58423 -j DROP",
 }
 
@@ -285,6 +310,15 @@ func TestKernelMesh(t *testing.T) {
 	if got := m.lines(e1, "ip", "-o", "link", "show", "type", "vxlan"); len(got) != 1 {
 		t.Errorf("want exactly one vxlan link, got %q", got)
 	}
+	// ip netns exec mounts the edge's own sysfs: RPS over every online CPU.
+	want, err := onlineCPUMask()
+	if err != nil {
+		t.Fatal(err)
+	}
+	digits := func(mask string) string { return strings.TrimLeft(strings.ReplaceAll(mask, ",", ""), "0") }
+	if got := m.sh(e1, "cat", rpsFile("/sys", "cframe0")); digits(got) != digits(want) {
+		t.Errorf("rps_cpus of cframe0 = %s, want %s (every online CPU)", got, want)
+	}
 	m.expectSet("bridge fdb show dev cframe0", m.lines(e1, "bridge", "fdb", "show", "dev", "cframe0"), []string{
 		"02:cf:00:00:00:02 dst 203.0.113.10 port 58433 self permanent",
 		"02:cf:00:00:00:03 dst 192.0.2.10 port 58443 self permanent",
@@ -302,6 +336,7 @@ func TestKernelMesh(t *testing.T) {
 	expectLines(t, "iptables -t mangle -S", m.lines(e1, "iptables", "-t", "mangle", "-S"), vpc1MangleRules)
 	expectLines(t, "iptables -t nat -S", m.lines(e1, "iptables", "-t", "nat", "-S"),
 		[]string{"-P PREROUTING ACCEPT", "-P INPUT ACCEPT", "-P OUTPUT ACCEPT", "-P POSTROUTING ACCEPT"})
+	m.expectMembers("vpc1", SetPeers, "203.0.113.10/32", "192.0.2.10/32")
 	if got := m.sh(e1, "cat", "/proc/sys/net/ipv4/ip_forward"); got != "1" {
 		t.Errorf("ip_forward = %s", got)
 	}
@@ -312,11 +347,11 @@ func TestKernelMesh(t *testing.T) {
 	}
 
 	// The tunnel port answers peers only: UDP from the underlay router (not
-	// a peer) hits the final DROP, peer traffic hits its ACCEPT.
+	// a peer) hits the final DROP, peer traffic hits the ACCEPT of the set.
 	s1 := m.site("vpc1")
 	drops := m.counter(e1, "filter", "CFRAME-INPUT", "DROP")
-	if accepted := m.counter(e1, "filter", "CFRAME-INPUT", "cframe peer vpc2"); accepted == 0 {
-		t.Error("no packet from peer vpc2 counted by its ACCEPT rule")
+	if accepted := m.counter(e1, "filter", "CFRAME-INPUT", "match-set cframe-peers src"); accepted == 0 {
+		t.Error("no packet from the peers counted by the ACCEPT of their set")
 	}
 	if err := topo.Do(m.topo.Router, func() error {
 		c, err := net.Dial("udp", netip.AddrPortFrom(s1.Underlay(), port(s1)).String())
@@ -366,25 +401,30 @@ func TestKernelPeerChanges(t *testing.T) {
 		t.Errorf("vpc3 host unreachable after removing only its pod CIDR: %v", err)
 	}
 
-	// A peer removed: its route, neighbor, FDB entry and INPUT rule go.
+	// A peer removed: its route, neighbor, FDB entry and set member go,
+	// in one request each plus the reads (one dump of each kind), with no
+	// iptables program run: the chains are unchanged, and with nf_tables
+	// not even read again.
 	m.desired["vpc1"].Peers = m.desired["vpc1"].Peers[:1]
-	expectLines(t, "changes after removing peer vpc3", m.reconcile("vpc1").Changes, []string{
+	res := m.reconcile("vpc1")
+	expectLines(t, "changes after removing peer vpc3", res.Changes, []string{
 		"route del 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
 		"neigh del 172.20.0.0 dev cframe0",
 		"fdb del 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
-		`iptables -t filter -D CFRAME-INPUT -s 192.0.2.10/32 -p udp -m udp --dport 58423 -m comment --comment "cframe peer vpc3" -j ACCEPT`,
+		"ipset del cframe-peers 192.0.2.10",
 	})
+	// Reads: links, FDB, neighbors, routes, addresses, two sets, the
+	// nftables generation; writes: four, plus one link lookup.
+	if want := (Requests{Netlink: 8 + 5}); m.k.nft && res.Requests != want {
+		t.Errorf("removing a peer took %+v, want %+v", res.Requests, want)
+	}
+	m.expectMembers("vpc1", SetPeers, "203.0.113.10/32")
 	m.expectSet("fdb after removal", m.lines(e1, "bridge", "fdb", "show", "dev", "cframe0"),
 		[]string{"02:cf:00:00:00:02 dst 203.0.113.10 port 58433 self permanent"})
 	m.expectSet("neighbors after removal", m.lines(e1, "ip", "neigh", "show", "dev", "cframe0"),
 		[]string{"172.31.0.0 lladdr 02:cf:00:00:00:02 PERMANENT"})
 	m.expectSet("routes after removal", m.lines(e1, "ip", "route", "show", "proto", "207"),
 		[]string{"172.31.0.0/16 via 172.31.0.0 dev cframe0 src 172.18.171.245 onlink"})
-	expectLines(t, "INPUT after removal", m.lines(e1, "iptables", "-S", "CFRAME-INPUT"), []string{
-		"-N CFRAME-INPUT",
-		`-A CFRAME-INPUT -s 203.0.113.10/32 -p udp -m udp --dport 58423 -m comment --comment "cframe peer vpc2" -j ACCEPT`,
-		"-A CFRAME-INPUT -p udp -m udp --dport 58423 -j DROP",
-	})
 	expectLines(t, "FORWARD after removal", m.lines(e1, "iptables", "-S", "CFRAME-FORWARD"), []string{
 		"-N CFRAME-FORWARD",
 		"-A CFRAME-FORWARD -d 172.18.0.0/16 -i cframe0 -j ACCEPT",
@@ -660,13 +700,20 @@ func TestKernelRepair(t *testing.T) {
 	repair("a DROP inserted first", []string{"iptables -t filter -D CFRAME-INPUT -p udp -m udp --dport 58423 -j DROP"})
 	expectLines(t, "INPUT after the DROP repair", m.lines(e1, "iptables", "-S", "CFRAME-INPUT"), []string{
 		"-N CFRAME-INPUT",
-		`-A CFRAME-INPUT -s 203.0.113.10/32 -p udp -m udp --dport 58423 -m comment --comment "cframe peer vpc2" -j ACCEPT`,
+		"-A CFRAME-INPUT -p udp -m udp --dport 58423 -m set --match-set cframe-peers src -j ACCEPT",
 		"-A CFRAME-INPUT -p udp -m udp --dport 58423 -j DROP",
 	})
+	// ipsets have no events either.
+	m.in("vpc1", func() error { return netlink.IpsetDel(SetPeers, &netlink.IPSetEntry{IP: s2.Underlay().AsSlice()}) })
+	m.expectUnreachable(s1, s2.HostAddr)
+	repair("ipset del", []string{"ipset add cframe-peers 203.0.113.10"})
 
 	m.sh(e1, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
 	m.expectUnreachable(s1, s2.HostAddr)
 	repair("ip_forward=0", []string{"sysctl net.ipv4.ip_forward=1"})
+	// Nor has receive packet steering (sysfs).
+	m.sh(e1, "sh", "-c", "echo 0 > "+rpsFile("/sys", "cframe0"))
+	repair("rps_cpus 0", []string{"link set cframe0 rps_cpus all (receive packet steering)"})
 
 	cancel()
 	select {
@@ -702,8 +749,10 @@ func TestKernelMasquerade(t *testing.T) {
 	m.desired["vpc2"].Masquerade = true
 	res := m.reconcile("vpc2")
 	expectLines(t, "changes when turning masquerade on", res.Changes, []string{
+		"ipset create cframe-nets hash:net family inet",
+		"ipset add cframe-nets 172.18.0.0/16",
 		"iptables -t nat -N CFRAME-POSTROUTING",
-		"iptables -t nat -I CFRAME-POSTROUTING 1 -s 172.18.0.0/16 -d 172.31.0.0/16 -j SNAT --to-source 172.31.185.158",
+		"iptables -t nat -I CFRAME-POSTROUTING 1 -d 172.31.0.0/16 -m set --match-set cframe-nets src -j SNAT --to-source 172.31.185.158",
 		"iptables -t nat -I POSTROUTING 1 -j CFRAME-POSTROUTING",
 	})
 	if err := m.ping(s1, s2.HostAddr); err != nil {
@@ -719,6 +768,7 @@ func TestKernelMasquerade(t *testing.T) {
 		"iptables -t nat -D POSTROUTING -j CFRAME-POSTROUTING",
 		"iptables -t nat -F CFRAME-POSTROUTING",
 		"iptables -t nat -X CFRAME-POSTROUTING",
+		"ipset destroy cframe-nets",
 	})
 	m.expectUnreachable(s1, s2.HostAddr)
 }
@@ -791,9 +841,12 @@ func TestKernelGRE(t *testing.T) {
 	}
 }
 
-// TestKernelIptablesForms checks that every kind of rule cframe writes is
-// printed back by this host's iptables exactly as cframe spells it —
-// the premise of diffing rules without flushing chains.
+// TestKernelIptablesForms checks that every kind of rule cframe writes —
+// written in one iptables-restore per table — is printed back by this
+// host's iptables-save exactly as cframe spells it: the premise of diffing
+// rules without flushing chains. A rule with an awkward comment, as an
+// older cframe wrote per peer, must be deletable by its canonical line,
+// in a batch and alone.
 func TestKernelIptablesForms(t *testing.T) {
 	t.Parallel()
 	requireRoot(t)
@@ -810,28 +863,40 @@ func TestKernelIptablesForms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	odd := Peer{Name: `we"ird name/ü:1.2@x`, Underlay: netip.MustParseAddrPort("192.0.2.7:4789")}
-	plain := Peer{Name: "sz-1", Underlay: netip.MustParseAddrPort("192.0.2.8:4789")}
+	oldPeer := func(name, addr string) rule {
+		return rule{ChainInput, []string{"-s", addr, "-p", "udp", "-m", "udp", "--dport", "4789", "-m", "comment", "--comment", "cframe peer " + name, "-j", "ACCEPT"}}
+	}
+	odd, plain := oldPeer(`we"ird name/ü:1.2@x`, "192.0.2.7/32"), oldPeer("sz-1", "192.0.2.8/32")
 	var rules []rule
 	rules = append(rules, forwardRules("cframe0", pfx("10.244.0.0/16"))...)
-	rules = append(rules, inputAccept(ModeVXLAN, 58423, odd), inputAccept(ModeVXLAN, 58423, plain), inputDrop(ModeVXLAN, 58423),
-		inputAccept(ModeGRE, 0, plain), inputDrop(ModeGRE, 0))
+	rules = append(rules, odd, plain, inputAccept(ModeVXLAN, 58423), inputDrop(ModeVXLAN, 58423), inputAccept(ModeGRE, 0), inputDrop(ModeGRE, 0))
 	rules = append(rules, mssRules("cframe0-abcdef", 1450)...)
-	rules = append(rules, natRule(pfx("172.31.0.0/16"), pfx("172.18.0.0/16"), ip("172.18.171.245")),
-		natRule(pfx("172.31.0.0/16"), pfx("172.18.0.0/16"), netip.Addr{}))
+	rules = append(rules, natRule(pfx("172.18.0.0/16"), ip("172.18.171.245")), natRule(pfx("172.18.0.0/16"), netip.Addr{}))
 	if err := topo.Do(ns, func() error {
-		for _, h := range hooks {
-			if err := k.ipt.NewChain(h.own.Table, h.own.Name); err != nil {
-				return err
-			}
-			if err := k.ipt.Append(h.from.Table, h.from.Name, jumpRule(h.from, h.own).args...); err != nil {
+		if err := k.begin(); err != nil {
+			return err
+		}
+		defer k.end()
+		for name := range setTypes {
+			if err := k.setCreate(name); err != nil {
 				return err
 			}
 		}
+		p := &planner{}
+		var add []Change
+		for _, h := range hooks {
+			add = append(add, iptCmd(h.own.Table, "-N "+h.own.Name, func(ipt *iptables.IPTables) error { return ipt.NewChain(h.own.Table, h.own.Name) }),
+				p.ipAppend(jumpRule(h.from, h.own)))
+		}
 		for _, r := range rules {
-			if err := k.ipt.Append(r.chain.Table, r.chain.Name, r.args...); err != nil {
-				return fmt.Errorf("%s: %w", r.line(), err)
-			}
+			add = append(add, p.ipAppend(r))
+		}
+		k.count = Requests{}
+		if err := errors.Join(k.runChanges(add)...); err != nil {
+			return err
+		}
+		if k.count.Exec != 3 {
+			t.Errorf("%d changes in 3 tables took %d programs, want 3", len(add), k.count.Exec)
 		}
 		a := &Actual{Chains: map[Chain][]string{}}
 		if err := k.readChains(a); err != nil {
@@ -845,18 +910,20 @@ func TestKernelIptablesForms(t *testing.T) {
 			expectLines(t, "rules of "+h.own.Name, a.Chains[h.own], want[h.own])
 			expectLines(t, "rules of "+h.from.Table+" "+h.from.Name, a.Chains[h.from], []string{jumpRule(h.from, h.own).line()})
 		}
-		// Deleting by the parsed canonical line must find the rule.
-		line := inputAccept(ModeVXLAN, 58423, odd).line()
-		_, args, err := splitLine(line)
-		if err != nil {
-			return err
+		// Alone (go-iptables), then in a batch with a rule that is gone
+		// (the restore fails, each change then runs alone).
+		gone := p.ipDelete(ChainInput, oldPeer("gone", "192.0.2.9/32").line())
+		for _, cs := range [][]Change{{p.ipDelete(ChainInput, odd.line())}, {gone, p.ipDelete(ChainInput, plain.line())}} {
+			if err := errors.Join(k.runChanges(cs)...); err != nil {
+				return err
+			}
 		}
-		return k.iptDelete(ChainInput, args)
+		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if out := nsExec(t, n, ns, "iptables", "-S", "CFRAME-INPUT"); strings.Contains(out, "ird") {
-		t.Errorf("rule with an odd comment not deleted:\n%s", out)
+	if out := nsExec(t, n, ns, "iptables", "-S", "CFRAME-INPUT"); strings.Contains(out, "cframe peer") {
+		t.Errorf("rules with comments not deleted:\n%s", out)
 	}
 }
 

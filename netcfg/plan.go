@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
 )
 
 // Change is one planned kernel modification. String describes it in
@@ -12,7 +14,14 @@ import (
 type Change struct {
 	desc  string
 	apply func(k *Kernel) error
+	// ipt is the same change as an iptables-restore line, for iptables
+	// changes: Apply runs consecutive ones as one iptables-restore.
+	ipt *restoreLine
 }
+
+// restoreLine is one command of an iptables-restore input ("-I CHAIN 1 ...",
+// "-N CHAIN") and its table.
+type restoreLine struct{ table, line string }
 
 // String returns the human-readable form of the change, e.g.
 // "route add 172.31.0.0/16 via 172.31.0.0 dev cframe0 onlink src 172.20.0.9 proto 207".
@@ -21,10 +30,11 @@ func (c Change) String() string { return c.desc }
 // Plan is the ordered list of changes that makes the kernel match a
 // Desired state, plus the foreign objects that were left alone.
 //
-// Order: ip_forward; links (create, recreate, adjust); new iptables rules
-// and hooks; new or changed FDB entries, neighbors and routes; removal of
-// stale routes, neighbors, FDB entries and iptables rules; removal of stale
-// links. Everything a packet of an unchanged peer needs is therefore in place
+// Order: ip_forward; links (create, recreate, adjust); ipsets and their new
+// members; new iptables rules and hooks; new or changed FDB entries,
+// neighbors and routes; removal of stale routes, neighbors, FDB entries,
+// set members and iptables rules; removal of stale sets and links.
+// Everything a packet of an unchanged peer needs is therefore in place
 // before anything stale goes away.
 type Plan struct {
 	Changes []Change
@@ -45,7 +55,12 @@ func (p Plan) Strings() []string {
 // NewPlan computes the changes that turn a into d. It is a pure function:
 // it reads nothing but its arguments. d should pass Validate.
 func NewPlan(d *Desired, a *Actual) Plan {
-	p := &planner{d: d.normalized(), a: a, usable: map[string]bool{}, fresh: map[string]bool{}, neighGone: map[string]bool{}}
+	return newPlan(d.normalized(), a)
+}
+
+// newPlan is NewPlan of a normalized Desired.
+func newPlan(d Desired, a *Actual) Plan {
+	p := &planner{d: d, a: a, usable: map[string]bool{}, fresh: map[string]bool{}, neighGone: map[string]bool{}}
 	p.lan = p.d.LANAddr
 	if !p.lan.IsValid() {
 		p.lan = a.LANAddr
@@ -63,7 +78,7 @@ func NewPlan(d *Desired, a *Actual) Plan {
 		}
 	}
 	if !a.IPForward {
-		p.first = append(p.first, Change{"sysctl net.ipv4.ip_forward=1", (*Kernel).enableForwarding})
+		p.first = append(p.first, Change{"sysctl net.ipv4.ip_forward=1", (*Kernel).enableForwarding, nil})
 	}
 	p.planLinks()
 	if p.d.Mode == ModeVXLAN && p.usable[p.d.Device] {
@@ -74,7 +89,7 @@ func NewPlan(d *Desired, a *Actual) Plan {
 	p.planIptables()
 
 	var plan Plan
-	for _, stage := range [][]Change{p.first, p.links, p.ipAdd, p.add, p.delRoutes, p.delNeigh, p.delFDB, p.ipDel, p.linkDel} {
+	for _, stage := range [][]Change{p.first, p.links, p.sets, p.ipAdd, p.add, p.delRoutes, p.delNeigh, p.delFDB, p.delMembers, p.ipDel, p.setDel, p.linkDel} {
 		plan.Changes = append(plan.Changes, stage...)
 	}
 	plan.Conflicts = p.conflicts
@@ -88,10 +103,10 @@ type planner struct {
 	mtu int
 	lan netip.Addr
 
-	first, links, ipAdd, add           []Change
-	delRoutes, delNeigh, delFDB, ipDel []Change
-	linkDel                            []Change
-	conflicts                          []string
+	first, links, sets, ipAdd, add                 []Change
+	delRoutes, delNeigh, delFDB, delMembers, ipDel []Change
+	setDel, linkDel                                []Change
+	conflicts                                      []string
 
 	// usable: desired devices that exist (or will) and are ours.
 	usable map[string]bool
@@ -119,7 +134,7 @@ func (p *planner) peerDevice(peer Peer) string {
 func (p *planner) wantLinks() []Link {
 	if p.d.Mode == ModeVXLAN {
 		return []Link{{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr}}
+			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, RPS: true}}
 	}
 	var out []Link
 	for _, peer := range p.d.Peers {
@@ -177,31 +192,34 @@ func (p *planner) planLinks() {
 		h, ok := have[w.Name]
 		switch {
 		case !ok:
-			p.links = append(p.links, Change{"link add " + w.String(), func(k *Kernel) error { return k.linkAdd(w) }})
+			p.links = append(p.links, Change{"link add " + w.String(), func(k *Kernel) error { return k.linkAdd(w) }, nil})
 			p.fresh[w.Name] = true
 		case !h.Owned():
 			p.conflict("link %s exists but is not cframe's (type %s, alias %q): left alone, nothing installed on it", h.Name, h.Kind, h.Alias)
 			continue
 		case recreateReason(h, w) != "":
 			p.links = append(p.links,
-				Change{fmt.Sprintf("link del %s (recreate: %s)", h.Name, recreateReason(h, w)), func(k *Kernel) error { return k.linkDel(w.Name) }},
-				Change{"link add " + w.String(), func(k *Kernel) error { return k.linkAdd(w) }})
+				Change{fmt.Sprintf("link del %s (recreate: %s)", h.Name, recreateReason(h, w)), func(k *Kernel) error { return k.linkDel(w.Name) }, nil},
+				Change{"link add " + w.String(), func(k *Kernel) error { return k.linkAdd(w) }, nil})
 			p.fresh[w.Name] = true
 		default:
 			if h.MTU != w.MTU {
-				p.links = append(p.links, Change{fmt.Sprintf("link set %s mtu %d", w.Name, w.MTU), func(k *Kernel) error { return k.linkSetMTU(w.Name, w.MTU) }})
+				p.links = append(p.links, Change{fmt.Sprintf("link set %s mtu %d", w.Name, w.MTU), func(k *Kernel) error { return k.linkSetMTU(w.Name, w.MTU) }, nil})
 			}
 			if w.MAC != nil && !bytes.Equal(h.MAC, w.MAC) {
-				p.links = append(p.links, Change{fmt.Sprintf("link set %s address %s", w.Name, w.MAC), func(k *Kernel) error { return k.linkSetMAC(w.Name, w.MAC) }})
+				p.links = append(p.links, Change{fmt.Sprintf("link set %s address %s", w.Name, w.MAC), func(k *Kernel) error { return k.linkSetMAC(w.Name, w.MAC) }, nil})
 				// The kernel flushes a device's neighbors, permanent ones
 				// included, when its address changes.
 				p.neighGone[w.Name] = true
 			}
 			if h.Alias != w.Alias {
-				p.links = append(p.links, Change{fmt.Sprintf("link set %s alias %q", w.Name, w.Alias), func(k *Kernel) error { return k.linkSetAlias(w.Name, w.Alias) }})
+				p.links = append(p.links, Change{fmt.Sprintf("link set %s alias %q", w.Name, w.Alias), func(k *Kernel) error { return k.linkSetAlias(w.Name, w.Alias) }, nil})
 			}
 			if !h.Up {
-				p.links = append(p.links, Change{fmt.Sprintf("link set %s up", w.Name), func(k *Kernel) error { return k.linkSetUp(w.Name) }})
+				p.links = append(p.links, Change{fmt.Sprintf("link set %s up", w.Name), func(k *Kernel) error { return k.linkSetUp(w.Name) }, nil})
+			}
+			if w.RPS && !h.RPS {
+				p.links = append(p.links, Change{fmt.Sprintf("link set %s rps_cpus all (receive packet steering)", w.Name), func(k *Kernel) error { return k.linkSetRPS(w.Name) }, nil})
 			}
 		}
 		p.usable[w.Name] = true
@@ -210,29 +228,42 @@ func (p *planner) planLinks() {
 	for _, h := range p.a.Links {
 		if h.Owned() && !wanted[h.Name] {
 			name := h.Name
-			p.linkDel = append(p.linkDel, Change{fmt.Sprintf("link del %s (stale)", name), func(k *Kernel) error { return k.linkDel(name) }})
+			p.linkDel = append(p.linkDel, Change{fmt.Sprintf("link del %s (stale)", name), func(k *Kernel) error { return k.linkDel(name) }, nil})
 		}
 	}
 }
 
 func (p *planner) planFDB() {
 	dev := p.d.Device
-	byMAC := map[string][]FDBEntry{}
+	// The kernel's entries for each MAC, in kernel order: first[mac] is
+	// the position of the first in p.a.FDB, next[i] the one after i (or
+	// -1). Keyed by raw MAC: no formatting, one allocation in all.
+	fdb := p.a.FDB
+	first := make(map[[6]byte]int, len(fdb))
+	next := make([]int, len(fdb))
 	if !p.fresh[dev] {
-		for _, e := range p.a.FDB {
-			if e.Device == dev {
-				byMAC[e.MAC.String()] = append(byMAC[e.MAC.String()], e)
+		for i := len(fdb) - 1; i >= 0; i-- {
+			if fdb[i].Device == dev {
+				key := [6]byte(fdb[i].MAC)
+				if j, ok := first[key]; ok {
+					next[i] = j
+				} else {
+					next[i] = -1
+				}
+				first[key] = i
 			}
 		}
 	}
 	var stale []FDBEntry
 	for _, peer := range p.d.Peers {
 		w := FDBEntry{Device: dev, MAC: peer.MAC, Dst: peer.Underlay.Addr(), Port: peer.Underlay.Port()}
-		hs := byMAC[w.MAC.String()]
-		delete(byMAC, w.MAC.String())
-		kept := false
-		for _, h := range hs {
-			if h.Dst == w.Dst && h.Port == w.Port && !kept {
+		key := [6]byte(w.MAC)
+		i, ok := first[key]
+		delete(first, key)
+		kept, held := false, 0
+		for ; ok && i >= 0; i = next[i] {
+			held++
+			if h := fdb[i]; h.Dst == w.Dst && h.Port == w.Port && !kept {
 				kept = true
 			} else {
 				stale = append(stale, h)
@@ -240,53 +271,54 @@ func (p *planner) planFDB() {
 		}
 		switch {
 		case kept:
-		case len(hs) > 0:
-			p.add = append(p.add, Change{"fdb replace " + w.String(), func(k *Kernel) error { return k.fdbSet(w) }})
-			if len(hs) == 1 {
+		case held > 0:
+			p.add = append(p.add, Change{"fdb replace " + w.String(), func(k *Kernel) error { return k.fdbSet(w) }, nil})
+			if held == 1 {
 				// Replacing rewrites the only remote in place.
 				stale = stale[:len(stale)-1]
 			}
 		default:
-			p.add = append(p.add, Change{"fdb add " + w.String(), func(k *Kernel) error { return k.fdbSet(w) }})
+			p.add = append(p.add, Change{"fdb add " + w.String(), func(k *Kernel) error { return k.fdbSet(w) }, nil})
 		}
 	}
-	for _, e := range p.a.FDB {
-		if _, left := byMAC[e.MAC.String()]; left && e.Device == dev {
+	for _, e := range fdb {
+		if _, left := first[[6]byte(e.MAC)]; left && e.Device == dev {
 			stale = append(stale, e)
 		}
 	}
 	for _, e := range stale {
-		e := e
-		p.delFDB = append(p.delFDB, Change{"fdb del " + e.String(), func(k *Kernel) error { return k.fdbDel(e) }})
+		p.delFDB = append(p.delFDB, Change{"fdb del " + e.String(), func(k *Kernel) error { return k.fdbDel(e) }, nil})
 	}
 }
 
 func (p *planner) planNeighbors() {
 	dev := p.d.Device
-	have := map[netip.Addr]Neighbor{}
+	// have maps each neighbor of ours to its position in p.a.Neighbors.
+	have := make(map[netip.Addr]int, len(p.a.Neighbors))
 	if !p.fresh[dev] && !p.neighGone[dev] {
-		for _, n := range p.a.Neighbors {
+		for i, n := range p.a.Neighbors {
 			if n.Device == dev {
-				have[n.IP] = n
+				have[n.IP] = i
 			}
 		}
 	}
 	for _, peer := range p.d.Peers {
 		w := Neighbor{Device: dev, IP: peer.NextHop, MAC: peer.MAC}
-		desc := fmt.Sprintf("%s lladdr %s dev %s nud permanent", w.IP, w.MAC, w.Device)
-		h, ok := have[w.IP]
+		i, ok := have[w.IP]
 		delete(have, w.IP)
+		verb := "replace"
 		switch {
 		case !ok:
-			p.add = append(p.add, Change{"neigh add " + desc, func(k *Kernel) error { return k.neighSet(w) }})
-		case !bytes.Equal(h.MAC, w.MAC):
-			p.add = append(p.add, Change{"neigh replace " + desc, func(k *Kernel) error { return k.neighSet(w) }})
+			verb = "add"
+		case bytes.Equal(p.a.Neighbors[i].MAC, w.MAC):
+			continue
 		}
+		p.add = append(p.add, Change{fmt.Sprintf("neigh %s %s lladdr %s dev %s nud permanent", verb, w.IP, w.MAC, w.Device),
+			func(k *Kernel) error { return k.neighSet(w) }, nil})
 	}
 	for _, n := range p.a.Neighbors {
 		if _, left := have[n.IP]; left && n.Device == dev {
-			n := n
-			p.delNeigh = append(p.delNeigh, Change{fmt.Sprintf("neigh del %s dev %s", n.IP, n.Device), func(k *Kernel) error { return k.neighDel(n) }})
+			p.delNeigh = append(p.delNeigh, Change{fmt.Sprintf("neigh del %s dev %s", n.IP, n.Device), func(k *Kernel) error { return k.neighDel(n) }, nil})
 		}
 	}
 }
@@ -297,13 +329,15 @@ type routeKey struct {
 }
 
 func (p *planner) planRoutes() {
-	ours := map[routeKey]Route{}
-	for _, r := range p.a.Routes {
+	// ours maps each of our routes to its position; kept marks the ones
+	// still wanted. The rest is stale.
+	ours := make(map[routeKey]int, len(p.a.Routes))
+	for i, r := range p.a.Routes {
 		if !p.fresh[r.Device] { // routes on a (re)created device are gone
-			ours[routeKey{r.Dst, r.Metric}] = r
+			ours[routeKey{r.Dst, r.Metric}] = i
 		}
 	}
-	wanted := map[routeKey]bool{}
+	kept := make([]bool, len(p.a.Routes))
 	for _, peer := range p.d.Peers {
 		dev := p.peerDevice(peer)
 		if !p.usable[dev] {
@@ -327,21 +361,21 @@ func (p *planner) planRoutes() {
 			if blocked {
 				continue
 			}
-			key := routeKey{cidr, 0}
-			wanted[key] = true
-			h, ok := ours[key]
+			i, ok := ours[routeKey{cidr, 0}]
 			switch {
 			case !ok:
-				p.add = append(p.add, Change{"route add " + w.String(), func(k *Kernel) error { return k.routeSet(w, false) }})
-			case !h.equal(w):
-				p.add = append(p.add, Change{"route replace " + w.String(), func(k *Kernel) error { return k.routeSet(w, true) }})
+				p.add = append(p.add, Change{"route add " + w.String(), func(k *Kernel) error { return k.routeSet(w, false) }, nil})
+			case !p.a.Routes[i].equal(w):
+				p.add = append(p.add, Change{"route replace " + w.String(), func(k *Kernel) error { return k.routeSet(w, true) }, nil})
+			}
+			if ok {
+				kept[i] = true
 			}
 		}
 	}
-	for _, r := range p.a.Routes {
-		if !wanted[routeKey{r.Dst, r.Metric}] && !p.fresh[r.Device] {
-			r := r
-			p.delRoutes = append(p.delRoutes, Change{"route del " + r.String(), func(k *Kernel) error { return k.routeDel(r) }})
+	for i, r := range p.a.Routes {
+		if !kept[i] && !p.fresh[r.Device] {
+			p.delRoutes = append(p.delRoutes, Change{"route del " + r.String(), func(k *Kernel) error { return k.routeDel(r) }, nil})
 		}
 	}
 }
@@ -354,26 +388,34 @@ func (p *planner) planIptables() {
 		}
 		want[ChainMSS] = append(want[ChainMSS], mssRules(dev, p.mtu)...)
 	}
+	underlays := make([]netip.Prefix, 0, len(p.d.Peers))
+	var nets []netip.Prefix
 	for _, peer := range p.d.Peers {
-		want[ChainInput] = append(want[ChainInput], inputAccept(p.d.Mode, p.d.Port, peer))
+		underlays = append(underlays, netip.PrefixFrom(peer.Underlay.Addr(), 32))
+		if p.d.Masquerade {
+			nets = append(nets, peer.CIDRs...)
+		}
+	}
+	if p.planSet(SetPeers, underlays) {
+		want[ChainInput] = append(want[ChainInput], inputAccept(p.d.Mode, p.d.Port))
 	}
 	want[ChainInput] = append(want[ChainInput], inputDrop(p.d.Mode, p.d.Port))
-	if p.d.Masquerade {
-		for _, peer := range p.d.Peers {
-			for _, remote := range peer.CIDRs {
-				for _, local := range p.d.LocalCIDRs {
-					want[ChainNAT] = append(want[ChainNAT], natRule(remote, local, p.lan))
-				}
-			}
+	masquerade := p.d.Masquerade && p.planSet(SetNets, nets)
+	if masquerade {
+		for _, local := range p.d.LocalCIDRs {
+			want[ChainNAT] = append(want[ChainNAT], natRule(local, p.lan))
 		}
 	}
 	for _, h := range hooks {
-		if h.own == ChainNAT && !p.d.Masquerade {
+		if h.own == ChainNAT && !masquerade {
 			p.removeChain(h.own, h.from)
 			continue
 		}
 		p.syncChain(h.own, want[h.own], h.own == ChainInput)
 		p.syncHook(h.from, h.own)
+	}
+	if !p.d.Masquerade {
+		p.removeSet(SetNets)
 	}
 }
 
@@ -384,7 +426,7 @@ func (p *planner) planIptables() {
 func (p *planner) syncChain(c Chain, rules []rule, terminal bool) {
 	have, exists := p.a.Chains[c]
 	if !exists {
-		p.ipAdd = append(p.ipAdd, Change{fmt.Sprintf("iptables -t %s -N %s", c.Table, c.Name), func(k *Kernel) error { return k.ipt.NewChain(c.Table, c.Name) }})
+		p.ipAdd = append(p.ipAdd, iptCmd(c.Table, "-N "+c.Name, func(ipt *iptables.IPTables) error { return ipt.NewChain(c.Table, c.Name) }))
 	}
 	count := map[string]int{}
 	last := map[string]int{}
@@ -466,33 +508,42 @@ func (p *planner) removeChain(own, from Chain) {
 	}
 	if have, ok := p.a.Chains[own]; ok {
 		if len(have) > 0 {
-			p.ipDel = append(p.ipDel, Change{fmt.Sprintf("iptables -t %s -F %s", own.Table, own.Name), func(k *Kernel) error { return k.ipt.ClearChain(own.Table, own.Name) }})
+			p.ipDel = append(p.ipDel, iptCmd(own.Table, "-F "+own.Name, func(ipt *iptables.IPTables) error { return ipt.ClearChain(own.Table, own.Name) }))
 		}
-		p.ipDel = append(p.ipDel, Change{fmt.Sprintf("iptables -t %s -X %s", own.Table, own.Name), func(k *Kernel) error { return k.ipt.DeleteChain(own.Table, own.Name) }})
+		p.ipDel = append(p.ipDel, iptCmd(own.Table, "-X "+own.Name, func(ipt *iptables.IPTables) error { return ipt.DeleteChain(own.Table, own.Name) }))
 	}
 }
 
+// iptCmd is an iptables change: cmd ("-I CHAIN 1 ...") in table, run as
+// part of an iptables-restore, or alone through run when that fails.
+func iptCmd(table, cmd string, run func(ipt *iptables.IPTables) error) Change {
+	return Change{"iptables -t " + table + " " + cmd, func(k *Kernel) error {
+		k.count.Exec++
+		return run(k.ipt)
+	}, &restoreLine{table, cmd}}
+}
+
 func (p *planner) ipInsert(r rule) Change {
-	return Change{fmt.Sprintf("iptables -t %s -I %s 1 %s", r.chain.Table, r.chain.Name, joinArgs(r.args)),
-		func(k *Kernel) error { return k.ipt.Insert(r.chain.Table, r.chain.Name, 1, r.args...) }}
+	return iptCmd(r.chain.Table, fmt.Sprintf("-I %s 1 %s", r.chain.Name, joinArgs(r.args)),
+		func(ipt *iptables.IPTables) error { return ipt.Insert(r.chain.Table, r.chain.Name, 1, r.args...) })
 }
 
 func (p *planner) ipAppend(r rule) Change {
-	return Change{fmt.Sprintf("iptables -t %s -A %s %s", r.chain.Table, r.chain.Name, joinArgs(r.args)),
-		func(k *Kernel) error { return k.ipt.Append(r.chain.Table, r.chain.Name, r.args...) }}
+	return iptCmd(r.chain.Table, "-A "+r.chain.Name+" "+joinArgs(r.args),
+		func(ipt *iptables.IPTables) error { return ipt.Append(r.chain.Table, r.chain.Name, r.args...) })
 }
 
-// ipDelete deletes the first rule of chain c that matches line.
+// ipDelete deletes the first rule of chain c that matches line; one that
+// is already gone counts as deleted.
 func (p *planner) ipDelete(c Chain, line string) Change {
-	desc := fmt.Sprintf("iptables -t %s -D %s", c.Table, strings.TrimPrefix(line, "-A "))
 	name, args, err := splitLine(line)
 	if err == nil && name != c.Name {
 		err = fmt.Errorf("rule %q is not in chain %s", line, c.Name)
 	}
-	return Change{desc, func(k *Kernel) error {
+	return iptCmd(c.Table, "-D "+strings.TrimPrefix(line, "-A "), func(ipt *iptables.IPTables) error {
 		if err != nil {
 			return err
 		}
-		return k.iptDelete(c, args)
-	}}
+		return ignoreGone(ipt.Delete(c.Table, c.Name, args...))
+	})
 }

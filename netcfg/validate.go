@@ -29,8 +29,13 @@ const greTTL = 64
 // the mode, duplicate peers, MACs, next hops or CIDRs.
 func (d *Desired) Validate() error {
 	n := d.normalized()
+	return n.validate()
+}
+
+// validate is Validate of a normalized Desired.
+func (n *Desired) validate() error {
 	if n.Mode != ModeVXLAN && n.Mode != ModeGRE {
-		return fmt.Errorf("unknown mode %q (want %q or %q)", d.Mode, ModeVXLAN, ModeGRE)
+		return fmt.Errorf("unknown mode %q (want %q or %q)", n.Mode, ModeVXLAN, ModeGRE)
 	}
 	if len(n.Device) > 15 || strings.ContainsAny(n.Device, " /:\t") {
 		return fmt.Errorf("bad device name %q (at most 15 characters, no spaces, '/' or ':')", n.Device)
@@ -55,21 +60,24 @@ func (d *Desired) Validate() error {
 			return fmt.Errorf("local CIDR %s is not an IPv4 prefix", c)
 		}
 	}
-	seen := map[string]string{}
-	claim := func(kind, key, peer string) error {
-		if other, ok := seen[kind+key]; ok {
-			return fmt.Errorf("peers %q and %q have the same %s %s", other, peer, kind, key)
-		}
-		seen[kind+key] = peer
-		return nil
+	// One map per kind, keyed by value (not by formatted strings): this
+	// runs on every reconcile, with thousands of keys at scale.
+	names := make(map[string]bool, len(n.Peers))
+	cidrs := make(map[netip.Prefix]string, 2*len(n.Peers))
+	macs := make(map[[6]byte]string, len(n.Peers))
+	hops := make(map[netip.Addr]string, len(n.Peers))
+	gres := map[string]string{}
+	dup := func(other, peer, kind string, key any) error {
+		return fmt.Errorf("peers %q and %q have the same %s %v", other, peer, kind, key)
 	}
 	for _, p := range n.Peers {
 		if p.Name == "" {
 			return errors.New("peer without a name")
 		}
-		if err := claim("name", p.Name, p.Name); err != nil {
-			return err
+		if names[p.Name] {
+			return dup(p.Name, p.Name, "name", p.Name)
 		}
+		names[p.Name] = true
 		if !p.Underlay.Addr().Is4() {
 			return fmt.Errorf("peer %q: underlay address %s is not IPv4", p.Name, p.Underlay.Addr())
 		}
@@ -77,9 +85,10 @@ func (d *Desired) Validate() error {
 			if !c.IsValid() || !c.Addr().Is4() {
 				return fmt.Errorf("peer %q: CIDR %s is not an IPv4 prefix", p.Name, c)
 			}
-			if err := claim("CIDR", c.String(), p.Name); err != nil {
-				return err
+			if other, ok := cidrs[c]; ok {
+				return dup(other, p.Name, "CIDR", c)
 			}
+			cidrs[c] = p.Name
 		}
 		switch n.Mode {
 		case ModeVXLAN:
@@ -92,16 +101,20 @@ func (d *Desired) Validate() error {
 			if !p.NextHop.Is4() {
 				return fmt.Errorf("peer %q: next hop %s is not IPv4", p.Name, p.NextHop)
 			}
-			if err := claim("MAC", p.MAC.String(), p.Name); err != nil {
-				return err
+			if other, ok := macs[[6]byte(p.MAC)]; ok {
+				return dup(other, p.Name, "MAC", p.MAC)
 			}
-			if err := claim("next hop", p.NextHop.String(), p.Name); err != nil {
-				return err
+			macs[[6]byte(p.MAC)] = p.Name
+			if other, ok := hops[p.NextHop]; ok {
+				return dup(other, p.Name, "next hop", p.NextHop)
 			}
+			hops[p.NextHop] = p.Name
 		case ModeGRE:
-			if err := claim("GRE device", greDevice(n.Device, p.Name), p.Name); err != nil {
-				return err
+			dev := greDevice(n.Device, p.Name)
+			if other, ok := gres[dev]; ok {
+				return dup(other, p.Name, "GRE device", dev)
 			}
+			gres[dev] = p.Name
 		}
 	}
 	return nil

@@ -33,8 +33,9 @@ import (
 // Watch calls notify with a reason starting "watch restarted" (events may
 // have been lost) and subscribes again in the same namespace.
 //
-// iptables has no change events: callers must also reconcile periodically
-// (the agent does every ~2 s) to repair flushed or edited chains.
+// iptables and ipsets have no change events: callers must also reconcile
+// periodically (the agent does every ~2 s) to repair flushed or edited
+// chains and sets.
 func (k *Kernel) Watch(ctx context.Context, notify func(reason string)) error {
 	_, err := watch(ctx, notify)
 	return err

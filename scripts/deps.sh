@@ -2,7 +2,8 @@
 # Installs what a fresh Debian machine lacks for cframe's tests and demo:
 # ping, iptables, iperf3 and etcd (for the etcd-store tests and `make demo ETCD=1`).
 # Go modules come from the module proxy when `go` first builds.
-# Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels `make bench` compares against)
+# Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels `make bench` compares against,
+# and ethtool for its wire-like underlay profile)
 set -euo pipefail
 
 need=()
@@ -17,6 +18,7 @@ if [ "${1:-}" = bench ]; then
   have wg      || need+=(wireguard-tools)
   have nebula  || need+=(nebula)
   have openvpn || need+=(openvpn)
+  have ethtool || need+=(ethtool)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -210,6 +210,20 @@ func (c *Cluster) StopController() {
 	}
 }
 
+// Controller is the running controller process, or nil.
+func (c *Cluster) Controller() *topo.Proc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.controller
+}
+
+// Secret is the controller's join secret (from <data_dir>/secret).
+func (c *Cluster) Secret() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.secret
+}
+
 // ControllerAddr is the address edges reach the controller at: the home
 // edge's public address, as $CONTROLLER_PIP in the walkthrough.
 func (c *Cluster) ControllerAddr() string {

@@ -1,0 +1,150 @@
+package netcfg
+
+import (
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Receive packet steering (RPS) of the VXLAN device.
+//
+// Every packet of every peer reaches the edge through the underlay NIC's
+// receive queue; a NIC with fewer queues than CPUs (one, on many cloud
+// gateways and on veth) makes one CPU run GRO, decapsulation, forwarding and
+// — on a shared host — delivery for every flow while the others idle. RPS on
+// the tunnel device's receive queue hands each decapsulated flow, by its
+// inner hash, to a CPU of its own for everything after decapsulation. The
+// kernel has no netlink attribute for it; it lives in sysfs.
+
+// rpsFile is the RPS CPU mask of dev's (only) receive queue under a sysfs
+// root.
+func rpsFile(root, dev string) string {
+	return filepath.Join(root, "class", "net", dev, "queues", "rx-0", "rps_cpus")
+}
+
+// readRPS reports whether dev steers received packets to other CPUs: a
+// non-zero rps_cpus mask, whatever its CPUs (an operator's own mask is left
+// alone).
+func readRPS(dev string) (bool, error) {
+	var on bool
+	err := inNetSysfs(func(root string) error {
+		b, err := os.ReadFile(rpsFile(root, dev))
+		if err != nil {
+			return err
+		}
+		mask, ok := new(big.Int).SetString(strings.ReplaceAll(strings.TrimSpace(string(b)), ",", ""), 16)
+		if !ok {
+			return fmt.Errorf("rps_cpus of %s: unreadable mask %q", dev, b)
+		}
+		on = mask.Sign() != 0
+		return nil
+	})
+	return on, err
+}
+
+// setRPS steers dev's received packets over every online CPU.
+func setRPS(dev string) error {
+	mask, err := onlineCPUMask()
+	if err != nil {
+		return err
+	}
+	return inNetSysfs(func(root string) error {
+		return os.WriteFile(rpsFile(root, dev), []byte(mask+"\n"), 0o644)
+	})
+}
+
+// onlineCPUMask returns the online CPUs (/sys/devices/system/cpu/online,
+// e.g. "0-3,8") as the hex mask sysfs takes: 32-bit groups separated by
+// commas, most significant first ("1,0000000f" for CPUs 0-3 and 32).
+func onlineCPUMask() (string, error) {
+	b, err := os.ReadFile("/sys/devices/system/cpu/online")
+	if err != nil {
+		return "", err
+	}
+	return cpuListMask(strings.TrimSpace(string(b)))
+}
+
+// cpuListMask converts a kernel CPU list ("0-3,8") into a sysfs CPU mask.
+func cpuListMask(list string) (string, error) {
+	mask := new(big.Int)
+	for _, r := range strings.Split(list, ",") {
+		lo, hi, isRange := strings.Cut(r, "-")
+		if !isRange {
+			hi = lo
+		}
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := strconv.Atoi(hi)
+		if err1 != nil || err2 != nil || a < 0 || b < a || b > 1<<16 {
+			return "", fmt.Errorf("cpu list %q: bad range %q", list, r)
+		}
+		for c := a; c <= b; c++ {
+			mask.SetBit(mask, c, 1)
+		}
+	}
+	hex := mask.Text(16)
+	var groups []string
+	for len(hex) > 8 {
+		groups = append([]string{hex[len(hex)-8:]}, groups...)
+		hex = hex[:len(hex)-8]
+	}
+	return strings.Join(append([]string{hex}, groups...), ","), nil
+}
+
+// inNetSysfs runs fn with the root of a sysfs that shows the network
+// devices of the calling thread's namespace. /sys shows those of the
+// namespace that mounted it, which is not the caller's when a thread entered
+// a namespace on its own (Kernel's callers may, see Kernel). So fn runs on a
+// throwaway thread with a private mount namespace and a sysfs mounted for
+// the caller's network namespace. Without CAP_SYS_ADMIN (the agent's systemd
+// unit keeps only CAP_NET_ADMIN) that is refused, and fn gets /sys: such a
+// process runs in one namespace, the one its /sys was mounted for.
+func inNetSysfs(fn func(root string) error) error {
+	ns, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the runtime ends the thread, and its mount
+		// namespace with it, when this goroutine returns.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				err = errNoMountNS
+			}
+			errc <- err
+			return
+		}
+		errc <- func() error {
+			// Nothing mounted here may propagate back to the host.
+			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+				return fmt.Errorf("private sysfs: make mounts private: %w", err)
+			}
+			if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+				return fmt.Errorf("private sysfs: setns: %w", err)
+			}
+			// EBUSY: this very sysfs is mounted at /sys already (the kernel
+			// refuses to stack a superblock on itself), i.e. /sys is right.
+			if err := unix.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+				return fmt.Errorf("private sysfs: mount: %w", err)
+			}
+			return fn("/sys")
+		}()
+	}()
+	err = <-errc
+	if err == errNoMountNS {
+		return fn("/sys")
+	}
+	return err
+}
+
+// errNoMountNS: the process may not create mount namespaces.
+var errNoMountNS = errors.New("no permission for a mount namespace")

@@ -1,0 +1,624 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/api"
+	"github.com/cframe/cframe/orchestrator/edgeset"
+	"github.com/cframe/cframe/scripts/cluster"
+	"github.com/cframe/cframe/scripts/topo"
+)
+
+// scaleFloorRatio is the issue's aim: one change reaches every edge within
+// twice the raw NATS floor.
+const scaleFloorRatio = 2.0
+
+// scaleFigures are the bus-scale part's numbers (times in milliseconds).
+type scaleFigures struct {
+	Sizes []scaleSize `json:"sizes"`
+}
+
+// scaleSize is one fleet size.
+type scaleSize struct {
+	Edges int `json:"edges"`
+	// AddEdgesMs registers every edge through the API (one call each, 8
+	// in parallel) before any of them connects.
+	AddEdgesMs float64 `json:"add_edges_ms"`
+	// ConnectedMs: every edge, all starting at once with a new key, is
+	// connected (the controller pinned each key in its store);
+	// FirstJoinMs: every edge holds its first snapshot.
+	ConnectedMs float64 `json:"connected_ms"`
+	FirstJoinMs float64 `json:"first_join_ms"`
+	// Delivery: API call made -> the change held by every edge, the edges
+	// silent; Reported: the same with every edge answering with its status
+	// at once, as agents do after applying a change; Floor: bare publish
+	// -> received by every bare subscriber.
+	Delivery rounds `json:"delivery"`
+	Reported rounds `json:"reported"`
+	Floor    rounds `json:"floor"`
+	// Controller process usage: idle with every edge heartbeating (the
+	// per-change CPU is in the rounds).
+	IdleCPUPercent float64 `json:"idle_cpu_percent"`
+	RSSBytes       int64   `json:"rss_bytes"`
+	PeakRSSBytes   int64   `json:"peak_rss_bytes"`
+	// StopMs: SIGTERM -> the old controller exited; RestartMs: SIGTERM ->
+	// the restarted controller's API answers; ResyncMs: SIGTERM -> every
+	// edge reconnected and fetched a snapshot of the current revision.
+	StopMs    float64 `json:"stop_ms"`
+	RestartMs float64 `json:"restart_ms"`
+	ResyncMs  float64 `json:"resync_ms"`
+	// JoinSnapshotFailures and ResyncSnapshotFailures count snapshot
+	// fetches that failed (bus.SnapshotTimeout) during the first join and
+	// the resync; such an edge keeps what it holds and is confirmed by the
+	// next hello instead.
+	JoinSnapshotFailures   int64 `json:"join_snapshot_failures"`
+	ResyncSnapshotFailures int64 `json:"resync_snapshot_failures"`
+}
+
+// rounds are the times of one kind of round.
+type rounds struct {
+	// All runs until every client has the message, First until the first.
+	All   Summary `json:"all_ms"`
+	First Summary `json:"first_ms"`
+	// Arrivals pool every client's arrival time over all rounds.
+	Arrivals Percentiles `json:"arrivals_ms"`
+	// APICall is the API call's own duration (store write included) and
+	// CPUMs the controller's CPU per change, idle rate subtracted (changes
+	// only).
+	APICall Summary `json:"api_call_ms"`
+	CPUMs   float64 `json:"controller_cpu_ms"`
+
+	all, first, arrivals, api []time.Duration
+	cpu                       time.Duration
+}
+
+// add records one round: every client's time, and for a change the API
+// call's duration and the controller's CPU.
+func (r *rounds) add(arrivals []time.Duration, api, cpu time.Duration) {
+	r.all, r.first = append(r.all, slices.Max(arrivals)), append(r.first, slices.Min(arrivals))
+	r.arrivals = append(r.arrivals, arrivals...)
+	if api > 0 {
+		r.api = append(r.api, api)
+	}
+	r.cpu += cpu
+}
+
+// sum fills the exported figures.
+func (r *rounds) sum() {
+	r.All, r.First, r.APICall = Millis(r.all).Summarize(), Millis(r.first).Summarize(), Millis(r.api).Summarize()
+	r.Arrivals = percentiles(Millis(r.arrivals))
+	if n := len(r.all); n > 0 {
+		r.CPUMs = ms(r.cpu) / float64(n)
+	}
+}
+
+// Percentiles condenses many per-client times.
+type Percentiles struct {
+	P50 float64 `json:"p50"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+func percentiles(s Sample) Percentiles { return Percentiles{s.Median(), s.P99(), s.Quantile(1)} }
+
+// busScale runs the real controller in its own namespace with N simulated
+// edges: NATS clients in this process that join exactly as agents do (key
+// pair, join proof, pinned key), follow the edge set and heartbeat, with no
+// kernel work. Beside it, the floor: a plain embedded NATS server in this
+// process with N bare subscribers and one bare publish per round.
+func busScale(o Options) (Section, error) {
+	sizes, reps, idle := []int{100, 1000}, 100, 4*time.Second
+	if o.Quick {
+		sizes, reps, idle = []int{100, 300}, 20, 2*time.Second
+	}
+	// Two sockets per edge here (a simulated edge and a floor subscriber);
+	// the controller, a Go program, raises its own soft limit.
+	if err := raiseNoFile(uint64(2*sizes[len(sizes)-1] + 512)); err != nil {
+		return Section{}, err
+	}
+	n, err := topo.New(nsPrefix + "bus")
+	if err != nil {
+		return Section{}, err
+	}
+	defer n.Close()
+	tp, err := topo.Build(n, topo.Walkthrough()[0])
+	if err != nil {
+		return Section{}, err
+	}
+	floor, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true, MaxPayload: 8 << 20})
+	if err != nil {
+		return Section{}, err
+	}
+	floor.Start()
+	defer floor.Shutdown()
+	if !floor.ReadyForConnections(10 * time.Second) {
+		return Section{}, errors.New("floor NATS server did not start")
+	}
+
+	var figs scaleFigures
+	var runErr error
+	for _, size := range sizes {
+		s, err := scaleRun(o, tp, floor, size, reps, idle)
+		if err != nil {
+			runErr = fmt.Errorf("%d edges: %w", size, err)
+			break
+		}
+		figs.Sizes = append(figs.Sizes, s)
+	}
+	sec := scaleSection(figs, reps)
+	return sec, runErr
+}
+
+func scaleSection(f scaleFigures, reps int) Section {
+	var md strings.Builder
+	fmt.Fprintf(&md, "The real `cframe-controller` (embedded store, in its own namespace) with N simulated edges: NATS clients that join as agents do (own key pair, join proof, key pinned by the controller), follow the edge set (snapshot, then revision-linked deltas) and heartbeat every %s, without kernel work. The floor is measured in the same run: a plain embedded NATS server without our authentication, N bare subscribers and one bare publish of a message of the same size as a delta. Every edge and subscriber lives in this one benchmark process and shares the machine's CPUs with the controller. %d rounds per size of each kind, interleaved: a change is an edge update through the API, timed from the call until every edge holds it — once with the edges silent (delivery alone, like for like with the floor), once with every edge publishing its status the moment it applied the change (as agents do; N status messages then reach the controller while it is still delivering).\n\n", bus.HeartbeatInterval, reps)
+	md.WriteString("| edges | round | → all, median | p99 | spread | ratio to floor, median / p99 | → first | API call | per-client arrival p50 / p99 / max | controller CPU per change |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range f.Sizes {
+		for _, r := range []struct {
+			name string
+			r    rounds
+		}{{"change, edges silent", s.Delivery}, {"change, edges report status", s.Reported}, {"floor: bare publish", s.Floor}} {
+			api, cpu := "-", "-"
+			if r.r.APICall.N > 0 {
+				api, cpu = fmt.Sprintf("%.1f ms", r.r.APICall.Median), fmt.Sprintf("%.1f ms", r.r.CPUMs)
+			}
+			fmt.Fprintf(&md, "| %d | %s | %.1f ms | %.1f ms | %.2f | %s / %s | %.1f ms | %s | %.1f / %.1f / %.1f ms | %s |\n",
+				s.Edges, r.name, r.r.All.Median, r.r.All.P99, r.r.All.Spread, Ratio(r.r.All.Median, s.Floor.All.Median), Ratio(r.r.All.P99, s.Floor.All.P99),
+				r.r.First.Median, api, r.r.Arrivals.P50, r.r.Arrivals.P99, r.r.Arrivals.Max, cpu)
+		}
+	}
+	md.WriteString("\n| edges | register N edges (API) | first join of N new keys: connected / first snapshot | controller restart: stopped / API up | all N reconnected and resynced | snapshot fetches failed (join / resync) | controller RSS (idle / peak) | controller CPU idle |\n|---|---|---|---|---|---|---|---|\n")
+	for _, s := range f.Sizes {
+		fmt.Fprintf(&md, "| %d | %.0f ms | %.0f / %.0f ms | %.0f / %.0f ms | %.0f ms | %d / %d | %.1f / %.1f MiB | %.1f %% |\n",
+			s.Edges, s.AddEdgesMs, s.ConnectedMs, s.FirstJoinMs, s.StopMs, s.RestartMs, s.ResyncMs, s.JoinSnapshotFailures, s.ResyncSnapshotFailures,
+			mib(s.RSSBytes), mib(s.PeakRSSBytes), s.IdleCPUPercent)
+	}
+	fmt.Fprintf(&md, "\nRestart and resync run from the SIGTERM to the old controller; edges reconnect on their own (every 0.5 s ± 0.25 s, as agents do) and fetch a snapshot on reconnecting (an edge whose fetch times out, after %s, keeps its set and counts as resynced when the controller's next hello, every %s, confirms its revision). The first join pins N new keys, one store write each.\n", bus.SnapshotTimeout, bus.HelloInterval)
+	var verdicts []string
+	for _, s := range f.Sizes {
+		for _, r := range []struct {
+			name string
+			r    rounds
+		}{{"edges silent", s.Delivery}, {"edges reporting status", s.Reported}} {
+			verdicts = append(verdicts, fmt.Sprintf("%d edges, %s: one change reaches all of them in p99 %.1f ms vs %.1f ms for the raw NATS floor (%s, %s is faster); %s the %.0fx-floor target",
+				s.Edges, r.name, r.r.All.P99, s.Floor.All.P99, Ratio(r.r.All.P99, s.Floor.All.P99),
+				Better("cframe", r.r.All.P99, "the floor", s.Floor.All.P99, false), metOrMissed(r.r.All.P99 <= scaleFloorRatio*s.Floor.All.P99), scaleFloorRatio))
+		}
+	}
+	return Section{Title: "Controller and bus scale", Markdown: md.String(), Verdicts: verdicts, Figures: f}
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// raiseNoFile makes sure this process may open want files.
+func raiseNoFile(want uint64) error {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return err
+	}
+	if l.Cur >= want {
+		return nil
+	}
+	if l.Max < want {
+		return fmt.Errorf("open-file limit %d is below the %d the scale benchmark needs (raise ulimit -Hn)", l.Max, want)
+	}
+	l.Cur = l.Max
+	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+}
+
+// scaleRun measures one fleet size on a fresh controller.
+func scaleRun(o Options, tp *topo.Topology, floor *server.Server, size, reps int, idle time.Duration) (scaleSize, error) {
+	s := scaleSize{Edges: size}
+	home := tp.Sites()[0]
+	c, err := cluster.Start(tp, home, cluster.Options{Bin: o.Bin, Dir: filepath.Join(o.Work, fmt.Sprintf("scale-%d", size))})
+	if err != nil {
+		return s, err
+	}
+	defer c.StopController()
+	ctx := context.Background()
+
+	t0 := time.Now()
+	rev, err := addSims(ctx, c.API, size)
+	if err != nil {
+		return s, err
+	}
+	s.AddEdgesMs = ms(time.Since(t0))
+	o.Logf("%d edges: registered in %s", size, time.Since(t0).Round(time.Millisecond))
+
+	fl := newFleet(size)
+	defer fl.close()
+	join := fl.arm(0, true)
+	url, keys := fmt.Sprintf("nats://127.0.0.1:%d", cluster.NATSPort), filepath.Join(o.Work, fmt.Sprintf("scale-%d", size), "keys")
+	t0 = time.Now()
+	fl.t0 = t0
+	// All at once, as after a power cut; each start returns once its
+	// connection is up or retrying in the background.
+	errs := make(chan error, size)
+	for i := range size {
+		go func() { errs <- fl.start(i, home.Edge, url, c.Secret(), keys) }()
+	}
+	var startErr error
+	for range size {
+		startErr = cmp.Or(startErr, <-errs)
+	}
+	if startErr != nil {
+		return s, startErr
+	}
+	if _, err := join.wait(t0, time.Minute); err != nil {
+		return s, fmt.Errorf("first join: %w", err)
+	}
+	s.FirstJoinMs = ms(time.Since(t0))
+	s.ConnectedMs = ms(time.Duration(fl.lastConnect.Load()))
+	s.JoinSnapshotFailures = fl.failed.Load()
+	o.Logf("%d edges: first join in %s", size, time.Since(t0).Round(time.Millisecond))
+
+	subs, pub, err := floorFleet(floor, size)
+	if err != nil {
+		return s, err
+	}
+	defer func() {
+		pub.Close()
+		for _, nc := range subs.conns {
+			nc.Close()
+		}
+	}()
+
+	pid := c.Controller().Pid()
+	time.Sleep(bus.HeartbeatInterval)
+	u0, err := topo.ProcUsage(pid)
+	if err != nil {
+		return s, err
+	}
+	time.Sleep(idle)
+	u1, err := topo.ProcUsage(pid)
+	if err != nil {
+		return s, err
+	}
+	idleRate := float64(u1.CPU-u0.CPU) / float64(idle)
+	s.IdleCPUPercent = 100 * idleRate
+	s.RSSBytes = u1.RSS
+
+	// The floor publishes what a delta of this benchmark weighs.
+	spec := simSpec(0)
+	spec.Comment = "change 000"
+	edge, err := edgeset.Validate(spec)
+	if err != nil {
+		return s, err
+	}
+	payload, err := json.Marshal(bus.Delta{Revision: rev + 1, Prev: rev, Op: bus.OpPut, Edge: edge})
+	if err != nil {
+		return s, err
+	}
+	// A change round: the API call, every edge holding the change, then a
+	// pause before the controller's CPU is read, so that what the change
+	// set off (status messages) is counted with it.
+	changes := 0
+	change := func(silent bool, into *rounds) error {
+		fl.silent.Store(silent)
+		changes++
+		spec.Comment = fmt.Sprintf("change %03d", changes)
+		r := fl.arm(rev+1, false)
+		u0, err := topo.ProcUsage(pid)
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		res, err := c.API.Add(ctx, spec)
+		if err != nil {
+			return err
+		}
+		api := time.Since(t0)
+		rev = res.Revision
+		arr, err := r.wait(t0, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("change: %w", err)
+		}
+		pause()
+		u1, err := topo.ProcUsage(pid)
+		if err != nil {
+			return err
+		}
+		into.add(arr, api, u1.CPU-u0.CPU-time.Duration(idleRate*float64(time.Since(t0))))
+		return nil
+	}
+	for range reps {
+		r := subs.arm(1, false)
+		t0 := time.Now()
+		if err := pub.Publish("bench.floor", payload); err != nil {
+			return s, err
+		}
+		arr, err := r.wait(t0, 10*time.Second)
+		if err != nil {
+			return s, fmt.Errorf("floor: %w", err)
+		}
+		s.Floor.add(arr, 0, 0)
+		pause()
+		if err := change(true, &s.Delivery); err != nil {
+			return s, err
+		}
+		if err := change(false, &s.Reported); err != nil {
+			return s, err
+		}
+	}
+	fl.silent.Store(false)
+	for _, r := range []*rounds{&s.Delivery, &s.Reported, &s.Floor} {
+		r.sum()
+	}
+	u2, err := topo.ProcUsage(pid)
+	if err != nil {
+		return s, err
+	}
+	s.PeakRSSBytes = u2.PeakRSS
+	o.Logf("%d edges: p99 change %.1f ms (edges silent), %.1f ms (edges reporting), floor %.1f ms", size, s.Delivery.All.P99, s.Reported.All.P99, s.Floor.All.P99)
+
+	resync, failedBefore := fl.arm(0, true), fl.failed.Load()
+	t0 = time.Now()
+	c.StopController()
+	s.StopMs = ms(time.Since(t0))
+	if err := c.StartController(); err != nil {
+		return s, fmt.Errorf("restart: %w", err)
+	}
+	s.RestartMs = ms(time.Since(t0))
+	if _, err := resync.wait(t0, time.Minute); err != nil {
+		return s, fmt.Errorf("resync after restart: %w", err)
+	}
+	s.ResyncMs = ms(time.Since(t0))
+	s.ResyncSnapshotFailures = fl.failed.Load() - failedBefore
+	o.Logf("%d edges: restart %.0f ms, all resynced %.0f ms", size, s.RestartMs, s.ResyncMs)
+	return s, nil
+}
+
+// pause waits a random 30-60 ms between rounds, so that they do not fall
+// into step with the heartbeats.
+func pause() { time.Sleep(30*time.Millisecond + rand.N(30*time.Millisecond)) }
+
+// addSims registers sim-0000 .. sim-<n-1> through the API, 8 calls at a
+// time, and returns the last revision.
+func addSims(ctx context.Context, c *api.Client, n int) (uint64, error) {
+	specs := make(chan edgeset.Spec)
+	var mu sync.Mutex
+	var rev uint64
+	var firstErr error
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for s := range specs {
+				res, err := c.Add(ctx, s)
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = fmt.Errorf("add %s: %w", s.Name, err)
+				}
+				rev = max(rev, res.Revision)
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range n {
+		specs <- simSpec(i)
+	}
+	close(specs)
+	wg.Wait()
+	return rev, firstErr
+}
+
+// round collects, for one event, the time each client saw it.
+type round struct {
+	// want is the revision (or floor sequence) to reach; with fresh, only
+	// a revision the controller confirmed after the round began counts (a
+	// snapshot fetched, or a hello announcing the held revision).
+	want  uint64
+	fresh bool
+	at    []time.Time
+	left  atomic.Int64
+	done  chan struct{}
+}
+
+// wait returns every client's time since t0 once all have seen the event.
+func (r *round) wait(t0 time.Time, timeout time.Duration) ([]time.Duration, error) {
+	select {
+	case <-r.done:
+	case <-time.After(timeout):
+		return nil, fmt.Errorf("%d of %d clients still waiting after %s", r.left.Load(), len(r.at), timeout)
+	}
+	out := make([]time.Duration, len(r.at))
+	for i, at := range r.at {
+		out[i] = at.Sub(t0)
+	}
+	return out, nil
+}
+
+// clients is a set of clients that report events into the current round.
+type clients struct {
+	cur   atomic.Pointer[round]
+	conns []*nats.Conn
+}
+
+// arm starts a new round.
+func (c *clients) arm(want uint64, fresh bool) *round {
+	r := &round{want: want, fresh: fresh, at: make([]time.Time, len(c.conns)), done: make(chan struct{})}
+	r.left.Store(int64(len(c.conns)))
+	c.cur.Store(r)
+	return r
+}
+
+// saw records that client i held revision rev at time at, confirmed by
+// the controller or not. Only client i's goroutine calls it for i.
+func (c *clients) saw(i int, rev uint64, confirmed bool, at time.Time) {
+	r := c.cur.Load()
+	if r == nil || rev < r.want || (r.fresh && !confirmed) || !r.at[i].IsZero() {
+		return
+	}
+	r.at[i] = at
+	if r.left.Add(-1) == 0 {
+		close(r.done)
+	}
+}
+
+// floorFleet connects n bare subscribers and one publisher (in-process,
+// like the controller's own connection) to the plain server.
+func floorFleet(srv *server.Server, n int) (*clients, *nats.Conn, error) {
+	c := &clients{conns: make([]*nats.Conn, n)}
+	for i := range n {
+		nc, err := nats.Connect(srv.ClientURL())
+		if err != nil {
+			return nil, nil, err
+		}
+		c.conns[i] = nc
+		if _, err := nc.Subscribe("bench.floor", func(*nats.Msg) { c.saw(i, 1, false, time.Now()) }); err != nil {
+			return nil, nil, err
+		}
+		if err := nc.Flush(); err != nil {
+			return nil, nil, err
+		}
+	}
+	pub, err := nats.Connect("", nats.InProcessServer(srv))
+	return c, pub, err
+}
+
+// fleet is the simulated edges.
+type fleet struct {
+	clients
+	// failed counts snapshot fetches that failed (timed out).
+	failed atomic.Int64
+	// silent keeps the edges from reporting status after a change.
+	silent atomic.Bool
+	// lastConnect is the latest first connection, in nanoseconds since t0.
+	t0          time.Time
+	lastConnect atomic.Int64
+	ctx         context.Context
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+}
+
+func newFleet(n int) *fleet {
+	f := &fleet{clients: clients{conns: make([]*nats.Conn, n)}}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	return f
+}
+
+// close stops and disconnects every simulated edge.
+func (f *fleet) close() {
+	f.cancel()
+	f.wg.Wait()
+	for _, nc := range f.conns {
+		if nc != nil {
+			nc.Close()
+		}
+	}
+}
+
+// nsDialer dials from inside a network namespace.
+type nsDialer struct{ ns string }
+
+func (d nsDialer) Dial(network, address string) (conn net.Conn, err error) {
+	err = topo.Do(d.ns, func() error {
+		conn, err = net.DialTimeout(network, address, 5*time.Second)
+		return err
+	})
+	return conn, err
+}
+
+// start connects simulated edge i (sim-<i>) from namespace ns and runs it:
+// the agent's loop without the kernel — fetch a snapshot whenever
+// (re)connected, follow deltas and hellos, report status on every change
+// and every heartbeat interval.
+func (f *fleet) start(i int, ns, url, secret, keyDir string) error {
+	name := simSpec(i).Name
+	id, err := bus.LoadIdentity(filepath.Join(keyDir, name+".nk"), name)
+	if err != nil {
+		return err
+	}
+	poke := make(chan struct{}, 1)
+	kick := func(*nats.Conn) {
+		select {
+		case poke <- struct{}{}:
+		default:
+		}
+	}
+	connected := func(nc *nats.Conn) {
+		for d := int64(time.Since(f.t0)); ; {
+			last := f.lastConnect.Load()
+			if d <= last || f.lastConnect.CompareAndSwap(last, d) {
+				break
+			}
+		}
+		kick(nc)
+	}
+	opts := append(id.EdgeOptions(secret), nats.SetCustomDialer(nsDialer{ns}), nats.RetryOnFailedConnect(true),
+		nats.ConnectHandler(connected), nats.ReconnectHandler(kick), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return err
+	}
+	f.conns[i] = nc
+	fo, err := bus.Follow(nc)
+	if err != nil {
+		return err
+	}
+	st := bus.Status{Name: name, State: bus.StateReady, Version: "bench"}
+	report := func() {
+		if _, rev, ok := fo.Set(); ok && nc.IsConnected() {
+			st.AppliedRevision, st.Time = rev, time.Now().UTC()
+			bus.Publish(nc, bus.StatusSubject(name), st)
+		}
+	}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		// A random phase, as independent agents would have.
+		hb := time.NewTicker(bus.HeartbeatInterval + rand.N(bus.HeartbeatInterval/10))
+		defer hb.Stop()
+		for {
+			var change string
+			var err error
+			confirmed := false
+			select {
+			case <-f.ctx.Done():
+				return
+			case m := <-fo.Messages():
+				change, err = fo.Handle(m)
+				// A hello that changes nothing confirms the held
+				// revision; a snapshot fetched because of it too.
+				confirmed = err == nil && (m.Subject == bus.SubjectHello || strings.HasPrefix(change, "snapshot"))
+			case <-poke:
+				change, err = fo.Resync("connected")
+				confirmed = err == nil
+			case <-hb.C:
+				report()
+				continue
+			}
+			at := time.Now()
+			if err != nil {
+				f.failed.Add(1)
+				continue
+			}
+			if change != "" || confirmed {
+				_, rev, _ := fo.Set()
+				f.saw(i, rev, confirmed, at)
+			}
+			if change != "" && !f.silent.Load() {
+				report()
+			}
+		}
+	}()
+	return nil
+}
