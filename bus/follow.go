@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -99,16 +100,36 @@ func (f *Follower) Handle(m *nats.Msg) (string, error) {
 	return fmt.Sprintf("revision %d: %s edge %s", d.Revision, d.Op, d.Edge.Name), nil
 }
 
-// Resync replaces the held set with the controller's current snapshot.
+// Resync replaces the held set with the controller's current snapshot; when
+// the held set is current, the controller says so and nothing changes.
 func (f *Follower) Resync(why string) (string, error) {
-	m, err := f.nc.Request(SubjectSnapshot, nil, SnapshotTimeout)
+	req := SnapshotRequest{}
+	if f.have {
+		req.Have = f.rev
+	}
+	s, err := f.request(req)
+	if err == nil && s.Unchanged && s.Revision != f.rev {
+		s, err = f.request(SnapshotRequest{}) // cannot happen with a sane controller
+	}
 	if err != nil {
 		return "", fmt.Errorf("fetch edge set (%s): %w", why, err)
 	}
-	var s Snapshot
-	if err := Decode(m, &s); err != nil {
-		return "", err
+	if s.Unchanged {
+		return "", nil
 	}
 	f.Restore(s)
 	return fmt.Sprintf("snapshot revision %d (%s)", s.Revision, why), nil
+}
+
+func (f *Follower) request(req SnapshotRequest) (Snapshot, error) {
+	var s Snapshot
+	body, err := json.Marshal(req)
+	if err != nil {
+		return s, err
+	}
+	m, err := f.nc.Request(SubjectSnapshot, body, SnapshotTimeout)
+	if err != nil {
+		return s, err
+	}
+	return s, Decode(m, &s)
 }

@@ -24,10 +24,22 @@ func (e Edge) Prefixes() []netip.Prefix {
 	return append([]netip.Prefix{e.CIDR}, e.ExtraCIDRs...)
 }
 
+// SnapshotRequest is the body of a request on SubjectSnapshot.
+type SnapshotRequest struct {
+	// Have is the revision the requester holds, 0 for none: when it is the
+	// current one the reply is a short Unchanged snapshot, so a thousand
+	// edges reconnecting after a controller restart do not each download
+	// the whole set.
+	Have uint64 `json:"have,omitempty"`
+}
+
 // Snapshot is the whole edge set at one revision, the reply on SubjectSnapshot.
 type Snapshot struct {
 	Revision uint64 `json:"revision"`
 	Edges    []Edge `json:"edges"`
+	// Unchanged replies to a request whose Have is Revision: Edges is
+	// left out, the requester's set is current.
+	Unchanged bool `json:"unchanged,omitempty"`
 }
 
 // Delta operations.

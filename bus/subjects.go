@@ -42,6 +42,10 @@ func InboxPrefix(name string) string { return "_INBOX_cframe." + name }
 const (
 	// HeartbeatInterval is how often an edge publishes its Status.
 	HeartbeatInterval = 2 * time.Second
+	// StatusJitter bounds the random delay before an edge reports a change
+	// it applied, so a thousand edges applying one delta do not all report
+	// in the same millisecond while the controller is still delivering it.
+	StatusJitter = 200 * time.Millisecond
 	// OfflineAfter is how long without a heartbeat makes an edge offline.
 	OfflineAfter = 3 * HeartbeatInterval
 	// HelloInterval is how often the controller announces its revision.

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -49,6 +50,9 @@ type Agent struct {
 	nc     *nats.Conn
 	follow *bus.Follower
 	status bus.Status // last reported
+	// report fires when a changed status is due (see bus.StatusJitter).
+	report  *time.Timer
+	pending bool
 }
 
 // New checks that the kernel can do the configured mode and prepares the agent.
@@ -96,6 +100,8 @@ func (a *Agent) connect(retry bool, extra ...nats.Option) error {
 
 // Run follows the edge set and keeps the kernel in line until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	a.report = time.NewTimer(time.Hour)
+	a.report.Stop()
 	resync := make(chan struct{}, 1)
 	poke := func() {
 		select {
@@ -163,6 +169,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.reconcile("periodic resync")
 		case <-heartbeat.C:
 			a.publishStatus()
+		case <-a.report.C:
+			a.pending = false
+			a.publishStatus()
 		}
 	}
 }
@@ -213,8 +222,9 @@ func (a *Agent) reconcile(reason string) {
 	changed := st.State != a.status.State || st.AppliedRevision != a.status.AppliedRevision ||
 		st.Error != a.status.Error || len(res.Changes) > 0 || !slices.Equal(st.Conflicts, a.status.Conflicts)
 	a.status = st
-	if changed {
-		a.publishStatus()
+	if changed && a.report != nil && !a.pending { // no reports from ReconcileOnce
+		a.pending = true
+		a.report.Reset(rand.N(bus.StatusJitter))
 	}
 }
 

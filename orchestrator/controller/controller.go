@@ -51,13 +51,9 @@ type Controller struct {
 	// mu serialises changes to the edge set: validation, store write and
 	// publication happen as one step, so concurrent adds cannot both pass
 	// the overlap check.
-	mu    sync.RWMutex
-	edges map[string]bus.Edge
-	// rev is the revision of the published edge set. After a restart it is
-	// the store's revision, which may be past the last edge change (key
-	// pins are writes too): edges then fetch one snapshot and find nothing
-	// to change.
-	rev      uint64
+	mu       sync.RWMutex
+	edges    map[string]bus.Edge
+	rev      uint64 // revision of the published edge set
 	snapshot []byte // cached encoded Snapshot at rev, nil when stale
 
 	pinMu sync.Mutex

@@ -111,8 +111,25 @@ func prefixStrings(ps []netip.Prefix) []string {
 	return out
 }
 
-// onSnapshotRequest answers an edge's request for the whole set.
+// onSnapshotRequest answers an edge's request for the whole set, or says
+// that the revision the edge holds is current.
 func (c *Controller) onSnapshotRequest(m *nats.Msg) {
+	var req bus.SnapshotRequest
+	if len(m.Data) > 0 {
+		if err := bus.Decode(m, &req); err != nil {
+			c.log.Warn("ignored malformed snapshot request", "err", err)
+			return
+		}
+	}
+	c.mu.RLock()
+	rev := c.rev
+	c.mu.RUnlock()
+	if req.Have != 0 && req.Have == rev {
+		if err := bus.Publish(c.nc, m.Reply, bus.Snapshot{Revision: rev, Unchanged: true}); err != nil {
+			c.log.Warn("snapshot reply failed", "err", err)
+		}
+		return
+	}
 	b, err := c.snapshotBytes()
 	if err != nil {
 		c.log.Error("encode snapshot", "err", err)
@@ -169,7 +186,7 @@ func (c *Controller) Pin(name, key string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	if _, err := c.store.PutPin(ctx, name, key); err != nil {
+	if err := c.store.PutPin(ctx, name, key); err != nil {
 		return fmt.Errorf("store key pin: %w", err)
 	}
 	c.pins[name] = key
@@ -185,7 +202,7 @@ func (c *Controller) unpin(ctx context.Context, name string) (bool, error) {
 	if _, ok := c.pins[name]; !ok {
 		return false, nil
 	}
-	if _, err := c.store.DeletePin(ctx, name); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := c.store.DeletePin(ctx, name); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return false, fmt.Errorf("delete key pin of %s: %w", name, err)
 	}
 	delete(c.pins, name)

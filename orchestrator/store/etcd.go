@@ -20,12 +20,17 @@ const DefaultEtcdPrefix = "/cframe/v1"
 type etcdStore struct {
 	cli    *clientv3.Client
 	prefix string // with a trailing "/"
+	// revKey is rewritten in the transaction of every edge change, so its
+	// ModRevision is the edge set's revision (etcd's own revision is
+	// global, and a deleted key leaves no revision behind).
+	revKey string
 }
 
 // OpenEtcd connects to etcd and returns a store kept under prefix
 // (DefaultEtcdPrefix if empty), with keys "<prefix>/edges/<name>" and
-// "<prefix>/pins/<name>". Revisions are etcd's own: global, monotonic and
-// durable; an edge's revision is its key's ModRevision. OpenEtcd fails if no
+// "<prefix>/pins/<name>", and "<prefix>/edges-revision" marking the last edge
+// change. Revisions are etcd's own: monotonic and durable; an edge's revision
+// is its key's ModRevision. OpenEtcd fails if no
 // endpoint answers a read within dialTimeout (5s if zero).
 func OpenEtcd(ctx context.Context, endpoints []string, prefix string, dialTimeout time.Duration) (Store, error) {
 	if dialTimeout <= 0 {
@@ -50,7 +55,7 @@ func OpenEtcd(ctx context.Context, endpoints []string, prefix string, dialTimeou
 		}
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	return &etcdStore{cli: cli, prefix: prefix}, nil
+	return &etcdStore{cli: cli, prefix: prefix, revKey: prefix + "edges-revision"}, nil
 }
 
 // Load reads every key under the prefix in one request, which etcd serves
@@ -60,8 +65,12 @@ func (s *etcdStore) Load(ctx context.Context) (State, error) {
 	if err != nil {
 		return State{}, fmt.Errorf("store: %w", err)
 	}
-	st := newState(uint64(resp.Header.Revision))
+	st := newState(0)
 	for _, kv := range resp.Kvs {
+		if string(kv.Key) == s.revKey {
+			st.Revision = uint64(kv.ModRevision)
+			continue
+		}
 		kind, name, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), s.prefix), "/")
 		if err := st.add(kind, name, kv.Value, uint64(kv.ModRevision)); err != nil {
 			return State{}, err
@@ -75,38 +84,41 @@ func (s *etcdStore) PutEdge(ctx context.Context, e bus.Edge) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return s.put(ctx, s.key(kindEdges, e.Name), string(v))
-}
-
-func (s *etcdStore) PutPin(ctx context.Context, name, key string) (uint64, error) {
-	return s.put(ctx, s.key(kindPins, name), key)
-}
-
-func (s *etcdStore) DeleteEdge(ctx context.Context, name string) (uint64, error) {
-	return s.delete(ctx, s.key(kindEdges, name))
-}
-
-func (s *etcdStore) DeletePin(ctx context.Context, name string) (uint64, error) {
-	return s.delete(ctx, s.key(kindPins, name))
-}
-
-func (s *etcdStore) Close() error { return s.cli.Close() }
-
-func (s *etcdStore) key(kind, name string) string { return s.prefix + kind + "/" + name }
-
-func (s *etcdStore) put(ctx context.Context, key, v string) (uint64, error) {
-	resp, err := s.cli.Put(ctx, key, v)
+	key := s.key(kindEdges, e.Name)
+	resp, err := s.cli.Txn(ctx).Then(clientv3.OpPut(key, string(v)), clientv3.OpPut(s.revKey, e.Name)).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("store: put %s: %w", key, err)
 	}
 	return uint64(resp.Header.Revision), nil
 }
 
-// delete removes key in a transaction that first checks it exists.
-func (s *etcdStore) delete(ctx context.Context, key string) (uint64, error) {
+func (s *etcdStore) PutPin(ctx context.Context, name, key string) error {
+	k := s.key(kindPins, name)
+	if _, err := s.cli.Put(ctx, k, key); err != nil {
+		return fmt.Errorf("store: put %s: %w", k, err)
+	}
+	return nil
+}
+
+func (s *etcdStore) DeleteEdge(ctx context.Context, name string) (uint64, error) {
+	return s.delete(ctx, s.key(kindEdges, name), clientv3.OpPut(s.revKey, name))
+}
+
+func (s *etcdStore) DeletePin(ctx context.Context, name string) error {
+	_, err := s.delete(ctx, s.key(kindPins, name))
+	return err
+}
+
+func (s *etcdStore) Close() error { return s.cli.Close() }
+
+func (s *etcdStore) key(kind, name string) string { return s.prefix + kind + "/" + name }
+
+// delete removes key, and runs also, in a transaction that first checks the
+// key exists.
+func (s *etcdStore) delete(ctx context.Context, key string, also ...clientv3.Op) (uint64, error) {
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0)).
-		Then(clientv3.OpDelete(key)).
+		Then(append([]clientv3.Op{clientv3.OpDelete(key)}, also...)...).
 		Commit()
 	if err != nil {
 		return 0, fmt.Errorf("store: delete %s: %w", key, err)

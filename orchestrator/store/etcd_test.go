@@ -41,7 +41,7 @@ func TestEtcdRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.PutPin(ctx, "sz-1", "key-sz"); err != nil {
+	if err := s.PutPin(ctx, "sz-1", "key-sz"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.DeleteEdge(ctx, "bj-1"); err != nil {
@@ -69,7 +69,7 @@ func TestEtcdRestart(t *testing.T) {
 		!reflect.DeepEqual(got, edge("sz-1", "172.18.0.0/16")) {
 		t.Errorf("layout: %q (%v)", keys, err)
 	}
-	if len(keys) != 3 || keys["/cframe/v1/pins/sz-1"] != "key-sz" {
+	if len(keys) != 4 || keys["/cframe/v1/pins/sz-1"] != "key-sz" || keys["/cframe/v1/edges-revision"] == "" {
 		t.Errorf("layout: %q", keys)
 	}
 

@@ -15,7 +15,6 @@ import (
 // jsStore is the embedded store: one JetStream key-value bucket.
 type jsStore struct {
 	kv     jetstream.KeyValue
-	stream jetstream.Stream
 	js     jetstream.JetStream
 	bucket string
 }
@@ -30,10 +29,10 @@ type jsStore struct {
 // controller puts under its data_dir; the controller runs the server with
 // SyncAlways, so a write is on disk when it returns. Every write to the
 // bucket is one message of its backing stream, so the stream sequence is a
-// global revision that increases monotonically, counts deletes (a delete
-// leaves a marker message) and survives restarts, and writes can be made
-// conditional on a key's last sequence (compare-and-set). The bucket keeps
-// one value per key (history 1).
+// revision that increases monotonically, counts deletes (a delete leaves a
+// marker message) and survives restarts, and writes can be made conditional
+// on a key's last sequence (compare-and-set). The bucket keeps one value per
+// key (history 1).
 //
 // Close does not close js's connection, which belongs to the caller.
 func OpenJetStream(ctx context.Context, js jetstream.JetStream, bucket string) (Store, error) {
@@ -46,24 +45,16 @@ func OpenJetStream(ctx context.Context, js jetstream.JetStream, bucket string) (
 	if err != nil {
 		return nil, fmt.Errorf("store: jetstream bucket %q: %w", bucket, err)
 	}
-	// "KV_<bucket>" is the key-value convention for the backing stream.
-	stream, err := js.Stream(ctx, "KV_"+bucket)
-	if err != nil {
-		return nil, fmt.Errorf("store: jetstream bucket %q: %w", bucket, err)
-	}
-	return &jsStore{kv: kv, stream: stream, js: js, bucket: bucket}, nil
+	return &jsStore{kv: kv, js: js, bucket: bucket}, nil
 }
 
-// Load takes the stream's last sequence, then reads the last entry of every
-// key through a watcher. The watcher's view is consistent: the latest entry
-// of each key up to the highest sequence it delivered, which is at least that
-// last sequence (every message is the last of its key until overwritten).
+// Load reads the last entry of every key through a watcher, whose view is
+// consistent: the latest entry of each key up to the highest sequence it
+// delivered. The edge set's revision is the highest sequence among the edge
+// keys, delete markers included (with history 1 a delete leaves its marker
+// as the key's last entry).
 func (s *jsStore) Load(ctx context.Context) (State, error) {
-	info, err := s.stream.Info(ctx)
-	if err != nil {
-		return State{}, fmt.Errorf("store: %w", err)
-	}
-	st := newState(info.State.LastSeq)
+	st := newState(0)
 	w, err := s.kv.WatchAll(ctx)
 	if err != nil {
 		return State{}, fmt.Errorf("store: %w", err)
@@ -83,11 +74,13 @@ func (s *jsStore) Load(ctx context.Context) (State, error) {
 		if e == nil { // all current entries delivered
 			return st, nil
 		}
-		st.Revision = max(st.Revision, e.Revision())
+		kind, name, _ := strings.Cut(e.Key(), ".")
+		if kind == kindEdges {
+			st.Revision = max(st.Revision, e.Revision())
+		}
 		if e.Operation() != jetstream.KeyValuePut {
 			continue
 		}
-		kind, name, _ := strings.Cut(e.Key(), ".")
 		if err := st.add(kind, name, e.Value(), e.Revision()); err != nil {
 			return State{}, err
 		}
@@ -102,16 +95,18 @@ func (s *jsStore) PutEdge(ctx context.Context, e bus.Edge) (uint64, error) {
 	return s.put(ctx, kindEdges+"."+e.Name, v)
 }
 
-func (s *jsStore) PutPin(ctx context.Context, name, key string) (uint64, error) {
-	return s.put(ctx, kindPins+"."+name, []byte(key))
+func (s *jsStore) PutPin(ctx context.Context, name, key string) error {
+	_, err := s.put(ctx, kindPins+"."+name, []byte(key))
+	return err
 }
 
 func (s *jsStore) DeleteEdge(ctx context.Context, name string) (uint64, error) {
 	return s.delete(ctx, kindEdges+"."+name)
 }
 
-func (s *jsStore) DeletePin(ctx context.Context, name string) (uint64, error) {
-	return s.delete(ctx, kindPins+"."+name)
+func (s *jsStore) DeletePin(ctx context.Context, name string) error {
+	_, err := s.delete(ctx, kindPins+"."+name)
+	return err
 }
 
 func (s *jsStore) Close() error { return nil }

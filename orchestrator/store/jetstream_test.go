@@ -34,7 +34,7 @@ func TestJetStreamRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.PutPin(ctx, "sz-1", "key-sz"); err != nil {
+	if err := s.PutPin(ctx, "sz-1", "key-sz"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.DeleteEdge(ctx, "bj-1"); err != nil {
@@ -71,7 +71,7 @@ func TestJetStreamLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.PutPin(ctx, "sz-1", "key-sz"); err != nil {
+	if err := s.PutPin(ctx, "sz-1", "key-sz"); err != nil {
 		t.Fatal(err)
 	}
 	kv, err := js.KeyValue(ctx, "cframe")

@@ -17,8 +17,10 @@ var ErrNotFound = errors.New("not found")
 
 // State is everything the store holds, as of Revision.
 type State struct {
-	// Revision is the store's current revision: every successful write
-	// returns a larger one, and it survives restarts.
+	// Revision is the revision of the edge set: that of its last change
+	// (an edge put or delete). Every edge write returns a larger one, it
+	// survives restarts, and pin writes do not move it — so after a restart
+	// the controller publishes the revision its edges already hold.
 	Revision uint64
 	Edges    map[string]bus.Edge
 	// Pins maps an edge name to the public key pinned for it.
@@ -38,9 +40,9 @@ type Store interface {
 	// DeleteEdge removes an edge (ErrNotFound if absent) and returns the new revision.
 	DeleteEdge(ctx context.Context, name string) (uint64, error)
 	// PutPin records the public key pinned for an edge name.
-	PutPin(ctx context.Context, name, key string) (uint64, error)
+	PutPin(ctx context.Context, name, key string) error
 	// DeletePin removes a pin (ErrNotFound if absent).
-	DeletePin(ctx context.Context, name string) (uint64, error)
+	DeletePin(ctx context.Context, name string) error
 	// Close releases the store's resources.
 	Close() error
 }

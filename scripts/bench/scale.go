@@ -168,7 +168,7 @@ func busScale(o Options) (Section, error) {
 
 func scaleSection(f scaleFigures, reps int) Section {
 	var md strings.Builder
-	fmt.Fprintf(&md, "The real `cframe-controller` (embedded store, in its own namespace) with N simulated edges: NATS clients that join as agents do (own key pair, join proof, key pinned by the controller), follow the edge set (snapshot, then revision-linked deltas) and heartbeat every %s, without kernel work. The floor is measured in the same run: a plain embedded NATS server without our authentication, N bare subscribers and one bare publish of a message of the same size as a delta. Every edge and subscriber lives in this one benchmark process and shares the machine's CPUs with the controller. %d rounds per size of each kind, interleaved: a change is an edge update through the API, timed from the call until every edge holds it — once with the edges silent (delivery alone, like for like with the floor), once with every edge publishing its status the moment it applied the change (as agents do; N status messages then reach the controller while it is still delivering).\n\n", bus.HeartbeatInterval, reps)
+	fmt.Fprintf(&md, "The real `cframe-controller` (embedded store, in its own namespace) with N simulated edges: NATS clients that join as agents do (own key pair, join proof, key pinned by the controller), follow the edge set (snapshot, then revision-linked deltas) and heartbeat every %s, without kernel work. The floor is measured in the same run: a plain embedded NATS server without our authentication, N bare subscribers and one bare publish of a message of the same size as a delta. Every edge and subscriber lives in this one benchmark process and shares the machine's CPUs with the controller. %d rounds per size of each kind, interleaved: a change is an edge update through the API, timed from the call until every edge holds it — once with the edges silent (delivery alone, like for like with the floor), once with every edge publishing its status within %s of applying the change (a random delay, as agents do, so N status messages do not all hit the controller while it is still delivering).\n\n", bus.HeartbeatInterval, reps, bus.StatusJitter)
 	md.WriteString("| edges | round | → all, median | p99 | spread | ratio to floor, median / p99 | → first | API call | per-client arrival p50 / p99 / max | controller CPU per change |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range f.Sizes {
 		for _, r := range []struct {
@@ -574,11 +574,11 @@ func (f *fleet) start(i int, ns, url, secret, keyDir string) error {
 	if err != nil {
 		return err
 	}
-	st := bus.Status{Name: name, State: bus.StateReady, Version: "bench"}
-	report := func() {
-		if _, rev, ok := fo.Set(); ok && nc.IsConnected() {
-			st.AppliedRevision, st.Time = rev, time.Now().UTC()
-			bus.Publish(nc, bus.StatusSubject(name), st)
+	// report may run on a timer's goroutine: it touches nothing but nc.
+	report := func(rev uint64) {
+		if nc.IsConnected() {
+			bus.Publish(nc, bus.StatusSubject(name), bus.Status{Name: name, State: bus.StateReady, Version: "bench",
+				AppliedRevision: rev, Time: time.Now().UTC()})
 		}
 	}
 	f.wg.Add(1)
@@ -603,7 +603,9 @@ func (f *fleet) start(i int, ns, url, secret, keyDir string) error {
 				change, err = fo.Resync("connected")
 				confirmed = err == nil
 			case <-hb.C:
-				report()
+				if _, rev, ok := fo.Set(); ok {
+					report(rev)
+				}
 				continue
 			}
 			at := time.Now()
@@ -616,7 +618,9 @@ func (f *fleet) start(i int, ns, url, secret, keyDir string) error {
 				f.saw(i, rev, confirmed, at)
 			}
 			if change != "" && !f.silent.Load() {
-				report()
+				// As agents do: report after a random delay (bus.StatusJitter).
+				_, rev, _ := fo.Set()
+				time.AfterFunc(rand.N(bus.StatusJitter), func() { report(rev) })
 			}
 		}
 	}()
