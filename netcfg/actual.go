@@ -31,6 +31,10 @@ type Actual struct {
 	// UnderlayMTU is the MTU of the device holding Desired.LocalAddr, else
 	// of the default route's device, else 1500.
 	UnderlayMTU int
+	// UnderlayRxQueues is the number of active receive queues of that
+	// device (0: unknown; read in VXLAN mode only), and CPUs the number of
+	// CPUs: fewer queues than CPUs call for receive packet steering.
+	UnderlayRxQueues, CPUs int
 	// UnderlaySource maps a peer's underlay address to the source address
 	// the kernel would use toward it (GRE mode only).
 	UnderlaySource map[netip.Addr]netip.Addr
@@ -67,7 +71,8 @@ type Link struct {
 	Learning bool
 	// RPS: received packets are steered to other CPUs after
 	// decapsulation (a non-zero rps_cpus, see sysfs.go). Read for the
-	// desired VXLAN device only; desired for it always.
+	// desired VXLAN device only; desired for it when the underlay has
+	// fewer receive queues than there are CPUs.
 	RPS bool
 	// VXLAN and GRE: the underlay source address (invalid: kernel's choice).
 	Local netip.Addr

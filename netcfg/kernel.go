@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 
@@ -220,15 +221,14 @@ func (k *Kernel) read(n *Desired) (*Actual, error) {
 		}
 	}
 
+	tunnel := -1 // index in a.Links of the desired VXLAN device, if ours
 	if n.Mode == ModeVXLAN {
 		for i, l := range a.Links {
 			if l.Name == n.Device && l.Owned() && l.Kind == "vxlan" {
 				if err := k.readVXLANEntries(a, l, len(n.Peers)+8); err != nil {
 					return nil, err
 				}
-				if a.Links[i].RPS, err = readRPS(l.Name); err != nil {
-					return nil, fmt.Errorf("netcfg: read RPS of %s: %w", l.Name, err)
-				}
+				tunnel = i
 			}
 		}
 	}
@@ -278,6 +278,20 @@ func (k *Kernel) read(n *Desired) (*Actual, error) {
 	}
 	if m, ok := mtus[underDev]; ok && m > 0 {
 		a.UnderlayMTU = m
+	}
+	if n.Mode == ModeVXLAN {
+		var dev string
+		if tunnel >= 0 {
+			dev = a.Links[tunnel].Name
+		}
+		rps, queues, err := readSteering(dev, names[underDev])
+		if err != nil {
+			return nil, fmt.Errorf("netcfg: read receive steering: %w", err)
+		}
+		if tunnel >= 0 {
+			a.Links[tunnel].RPS = rps
+		}
+		a.UnderlayRxQueues, a.CPUs = queues, runtime.NumCPU()
 	}
 
 	if n.Mode == ModeGRE {

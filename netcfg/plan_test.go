@@ -31,12 +31,15 @@ func baseDesired() *Desired {
 }
 
 // scratchActual is a fresh edge: no cframe objects, forwarding off, one
-// foreign rule in POSTROUTING.
+// foreign rule in POSTROUTING, one receive queue on the underlay NIC for
+// two CPUs.
 func scratchActual() *Actual {
 	return &Actual{
-		LANAddr:     ip("172.20.0.9"),
-		UnderlayMTU: 1500,
-		Sets:        map[string]IPSet{},
+		LANAddr:          ip("172.20.0.9"),
+		UnderlayMTU:      1500,
+		UnderlayRxQueues: 1,
+		CPUs:             2,
+		Sets:             map[string]IPSet{},
 		Chains: map[Chain][]string{
 			{"filter", "FORWARD"}:  {},
 			{"filter", "INPUT"}:    {},
@@ -298,6 +301,15 @@ func TestPlan(t *testing.T) {
 			name:        "receive packet steering switched off by someone: switched on again",
 			actual:      func() *Actual { a := convergedActual(); a.Links[0].RPS = false; return a },
 			wantChanges: []string{"link set cframe0 rps_cpus all (receive packet steering)"},
+		},
+		{
+			name: "underlay NIC with a receive queue per CPU: no receive packet steering wanted, none removed",
+			actual: func() *Actual {
+				a := convergedActual()
+				a.UnderlayRxQueues = 2
+				a.Links[0].RPS = false
+				return a
+			},
 		},
 		{
 			name: "learning switched on by someone: recreated",

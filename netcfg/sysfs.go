@@ -16,12 +16,17 @@ import (
 // Receive packet steering (RPS) of the VXLAN device.
 //
 // Every packet of every peer reaches the edge through the underlay NIC's
-// receive queue; a NIC with fewer queues than CPUs (one, on many cloud
+// receive queues; a NIC with fewer queues than CPUs (one, on many cloud
 // gateways and on veth) makes one CPU run GRO, decapsulation, forwarding and
-// — on a shared host — delivery for every flow while the others idle. RPS on
-// the tunnel device's receive queue hands each decapsulated flow, by its
-// inner hash, to a CPU of its own for everything after decapsulation. The
-// kernel has no netlink attribute for it; it lives in sysfs.
+// — on a shared host — delivery for all the flows of a queue while other
+// CPUs idle. RPS on the tunnel device's receive queue hands each
+// decapsulated flow, by its inner hash, to a CPU of its own for everything
+// after decapsulation. With a queue per CPU the NIC spreads the flows
+// already and RPS would only add cross-CPU hand-offs, so cframe sets it only
+// when the underlay has fewer receive queues than there are CPUs (the
+// kernel's own advice, Documentation/networking/scaling.rst). The kernel
+// has no netlink attribute for either; both live in sysfs (and netlink's
+// IFLA_NUM_RX_QUEUES counts allocated, not active, queues).
 
 // rpsFile is the RPS CPU mask of dev's (only) receive queue under a sysfs
 // root.
@@ -29,24 +34,38 @@ func rpsFile(root, dev string) string {
 	return filepath.Join(root, "class", "net", dev, "queues", "rx-0", "rps_cpus")
 }
 
-// readRPS reports whether dev steers received packets to other CPUs: a
-// non-zero rps_cpus mask, whatever its CPUs (an operator's own mask is left
-// alone).
-func readRPS(dev string) (bool, error) {
-	var on bool
-	err := inNetSysfs(func(root string) error {
-		b, err := os.ReadFile(rpsFile(root, dev))
+// readSteering reads, from the sysfs of the calling thread's namespace,
+// whether tunnel steers received packets to other CPUs (a non-zero rps_cpus
+// mask, whatever its CPUs: an operator's own mask is left alone) and how
+// many receive queues underlay has. An empty name is not read.
+func readSteering(tunnel, underlay string) (rps bool, queues int, err error) {
+	err = inNetSysfs(func(root string) error {
+		if underlay != "" {
+			qs, err := filepath.Glob(filepath.Join(root, "class", "net", underlay, "queues", "rx-*"))
+			if err != nil {
+				return err
+			}
+			queues = len(qs)
+		}
+		if tunnel == "" {
+			return nil
+		}
+		b, err := os.ReadFile(rpsFile(root, tunnel))
+		if errors.Is(err, os.ErrNotExist) {
+			rps = true // a kernel without RPS: nothing to set
+			return nil
+		}
 		if err != nil {
 			return err
 		}
 		mask, ok := new(big.Int).SetString(strings.ReplaceAll(strings.TrimSpace(string(b)), ",", ""), 16)
 		if !ok {
-			return fmt.Errorf("rps_cpus of %s: unreadable mask %q", dev, b)
+			return fmt.Errorf("rps_cpus of %s: unreadable mask %q", tunnel, b)
 		}
-		on = mask.Sign() != 0
+		rps = mask.Sign() != 0
 		return nil
 	})
-	return on, err
+	return rps, queues, err
 }
 
 // setRPS steers dev's received packets over every online CPU.
@@ -56,7 +75,15 @@ func setRPS(dev string) error {
 		return err
 	}
 	return inNetSysfs(func(root string) error {
-		return os.WriteFile(rpsFile(root, dev), []byte(mask+"\n"), 0o644)
+		f, err := os.OpenFile(rpsFile(root, dev), os.O_WRONLY, 0)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // a kernel without RPS (readSteering agrees)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = f.WriteString(mask + "\n")
+		return errors.Join(err, f.Close())
 	})
 }
 

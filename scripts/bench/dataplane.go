@@ -61,7 +61,7 @@ func dataPlaneProfiles() []dpProfile {
 		{name: "veth defaults",
 			note: "TSO/GSO and GRO at veth defaults: 64 KB segments cross the whole path unsplit — the best case for every mode."},
 		{name: "wire-like", need: "ethtool",
-			note: "TSO and GSO off, GRO on, on every underlay veth (both edges' WAN interfaces and the router's ends): packets cross the underlay at MTU size and are merged again on receipt, as on a cloud NIC. The hosts' and the edges' LAN veths keep their defaults.",
+			note: "TSO and GSO off, GRO on, on every underlay veth (both edges' WAN interfaces and the router's ends): packets cross the underlay at MTU size and are merged again on receipt, as on a cloud NIC. The hosts' and the edges' LAN veths keep their defaults. Software segmentation sends each 64 KB segment as a burst of ~45 packets, which overflows the 256-slot receive ring of the veth peer: the sending veth drops and TCP retransmits, the more the faster a mode sends.",
 			apply: func(t *topo.Topology) error {
 				for _, d := range underlayDevices(t) {
 					if _, err := t.Net.Exec(d[0], "ethtool", "-K", d[1], "tso", "off", "gso", "off", "gro", "on"); err != nil {
@@ -152,7 +152,7 @@ func runProfile(o Options, plan dpPlan, p dpProfile, modes []*dpMode, stats map[
 		return err
 	}
 	defer n.Close()
-	defer closeOnSignal(n)()
+	defer closeOnSignal(n, o.Work)()
 	t, err := topo.Build(n, topo.Walkthrough()[:2]...)
 	if err != nil {
 		return err
@@ -221,10 +221,10 @@ func runProfile(o Options, plan dpPlan, p dpProfile, modes []*dpMode, stats map[
 	return nil
 }
 
-// closeOnSignal closes n and exits when the benchmark is interrupted, so
-// that Ctrl-C leaves no namespace or process behind; the returned function
-// stops watching.
-func closeOnSignal(n *topo.Net) func() {
+// closeOnSignal closes n, removes the scratch directory work and exits when
+// the benchmark is interrupted, so that Ctrl-C leaves no namespace, process
+// or file behind; the returned function stops watching.
+func closeOnSignal(n *topo.Net, work string) func() {
 	sig := make(chan os.Signal, 1)
 	done := make(chan struct{})
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
@@ -233,6 +233,7 @@ func closeOnSignal(n *topo.Net) func() {
 		case s := <-sig:
 			fmt.Fprintf(os.Stderr, "bench: %v: removing the data-plane namespaces\n", s)
 			n.Close()
+			os.RemoveAll(work)
 			os.Exit(130)
 		case <-done:
 		}

@@ -202,7 +202,7 @@ func (c cpuTimes) since(c0 cpuTimes) (procs, kernel float64) {
 	return procs, (c.kernel - c0.kernel) / userHZ
 }
 
-var fragCreates = regexp.MustCompile(`(?m)^Ip: .*`)
+var snmpIPLines = regexp.MustCompile(`(?m)^Ip: .*`)
 
 // ipFragCreates returns the IPv4 FragCreates counter of namespace ns: the
 // fragments its stack has made (of tunnel packets, on an edge).
@@ -211,7 +211,7 @@ func ipFragCreates(n *topo.Net, ns string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	lines := fragCreates.FindAllString(out, 2)
+	lines := snmpIPLines.FindAllString(out, 2)
 	if len(lines) != 2 {
 		return 0, fmt.Errorf("no Ip lines in /proc/net/snmp")
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -61,7 +62,7 @@ func dataPlaneModes() []*dpMode {
 	ovpn := &openvpnMode{}
 	return []*dpMode{
 		{name: "direct", up: upDirect},
-		{name: "cframe", up: upCframe},
+		{name: "cframe", prepare: prepareCframe, up: upCframe},
 		{name: "wireguard-go", userspace: true, prepare: wg.prepare, up: wg.up},
 		{name: "nebula", userspace: true, prepare: neb.prepare, up: neb.up},
 		{name: "openvpn", userspace: true, prepare: ovpn.prepare, up: ovpn.up},
@@ -108,6 +109,17 @@ func upDirect(b *bed) (func() error, error) {
 		added = append(added, s.CIDR.String())
 	}
 	return down, nil
+}
+
+// prepareCframe checks that the programs are built.
+func prepareCframe(o Options) (string, error) {
+	for _, p := range []string{"cframe-controller", "cframe-edge"} {
+		if _, err := os.Stat(filepath.Join(o.Bin, p)); err != nil {
+			return "", fmt.Errorf("%s not built (make build): %w", p, err)
+		}
+	}
+	return fmt.Sprintf("the controller and two cframe-edge agents from %s, walkthrough configs: kernel VXLAN, MTU 1450, MSS clamping, "+
+		"receive packet steering on cframe0 (the edge sets it when its underlay NIC has fewer receive queues than there are CPUs: here one veth queue, %d CPUs)", o.Bin, runtime.NumCPU()), nil
 }
 
 // upCframe runs the real controller and two cframe-edge agents, adds both
