@@ -2,11 +2,13 @@ package topo
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -159,6 +161,17 @@ func TestCleanupPrefix(t *testing.T) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- stray.Wait() }()
+	// Only a process that has entered the namespace is CleanupPrefix's to kill.
+	pid := strconv.Itoa(stray.Process.Pid)
+	if err := Eventually(5*time.Second, func() error {
+		out, err := run("ip", "netns", "pids", a)
+		if err != nil || !slices.Contains(strings.Fields(out), pid) {
+			return fmt.Errorf("pid %s not in %s yet (%v)", pid, a, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if err := CleanupPrefix(""); err == nil {
 		t.Error("CleanupPrefix(\"\") accepted")
 	}
