@@ -108,13 +108,13 @@ func (f *Follower) Resync(why string) (string, error) {
 		req.Have = f.rev
 	}
 	s, err := f.request(req)
-	if err == nil && s.Unchanged && s.Revision != f.rev {
-		s, err = f.request(SnapshotRequest{}) // cannot happen with a sane controller
-	}
 	if err != nil {
 		return "", fmt.Errorf("fetch edge set (%s): %w", why, err)
 	}
 	if s.Unchanged {
+		if s.Revision != f.rev {
+			return "", fmt.Errorf("fetch edge set (%s): controller says revision %d is unchanged, held %d", why, s.Revision, f.rev)
+		}
 		return "", nil
 	}
 	f.Restore(s)

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,17 +23,7 @@ import (
 // namespaces (scripts/topo) and run the Kernel inside each edge namespace on
 // a thread locked into it (topo.Do).
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test: needs root (network namespaces, netlink, iptables)")
-	}
-	for _, bin := range []string{"ip", "bridge", "iptables", "ping"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("kernel test: %s not installed", bin)
-		}
-	}
-}
+func requireRoot(t *testing.T) { topo.SkipUnlessRoot(t, "bridge", "iptables", "ping") }
 
 // mesh is a topology plus the Desired state of every edge.
 type mesh struct {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -526,17 +525,6 @@ func (f *fleet) close() {
 	}
 }
 
-// nsDialer dials from inside a network namespace.
-type nsDialer struct{ ns string }
-
-func (d nsDialer) Dial(network, address string) (conn net.Conn, err error) {
-	err = topo.Do(d.ns, func() error {
-		conn, err = net.DialTimeout(network, address, 5*time.Second)
-		return err
-	})
-	return conn, err
-}
-
 // start connects simulated edge i (sim-<i>) from namespace ns and runs it:
 // the agent's loop without the kernel — fetch a snapshot whenever
 // (re)connected, follow deltas and hellos, report status on every change
@@ -563,7 +551,7 @@ func (f *fleet) start(i int, ns, url, secret, keyDir string) error {
 		}
 		kick(nc)
 	}
-	opts := append(id.EdgeOptions(secret), nats.SetCustomDialer(nsDialer{ns}), nats.RetryOnFailedConnect(true),
+	opts := append(id.EdgeOptions(secret), nats.SetCustomDialer(topo.Dialer{NS: ns}), nats.RetryOnFailedConnect(true),
 		nats.ConnectHandler(connected), nats.ReconnectHandler(kick), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {

@@ -8,7 +8,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -92,7 +91,7 @@ func Start(t *topo.Topology, home *topo.Site, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c.API = api.NewClient(fmt.Sprintf("http://127.0.0.1:%d", APIPort), "")
-	c.API.HTTP.Transport = &http.Transport{DialContext: c.dialHome}
+	c.API.HTTP.Transport = &http.Transport{DialContext: topo.Dialer{NS: home.Edge}.DialContext}
 	if opts.Etcd {
 		if err := c.startEtcd(); err != nil {
 			return nil, err
@@ -102,16 +101,6 @@ func Start(t *topo.Topology, home *topo.Site, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
-}
-
-// dialHome dials from inside the controller's namespace.
-func (c *Cluster) dialHome(ctx context.Context, network, addr string) (conn net.Conn, err error) {
-	err = topo.Do(c.Home.Edge, func() error {
-		var d net.Dialer
-		conn, err = d.DialContext(ctx, network, addr)
-		return err
-	})
-	return conn, err
 }
 
 func (c *Cluster) path(name string) string { return filepath.Join(c.opts.Dir, name) }
@@ -126,7 +115,7 @@ func (c *Cluster) startEtcd() error {
 		return err
 	}
 	c.etcd = p
-	hc := &http.Client{Transport: &http.Transport{DialContext: c.dialHome}, Timeout: time.Second}
+	hc := &http.Client{Transport: c.API.HTTP.Transport, Timeout: time.Second}
 	return c.waitFor(p, "etcd.log", func() error {
 		resp, err := hc.Get("http://" + etcdClient + "/health")
 		if err != nil {

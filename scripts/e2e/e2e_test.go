@@ -61,9 +61,7 @@ type fixture struct {
 var podRange = topo.Extra{CIDR: netip.MustParsePrefix("10.244.3.0/24"), EdgeAddr: netip.MustParseAddr("10.244.3.1"), HostAddr: netip.MustParseAddr("10.244.3.2")}
 
 func newFixture(t *testing.T) *fixture {
-	if os.Geteuid() != 0 {
-		t.Skip("end-to-end tests build network namespaces: run as root")
-	}
+	topo.SkipUnlessRoot(t, "bridge", "iptables", "ping")
 	n, err := topo.New(topo.UniquePrefix("cfe"))
 	if err != nil {
 		t.Fatal(err)
@@ -631,15 +629,11 @@ func TestWalkthrough(t *testing.T) {
 				c.Close()
 			}
 		}()
-		if err := topo.Do(hk.Host, func() error {
-			c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return err
-		}); err != nil {
+		c, err := topo.Dialer{NS: hk.Host}.Dial("tcp", ln.Addr().String())
+		if err != nil {
 			t.Fatal(err)
 		}
+		c.Close()
 		select {
 		case a := <-seen:
 			if ip := a.(*net.TCPAddr).IP.String(); ip != "10.70.0.1" {
@@ -653,9 +647,7 @@ func TestWalkthrough(t *testing.T) {
 
 // An edge configured for a mode the kernel cannot do refuses to start, in one line.
 func TestEdgeRefusesUnsupportedMode(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
+	topo.SkipUnlessRoot(t)
 	n, err := topo.New(topo.UniquePrefix("cfm"))
 	if err != nil {
 		t.Fatal(err)

@@ -81,10 +81,8 @@ func startStream(fromNS, toNS string, addr netip.Addr) (*stream, error) {
 		}
 		accepted <- c
 	}()
-	if err := topo.Do(fromNS, func() (err error) {
-		s.conn, err = net.DialTimeout("tcp", s.ln.Addr().String(), 5*time.Second)
-		return err
-	}); err != nil {
+	var err error
+	if s.conn, err = (topo.Dialer{NS: fromNS}).Dial("tcp", s.ln.Addr().String()); err != nil {
 		s.ln.Close()
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package topo
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
@@ -77,12 +78,10 @@ func TCPTransfer(fromNS, toNS string, addr netip.Addr, size int, timeout time.Du
 		io.Copy(c, c)
 	}()
 
-	var c net.Conn
-	if err := Do(fromNS, func() (err error) {
-		d := net.Dialer{Deadline: deadline}
-		c, err = d.Dial("tcp", ln.Addr().String())
-		return err
-	}); err != nil {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	c, err := Dialer{NS: fromNS}.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
 		return fmt.Errorf("tcp %s -> %s: %w", fromNS, ln.Addr(), err)
 	}
 	defer c.Close()
@@ -110,4 +109,25 @@ func TCPTransfer(fromNS, toNS string, addr netip.Addr, size int, timeout time.Du
 		return fmt.Errorf("tcp %s -> %s: echoed %d bytes (sha %x), sent %d (sha %x)", fromNS, ln.Addr(), len(got), b[:4], size, a[:4])
 	}
 	return nil
+}
+
+// Dialer opens connections from inside network namespace NS. DialContext
+// fits http.Transport; Dial (5 s timeout) fits nats.CustomDialer.
+type Dialer struct{ NS string }
+
+// DialContext dials addr from inside d.NS.
+func (d Dialer) DialContext(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+	err = Do(d.NS, func() error {
+		var nd net.Dialer
+		conn, err = nd.DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
+}
+
+// Dial dials addr from inside d.NS, giving up after 5 seconds.
+func (d Dialer) Dial(network, addr string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return d.DialContext(ctx, network, addr)
 }

@@ -16,19 +16,9 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("topo test: needs root (network namespaces)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("topo test: iproute2 not installed")
-	}
-}
-
 func newNet(t *testing.T) *Net {
 	t.Helper()
-	requireRoot(t)
+	SkipUnlessRoot(t)
 	n, err := New(UniquePrefix("tp"))
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +135,7 @@ func TestNetLifecycle(t *testing.T) {
 // an interrupted run that never called Close.
 func TestCleanupPrefix(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
+	SkipUnlessRoot(t)
 	prefix := UniquePrefix("tc")
 	n, err := New(prefix)
 	if err != nil {
@@ -195,7 +185,7 @@ func TestCleanupPrefix(t *testing.T) {
 // in the caller's namespace.
 func TestWalkthroughTopology(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
+	SkipUnlessRoot(t)
 	rootBefore, _ := exec.Command("ip", "-o", "addr").Output()
 	n := newNet(t)
 	vpcs := Walkthrough()
