@@ -154,49 +154,58 @@ func (k *Kernel) listRoutes(names map[int]string, hint int) ([]routeMsg, error) 
 		req.AddData(&nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_INET}})
 		out := make([]routeMsg, 0, hint)
 		err := k.nlDump(unix.NETLINK_ROUTE, req, func(m []byte) error {
-			if len(m) < unix.SizeofRtMsg {
-				return errors.New("short route message")
+			r, ok, err := parseRoute(m, names)
+			if ok {
+				out = append(out, r)
 			}
-			if m[0] != unix.AF_INET || nl.NativeEndian().Uint32(m[8:])&unix.RTM_F_CLONED != 0 {
-				return nil
-			}
-			r := routeMsg{table: int(m[4])}
-			r.Protocol, r.OnLink = int(m[5]), nl.NativeEndian().Uint32(m[8:])&unix.RTNH_F_ONLINK != 0
-			dst := netip.IPv4Unspecified()
-			walkAttrs(m[unix.SizeofRtMsg:], func(typ uint16, v []byte) {
-				switch typ {
-				case unix.RTA_TABLE:
-					if len(v) == 4 {
-						r.table = int(nl.NativeEndian().Uint32(v))
-					}
-				case unix.RTA_DST:
-					if a, ok := ip4(v); ok {
-						dst = a
-					}
-				case unix.RTA_GATEWAY:
-					r.Gw, _ = ip4(v)
-				case unix.RTA_PREFSRC:
-					r.Src, _ = ip4(v)
-				case unix.RTA_OIF:
-					if len(v) == 4 {
-						r.ifindex = int(nl.NativeEndian().Uint32(v))
-					}
-				case unix.RTA_PRIORITY:
-					if len(v) == 4 {
-						r.Metric = int(nl.NativeEndian().Uint32(v))
-					}
-				}
-			})
-			if r.table != unix.RT_TABLE_MAIN {
-				return nil
-			}
-			r.Dst = netip.PrefixFrom(dst, int(m[1]))
-			r.Device = names[r.ifindex]
-			out = append(out, r)
-			return nil
+			return err
 		})
 		return out, err
 	})
+}
+
+// parseRoute decodes one route message; ok is false for other families,
+// other tables than main and cloned routes.
+func parseRoute(m []byte, names map[int]string) (r routeMsg, ok bool, err error) {
+	if len(m) < unix.SizeofRtMsg {
+		return r, false, errors.New("short route message")
+	}
+	if m[0] != unix.AF_INET || nl.NativeEndian().Uint32(m[8:])&unix.RTM_F_CLONED != 0 {
+		return r, false, nil
+	}
+	r.table = int(m[4])
+	r.Protocol, r.OnLink = int(m[5]), nl.NativeEndian().Uint32(m[8:])&unix.RTNH_F_ONLINK != 0
+	dst := netip.IPv4Unspecified()
+	walkAttrs(m[unix.SizeofRtMsg:], func(typ uint16, v []byte) {
+		switch typ {
+		case unix.RTA_TABLE:
+			if len(v) == 4 {
+				r.table = int(nl.NativeEndian().Uint32(v))
+			}
+		case unix.RTA_DST:
+			if a, ok := ip4(v); ok {
+				dst = a
+			}
+		case unix.RTA_GATEWAY:
+			r.Gw, _ = ip4(v)
+		case unix.RTA_PREFSRC:
+			r.Src, _ = ip4(v)
+		case unix.RTA_OIF:
+			if len(v) == 4 {
+				r.ifindex = int(nl.NativeEndian().Uint32(v))
+			}
+		case unix.RTA_PRIORITY:
+			if len(v) == 4 {
+				r.Metric = int(nl.NativeEndian().Uint32(v))
+			}
+		}
+	})
+	if r.table != unix.RT_TABLE_MAIN {
+		return r, false, nil
+	}
+	r.Dst = netip.PrefixFrom(dst, int(m[1]))
+	r.Device = names[r.ifindex]
+	return r, true, nil
 }
 
 // listNeighbors returns the permanent IPv4 neighbor entries of the device
@@ -208,29 +217,36 @@ func (k *Kernel) listNeighbors(ifindex int, dev string, hint int) ([]Neighbor, e
 		out := make([]Neighbor, 0, hint)
 		macs := macArena(hint)
 		err := k.nlDump(unix.NETLINK_ROUTE, req, func(m []byte) error {
-			if len(m) < ndmsgLen {
-				return errors.New("short neighbor message")
-			}
-			state := nl.NativeEndian().Uint16(m[8:])
-			if m[0] != unix.AF_INET || int(nl.NativeEndian().Uint32(m[4:])) != ifindex || state&netlink.NUD_PERMANENT == 0 {
-				return nil
-			}
-			n := Neighbor{Device: dev}
-			walkAttrs(m[ndmsgLen:], func(typ uint16, v []byte) {
-				switch typ {
-				case unix.NDA_DST:
-					n.IP, _ = ip4(v)
-				case unix.NDA_LLADDR:
-					n.MAC = macs.copy(v)
-				}
-			})
-			if n.IP.IsValid() {
+			n, ok, err := parseNeighbor(m, ifindex, dev, macs)
+			if ok {
 				out = append(out, n)
 			}
-			return nil
+			return err
 		})
 		return out, err
 	})
+}
+
+// parseNeighbor decodes one neighbor message; ok is true for a permanent
+// IPv4 entry of the device with index ifindex (named dev).
+func parseNeighbor(m []byte, ifindex int, dev string, macs *arena) (n Neighbor, ok bool, err error) {
+	if len(m) < ndmsgLen {
+		return n, false, errors.New("short neighbor message")
+	}
+	state := nl.NativeEndian().Uint16(m[8:])
+	if m[0] != unix.AF_INET || int(nl.NativeEndian().Uint32(m[4:])) != ifindex || state&netlink.NUD_PERMANENT == 0 {
+		return n, false, nil
+	}
+	n.Device = dev
+	walkAttrs(m[ndmsgLen:], func(typ uint16, v []byte) {
+		switch typ {
+		case unix.NDA_DST:
+			n.IP, _ = ip4(v)
+		case unix.NDA_LLADDR:
+			n.MAC = macs.copy(v)
+		}
+	})
+	return n, n.IP.IsValid(), nil
 }
 
 // listSet returns the type and members of ipset name (hash:ip members as

@@ -78,7 +78,7 @@ func (p *planner) planSet(name string, members []netip.Prefix) bool {
 	case !exists:
 		p.sets = append(p.sets, Change{fmt.Sprintf("ipset create %s %s family inet", name, typ), func(k *Kernel) error { return k.setCreate(name) }, nil})
 	case have.Type != typ:
-		p.conflict("ipset %s has type %s, not %s: left alone, the rules using it are not installed", name, have.Type, typ)
+		p.conflict("", "ipset %s has type %s, not %s: left alone, the rules using it are not installed", name, have.Type, typ)
 		return false
 	}
 	held := make(map[netip.Prefix]bool, len(have.Members))
@@ -87,14 +87,14 @@ func (p *planner) planSet(name string, members []netip.Prefix) bool {
 	}
 	planned := make(map[netip.Prefix]bool, len(members))
 	for _, m := range members {
-		if held[m] {
-			delete(held, m)
-			continue
-		}
 		if planned[m] { // peers sharing an underlay address
 			continue
 		}
 		planned[m] = true
+		if held[m] {
+			delete(held, m)
+			continue
+		}
 		p.sets = append(p.sets, Change{fmt.Sprintf("ipset add %s %s", name, member(m)), func(k *Kernel) error { return k.setAdd(name, m) }, nil})
 	}
 	for _, m := range have.Members { // in kernel order, so that plans are deterministic

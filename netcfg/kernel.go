@@ -52,6 +52,8 @@ type Kernel struct {
 	count Requests
 	// buf receives netlink answers.
 	buf []byte
+	// base is what Update builds on (nil: nothing, Update reconciles).
+	base *baseline
 }
 
 // Requests counts what one call asked of the kernel.
@@ -72,6 +74,9 @@ type Result struct {
 	Conflicts []string
 	// Requests are the reads and writes it took.
 	Requests Requests
+	// FullRead says why an Update read the whole state (as Reconcile
+	// does) rather than the changed peers' objects; empty otherwise.
+	FullRead string
 }
 
 // New locates iptables (IPv4) and returns a Kernel.
@@ -98,6 +103,13 @@ func (k *Kernel) Reconcile(d *Desired) (Result, error) {
 	if err := n.validate(); err != nil {
 		return Result{}, fmt.Errorf("netcfg: invalid desired state: %w", err)
 	}
+	return k.reconcile(n)
+}
+
+// reconcile is Reconcile of a normalized, valid Desired. A success is the
+// baseline of the next Update.
+func (k *Kernel) reconcile(n Desired) (Result, error) {
+	k.base = nil
 	if err := k.begin(); err != nil {
 		return Result{}, err
 	}
@@ -108,7 +120,10 @@ func (k *Kernel) Reconcile(d *Desired) (Result, error) {
 	}
 	p := newPlan(n, a)
 	applied, err := k.apply(p)
-	return Result{Changes: applied, Conflicts: p.Conflicts, Requests: k.count}, err
+	if err == nil {
+		k.base = newBaseline(n, a, p.notes)
+	}
+	return Result{Changes: applied, Conflicts: conflictTexts(p.notes), Requests: k.count}, err
 }
 
 // Apply carries out the changes of p in order. A failing change does not
@@ -116,6 +131,7 @@ func (k *Kernel) Reconcile(d *Desired) (Result, error) {
 // done); the error lists every failure. applied holds the changes that
 // succeeded.
 func (k *Kernel) Apply(p Plan) (applied []string, err error) {
+	k.base = nil
 	if err := k.begin(); err != nil {
 		return nil, err
 	}
@@ -308,11 +324,9 @@ func (k *Kernel) read(n *Desired) (*Actual, error) {
 		}
 	}
 
-	fw, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
-	if err != nil {
-		return nil, fmt.Errorf("netcfg: read ip_forward: %w", err)
+	if a.IPForward, err = readIPForward(); err != nil {
+		return nil, err
 	}
-	a.IPForward = strings.TrimSpace(string(fw)) == "1"
 
 	for name := range setTypes {
 		hint := len(n.Peers)
@@ -406,6 +420,15 @@ func ignoreGone(err error) error {
 		return nil
 	}
 	return err
+}
+
+// readIPForward reads net.ipv4.ip_forward.
+func readIPForward() (bool, error) {
+	fw, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		return false, fmt.Errorf("netcfg: read ip_forward: %w", err)
+	}
+	return strings.TrimSpace(string(fw)) == "1", nil
 }
 
 func (k *Kernel) enableForwarding() error {
@@ -570,6 +593,7 @@ func (k *Kernel) routeDel(r Route) error {
 // main-table routes with RouteProtocol, its iptables chains and the jumps
 // into them, its ipsets — and nothing else. It returns what it removed.
 func (k *Kernel) Cleanup() ([]string, error) {
+	k.base = nil
 	if err := k.begin(); err != nil {
 		return nil, err
 	}

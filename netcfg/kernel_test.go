@@ -530,8 +530,8 @@ func TestKernelForeignObjects(t *testing.T) {
 	m.sh(e2, "ip", "link", "add", "cframe0", "type", "bridge")
 
 	wantConflicts := []string{
-		"route 172.31.0.0/16 via 198.51.100.1 dev wan0 proto static is not cframe's: skipped peer vpc2's route 172.31.0.0/16",
 		"route 172.20.99.0/24 via 198.51.100.1 dev wan0 proto boot is not cframe's and overlaps peer vpc3's 172.20.0.0/16: installed cframe's route anyway",
+		"route 172.31.0.0/16 via 198.51.100.1 dev wan0 proto static is not cframe's: skipped peer vpc2's route 172.31.0.0/16",
 	}
 	res := m.reconcile("vpc1")
 	expectLines(t, "vpc1 conflicts", res.Conflicts, wantConflicts)

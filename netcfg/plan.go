@@ -41,7 +41,17 @@ type Plan struct {
 	// Conflicts describe foreign objects that overlap the mesh and were
 	// left alone (and what was skipped because of them).
 	Conflicts []string
+	// notes are Conflicts with the peer each is about ("" for none).
+	notes []conflictNote
+	// rebuilds: the plan creates or recreates a tunnel device or changes
+	// its address (which flushes its neighbors), so every peer's entries
+	// on it are planned anew.
+	rebuilds bool
 }
+
+// conflictNote is one conflict and the peer it is about ("": the device
+// or a set, not one peer).
+type conflictNote struct{ peer, text string }
 
 // Strings returns the String of every change, in order.
 func (p Plan) Strings() []string {
@@ -92,7 +102,11 @@ func newPlan(d Desired, a *Actual) Plan {
 	for _, stage := range [][]Change{p.first, p.links, p.sets, p.ipAdd, p.add, p.delRoutes, p.delNeigh, p.delFDB, p.delMembers, p.ipDel, p.setDel, p.linkDel} {
 		plan.Changes = append(plan.Changes, stage...)
 	}
-	plan.Conflicts = p.conflicts
+	plan.notes = p.conflicts
+	for _, c := range p.conflicts {
+		plan.Conflicts = append(plan.Conflicts, c.text)
+	}
+	plan.rebuilds = len(p.fresh) > 0 || len(p.neighGone) > 0
 	return plan
 }
 
@@ -106,7 +120,7 @@ type planner struct {
 	first, links, sets, ipAdd, add                 []Change
 	delRoutes, delNeigh, delFDB, delMembers, ipDel []Change
 	setDel, linkDel                                []Change
-	conflicts                                      []string
+	conflicts                                      []conflictNote
 
 	// usable: desired devices that exist (or will) and are ours.
 	usable map[string]bool
@@ -119,8 +133,10 @@ type planner struct {
 	tunnels []string
 }
 
-func (p *planner) conflict(format string, args ...any) {
-	p.conflicts = append(p.conflicts, fmt.Sprintf(format, args...))
+// conflict records a foreign object left alone; peer names the peer it is
+// about, if any.
+func (p *planner) conflict(peer, format string, args ...any) {
+	p.conflicts = append(p.conflicts, conflictNote{peer, fmt.Sprintf(format, args...)})
 }
 
 // peerDevice is the tunnel device that carries a peer's traffic.
@@ -195,7 +211,7 @@ func (p *planner) planLinks() {
 			p.links = append(p.links, Change{"link add " + w.String(), func(k *Kernel) error { return k.linkAdd(w) }, nil})
 			p.fresh[w.Name] = true
 		case !h.Owned():
-			p.conflict("link %s exists but is not cframe's (type %s, alias %q): left alone, nothing installed on it", h.Name, h.Kind, h.Alias)
+			p.conflict("", "link %s exists but is not cframe's (type %s, alias %q): left alone, nothing installed on it", h.Name, h.Kind, h.Alias)
 			continue
 		case recreateReason(h, w) != "":
 			p.links = append(p.links,
@@ -352,10 +368,10 @@ func (p *planner) planRoutes() {
 			for _, f := range p.a.ForeignRoutes {
 				switch {
 				case f.Dst == cidr && f.Metric == 0:
-					p.conflict("route %s is not cframe's: skipped peer %s's route %s", f, peer.Name, cidr)
+					p.conflict(peer.Name, "route %s is not cframe's: skipped peer %s's route %s", f, peer.Name, cidr)
 					blocked = true
 				case f.Dst.Overlaps(cidr):
-					p.conflict("route %s is not cframe's and overlaps peer %s's %s: installed cframe's route anyway", f, peer.Name, cidr)
+					p.conflict(peer.Name, "route %s is not cframe's and overlaps peer %s's %s: installed cframe's route anyway", f, peer.Name, cidr)
 				}
 			}
 			if blocked {

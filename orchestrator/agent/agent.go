@@ -176,7 +176,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// apply saves and reconciles a changed edge set.
+// apply saves a changed edge set and has the kernel follow it: an update
+// that reads only the changed peers' objects (netcfg falls back to a full
+// reconcile when that does not fit).
 func (a *Agent) apply(change string, err error) {
 	if err != nil {
 		a.log.Warn("edge set not updated; keeping the applied one", "err", err)
@@ -185,18 +187,24 @@ func (a *Agent) apply(change string, err error) {
 		return
 	}
 	a.saveState()
-	a.reconcile(change)
+	a.sync(change, a.kernel.Update)
 }
 
-// reconcile makes the kernel match the held set, logs every change and
-// reports the outcome.
-func (a *Agent) reconcile(reason string) {
+// reconcile makes the whole kernel state match the held set.
+func (a *Agent) reconcile(reason string) { a.sync(reason, a.kernel.Reconcile) }
+
+// sync makes the kernel match the held set through do (Reconcile or
+// Update), logs every change and reports the outcome.
+func (a *Agent) sync(reason string, do func(*netcfg.Desired) (netcfg.Result, error)) {
 	set, rev, ok := a.follow.Set()
 	if !ok {
 		return
 	}
 	d, registered := mesh.Desired(a.local, set)
-	res, err := a.kernel.Reconcile(&d)
+	res, err := do(&d)
+	if res.FullRead != "" {
+		a.log.Debug("full reconcile instead of an update", "why", res.FullRead, "reason", reason)
+	}
 	for _, ch := range res.Changes {
 		a.log.Info("kernel change", "change", ch, "reason", reason)
 	}
