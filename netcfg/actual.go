@@ -35,6 +35,10 @@ type Actual struct {
 	// device (0: unknown; read in VXLAN mode only), and CPUs the number of
 	// CPUs: fewer queues than CPUs call for receive packet steering.
 	UnderlayRxQueues, CPUs int
+	// UnderlayRxOnSender: that device receives every packet on the CPU
+	// that sent it (a veth without NAPI), so receive work is spread over
+	// the senders' CPUs already and steering would only add a hand-off.
+	UnderlayRxOnSender bool
 	// UnderlaySource maps a peer's underlay address to the source address
 	// the kernel would use toward it (GRE mode only).
 	UnderlaySource map[netip.Addr]netip.Addr
@@ -47,6 +51,12 @@ type Actual struct {
 	// chain it hooks into, to its rules as "iptables -S" prints them
 	// ("-A CHAIN ..."). A chain that does not exist has no key.
 	Chains map[Chain][]string
+}
+
+// wantRPS reports whether the VXLAN device should steer received packets
+// to other CPUs (see sysfs.go).
+func (a *Actual) wantRPS() bool {
+	return a.UnderlayRxQueues > 0 && a.UnderlayRxQueues < a.CPUs && !a.UnderlayRxOnSender
 }
 
 // IPSet is an ipset: its type ("hash:ip", "hash:net") and members, the

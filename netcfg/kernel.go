@@ -218,6 +218,7 @@ func (k *Kernel) read(n *Desired) (*Actual, error) {
 	names := map[int]string{}
 	mtus := map[int]int{}
 	ours := map[int]bool{}
+	linkAt := map[int]netlink.Link{}
 	relevant := map[string]bool{n.Device: true}
 	if n.Mode == ModeGRE {
 		for _, p := range n.Peers {
@@ -228,6 +229,7 @@ func (k *Kernel) read(n *Desired) (*Actual, error) {
 		attrs := l.Attrs()
 		names[attrs.Index] = attrs.Name
 		mtus[attrs.Index] = attrs.MTU
+		linkAt[attrs.Index] = l
 		ll := linkFrom(l)
 		if ll.Owned() {
 			ours[attrs.Index] = true
@@ -308,6 +310,9 @@ func (k *Kernel) read(n *Desired) (*Actual, error) {
 			a.Links[tunnel].RPS = rps
 		}
 		a.UnderlayRxQueues, a.CPUs = queues, runtime.NumCPU()
+		if a.UnderlayRxOnSender, err = receivesOnSender(linkAt[underDev]); err != nil {
+			return nil, fmt.Errorf("netcfg: read receive steering: %w", err)
+		}
 	}
 
 	if n.Mode == ModeGRE {

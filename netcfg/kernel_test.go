@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -299,15 +300,6 @@ func TestKernelMesh(t *testing.T) {
 	if got := m.lines(e1, "ip", "-o", "link", "show", "type", "vxlan"); len(got) != 1 {
 		t.Errorf("want exactly one vxlan link, got %q", got)
 	}
-	// ip netns exec mounts the edge's own sysfs: RPS over every online CPU.
-	want, err := onlineCPUMask()
-	if err != nil {
-		t.Fatal(err)
-	}
-	digits := func(mask string) string { return strings.TrimLeft(strings.ReplaceAll(mask, ",", ""), "0") }
-	if got := m.sh(e1, "cat", rpsFile("/sys", "cframe0")); digits(got) != digits(want) {
-		t.Errorf("rps_cpus of cframe0 = %s, want %s (every online CPU)", got, want)
-	}
 	m.expectSet("bridge fdb show dev cframe0", m.lines(e1, "bridge", "fdb", "show", "dev", "cframe0"), []string{
 		"02:cf:00:00:00:02 dst 203.0.113.10 port 58433 self permanent",
 		"02:cf:00:00:00:03 dst 192.0.2.10 port 58443 self permanent",
@@ -515,6 +507,43 @@ func TestKernelPeerChanges(t *testing.T) {
 	}
 }
 
+// TestKernelSteering: receive packet steering on cframe0 follows the
+// underlay: none over a veth that receives on the sending CPUs (GRO off,
+// veth's default), every online CPU once the veth has NAPI (GRO on) and
+// one receive queue for more CPUs.
+func TestKernelSteering(t *testing.T) {
+	t.Parallel()
+	topo.SkipUnlessRoot(t, "ethtool")
+	m := newMesh(t, topo.Walkthrough()[:2]...)
+	e1 := m.site("vpc1").Edge
+	m.reconcile("vpc1")
+	// ip netns exec mounts the edge's own sysfs.
+	rps := func() string {
+		return strings.TrimLeft(strings.ReplaceAll(m.sh(e1, "cat", rpsFile("/sys", "cframe0")), ",", ""), "0")
+	}
+	if got := rps(); got != "" {
+		t.Errorf("rps_cpus of cframe0 over a veth without NAPI = %s, want none", got)
+	}
+	m.sh(e1, "ethtool", "-K", "wan0", "gro", "on")
+	res := m.reconcile("vpc1")
+	if runtime.NumCPU() < 2 {
+		expectLines(t, "changes on one CPU", res.Changes, nil)
+		return
+	}
+	expectLines(t, "changes once the underlay has NAPI", res.Changes, []string{"link set cframe0 rps_cpus all (receive packet steering)"})
+	want, err := onlineCPUMask()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rps(); got != strings.TrimLeft(strings.ReplaceAll(want, ",", ""), "0") {
+		t.Errorf("rps_cpus of cframe0 = %s, want %s (every online CPU)", got, want)
+	}
+	expectLines(t, "changes of a second reconcile", m.reconcile("vpc1").Changes, nil)
+	// sysfs has no events: the periodic reconcile repairs a cleared mask.
+	m.sh(e1, "sh", "-c", "echo 0 > "+rpsFile("/sys", "cframe0"))
+	expectLines(t, "repair after rps_cpus 0", m.reconcile("vpc1").Changes, []string{"link set cframe0 rps_cpus all (receive packet steering)"})
+}
+
 // TestKernelForeignObjects: foreign routes to a peer's CIDR (same prefix,
 // overlapping prefix), a foreign link with cframe's device name and
 // foreign iptables rules are reported or ignored, never touched, and
@@ -700,9 +729,6 @@ func TestKernelRepair(t *testing.T) {
 	m.sh(e1, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
 	m.expectUnreachable(s1, s2.HostAddr)
 	repair("ip_forward=0", []string{"sysctl net.ipv4.ip_forward=1"})
-	// Nor has receive packet steering (sysfs).
-	m.sh(e1, "sh", "-c", "echo 0 > "+rpsFile("/sys", "cframe0"))
-	repair("rps_cpus 0", []string{"link set cframe0 rps_cpus all (receive packet steering)"})
 
 	cancel()
 	select {

@@ -150,7 +150,7 @@ func (p *planner) peerDevice(peer Peer) string {
 func (p *planner) wantLinks() []Link {
 	if p.d.Mode == ModeVXLAN {
 		return []Link{{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, RPS: p.a.UnderlayRxQueues > 0 && p.a.UnderlayRxQueues < p.a.CPUs}}
+			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, RPS: p.a.wantRPS()}}
 	}
 	var out []Link
 	for _, peer := range p.d.Peers {

@@ -312,6 +312,14 @@ func TestPlan(t *testing.T) {
 			},
 		},
 		{
+			name: "underlay veth receiving on the sending CPUs: no receive packet steering wanted, none removed",
+			actual: func() *Actual {
+				a := convergedActual()
+				a.UnderlayRxOnSender = true
+				return a
+			},
+		},
+		{
 			name: "learning switched on by someone: recreated",
 			actual: func() *Actual {
 				a := convergedActual()

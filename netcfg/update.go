@@ -55,6 +55,7 @@ type baseline struct {
 	underlayMTU int
 	rxQueues    int
 	cpus        int
+	rxOnSender  bool
 	notes       []conflictNote
 }
 
@@ -65,7 +66,7 @@ func newBaseline(n Desired, a *Actual, notes []conflictNote) *baseline {
 		return nil
 	}
 	return &baseline{ns: ns, d: n, lan: a.LANAddr, underlayMTU: a.UnderlayMTU,
-		rxQueues: a.UnderlayRxQueues, cpus: a.CPUs, notes: notes}
+		rxQueues: a.UnderlayRxQueues, cpus: a.CPUs, rxOnSender: a.UnderlayRxOnSender, notes: notes}
 }
 
 // update is Update without the fallback: why is empty when it did the
@@ -244,7 +245,7 @@ func (sc *scope) touches(p Peer) bool {
 // The peer-independent facts come from the baseline.
 func (k *Kernel) readScope(n *Desired, b *baseline, sc *scope) (*Actual, error) {
 	a := &Actual{Chains: map[Chain][]string{}, Sets: map[string]IPSet{}, LANAddr: b.lan,
-		UnderlayMTU: b.underlayMTU, UnderlayRxQueues: b.rxQueues, CPUs: b.cpus}
+		UnderlayMTU: b.underlayMTU, UnderlayRxQueues: b.rxQueues, CPUs: b.cpus, UnderlayRxOnSender: b.rxOnSender}
 	links, err := dump("links", func() ([]netlink.Link, error) { k.count.Netlink++; return k.nl.LinkList() })
 	if err != nil {
 		return nil, err
@@ -261,7 +262,7 @@ func (k *Kernel) readScope(n *Desired, b *baseline, sc *scope) (*Actual, error) 
 	if dev == nil || !dev.Owned() || dev.Kind != "vxlan" {
 		return nil, fmt.Errorf("device %s is missing or not cframe's VXLAN device", n.Device)
 	}
-	dev.RPS = b.rxQueues > 0 && b.rxQueues < b.cpus // as the last Reconcile left it
+	dev.RPS = a.wantRPS() // as the last Reconcile left it
 	a.Links = []Link{*dev}
 	k.index[dev.Name] = dev.Index
 

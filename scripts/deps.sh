@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks for cframe's tests and demo:
-# ping, iptables, iperf3 and etcd (for the etcd-store tests and `make demo ETCD=1`).
+# ping, iptables, iperf3, ethtool (the receive-steering test switches GRO on a veth)
+# and etcd (for the etcd-store tests and `make demo ETCD=1`).
 # Go modules come from the module proxy when `go` first builds.
-# Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels `make bench` compares against,
-# and ethtool for its wire-like underlay profile)
+# Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels `make bench` compares against)
 set -euo pipefail
 
 need=()
@@ -12,13 +12,13 @@ have ping     || need+=(iputils-ping)
 have iptables || need+=(iptables)
 have iperf3   || need+=(iperf3)
 have etcd     || need+=(etcd-server)
+have ethtool  || need+=(ethtool)
 have ip       || need+=(iproute2)
 have bridge   || need+=(iproute2)
 if [ "${1:-}" = bench ]; then
   have wg      || need+=(wireguard-tools)
   have nebula  || need+=(nebula)
   have openvpn || need+=(openvpn)
-  have ethtool || need+=(ethtool)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
