@@ -25,14 +25,15 @@ import (
 // call the methods from a goroutine locked (runtime.LockOSThread) into that
 // namespace (scripts/topo.Do does exactly that). Netlink sockets are opened
 // per request on the calling thread and iptables is executed from it, and
-// Read, Apply, Reconcile and Cleanup start no goroutines, but for the sysfs
-// access of receive packet steering, which hands the calling thread's
-// namespace to a thread of its own (sysfs.go). Watch remembers the calling
-// thread's namespace and subscribes there.
+// Read, Apply, Reconcile, Update and Cleanup start no goroutines, but for
+// the sysfs access of receive packet steering, which hands the calling
+// thread's namespace to a thread of its own (sysfs.go). Watch remembers the
+// calling thread's namespace and subscribes there.
 //
 // A Kernel holds the located iptables programs, the iptables chains it read
 // last (reused while the nftables generation shows them unchanged, see
-// iptables.go), and for the duration of one call netlink sockets of the
+// iptables.go), what its last Reconcile left (the baseline of Update, see
+// update.go), and for the duration of one call netlink sockets of the
 // calling thread's namespace (all requests of a call share them); it is
 // safe for use by one goroutine at a time.
 type Kernel struct {
