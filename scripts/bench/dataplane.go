@@ -488,18 +488,6 @@ func met(ok bool) string {
 	return "MISSED"
 }
 
-// vxlanShare says whether cframe's gap to direct on one stream is the
-// kernel VXLAN's own (cframe within 5% of hand-configured VXLAN).
-func vxlanShare(cframe, vxlan float64) string {
-	if math.IsNaN(cframe) || math.IsNaN(vxlan) || vxlan == 0 {
-		return "not measured"
-	}
-	if cframe >= 0.95*vxlan {
-		return "the kernel VXLAN's own cost"
-	}
-	return fmt.Sprintf("partly cframe's (%.2fx of hand-configured VXLAN)", cframe/vxlan)
-}
-
 // dataPlaneVerdicts are the profile's one-line-per-figure conclusions,
 // read against the targets of the benchmark issue.
 func dataPlaneVerdicts(pr profileReport, modes []*dpMode) []string {
@@ -544,10 +532,10 @@ func dataPlaneVerdicts(pr profileReport, modes []*dpMode) []string {
 		out = append(out, line)
 	}
 	if kv := st["kernel-vxlan"]; kv != nil && len(kv.gbps1) > 0 {
-		out = append(out, fmt.Sprintf("%s, cframe against the kernel's own VXLAN configured by hand: %s on 1 stream, %s on 4 streams (%s and %s direct), RTT %s µs vs %s µs: what cframe misses of direct is %s",
+		out = append(out, fmt.Sprintf("%s, cframe against the kernel's own VXLAN configured by hand: %s on 1 stream, %s on 4 streams (spreads ±%.0f%% and ±%.0f%% vs ±%.0f%% and ±%.0f%%), RTT %s vs %s µs; hand-configured VXLAN itself reaches only %s and %s direct: the gap down to that is VXLAN's own, out of the edge's reach",
 			p, Ratio(cf.gbps1.Median(), kv.gbps1.Median()), Ratio(cf.gbps4.Median(), kv.gbps4.Median()),
-			num(kv.ratio1.Median(), "%.2fx"), num(kv.ratio4.Median(), "%.2fx"), num(cf.rttAvg.Median(), "%.0f"), num(kv.rttAvg.Median(), "%.0f"),
-			vxlanShare(cf.ratio1.Median(), kv.ratio1.Median())))
+			100*cf.gbps1.Spread(), 100*cf.gbps4.Spread(), 100*kv.gbps1.Spread(), 100*kv.gbps4.Spread(),
+			num(cf.rttAvg.Median(), "%.0f"), num(kv.rttAvg.Median(), "%.0f"), num(kv.ratio1.Median(), "%.2fx"), num(kv.ratio4.Median(), "%.2fx")))
 	}
 	added := cf.addedRTT.Median()
 	line := fmt.Sprintf("%s, latency: cframe adds %s µs to direct's RTT (avg %s µs, p99 %s µs; target <40 µs: %s)",

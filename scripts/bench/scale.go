@@ -29,6 +29,9 @@ import (
 // twice the raw NATS floor.
 const scaleFloorRatio = 2.0
 
+// scaleTargetEdges is the mesh size the floor-ratio aim is set for.
+const scaleTargetEdges = 1000
+
 // scaleFigures are the bus-scale part's numbers (times in milliseconds).
 type scaleFigures struct {
 	Sizes []scaleSize `json:"sizes"`
@@ -196,9 +199,15 @@ func scaleSection(f scaleFigures, reps int) Section {
 			name string
 			r    rounds
 		}{{"edges silent", s.Delivery}, {"edges reporting status", s.Reported}} {
-			verdicts = append(verdicts, fmt.Sprintf("%d edges, %s: one change reaches all of them in p99 %.1f ms vs %.1f ms for the raw NATS floor (%s, %s is faster); %s the %.0fx-floor target",
+			line := fmt.Sprintf("%d edges, %s: one change reaches all of them in p99 %.1f ms vs %.1f ms for the raw NATS floor (%s, %s is faster)",
 				s.Edges, r.name, r.r.All.P99, s.Floor.All.P99, Ratio(r.r.All.P99, s.Floor.All.P99),
-				Better("cframe", r.r.All.P99, "the floor", s.Floor.All.P99, false), metOrMissed(r.r.All.P99 <= scaleFloorRatio*s.Floor.All.P99), scaleFloorRatio))
+				Better("cframe", r.r.All.P99, "the floor", s.Floor.All.P99, false))
+			if s.Edges >= scaleTargetEdges {
+				line += fmt.Sprintf("; %s the %.0fx-floor target", metOrMissed(r.r.All.P99 <= scaleFloorRatio*s.Floor.All.P99), scaleFloorRatio)
+			} else {
+				line += fmt.Sprintf(" (the %.0fx-floor target is set for %d edges)", scaleFloorRatio, scaleTargetEdges)
+			}
+			verdicts = append(verdicts, line)
 		}
 	}
 	return Section{Title: "Controller and bus scale", Markdown: md.String(), Verdicts: verdicts, Figures: f}
