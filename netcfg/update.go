@@ -169,28 +169,27 @@ type scope struct {
 	seenPrefix map[netip.Prefix]bool
 }
 
+// newScope compares prev and next, both sorted by name (normalized).
 func newScope(prev, next []Peer) scope {
 	sc := scope{names: map[string]bool{}, seenMAC: map[[6]byte]bool{}, seenAddr: map[netip.Addr]bool{}, seenPrefix: map[netip.Prefix]bool{}}
-	old := make(map[string]Peer, len(prev))
-	for _, p := range prev {
-		old[p.Name] = p
-	}
-	for _, p := range next {
-		o, ok := old[p.Name]
-		delete(old, p.Name)
-		if ok && samePeer(o, p) {
-			continue
-		}
-		sc.names[p.Name] = true
-		sc.add(p)
-		if ok {
-			sc.add(o)
-		}
-	}
-	for _, p := range prev { // the peers that left, in a stable order
-		if _, left := old[p.Name]; left {
-			sc.names[p.Name] = true
-			sc.add(p)
+	for i, j := 0, 0; i < len(prev) || j < len(next); {
+		switch {
+		case j == len(next) || i < len(prev) && prev[i].Name < next[j].Name: // left
+			sc.names[prev[i].Name] = true
+			sc.add(prev[i])
+			i++
+		case i == len(prev) || next[j].Name < prev[i].Name: // joined
+			sc.names[next[j].Name] = true
+			sc.add(next[j])
+			j++
+		default:
+			if !samePeer(prev[i], next[j]) {
+				sc.names[next[j].Name] = true
+				sc.add(next[j])
+				sc.add(prev[i])
+			}
+			i++
+			j++
 		}
 	}
 	for grown := len(sc.names) > 0; grown; {

@@ -60,24 +60,24 @@ func (n *Desired) validate() error {
 			return fmt.Errorf("local CIDR %s is not an IPv4 prefix", c)
 		}
 	}
-	// One map per kind, keyed by value (not by formatted strings): this
-	// runs on every reconcile, with thousands of keys at scale.
-	names := make(map[string]bool, len(n.Peers))
-	cidrs := make(map[netip.Prefix]string, 2*len(n.Peers))
+	// One map per kind, keyed by small values (IPv4 addresses as
+	// integers, not formatted strings): this runs on every reconcile and
+	// update, with thousands of keys at scale. Peers are sorted by name,
+	// so a repeated name is the previous one.
+	cidrs := make(map[uint64]string, 2*len(n.Peers))
 	macs := make(map[[6]byte]string, len(n.Peers))
-	hops := make(map[netip.Addr]string, len(n.Peers))
+	hops := make(map[uint32]string, len(n.Peers))
 	gres := map[string]string{}
 	dup := func(other, peer, kind string, key any) error {
 		return fmt.Errorf("peers %q and %q have the same %s %v", other, peer, kind, key)
 	}
-	for _, p := range n.Peers {
+	for i, p := range n.Peers {
 		if p.Name == "" {
 			return errors.New("peer without a name")
 		}
-		if names[p.Name] {
+		if i > 0 && n.Peers[i-1].Name == p.Name {
 			return dup(p.Name, p.Name, "name", p.Name)
 		}
-		names[p.Name] = true
 		if !p.Underlay.Addr().Is4() {
 			return fmt.Errorf("peer %q: underlay address %s is not IPv4", p.Name, p.Underlay.Addr())
 		}
@@ -85,10 +85,11 @@ func (n *Desired) validate() error {
 			if !c.IsValid() || !c.Addr().Is4() {
 				return fmt.Errorf("peer %q: CIDR %s is not an IPv4 prefix", p.Name, c)
 			}
-			if other, ok := cidrs[c]; ok {
+			key := uint64(v4(c.Addr()))<<8 | uint64(c.Bits())
+			if other, ok := cidrs[key]; ok {
 				return dup(other, p.Name, "CIDR", c)
 			}
-			cidrs[c] = p.Name
+			cidrs[key] = p.Name
 		}
 		switch n.Mode {
 		case ModeVXLAN:
@@ -105,10 +106,10 @@ func (n *Desired) validate() error {
 				return dup(other, p.Name, "MAC", p.MAC)
 			}
 			macs[[6]byte(p.MAC)] = p.Name
-			if other, ok := hops[p.NextHop]; ok {
+			if other, ok := hops[v4(p.NextHop)]; ok {
 				return dup(other, p.Name, "next hop", p.NextHop)
 			}
-			hops[p.NextHop] = p.Name
+			hops[v4(p.NextHop)] = p.Name
 		case ModeGRE:
 			dev := greDevice(n.Device, p.Name)
 			if other, ok := gres[dev]; ok {
@@ -118,6 +119,12 @@ func (n *Desired) validate() error {
 		}
 	}
 	return nil
+}
+
+// v4 is an IPv4 address as an integer.
+func v4(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
 func unicastMAC(m []byte) bool {
