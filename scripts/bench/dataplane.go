@@ -388,7 +388,7 @@ func renderDataPlane(plan dpPlan, modes []*dpMode, profiles []profileReport, fig
 	fmt.Fprintf(&b, "Two VPCs of the walkthrough (vpc1 and vpc2, a host behind each edge), the underlay router between the edges. "+
 		"Traffic runs host to host through each mode; each round runs every mode once, in the order of the table, and tears it down before the next. "+
 		"%d round(s); iperf3 runs of %d s (4 streams = 4 iperf3 processes of one stream each, since Debian's iperf3 drives all -P streams from one thread); "+
-		"%d pings 2 ms apart for the RTT. Ratios are per-round ratios to direct, medians over rounds; ±x%% is the spread (max-min)/median. "+
+		"%d pings back to back for the RTT (ping -A, so that the idle vCPUs' wake-up time does not drown the path's own latency). Ratios are per-round ratios to direct, medians over rounds; ±x%% is the spread (max-min)/median. "+
 		"CPU per GB counts both iperf3 runs: *processes* is user+system time of everything running in the edge namespaces "+
 		"(the tunnel daemons; for cframe its controller and both agents), *kernel* the whole machine's system+irq+softirq time — all namespaces share these 2 CPUs, the router's forwarding included.\n\n",
 		plan.rounds, plan.secs, plan.pings)

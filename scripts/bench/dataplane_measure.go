@@ -105,10 +105,14 @@ func startIperfServers(n *topo.Net, ns string, count int) error {
 
 var pingTime = regexp.MustCompile(`time=([0-9.]+) ms`)
 
-// pingRTT sends count echo requests 2 ms apart and returns the round-trip
-// times in microseconds; it fails when more than 1% go unanswered.
+// pingRTT sends count echo requests back to back (ping -A: the next one as
+// soon as the reply is in) and returns the round-trip times in
+// microseconds; it fails when more than 1% go unanswered. Back to back, the
+// CPUs never fall idle between pings: spaced out, the time an idle vCPU
+// takes to wake up drowns the path's own latency (by hand: pings 2 ms apart
+// moved by tens of µs from run to run, back to back by one or two).
 func pingRTT(n *topo.Net, from string, addr netip.Addr, count int) (Sample, error) {
-	out, err := n.Exec(from, "ping", "-n", "-i", "0.002", "-W", "1", "-c", strconv.Itoa(count), addr.String())
+	out, err := n.Exec(from, "ping", "-n", "-A", "-W", "1", "-c", strconv.Itoa(count), addr.String())
 	var s Sample
 	for _, m := range pingTime.FindAllStringSubmatch(out, -1) {
 		if ms, perr := strconv.ParseFloat(m[1], 64); perr == nil {
