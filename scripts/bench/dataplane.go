@@ -282,9 +282,6 @@ func (b *bed) measure(m *dpMode, plan dpPlan, probe bool) (res roundResult, err 
 	if err != nil {
 		return res, err
 	}
-	if res.rtt, err = pingRTT(n, from, to, plan.pings); err != nil {
-		return res, err
-	}
 	edges := []string{b.a.Edge, b.b.Edge}
 	c0, err := readCPU(edges...)
 	if err != nil {
@@ -303,6 +300,12 @@ func (b *bed) measure(m *dpMode, plan dpPlan, probe bool) (res roundResult, err 
 	procs, kernel := c1.since(c0)
 	if gb := (res.one.Bytes + res.four.Bytes) / 1e9; gb > 0 {
 		res.procCPU, res.kernelCPU = procs/gb, kernel/gb
+	}
+	// After the transfers: a mode that has just come up may still be busy
+	// (cframe's agents report and resync in their first seconds), and
+	// back-to-back pings take only milliseconds.
+	if res.rtt, err = pingRTT(n, from, to, plan.pings); err != nil {
+		return res, err
 	}
 	if probe {
 		if res.payload, err = maxPayload(n, from, to); err != nil {
