@@ -187,26 +187,35 @@ func (a *Agent) apply(change string, err error) {
 		return
 	}
 	a.saveState()
-	a.sync(change, a.kernel.Update)
+	a.sync(change, true)
 }
 
 // reconcile makes the whole kernel state match the held set.
-func (a *Agent) reconcile(reason string) { a.sync(reason, a.kernel.Reconcile) }
+func (a *Agent) reconcile(reason string) { a.sync(reason, false) }
 
-// sync makes the kernel match the held set through do (Reconcile or
-// Update), logs every change and reports the outcome.
-func (a *Agent) sync(reason string, do func(*netcfg.Desired) (netcfg.Result, error)) {
+// sync makes the kernel match the held set — with an update that reads
+// only the changed peers' objects, or a full reconcile — logs every change
+// (with what was read: "changed peers" or "everything") and reports the
+// outcome.
+func (a *Agent) sync(reason string, update bool) {
 	set, rev, ok := a.follow.Set()
 	if !ok {
 		return
 	}
 	d, registered := mesh.Desired(a.local, set)
+	do, read := a.kernel.Reconcile, "everything"
+	if update {
+		do = a.kernel.Update
+	}
 	res, err := do(&d)
-	if res.FullRead != "" {
+	switch {
+	case update && res.FullRead == "":
+		read = "changed peers"
+	case update:
 		a.log.Debug("full reconcile instead of an update", "why", res.FullRead, "reason", reason)
 	}
 	for _, ch := range res.Changes {
-		a.log.Info("kernel change", "change", ch, "reason", reason)
+		a.log.Info("kernel change", "change", ch, "reason", reason, "read", read)
 	}
 	st := a.status
 	st.Changes, st.Conflicts, st.Error = len(res.Changes), res.Conflicts, ""

@@ -331,6 +331,19 @@ func TestWalkthrough(t *testing.T) {
 			t.Fatalf("the remaining edges lost each other: %v", err)
 		}
 		f.converge("hk-1 added back", f.add("hk-1"), all...)
+		// The other edges took both as deltas: updates that read only
+		// hk-1's objects, not the whole kernel state.
+		for _, name := range []string{"sz-1", "gz-3"} {
+			b, err := os.ReadFile(f.edges[name].Log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, op := range []string{"delete", "put"} {
+				if want := op + ` edge hk-1" read="changed peers"`; !strings.Contains(string(b), want) {
+					t.Errorf("%s logged no kernel change with %s", name, want)
+				}
+			}
+		}
 	})
 
 	t.Run("drift: hand-deleted route, device and flushed chains are repaired", func(t *testing.T) {
