@@ -67,6 +67,17 @@ func (k *Kernel) setDel(name string, p netip.Prefix) error {
 	return ignoreGone(err)
 }
 
+// setHas reports whether p is a member of set name (a missing set is an
+// error).
+func (k *Kernel) setHas(name string, p netip.Prefix) (bool, error) {
+	k.count.Netlink++
+	in, err := k.nl.IpsetTest(name, setEntry(p))
+	if err != nil {
+		return false, fmt.Errorf("ipset test %s %s: %w", name, member(p), err)
+	}
+	return in, nil
+}
+
 // planSet makes set name hold exactly members: created (stage sets) when
 // missing, new members added before the rules that use them (stage sets),
 // stale ones removed after the peer's routes (stage delMembers). A set of

@@ -212,12 +212,11 @@ func (k *Kernel) Read(d *Desired) (*Actual, error) {
 func (k *Kernel) read(n *Desired) (*Actual, error) {
 	a := &Actual{Chains: map[Chain][]string{}, Sets: map[string]IPSet{}, UnderlayMTU: 1500}
 
-	links, err := dump("links", func() ([]netlink.Link, error) { k.count.Netlink++; return k.nl.LinkList() })
+	links, err := k.listLinks()
 	if err != nil {
 		return nil, err
 	}
 	names := map[int]string{}
-	mtus := map[int]int{}
 	ours := map[int]bool{}
 	linkAt := map[int]netlink.Link{}
 	relevant := map[string]bool{n.Device: true}
@@ -229,7 +228,6 @@ func (k *Kernel) read(n *Desired) (*Actual, error) {
 	for _, l := range links {
 		attrs := l.Attrs()
 		names[attrs.Index] = attrs.Name
-		mtus[attrs.Index] = attrs.MTU
 		linkAt[attrs.Index] = l
 		ll := linkFrom(l)
 		if ll.Owned() {
@@ -295,8 +293,8 @@ func (k *Kernel) read(n *Desired) (*Actual, error) {
 	if !n.LANAddr.IsValid() {
 		a.LANAddr = findLANAddr(addrs, n.LocalCIDRs, ours)
 	}
-	if m, ok := mtus[underDev]; ok && m > 0 {
-		a.UnderlayMTU = m
+	if l, ok := linkAt[underDev]; ok && l.Attrs().MTU > 0 {
+		a.UnderlayMTU = l.Attrs().MTU
 	}
 	if n.Mode == ModeVXLAN {
 		var dev string
@@ -351,6 +349,11 @@ func (k *Kernel) read(n *Desired) (*Actual, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// listLinks dumps every link of the calling thread's namespace.
+func (k *Kernel) listLinks() ([]netlink.Link, error) {
+	return dump("links", func() ([]netlink.Link, error) { k.count.Netlink++; return k.nl.LinkList() })
 }
 
 // findLANAddr returns the first address (in LocalCIDRs order) that lies in
@@ -615,7 +618,7 @@ func (k *Kernel) Cleanup() ([]string, error) {
 			done = append(done, cs[i].String())
 		}
 	}
-	links, err := dump("links", func() ([]netlink.Link, error) { k.count.Netlink++; return k.nl.LinkList() })
+	links, err := k.listLinks()
 	if err != nil {
 		return nil, err
 	}

@@ -49,14 +49,12 @@ func (k *Kernel) Update(d *Desired) (Result, error) {
 // the last successful Reconcile or Update, the facts of the last full read
 // that do not depend on the peers, and the conflicts found so far.
 type baseline struct {
-	ns          nsID
-	d           Desired
-	lan         netip.Addr
-	underlayMTU int
-	rxQueues    int
-	cpus        int
-	rxOnSender  bool
-	notes       []conflictNote
+	ns nsID
+	d  Desired
+	// facts is an Actual holding only what does not depend on the peers:
+	// the LAN address, the underlay's MTU and how it receives, the CPUs.
+	facts Actual
+	notes []conflictNote
 }
 
 // newBaseline records a successful full reconcile of n over a.
@@ -65,8 +63,8 @@ func newBaseline(n Desired, a *Actual, notes []conflictNote) *baseline {
 	if err != nil {
 		return nil
 	}
-	return &baseline{ns: ns, d: n, lan: a.LANAddr, underlayMTU: a.UnderlayMTU,
-		rxQueues: a.UnderlayRxQueues, cpus: a.CPUs, rxOnSender: a.UnderlayRxOnSender, notes: notes}
+	return &baseline{ns: ns, d: n, notes: notes, facts: Actual{LANAddr: a.LANAddr, UnderlayMTU: a.UnderlayMTU,
+		UnderlayRxQueues: a.UnderlayRxQueues, CPUs: a.CPUs, UnderlayRxOnSender: a.UnderlayRxOnSender}}
 }
 
 // update is Update without the fallback: why is empty when it did the
@@ -243,9 +241,10 @@ func (sc *scope) touches(p Peer) bool {
 // set members under the scope's keys, ip_forward and the iptables chains.
 // The peer-independent facts come from the baseline.
 func (k *Kernel) readScope(n *Desired, b *baseline, sc *scope) (*Actual, error) {
-	a := &Actual{Chains: map[Chain][]string{}, Sets: map[string]IPSet{}, LANAddr: b.lan,
-		UnderlayMTU: b.underlayMTU, UnderlayRxQueues: b.rxQueues, CPUs: b.cpus, UnderlayRxOnSender: b.rxOnSender}
-	links, err := dump("links", func() ([]netlink.Link, error) { k.count.Netlink++; return k.nl.LinkList() })
+	facts := b.facts
+	a := &facts
+	a.Chains, a.Sets = map[Chain][]string{}, map[string]IPSet{}
+	links, err := k.listLinks()
 	if err != nil {
 		return nil, err
 	}
@@ -312,10 +311,9 @@ func (k *Kernel) readScope(n *Desired, b *baseline, sc *scope) (*Actual, error) 
 	for name, ms := range members {
 		set := IPSet{Type: setTypes[name]}
 		for _, m := range ms {
-			k.count.Netlink++
-			in, err := k.nl.IpsetTest(name, setEntry(m))
+			in, err := k.setHas(name, m)
 			if err != nil {
-				return nil, fmt.Errorf("ipset test %s %s: %w", name, member(m), err)
+				return nil, err
 			}
 			if in {
 				set.Members = append(set.Members, m)
