@@ -29,6 +29,7 @@ import (
 	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/orchestrator/config"
 	"github.com/cframe/cframe/orchestrator/mesh"
+	"github.com/cframe/cframe/orchestrator/metrics"
 )
 
 // ResyncInterval is how often the agent re-reads the kernel to repair drift
@@ -37,9 +38,6 @@ const ResyncInterval = 2 * time.Second
 
 // driftSettle coalesces a burst of netlink events into one reconcile.
 const driftSettle = 20 * time.Millisecond
-
-// Version is reported in the agent's status.
-var Version = "dev"
 
 // Agent is one edge's agent.
 type Agent struct {
@@ -73,7 +71,7 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, local: local, kernel: k, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: Version}}, nil
+	return &Agent{cfg: cfg, log: log, local: local, kernel: k, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: metrics.Version}}, nil
 }
 
 // connect joins the bus as this edge and subscribes to the edge set. With

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -35,6 +36,27 @@ type Controller struct {
 	DataDir    string   `toml:"data_dir"`
 	Secret     string   `toml:"secret"`
 	APIToken   string   `toml:"api_token"`
+	// AuditRetention is how long audit events are kept; AuditMaxBytes
+	// caps their total size (the oldest go first).
+	AuditRetention Duration `toml:"audit_retention"`
+	AuditMaxBytes  int64    `toml:"audit_max_bytes"`
+}
+
+// Audit trail defaults.
+const (
+	DefaultAuditRetention = 30 * 24 * time.Hour
+	DefaultAuditMaxBytes  = 256 << 20
+)
+
+// Duration is a duration in a config file: Go's syntax ("90m", "12h") or
+// days ("30d").
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := bus.ParseDuration(string(b))
+	d.Duration = v
+	return err
 }
 
 // Edge is edge.toml.
@@ -49,11 +71,14 @@ type Edge struct {
 	MTU        int    `toml:"mtu"`
 	Masquerade bool   `toml:"masquerade"`
 	LocalAddr  string `toml:"local_addr"`
+	// MetricsAddr is where the agent serves Prometheus metrics; empty: off.
+	MetricsAddr string `toml:"metrics_addr"`
 }
 
 // LoadController reads and checks a controller config, filling defaults.
 func LoadController(path string) (Controller, error) {
-	c := Controller{ListenAddr: ":58422", APIAddr: ":12345", DataDir: "/var/lib/cframe"}
+	c := Controller{ListenAddr: ":58422", APIAddr: ":12345", DataDir: "/var/lib/cframe",
+		AuditRetention: Duration{DefaultAuditRetention}, AuditMaxBytes: DefaultAuditMaxBytes}
 	if err := decode(path, &c); err != nil {
 		return c, err
 	}
@@ -73,6 +98,12 @@ func (c Controller) check(path string) error {
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("%s: data_dir is empty", path)
+	}
+	if c.AuditRetention.Duration < time.Minute {
+		return fmt.Errorf("%s: audit_retention %s is too short (at least 1m; default 30d)", path, c.AuditRetention.Duration)
+	}
+	if c.AuditMaxBytes < 1<<20 {
+		return fmt.Errorf("%s: audit_max_bytes %d is too small (at least 1048576; default %d)", path, c.AuditMaxBytes, DefaultAuditMaxBytes)
 	}
 	return nil
 }
@@ -116,6 +147,11 @@ func (e Edge) check(path string) error {
 	}
 	if e.StateDir == "" {
 		return fail("state_dir is empty")
+	}
+	if e.MetricsAddr != "" {
+		if _, err := ListenPort(e.MetricsAddr); err != nil {
+			return fail("metrics_addr: %v", err)
+		}
 	}
 	return nil
 }

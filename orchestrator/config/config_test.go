@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func write(t *testing.T, body string) string {
@@ -59,6 +60,7 @@ func TestEdgeErrors(t *testing.T) {
 		{base + "mtu=100\n", "out of range"},
 		{base + "local_addr=\"nope\"\n", "not an IPv4 address"},
 		{base + "name=", "config"},
+		{base + "metrics_addr=\"9474\"\n", "metrics_addr"},
 	}
 	for _, tt := range tests {
 		_, err := LoadEdge(write(t, tt.body))
@@ -73,11 +75,31 @@ func TestControllerErrors(t *testing.T) {
 		{"api_adr=\":1\"\n", "unknown key api_adr"},
 		{"api_addr=\"12345\"\n", "api_addr"},
 		{"etcd=[\"\"]\n", "empty endpoint"},
+		{"audit_retention=\"forever\"\n", "invalid duration"},
+		{"audit_retention=\"10s\"\n", "too short"},
+		{"audit_max_bytes=1000\n", "too small"},
 	}
 	for _, tt := range tests {
 		_, err := LoadController(write(t, tt.body))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("LoadController(%q) = %v, want error containing %q", tt.body, err, tt.want)
 		}
+	}
+}
+
+func TestAuditDefaultsAndDays(t *testing.T) {
+	c, err := LoadController(write(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AuditRetention.Duration != 30*24*time.Hour || c.AuditMaxBytes != 256<<20 {
+		t.Fatalf("audit defaults = %v, %d", c.AuditRetention, c.AuditMaxBytes)
+	}
+	c, err = LoadController(write(t, "audit_retention = \"7d12h\"\naudit_max_bytes = 1048576\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AuditRetention.Duration != 7*24*time.Hour+12*time.Hour || c.AuditMaxBytes != 1<<20 {
+		t.Fatalf("audit settings = %v, %d", c.AuditRetention, c.AuditMaxBytes)
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/config"
 	"github.com/cframe/cframe/orchestrator/store"
+	"github.com/cframe/cframe/orchestrator/ui"
 )
 
 // storeTimeout bounds one store operation.
@@ -53,20 +54,30 @@ type Controller struct {
 	// the overlap check.
 	mu       sync.RWMutex
 	edges    map[string]bus.Edge
-	rev      uint64 // revision of the published edge set
-	snapshot []byte // cached encoded Snapshot at rev, nil when stale
+	rev      uint64    // revision of the published edge set
+	revAt    time.Time // when rev was committed (zero: before this start)
+	snapshot []byte    // cached encoded Snapshot at rev, nil when stale
 
 	pinMu sync.Mutex
 	pins  map[string]string
 
 	statusMu sync.Mutex
 	status   map[string]*edgeStatus
+
+	metrics *controllerMetrics
+	fanout  *fanout
+	audit   audit
+	// page streams the topology to the topology page.
+	page *ui.Hub
 }
 
 // New opens the store, starts the embedded NATS server and binds the API
 // listener. Run serves until its context ends.
 func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	c := &Controller{cfg: cfg, log: log, started: time.Now(), status: map[string]*edgeStatus{}}
+	c.metrics = newControllerMetrics(c)
+	c.fanout = &fanout{m: c.metrics}
+	c.page = ui.NewHub("topology", func() any { return c.Topology() }, log)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
@@ -96,6 +107,14 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	if err := c.openStore(); err != nil {
 		return nil, err
 	}
+	c.store = timedStore{c.store, c.metrics.storeWrite}
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.openAudit(js); err != nil {
+		return nil, err
+	}
 	if err := c.load(); err != nil {
 		return nil, err
 	}
@@ -108,7 +127,8 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	if c.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		return nil, fmt.Errorf("api_addr: %w", err)
 	}
-	c.http = &http.Server{Handler: api.Handler(c, cfg.APIToken, log), ReadHeaderTimeout: 10 * time.Second}
+	c.http = &http.Server{Handler: c.metrics.instrument(api.Handler(c, cfg.APIToken, log, c.mounts()...)), ReadHeaderTimeout: 10 * time.Second}
+	c.http.RegisterOnShutdown(c.page.Close)
 	ok = true
 	c.ready.Store(true)
 	log.Info("controller ready", "nats", c.srv.Addr(), "api", c.apiLn.Addr(), "store", c.storeName(), "revision", c.rev, "edges", len(c.edges))
@@ -200,6 +220,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	sweep := time.NewTicker(time.Second)
 	defer sweep.Stop()
 	c.publishHello()
+	go c.page.Run(ctx)
 	var err error
 loop:
 	for {
@@ -230,6 +251,9 @@ func (c *Controller) close() {
 	if c.apiLn != nil {
 		c.apiLn.Close()
 	}
+	if c.page != nil {
+		c.page.Close()
+	}
 	if c.nc != nil {
 		_ = c.nc.FlushTimeout(time.Second)
 		c.nc.Close()
@@ -253,8 +277,4 @@ func (c *Controller) publish(subject string, v any) {
 	if err := bus.Publish(c.nc, subject, v); err != nil {
 		c.log.Error("publish failed", "subject", subject, "err", err)
 	}
-}
-
-func (c *Controller) event(kind, edge string, rev uint64, detail string) {
-	c.publish(bus.EventSubject(kind, edge), bus.Event{Time: time.Now().UTC(), Kind: kind, Edge: edge, Revision: rev, Detail: detail})
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -50,7 +51,7 @@ func (c *Controller) AddEdge(ctx context.Context, s edgeset.Spec) (api.ChangeRes
 	}
 	detail := describe(e)
 	c.log.Info("edge "+verb, "edge", e.Name, "revision", rev, "detail", detail)
-	c.event(kind, e.Name, rev, detail)
+	c.apiEvent(ctx, kind, e.Name, rev, detail)
 	return api.ChangeResult{Revision: rev, Updated: exists, Message: fmt.Sprintf("edge %s %s", e.Name, verb)}, nil
 }
 
@@ -81,7 +82,7 @@ func (c *Controller) DeleteEdge(ctx context.Context, name string) (api.ChangeRes
 	delete(c.edges, name)
 	c.commit(bus.Delta{Revision: rev, Op: bus.OpDelete, Edge: bus.Edge{Name: name}})
 	c.log.Info("edge deleted", "edge", name, "revision", rev)
-	c.event(bus.EventEdgeDeleted, name, rev, "")
+	c.apiEvent(ctx, bus.EventEdgeDeleted, name, rev, "")
 	return api.ChangeResult{Revision: rev, Message: fmt.Sprintf("edge %s deleted", name)}, nil
 }
 
@@ -89,8 +90,9 @@ func (c *Controller) DeleteEdge(ctx context.Context, name string) (api.ChangeRes
 // published revision forward. Callers hold c.mu, so deltas leave in order.
 func (c *Controller) commit(d bus.Delta) {
 	d.Prev = c.rev
-	c.rev = d.Revision
+	c.rev, c.revAt = d.Revision, time.Now()
 	c.snapshot = nil
+	c.fanout.begin(d.Revision, c.revAt, c.onlineEdges())
 	c.publish(bus.SubjectDelta, d)
 }
 
@@ -215,5 +217,6 @@ func (c *Controller) EventCredentials() api.Credentials {
 	if a, ok := c.srv.Addr().(interface{ AddrPort() netip.AddrPort }); ok {
 		port = int(a.AddrPort().Port())
 	}
-	return api.Credentials{User: bus.AuditUser, Password: bus.AuditPassword(c.secret), Port: port, Subject: bus.SubjectEventsAll}
+	return api.Credentials{User: bus.AuditUser, Password: bus.AuditPassword(c.secret), Port: port, Subject: bus.SubjectEventsAll,
+		Replay: bus.SubjectAuditReplay, InboxPrefix: bus.AuditInboxPrefix}
 }

@@ -1,0 +1,147 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/api"
+)
+
+// replayTimeout bounds the reading of one replay page.
+const replayTimeout = 5 * time.Second
+
+// audit is the kept audit trail: the JetStream stream that stores every
+// event the controller writes (bounded by audit_retention and
+// audit_max_bytes, the oldest dropped first) and republishes it on the
+// public event subjects, and the replay service readers page through it.
+type audit struct {
+	stream jetstream.Stream
+	sub    *nats.Subscription
+}
+
+// openAudit creates or updates the audit stream (a changed retention takes
+// effect at once) and starts answering replay requests.
+func (c *Controller) openAudit(js jetstream.JetStream) error {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        bus.AuditStream,
+		Description: "cframe audit events",
+		Subjects:    []string{bus.SubjectAuditIn},
+		MaxAge:      c.cfg.AuditRetention.Duration,
+		MaxBytes:    c.cfg.AuditMaxBytes,
+		Discard:     jetstream.DiscardOld,
+		Storage:     jetstream.FileStorage,
+		RePublish:   &jetstream.RePublish{Source: bus.SubjectAuditIn, Destination: bus.SubjectEventsAll},
+	})
+	if err != nil {
+		return fmt.Errorf("audit stream: %w", err)
+	}
+	c.audit.stream = s
+	// A queue group: with several controllers, one answers each request.
+	c.audit.sub, err = c.nc.QueueSubscribe(bus.SubjectAuditReplay, "cframe-controller", c.onReplay)
+	return err
+}
+
+// event records what the controller saw by itself (heartbeats, key pins).
+func (c *Controller) event(kind, edge string, rev uint64, detail string) {
+	c.record(bus.Event{Kind: kind, Edge: edge, Revision: rev, Detail: detail})
+}
+
+// apiEvent records a change an API client asked for, naming the client.
+func (c *Controller) apiEvent(ctx context.Context, kind, edge string, rev uint64, detail string) {
+	c.record(bus.Event{Kind: kind, Edge: edge, Revision: rev, Detail: detail, Actor: api.ActorOf(ctx)})
+}
+
+// record writes an event into the audit stream, which keeps it and
+// publishes it to live readers.
+func (c *Controller) record(e bus.Event) {
+	e.Time = time.Now().UTC()
+	c.metrics.auditEvents.WithLabelValues(e.Kind).Inc()
+	c.publish(bus.AuditInSubject(e.Kind, e.Edge), e)
+	c.changed()
+}
+
+// onReplay answers a ReplayRequest with one page of kept events. Answers go
+// only into an audit inbox: a reader cannot make the controller publish on
+// any other subject.
+func (c *Controller) onReplay(m *nats.Msg) {
+	if m.Reply == "" {
+		return
+	}
+	if !strings.HasPrefix(m.Reply, bus.AuditInboxPrefix+".") {
+		c.log.Warn("ignored audit replay request: reply subject is not an audit inbox", "reply", m.Reply)
+		return
+	}
+	var req bus.ReplayRequest
+	p, err := bus.ReplayPage{}, bus.Decode(m, &req)
+	if err == nil {
+		p, err = c.replay(req)
+	}
+	if err != nil {
+		p = bus.ReplayPage{Error: err.Error()}
+	}
+	b, err := json.Marshal(p)
+	if err == nil {
+		err = m.Respond(b)
+	}
+	if err != nil {
+		c.log.Warn("audit replay reply failed", "err", err)
+	}
+}
+
+// replay reads up to one page of events after req's starting point.
+func (c *Controller) replay(req bus.ReplayRequest) (bus.ReplayPage, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), replayTimeout)
+	defer cancel()
+	info, err := c.audit.stream.Info(ctx)
+	if err != nil {
+		return bus.ReplayPage{}, err
+	}
+	p := bus.ReplayPage{Events: []bus.Event{}, Last: info.State.LastSeq}
+	cfg := jetstream.OrderedConsumerConfig{InactiveThreshold: 10 * time.Second}
+	switch {
+	case req.After > 0:
+		if req.After >= p.Last {
+			return p, nil
+		}
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, req.After+1
+	case !req.Since.IsZero():
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &req.Since
+	default:
+		return p, errors.New("a replay request needs since or after")
+	}
+	if p.Last == 0 {
+		return p, nil
+	}
+	limit := req.Limit
+	if limit <= 0 || limit > bus.MaxReplayPage {
+		limit = bus.MaxReplayPage
+	}
+	cons, err := c.audit.stream.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return p, err
+	}
+	batch, err := cons.FetchNoWait(limit)
+	if err != nil {
+		return p, err
+	}
+	for msg := range batch.Messages() {
+		var e bus.Event
+		meta, err := msg.Metadata()
+		if err != nil || json.Unmarshal(msg.Data(), &e) != nil {
+			continue // not an event: nothing else is written there
+		}
+		e.Seq = meta.Sequence.Stream
+		p.Events = append(p.Events, e)
+	}
+	return p, batch.Error()
+}
