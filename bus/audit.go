@@ -55,6 +55,9 @@ type ReplayRequest struct {
 // MaxReplayPage bounds the events of one ReplayPage.
 const MaxReplayPage = 1000
 
+// ReplayTimeout bounds one replay request.
+const ReplayTimeout = 10 * time.Second
+
 // ReplayPage answers a ReplayRequest: events in stream order, each with its
 // Seq, and Last, the stream's last sequence when the page was read. A reader
 // has caught up when its last event's Seq reaches Last (or Events is empty).
@@ -89,6 +92,8 @@ func Replay(ctx context.Context, nc *nats.Conn, req ReplayRequest) (ReplayPage, 
 	if err != nil {
 		return p, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, ReplayTimeout)
+	defer cancel()
 	m, err := nc.RequestWithContext(ctx, SubjectAuditReplay, body)
 	if err != nil {
 		return p, fmt.Errorf("replay audit events: %w", err)
@@ -114,10 +119,21 @@ func FollowEvents(ctx context.Context, nc *nats.Conn, since time.Time, fn func(E
 		return err
 	}
 	defer sub.Unsubscribe()
-	if err := nc.FlushWithContext(ctx); err != nil {
+	if err := nc.Flush(); err != nil {
 		return err
 	}
 	var last uint64 // sequence of the last event handed to fn
+	started := time.Now()
+	// resume asks for what follows the last event handed over.
+	resume := func() ReplayRequest {
+		switch {
+		case last > 0:
+			return ReplayRequest{After: last}
+		case since.IsZero():
+			return ReplayRequest{Since: started}
+		}
+		return ReplayRequest{Since: since}
+	}
 	catchUp := func(req ReplayRequest, upTo uint64) error {
 		for {
 			p, err := Replay(ctx, nc, req)
@@ -141,10 +157,25 @@ func FollowEvents(ctx context.Context, nc *nats.Conn, since time.Time, fn func(E
 			return err
 		}
 	}
+	// Messages dropped on the way here (a slow reader) or lost while
+	// reconnecting show up as a gap only when a later event arrives; look
+	// for them locally every second too, so the last events of a burst are
+	// not held back.
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
+	dropped, reconnects := 0, nc.Stats().Reconnects
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-check.C:
+			d, _ := sub.Dropped()
+			if r := nc.Stats().Reconnects; d != dropped || r != reconnects {
+				dropped, reconnects = d, r
+				if err := catchUp(resume(), 0); err != nil {
+					return err
+				}
+			}
 		case m := <-live:
 			e, err := EventFromMsg(m)
 			if err != nil || e.Seq == 0 {
@@ -153,7 +184,7 @@ func FollowEvents(ctx context.Context, nc *nats.Conn, since time.Time, fn func(E
 			switch {
 			case e.Seq <= last:
 			case last != 0 && e.Seq > last+1:
-				if err := catchUp(ReplayRequest{After: last}, e.Seq); err != nil {
+				if err := catchUp(resume(), e.Seq); err != nil {
 					return err
 				}
 			default:
