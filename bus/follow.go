@@ -22,6 +22,9 @@ type Follower struct {
 	set  map[string]Edge
 	rev  uint64
 	have bool
+	// latest is the controller's revision as last announced (hello,
+	// delta or snapshot).
+	latest uint64
 }
 
 // Follow subscribes to deltas and hellos on nc. Subscriptions made before
@@ -42,6 +45,10 @@ func (f *Follower) Messages() <-chan *nats.Msg { return f.msgs }
 // Set returns the held edge set (shared: do not modify), its revision, and
 // whether the follower holds a set at all yet.
 func (f *Follower) Set() (map[string]Edge, uint64, bool) { return f.set, f.rev, f.have }
+
+// Latest is the controller's current revision as last heard of: what Set
+// lags behind when a fetch failed.
+func (f *Follower) Latest() uint64 { return f.latest }
 
 // Restore seeds the follower with a saved snapshot (taken over by the
 // follower) until the controller can be asked.
@@ -71,6 +78,7 @@ func (f *Follower) Handle(m *nats.Msg) (string, error) {
 		if err := Decode(m, &h); err != nil {
 			return "", err
 		}
+		f.latest = h.Revision
 		if f.have && h.Revision == f.rev {
 			return "", nil
 		}
@@ -80,6 +88,7 @@ func (f *Follower) Handle(m *nats.Msg) (string, error) {
 	if err := Decode(m, &d); err != nil {
 		return "", err
 	}
+	f.latest = max(f.latest, d.Revision)
 	switch {
 	case !f.have:
 		return f.Resync("delta before any snapshot")
@@ -111,6 +120,7 @@ func (f *Follower) Resync(why string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("fetch edge set (%s): %w", why, err)
 	}
+	f.latest = s.Revision
 	if s.Unchanged {
 		if s.Revision != f.rev {
 			return "", fmt.Errorf("fetch edge set (%s): controller says revision %d is unchanged, held %d", why, s.Revision, f.rev)

@@ -4,13 +4,14 @@
 //	cframectl edge add --name sz-1 --hostaddr 198.51.100.10:58423 --cidr 172.18.0.0/16
 //	cframectl edge del --name sz-1
 //	cframectl edge list [-o json]
-//	cframectl topology [-o json]
-//	cframectl events [-o json]
+//	cframectl topology [-o json|dot]
+//	cframectl events [--since 1h] [-o json]
 package main
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -81,12 +82,19 @@ func main() {
 					{Name: "list", Usage: "list edges with their status", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: edgeList},
 				},
 			},
-			{Name: "topology", Usage: "show the mesh: edges, next hops and link states", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: topology},
+			{
+				Name:         "topology",
+				Usage:        "show the mesh: edges, next hops, and each link's configuration and probe state",
+				Flags:        []cli.Flag{&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table, json or dot (Graphviz)"}},
+				OnUsageError: usageError,
+				Action:       topology,
+			},
 			{
 				Name:  "events",
-				Usage: "follow audit events live (edge added, updated, deleted, online, offline, key pinned/refused)",
+				Usage: "audit events (edge added, updated, deleted, online, offline, key pinned/refused): the kept ones since a point, then live",
 				Flags: []cli.Flag{
 					output,
+					&cli.StringFlag{Name: "since", Usage: "replay the kept events since this long ago (1h, 30m, 7d) or this RFC 3339 time, then follow"},
 					&cli.StringFlag{Name: "nats", Usage: "bus URL (default: the API's host and the controller's NATS port)"},
 				},
 				OnUsageError: usageError,
@@ -171,12 +179,18 @@ func dash(s string) string {
 }
 
 func topology(cc *cli.Context) error {
+	format := cc.String("output")
+	if format != "table" && format != "json" && format != "dot" {
+		return fmt.Errorf("topology: --output %q: use table, json or dot", format)
+	}
 	t, err := client(cc).Topology(cc.Context)
-	if err != nil || cc.String("output") == "json" {
-		if err == nil {
-			err = printJSON(t)
-		}
+	switch {
+	case err != nil:
 		return err
+	case format == "json":
+		return printJSON(t)
+	case format == "dot":
+		return api.WriteDOT(os.Stdout, t)
 	}
 	fmt.Printf("revision %d\n\n", t.Revision)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
@@ -188,9 +202,16 @@ func topology(cc *cli.Context) error {
 	if len(t.Links) > 0 {
 		fmt.Println()
 		w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "LINK\tSTATE")
+		fmt.Fprintln(w, "LINK\tSTATE\tCONFIG\tPROBE\tRTT\tSINCE\tREASON")
 		for _, l := range t.Links {
-			fmt.Fprintf(w, "%s <-> %s\t%s\n", l.A, l.B, l.State)
+			rtt, since := "-", "-"
+			if l.RTTMs > 0 {
+				rtt = fmt.Sprintf("%.2fms", l.RTTMs)
+			}
+			if l.Since != nil {
+				since = l.Since.Local().Format(time.RFC3339)
+			}
+			fmt.Fprintf(w, "%s <-> %s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.A, l.B, l.State, l.Config, l.Probe, rtt, since, dash(l.Reason))
 		}
 		w.Flush()
 	}
@@ -200,9 +221,16 @@ func topology(cc *cli.Context) error {
 	return nil
 }
 
-// events subscribes to the audit stream with the credentials the API hands
-// out and prints each event until interrupted.
+// events replays the kept audit events since --since, if given, then
+// follows the live ones, with the read-only credentials the API hands out.
 func events(cc *cli.Context) error {
+	var since time.Time
+	if v := cc.String("since"); v != "" {
+		var err error
+		if since, err = bus.ParseSince(v, time.Now()); err != nil {
+			return fmt.Errorf("events: --%v", err)
+		}
+	}
 	creds, err := client(cc).Credentials(cc.Context)
 	if err != nil {
 		return err
@@ -215,34 +243,34 @@ func events(cc *cli.Context) error {
 		}
 		natsURL = "nats://" + net.JoinHostPort(u.Hostname(), strconv.Itoa(creds.Port))
 	}
-	nc, err := nats.Connect(natsURL, nats.UserInfo(creds.User, creds.Password), nats.Name("cframectl events"), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(natsURL, append(bus.AuditOptions(creds.Password), nats.Name("cframectl events"), nats.MaxReconnects(-1))...)
 	if err != nil {
 		return fmt.Errorf("bus %s: %w", natsURL, err)
 	}
 	defer nc.Close()
-	msgs := make(chan *nats.Msg, 256)
-	if _, err := nc.ChanSubscribe(creds.Subject, msgs); err != nil {
-		return err
+	if since.IsZero() {
+		fmt.Fprintf(os.Stderr, "following %s on %s (Ctrl-C to stop)\n", creds.Subject, natsURL)
+	} else {
+		fmt.Fprintf(os.Stderr, "replaying events since %s, then following %s on %s (Ctrl-C to stop)\n", since.Local().Format(time.RFC3339), creds.Subject, natsURL)
 	}
-	if err := nc.Flush(); err != nil {
-		return fmt.Errorf("bus %s: %w", natsURL, err)
-	}
-	fmt.Fprintf(os.Stderr, "following %s on %s (Ctrl-C to stop)\n", creds.Subject, natsURL)
-	for {
-		select {
-		case <-cc.Context.Done():
-			return nil
-		case m := <-msgs:
-			if cc.String("output") == "json" {
-				fmt.Println(string(m.Data))
-				continue
-			}
-			var e bus.Event
-			if err := bus.Decode(m, &e); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				continue
-			}
-			fmt.Printf("%s  %-10s %-16s rev=%-6d %s\n", e.Time.Local().Format(time.RFC3339), e.Kind, e.Edge, e.Revision, e.Detail)
+	asJSON := cc.String("output") == "json"
+	err = bus.FollowEvents(cc.Context, nc, since, func(e bus.Event) {
+		if asJSON {
+			b, _ := json.Marshal(e)
+			fmt.Println(string(b))
+			return
 		}
+		by := ""
+		if e.Actor != nil {
+			by = "  by " + e.Actor.Remote
+			if e.Actor.Token != "" {
+				by += " token " + e.Actor.Token
+			}
+		}
+		fmt.Printf("%s  %-11s %-16s rev=%-6d %s%s\n", e.Time.Local().Format(time.RFC3339), e.Kind, e.Edge, e.Revision, e.Detail, by)
+	})
+	if errors.Is(err, context.Canceled) {
+		return nil
 	}
+	return err
 }

@@ -51,6 +51,7 @@ type Agent struct {
 	// report fires when a changed status is due (see bus.StatusJitter).
 	report  *time.Timer
 	pending bool
+	metrics *agentMetrics
 }
 
 // New checks that the kernel can do the configured mode and prepares the agent.
@@ -71,7 +72,8 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, local: local, kernel: k, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: metrics.Version}}, nil
+	return &Agent{cfg: cfg, log: log, local: local, kernel: k, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: metrics.Version},
+		metrics: newAgentMetrics()}, nil
 }
 
 // connect joins the bus as this edge and subscribes to the edge set. With
@@ -107,10 +109,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		default:
 		}
 	}
+	if a.cfg.MetricsAddr != "" {
+		if err := a.serveMetrics(ctx, a.cfg.MetricsAddr); err != nil {
+			return err
+		}
+	}
 	err := a.connect(true,
-		nats.ConnectHandler(func(*nats.Conn) { a.log.Info("connected to controller"); poke() }),
-		nats.ReconnectHandler(func(*nats.Conn) { a.log.Info("reconnected to controller"); poke() }),
+		nats.ConnectHandler(func(*nats.Conn) { a.log.Info("connected to controller"); a.metrics.connected.Store(true); poke() }),
+		nats.ReconnectHandler(func(*nats.Conn) { a.log.Info("reconnected to controller"); a.metrics.connected.Store(true); poke() }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			a.metrics.connected.Store(false)
 			a.log.Warn("lost the controller; kernel state stays as applied", "err", err)
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { a.log.Warn("bus error", "err", err) }),
@@ -126,6 +134,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.reconcile(fmt.Sprintf("restore saved edge set (revision %d)", snap.Revision))
 	}
 	if a.nc.IsConnected() {
+		a.metrics.connected.Store(true)
 		poke()
 	}
 
@@ -205,7 +214,11 @@ func (a *Agent) sync(reason string, update bool) {
 	if update {
 		do = a.kernel.Update
 	}
+	began := time.Now()
 	res, err := do(&d)
+	// Drift: the kernel differed although the set was the one applied.
+	drift := !update && a.status.State == bus.StateReady && a.status.AppliedRevision == rev
+	a.metrics.synced(update && res.FullRead == "", drift, time.Since(began), res, err)
 	switch {
 	case update && res.FullRead == "":
 		read = "changed peers"
@@ -226,6 +239,10 @@ func (a *Agent) sync(reason string, update bool) {
 	default:
 		st.State, st.AppliedRevision = bus.StateReady, rev
 	}
+	if st.AppliedRevision != a.status.AppliedRevision || st.AppliedAt.IsZero() {
+		st.AppliedAt = time.Now().UTC()
+	}
+	a.metrics.revisions(st.AppliedRevision, a.follow.Latest(), len(d.Peers))
 	if !slices.Equal(st.Conflicts, a.status.Conflicts) {
 		for _, c := range st.Conflicts {
 			a.log.Warn("conflict left alone", "object", c)

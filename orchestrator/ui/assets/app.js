@@ -49,9 +49,15 @@ function describe(l) {
   return s;
 }
 
+// rank puts troubled sites first: an edge in error, then offline, then fine.
+const rank = { error: 0, offline: 1, online: 2 };
+
 function render(t) {
   document.body.dataset.revision = t.revision;
-  const edges = [...t.edges].sort((a, b) => siteOf(a).localeCompare(siteOf(b)) || a.name.localeCompare(b.name));
+  const worst = new Map();
+  for (const e of t.edges) worst.set(siteOf(e), Math.min(worst.get(siteOf(e)) ?? 9, rank[edgeClass(e)]));
+  const edges = [...t.edges].sort((a, b) => worst.get(siteOf(a)) - worst.get(siteOf(b)) ||
+    siteOf(a).localeCompare(siteOf(b)) || a.name.localeCompare(b.name));
   const online = edges.filter((e) => e.state === "online").length;
   const count = { up: 0, pending: 0, down: 0 };
   for (const l of t.links) count[l.state] = (count[l.state] || 0) + 1;
@@ -82,6 +88,10 @@ function renderEdges(edges, rev) {
   $("#edges tbody").innerHTML = html;
 }
 
+// renderProblems lists the links that are not up, down first; an edge at
+// the end of more than GROUP of them in one state gets one line for all.
+const GROUP = 3;
+
 function renderProblems(links) {
   const order = { down: 0, pending: 1 };
   const bad = links.filter((l) => l.state !== "up").sort((x, y) => order[x.state] - order[y.state] || (x.since || "").localeCompare(y.since || ""));
@@ -90,10 +100,26 @@ function renderProblems(links) {
     $("#problems").innerHTML = '<li class="none">none</li>';
     return;
   }
-  $("#problems").innerHTML = bad.slice(0, 200).map((l) =>
-    '<li data-problem="' + esc(key(l.a, l.b)) + '" data-state="' + esc(l.state) + '"><b class="state-' + (l.state === "down" ? "error" : "offline") + '">' +
-    esc(l.state) + "</b> " + esc(l.a + " ↔ " + l.b) + ' <span class="why">' + esc([l.reason, ago(l.since)].filter(Boolean).join(" — ")) + "</span></li>").join("") +
-    (bad.length > 200 ? '<li class="none">… and ' + (bad.length - 200) + " more</li>" : "");
+  const count = new Map();
+  for (const l of bad) for (const e of [l.a, l.b]) count.set(e + " " + l.state, (count.get(e + " " + l.state) || 0) + 1);
+  const grouped = new Set();
+  const items = [];
+  for (const l of bad) {
+    const hub = [l.a, l.b].find((e) => count.get(e + " " + l.state) > GROUP);
+    if (hub) {
+      if (!grouped.has(hub + " " + l.state)) {
+        grouped.add(hub + " " + l.state);
+        items.push({ edge: hub, state: l.state, text: hub + " ↔ " + count.get(hub + " " + l.state) + " links", why: l.reason, since: l.since });
+      }
+      continue;
+    }
+    items.push({ link: key(l.a, l.b), state: l.state, text: l.a + " ↔ " + l.b, why: l.reason, since: l.since });
+  }
+  const cls = (s) => (s === "down" ? "error" : "offline");
+  $("#problems").innerHTML = items.slice(0, 200).map((p) =>
+    "<li" + (p.edge ? ' data-edge="' + esc(p.edge) + '"' : ' data-problem="' + esc(p.link) + '"') + ' data-state="' + esc(p.state) + '"><b class="state-' + cls(p.state) + '">' +
+    esc(p.state) + "</b> " + esc(p.text) + ' <span class="why">' + esc([p.why, ago(p.since)].filter(Boolean).join(" — ")) + "</span></li>").join("") +
+    (items.length > 200 ? '<li class="none">… and ' + (items.length - 200) + " more</li>" : "");
 }
 
 function linkAttrs(l) {
@@ -134,12 +160,13 @@ function graph(edges, links) {
   }
   for (const e of edges) {
     const p = pos.get(e.name);
-    const out1 = n === 1 ? 0 : 1;
-    const lx = p.x + out1 * 48 * Math.cos(p.a), ly = p.y + out1 * 48 * Math.sin(p.a);
-    out += '<g data-node="' + esc(e.name) + '"><circle class="node ' + edgeClass(e) + (e.role ? " " + esc(e.role) : "") + '" cx="' + p.x + '" cy="' + p.y + '" r="18"><title>' +
+    const away = n === 1 ? 0 : 56;
+    const lx = p.x + away * Math.cos(p.a), ly = p.y + away * Math.sin(p.a) - (Math.sin(p.a) < -0.5 ? 16 : 0);
+    const rev = e.since ? "rev " + e.applied_revision : "no report yet";
+    out += '<g data-node="' + esc(e.name) + '"><circle class="node ' + edgeClass(e) + (e.role ? " " + esc(e.role) : "") + '" cx="' + p.x + '" cy="' + p.y + '" r="22"><title>' +
       esc(e.name + " · " + e.state + " · applied revision " + e.applied_revision + (e.last_error ? " · " + e.last_error : "")) + "</title></circle>" +
       '<text text-anchor="middle" x="' + lx + '" y="' + ly + '">' + esc(e.name) + (e.role ? " (" + esc(e.role) + ")" : "") + "</text>" +
-      '<text class="rtt" text-anchor="middle" x="' + lx + '" y="' + (ly + 14) + '">rev ' + e.applied_revision + "</text></g>";
+      '<text class="rtt" text-anchor="middle" x="' + lx + '" y="' + (ly + 17) + '">' + esc(rev + (n <= RTT_LABELS_MAX ? " · " + e.cidrs.join(", ") : "")) + "</text></g>";
   }
   return out + "</svg>";
 }

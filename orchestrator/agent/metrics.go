@@ -1,0 +1,135 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cframe/cframe/netcfg"
+	"github.com/cframe/cframe/orchestrator/metrics"
+)
+
+// agentMetrics are the edge agent's Prometheus families, served on
+// edge.toml's metrics_addr. The agent's loop updates them; scrapes read
+// them from their own goroutines.
+type agentMetrics struct {
+	reg           *prometheus.Registry
+	peers         prometheus.Gauge
+	applied       prometheus.Gauge
+	latest        prometheus.Gauge
+	lag           prometheus.Gauge
+	reconcile     prometheus.Histogram
+	update        prometheus.Histogram
+	kernelChanges *prometheus.CounterVec
+	driftRepairs  prometheus.Counter
+	errors        prometheus.Counter
+	conflicts     prometheus.Gauge
+	connected     atomic.Bool
+}
+
+func newAgentMetrics() *agentMetrics {
+	m := &agentMetrics{
+		reg: metrics.NewRegistry("cframe-edge"),
+		peers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cframe_edge_peers", Help: "Remote edges this edge has a tunnel to in its applied edge set."}),
+		applied: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cframe_edge_applied_revision", Help: "The edge-set revision the kernel matches."}),
+		latest: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cframe_edge_controller_revision", Help: "The controller's edge-set revision as last announced to this edge."}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cframe_edge_revision_lag", Help: "Revisions the kernel is behind the controller (0 when current)."}),
+		reconcile: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "cframe_edge_reconcile_duration_seconds", Buckets: metrics.Seconds,
+			Help: "Time of a full reconcile: read every object cframe owns, plan, apply (drift repair, periodic resync, restart)."}),
+		update: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "cframe_edge_update_duration_seconds", Buckets: metrics.Seconds,
+			Help: "Time of an update: apply a change of the edge set reading only the changed peers' objects."}),
+		kernelChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cframe_edge_kernel_changes_total", Help: "Kernel objects created, changed or removed, by object kind."}, []string{"kind"}),
+		driftRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cframe_edge_drift_repairs_total", Help: "Reconciles that found the kernel changed by someone else while the edge set was unchanged, and repaired it."}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cframe_edge_reconcile_errors_total", Help: "Reconciles and updates that failed (the error is in the edge's status)."}),
+		conflicts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cframe_edge_conflicts", Help: "Foreign kernel objects overlapping the mesh, left alone (listed in the edge's status)."}),
+	}
+	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "cframe_edge_controller_connected", Help: "1 while the agent is connected to a controller, else 0.",
+	}, func() float64 {
+		if m.connected.Load() {
+			return 1
+		}
+		return 0
+	})
+	m.reg.MustRegister(m.peers, m.applied, m.latest, m.lag, m.reconcile, m.update, m.kernelChanges, m.driftRepairs, m.errors, m.conflicts, connected)
+	return m
+}
+
+// synced records one reconcile or update: how long it took, what it
+// changed, whether it failed, and where the edge set stands.
+func (m *agentMetrics) synced(update, drift bool, took time.Duration, res netcfg.Result, err error) {
+	if update {
+		m.update.Observe(took.Seconds())
+	} else {
+		m.reconcile.Observe(took.Seconds())
+	}
+	for kind, n := range changesByKind(res) {
+		m.kernelChanges.WithLabelValues(kind).Add(float64(n))
+	}
+	if drift && err == nil && len(res.Changes) > 0 {
+		m.driftRepairs.Inc()
+	}
+	if err != nil {
+		m.errors.Inc()
+	}
+	m.conflicts.Set(float64(len(res.Conflicts)))
+}
+
+// revisions records the applied and the announced revision and the peers.
+func (m *agentMetrics) revisions(applied, latest uint64, peers int) {
+	m.applied.Set(float64(applied))
+	m.latest.Set(float64(latest))
+	m.lag.Set(float64(max(latest, applied) - applied))
+	m.peers.Set(float64(peers))
+}
+
+// changesByKind counts a result's changes by kernel object kind.
+func changesByKind(res netcfg.Result) map[string]int {
+	out := map[string]int{}
+	for _, c := range res.Changes {
+		kind, _, _ := strings.Cut(c, " ")
+		out[kind]++
+	}
+	return out
+}
+
+// serveMetrics serves /metrics on addr until ctx ends.
+func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics_addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(metrics.Path, metrics.Handler(a.metrics.reg))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shut)
+	}()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	a.log.Info("serving metrics", "addr", ln.Addr().String()+metrics.Path)
+	return nil
+}

@@ -1,0 +1,293 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/metrics/metricstest"
+	"github.com/cframe/cframe/scripts/browser"
+	"github.com/cframe/cframe/scripts/cluster"
+	"github.com/cframe/cframe/scripts/topo"
+)
+
+// What an operator sees, on the walkthrough's mesh with real agents: every
+// edge's /metrics, the controller's, the audit trail replayed then
+// followed, Graphviz, and the live topology page in Chromium.
+func TestObservability(t *testing.T) {
+	f := newFixture(t)
+	sz, hk, gz := f.site("sz-1"), f.site("hk-1"), f.site("gz-3")
+	names := cluster.WalkthroughNames
+	began := time.Now()
+	f.converge("walkthrough, 3 edges", f.add(names...), sz, hk, gz)
+	rev := f.current()
+	f.appliedEverywhere(rev, names...)
+
+	t.Run("edge /metrics: every family from a real scrape, promtool", func(t *testing.T) {
+		for _, name := range names {
+			s := f.scrapeEdge(name)
+			metricstest.Promtool(t, s)
+			for _, w := range []struct {
+				name   string
+				labels []string
+				ok     func(float64) bool
+				want   string
+			}{
+				{"cframe_build_info", []string{"program", "cframe-edge"}, eq(1), "1"},
+				{"cframe_edge_peers", nil, eq(2), "2"},
+				{"cframe_edge_applied_revision", nil, eq(float64(rev)), "the current revision"},
+				{"cframe_edge_controller_revision", nil, eq(float64(rev)), "the current revision"},
+				{"cframe_edge_revision_lag", nil, eq(0), "0"},
+				{"cframe_edge_controller_connected", nil, eq(1), "1"},
+				{"cframe_edge_reconcile_duration_seconds", nil, atLeast(1), "reconciles"},
+				{"cframe_edge_update_duration_seconds", nil, atLeast(0), "present"},
+				{"cframe_edge_kernel_changes_total", []string{"kind", "route"}, atLeast(2), "two routes"},
+				{"cframe_edge_drift_repairs_total", nil, atLeast(0), "present"},
+				{"cframe_edge_reconcile_errors_total", nil, eq(0), "0"},
+				{"cframe_edge_conflicts", nil, eq(0), "0"},
+			} {
+				if v, ok := s.Value(w.name, w.labels...); !ok || !w.ok(v) {
+					t.Errorf("%s: %s%v = %v (present %v), want %s", name, w.name, w.labels, v, ok, w.want)
+				}
+			}
+		}
+	})
+
+	t.Run("edge /metrics follow drift, changes and the controller", func(t *testing.T) {
+		before := f.scrapeEdge("gz-3")
+		// Drift: a hand-deleted route is repaired and counted.
+		if out, err := f.net.Exec(gz.Edge, "ip", "route", "del", sz.CIDR.String(), "proto", "207"); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		f.eventually("gz-3 counts the drift repair", func() error {
+			s := f.scrapeEdge("gz-3")
+			if d, r := delta(before, s, "cframe_edge_drift_repairs_total"), delta(before, s, "cframe_edge_kernel_changes_total", "kind", "route"); d < 1 || r < 1 {
+				return fmt.Errorf("drift repairs +%v, route changes +%v", d, r)
+			}
+			return nil
+		})
+		// A change of the edge set is an update on every edge.
+		spec := f.edges["hk-1"].Spec()
+		spec.Comment = "metrics"
+		res, err := f.c.API.Add(f.ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.appliedEverywhere(res.Revision, names...)
+		f.eventually("gz-3 reports the update", func() error {
+			s := f.scrapeEdge("gz-3")
+			if v, _ := s.Value("cframe_edge_applied_revision"); v != float64(res.Revision) {
+				return fmt.Errorf("applied revision %v, want %d", v, res.Revision)
+			}
+			if delta(before, s, "cframe_edge_update_duration_seconds") < 1 {
+				return fmt.Errorf("no update timed")
+			}
+			return nil
+		})
+		// Without the controller the agent says so, and recovers.
+		f.c.StopController()
+		f.eventually("gz-3 sees the controller gone", func() error {
+			if v, _ := f.scrapeEdge("gz-3").Value("cframe_edge_controller_connected"); v != 0 {
+				return fmt.Errorf("controller_connected = %v", v)
+			}
+			return nil
+		})
+		if err := f.c.StartController(); err != nil {
+			t.Fatal(err)
+		}
+		f.eventually("gz-3 reconnects", func() error {
+			if v, _ := f.scrapeEdge("gz-3").Value("cframe_edge_controller_connected"); v != 1 {
+				return fmt.Errorf("controller_connected = %v", v)
+			}
+			return nil
+		})
+		f.appliedEverywhere(res.Revision, names...)
+	})
+
+	t.Run("controller /metrics from its namespace, promtool", func(t *testing.T) {
+		var s metricstest.Scrape
+		f.eventually("the controller counts three edges online, three links up", func() error {
+			var err error
+			if s, err = metricstest.Get(f.c.API.HTTP, f.c.API.Base+"/metrics"); err != nil {
+				return err
+			}
+			on, _ := s.Value("cframe_controller_edges_online")
+			up, _ := s.Value("cframe_controller_links", "state", "up")
+			if on != 3 || up != 3 {
+				return fmt.Errorf("edges online %v, links up %v", on, up)
+			}
+			return nil
+		})
+		metricstest.Promtool(t, s)
+	})
+
+	t.Run("cframectl events --since replays the kept events, then follows", func(t *testing.T) {
+		evLog := filepath.Join(t.TempDir(), "events.log")
+		p, err := f.net.Start(sz.Edge, evLog, filepath.Join(bin, "cframectl"), "events", "--since", "1h", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Stop(time.Second)
+		f.eventually("the adds and the update replayed", func() error {
+			return eventsIn(evLog, began, "added sz-1", "added hk-1", "added gz-3", "updated hk-1")
+		})
+		if _, err := f.c.API.Add(f.ctx, f.edges["hk-1"].Spec()); err != nil { // an update, live
+			t.Fatal(err)
+		}
+		f.eventually("the update followed live", func() error {
+			return eventsIn(evLog, began, "added sz-1", "added hk-1", "added gz-3", "updated hk-1", "updated hk-1")
+		})
+		f.appliedEverywhere(f.current(), names...)
+	})
+
+	t.Run("cframectl topology and -o dot show configuration and probe state", func(t *testing.T) {
+		out, err := f.c.Ctl("topology")
+		if err != nil || !strings.Contains(out, "CONFIG") || !strings.Contains(out, "PROBE") || !strings.Contains(out, "gz-3 <-> sz-1") {
+			t.Fatalf("topology: %v\n%s", err, out)
+		}
+		out, err = f.c.Ctl("topology", "-o", "dot")
+		if err != nil || !strings.HasPrefix(out, "graph cframe {") || !strings.Contains(out, `"gz-3" -- "sz-1" [color=forestgreen`) {
+			t.Fatalf("topology -o dot: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("topology page in Chromium: edges, links, a live state change", func(t *testing.T) {
+		if _, err := browser.Path(); err != nil {
+			t.Skip("chromium not installed (Debian package chromium; scripts/deps.sh installs it)")
+		}
+		b, err := browser.Start(browser.Options{NetNS: sz.Edge, Dir: t.TempDir(), Width: 1366, Height: 768})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		// "/" on the API address leads to the page (loopback: no token).
+		if err := b.Navigate(fmt.Sprintf("http://127.0.0.1:%d/", cluster.APIPort)); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.WaitFor(15*time.Second, pageShows(names, map[string]string{"gz-3|hk-1": "up", "gz-3|sz-1": "up", "hk-1|sz-1": "up"}, "online")); err != nil {
+			t.Fatal(err)
+		}
+		shot := func(name string) {
+			p := filepath.Join(t.ArtifactDir(), name)
+			if err := b.Screenshot(p); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("screenshot: %s", p)
+		}
+		shot("topology-3-edges.png")
+		if err := b.Eval(`window.__marker = 42`, nil); err != nil {
+			t.Fatal(err)
+		}
+		// A state change without a reload: gz-3's agent stops.
+		e := f.edges["gz-3"]
+		e.Proc().Stop(5 * time.Second)
+		defer func() {
+			if err := e.Start(); err != nil {
+				t.Fatal(err)
+			}
+			f.appliedEverywhere(f.current(), names...)
+		}()
+		check := `(() => {
+			const row = document.querySelector("#edges tr[data-edge='gz-3']");
+			if (!row || row.dataset.state !== "offline") return "gz-3's row: " + (row && row.dataset.state);
+			for (const k of ["gz-3|hk-1", "gz-3|sz-1"]) {
+				const l = document.querySelector("#graph line[data-link='" + k + "']");
+				if (!l || l.dataset.state !== "down") return k + ": " + (l && l.dataset.state);
+			}
+			if (!document.querySelector("#problems").textContent.includes("gz-3 is offline")) return "problems: " + document.querySelector("#problems").textContent;
+			if (window.__marker !== 42) return "the page was reloaded";
+			return "";
+		})()`
+		if err := b.WaitFor(bus.OfflineAfter+10*time.Second, check); err != nil {
+			t.Fatal(err)
+		}
+		shot("topology-3-edges-gz-3-offline.png")
+	})
+}
+
+// pageShows is a check for browser.WaitFor: every edge has a row in state,
+// every link its line in the given state.
+func pageShows(edges []string, links map[string]string, state string) string {
+	js, _ := json.Marshal(map[string]any{"edges": edges, "links": links, "state": state})
+	return `((want) => {
+		for (const e of want.edges) {
+			const row = document.querySelector("#edges tr[data-edge='" + e + "']");
+			if (!row || row.dataset.state !== want.state) return e + "'s row: " + (row && row.dataset.state);
+		}
+		for (const [k, st] of Object.entries(want.links)) {
+			const l = document.querySelector("#graph line[data-link='" + k + "']");
+			if (!l || l.dataset.state !== st) return k + ": " + (l && l.dataset.state);
+		}
+		if (document.querySelectorAll("#graph line[data-link]").length !== Object.keys(want.links).length) return "extra links";
+		return "";
+	})(` + string(js) + `)`
+}
+
+// current is the controller's revision now.
+func (f *fixture) current() uint64 {
+	f.t.Helper()
+	t, err := f.c.API.Topology(f.ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return t.Revision
+}
+
+func (f *fixture) eventually(what string, cond func() error) {
+	f.t.Helper()
+	if err := topo.Eventually(20*time.Second, cond); err != nil {
+		f.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// scrapeEdge scrapes an agent's /metrics from inside its namespace.
+func (f *fixture) scrapeEdge(name string) metricstest.Scrape {
+	f.t.Helper()
+	e := f.edges[name]
+	s, err := metricstest.Get(e.HTTP(), e.MetricsURL())
+	if err != nil {
+		f.t.Fatalf("scrape %s: %v", name, err)
+	}
+	return s
+}
+
+func eq(want float64) func(float64) bool      { return func(v float64) bool { return v == want } }
+func atLeast(want float64) func(float64) bool { return func(v float64) bool { return v >= want } }
+
+// delta is how much a series grew between two scrapes.
+func delta(a, b metricstest.Scrape, name string, labels ...string) float64 {
+	va, _ := a.Value(name, labels...)
+	vb, _ := b.Value(name, labels...)
+	return vb - va
+}
+
+// eventsIn checks that the JSON lines of `cframectl events` after since are
+// exactly want ("kind edge"), in stream order, each naming its API client.
+func eventsIn(path string, since time.Time, want ...string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var got []string
+	var last uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		var e bus.Event
+		if json.Unmarshal([]byte(line), &e) != nil || e.Time.Before(since) || (e.Kind != bus.EventEdgeAdded && e.Kind != bus.EventEdgeUpdated) {
+			continue
+		}
+		if e.Seq <= last || e.Actor == nil || !strings.HasPrefix(e.Actor.Remote, "127.0.0.1:") {
+			return fmt.Errorf("event %s out of order or without its client:\n%s", line, b)
+		}
+		last = e.Seq
+		got = append(got, e.Kind+" "+e.Edge)
+	}
+	if strings.Join(got, ", ") != strings.Join(want, ", ") {
+		return fmt.Errorf("events %v, want %v:\n%s", got, want, b)
+	}
+	return nil
+}
