@@ -86,12 +86,15 @@ func TestKernelUpdate(t *testing.T) {
 	}
 	base := *m.desired["vpc1"]
 	d := base
-	update := func(what string, fullRead string) Result {
+	update := func(what string, fallback string) Result {
 		t.Helper()
 		var res Result
 		m.in("vpc1", func() (err error) { res, err = k.Update(&d); return err })
-		if !strings.HasPrefix(res.FullRead, fullRead) || fullRead == "" && res.FullRead != "" {
-			t.Errorf("%s: FullRead %q, want %q", what, res.FullRead, fullRead)
+		if !strings.HasPrefix(res.FallbackReason, fallback) || fallback == "" && res.FallbackReason != "" {
+			t.Errorf("%s: FallbackReason %q, want %q", what, res.FallbackReason, fallback)
+		}
+		if res.Targeted != (fallback == "") {
+			t.Errorf("%s: Targeted %v with FallbackReason %q", what, res.Targeted, res.FallbackReason)
 		}
 		var again Result
 		m.in("vpc1", func() (err error) { again, err = k.Reconcile(&d); return err })
@@ -114,8 +117,8 @@ func TestKernelUpdate(t *testing.T) {
 		"ipset del cframe-peers 192.0.2.10",
 	})
 	// Reads: the links, vpc3's FDB entry, neighbor, route and set member,
-	// the nftables generation; writes: four.
-	if want := (Requests{Netlink: 6 + 4}); m.k.nft && res.Requests != want {
+	// and the chains; writes: one request per change.
+	if want := (Requests{Netlink: 5 + len(res.Changes)}).plus(chainsRead(k)); res.Requests != want {
 		t.Errorf("vpc3 leaving took %+v, want %+v", res.Requests, want)
 	}
 	m.expectUnreachable(s1, s3.HostAddr)
@@ -133,7 +136,7 @@ func TestKernelUpdate(t *testing.T) {
 	// goes: the set member stays for vpc2.
 	ghost := Peer{Name: "ghost", Underlay: netip.AddrPortFrom(s2.Underlay(), 60000), MAC: net.HardwareAddr{2, 0xcf, 0, 0, 0, 0x99},
 		NextHop: netip.MustParseAddr("10.99.0.0"), CIDRs: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24")}}
-	m.expectMembers("vpc1", SetPeers, "203.0.113.10/32", "192.0.2.10/32")
+	m.expectMembers("vpc1", setPeers, "203.0.113.10/32", "192.0.2.10/32")
 	d.Peers = append(slices.Clone(base.Peers), ghost)
 	expectLines(t, "changes after ghost joined", update("ghost joined", "").Changes, []string{
 		"fdb add 02:cf:00:00:00:99 dst 203.0.113.10 port 60000 dev cframe0",
@@ -146,7 +149,7 @@ func TestKernelUpdate(t *testing.T) {
 		"neigh del 10.99.0.0 dev cframe0",
 		"fdb del 02:cf:00:00:00:99 dst 203.0.113.10 port 60000 dev cframe0",
 	})
-	m.expectMembers("vpc1", SetPeers, "203.0.113.10/32", "192.0.2.10/32")
+	m.expectMembers("vpc1", setPeers, "203.0.113.10/32", "192.0.2.10/32")
 
 	// A foreign route to vpc3's network while vpc3 rejoins: skipped and
 	// reported, as Reconcile does.
@@ -166,11 +169,18 @@ func TestKernelUpdate(t *testing.T) {
 		t.Errorf("conflicts after the foreign route went: %q", res.Conflicts)
 	}
 
-	// Fallbacks.
+	// Fallbacks: any field besides the peers (TestUpdateSeesEveryField
+	// tries them all without a kernel).
 	d.LocalCIDRs = append(slices.Clone(base.LocalCIDRs), netip.MustParsePrefix("10.18.0.0/16"))
-	update("local networks changed", "more than the peers changed")
+	update("local networks changed", "more than the peers changed: LocalCIDRs")
 	d.LocalCIDRs = base.LocalCIDRs
-	update("local networks back", "more than the peers changed")
+	update("local networks back", "more than the peers changed: LocalCIDRs")
+	d.Masquerade = true
+	if res := update("masquerade on", "more than the peers changed: Masquerade"); !slices.Contains(res.Changes, "ipset create cframe-nets hash:net family inet") {
+		t.Errorf("masquerade on: no set of networks created: %q", res.Changes)
+	}
+	d.Masquerade = false
+	update("masquerade off", "more than the peers changed: Masquerade")
 	m.sh(e1, "ip", "link", "del", "cframe0")
 	d.Peers = []Peer{peerOf(s2)}
 	update("device deleted", "targeted read: device cframe0 is missing")
