@@ -811,6 +811,84 @@ func TestKernelMasquerade(t *testing.T) {
 	m.expectUnreachable(s1, s2.HostAddr)
 }
 
+// TestKernelLegacyIptables: the walkthrough mesh with the legacy flavour of
+// iptables (iptables-legacy and its -save and -restore, as Debian's
+// iptables package ships them): the same rules, a converged mesh that stays
+// so, traffic, the requests of an Update and a Reconcile — where
+// iptables-save runs every time: legacy iptables has no generation to tell
+// that nothing changed —, and a Cleanup that leaves nothing behind.
+func TestKernelLegacyIptables(t *testing.T) {
+	t.Parallel()
+	topo.SkipUnlessRoot(t, "iptables-legacy", "iptables-legacy-save", "iptables-legacy-restore")
+	m := newMeshOn(t, "iptables-legacy", topo.Walkthrough()...)
+	if m.k.ipt.nft {
+		t.Fatal("iptables-legacy is the nf_tables flavour here")
+	}
+	s1, s2, s3 := m.site("vpc1"), m.site("vpc2"), m.site("vpc3")
+	e1 := s1.Edge
+	m.sh(e1, "iptables-legacy", "-P", "FORWARD", "DROP")
+	m.reconcileAll()
+	m.expectNoChanges()
+	expectLines(t, "iptables-legacy -S", m.lines(e1, "iptables-legacy", "-S"), vpc1FilterRules)
+	expectLines(t, "iptables-legacy -t mangle -S", m.lines(e1, "iptables-legacy", "-t", "mangle", "-S"), vpc1MangleRules)
+	if err := m.ping(s1, s2.HostAddr); err != nil {
+		t.Error(err)
+	}
+	if err := topo.TCPTransfer(s1.Host, s3.Host, s3.HostAddr, 1<<20, 15*time.Second); err != nil {
+		t.Error(err)
+	}
+
+	// vpc3 leaves vpc1's mesh through an Update (built on a Reconcile of
+	// vpc1) and comes back through a Reconcile.
+	m.reconcile("vpc1")
+	d := *m.desired["vpc1"]
+	d.Peers = slices.DeleteFunc(slices.Clone(d.Peers), func(p Peer) bool { return p.Name == "vpc3" })
+	var res Result
+	m.in("vpc1", func() (err error) { res, err = m.k.Update(&d); return err })
+	if !res.Targeted {
+		t.Fatalf("Update fell back to a full Reconcile: %s", res.FallbackReason)
+	}
+	expectLines(t, "changes after vpc3 left", res.Changes, []string{
+		"route del 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
+		"neigh del 172.20.0.0 dev cframe0",
+		"fdb del 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
+		"ipset del cframe-peers 192.0.2.10",
+	})
+	// Reads: the links, vpc3's FDB entry, neighbor, route and set member,
+	// and the chains; writes: one request per change.
+	if want := (Requests{Netlink: 5 + len(res.Changes)}).plus(chainsRead(m.k)); res.Requests != want {
+		t.Errorf("vpc3 leaving took %+v, want %+v", res.Requests, want)
+	}
+	m.expectUnreachable(s1, s3.HostAddr)
+	res = m.reconcile("vpc1")
+	expectLines(t, "changes after vpc3 came back", res.Changes, []string{
+		"ipset add cframe-peers 192.0.2.10",
+		"fdb add 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
+		"neigh add 172.20.0.0 lladdr 02:cf:00:00:00:03 dev cframe0 nud permanent",
+		"route add 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
+	})
+	// Reads: one dump each of links, FDB, neighbors, routes, addresses
+	// and the two sets, and the chains; writes: one request per change.
+	if want := (Requests{Netlink: 7 + len(res.Changes)}).plus(chainsRead(m.k)); res.Requests != want {
+		t.Errorf("vpc3 coming back took %+v, want %+v", res.Requests, want)
+	}
+	if err := m.ping(s1, s3.HostAddr); err != nil {
+		t.Error(err)
+	}
+
+	var removed []string
+	m.in("vpc1", func() (err error) { removed, err = m.k.Cleanup(); return err })
+	if len(removed) == 0 {
+		t.Error("Cleanup removed nothing")
+	}
+	if out := m.sh(e1, "iptables-legacy-save"); strings.Contains(out, "CFRAME") {
+		t.Errorf("iptables-legacy-save still mentions CFRAME after Cleanup:\n%s", out)
+	}
+	if got := m.lines(e1, "ip", "route", "show", "proto", "207"); len(got) > 0 {
+		t.Errorf("routes left after Cleanup: %q", got)
+	}
+}
+
 // TestKernelSupported: VXLAN is available; GRE is either available or
 // reported in one actionable line; the probe leaves nothing behind.
 func TestKernelSupported(t *testing.T) {

@@ -3,6 +3,7 @@ package netcfg
 import (
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -66,6 +67,80 @@ func TestScope(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUpdateSeesEveryField changes each field of Desired but Peers, one at
+// a time: Update must hand every such change to a full Reconcile, naming
+// the field; and each field of Peer: the peer must come into the scope of
+// the Update. A field added later fails here until it has a test value
+// (otherValue), and then fails if Update overlooks it.
+func TestUpdateSeesEveryField(t *testing.T) {
+	base := baseDesired().normalized()
+	v := reflect.ValueOf(base)
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Name
+		if name == "Peers" {
+			continue
+		}
+		changed := base
+		reflect.ValueOf(&changed).Elem().Field(i).Set(otherValue(t, name, v.Field(i)))
+		if got := changedBesidesPeers(base, changed); !slices.Equal(got, []string{name}) {
+			t.Errorf("%s changed: changedBesidesPeers says %q", name, got)
+		}
+		ns, err := threadNS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := &Kernel{base: &baseline{ns: ns, d: base}}
+		if _, fallback := k.updatePeers(changed); fallback == "" {
+			t.Errorf("%s changed: Update did not fall back to a full Reconcile", name)
+		}
+	}
+	peer := reflect.ValueOf(base.Peers[0])
+	for i := range peer.NumField() {
+		name := peer.Type().Field(i).Name
+		next := slices.Clone(base.Peers)
+		reflect.ValueOf(&next[0]).Elem().Field(i).Set(otherValue(t, name, peer.Field(i)))
+		if sc := newScope(base.Peers, next); !slices.ContainsFunc(sc.peers, func(p Peer) bool { return p.Name == next[0].Name }) {
+			t.Errorf("peer's %s changed: the peer is not in the scope of the Update", name)
+		}
+	}
+}
+
+// otherValue returns a value of v's type other than v, for the types of
+// the fields of Desired and Peer.
+func otherValue(t *testing.T, field string, v reflect.Value) reflect.Value {
+	t.Helper()
+	var other any
+	switch x := v.Interface().(type) {
+	case Mode:
+		other = ModeGRE
+		if x == ModeGRE {
+			other = ModeVXLAN
+		}
+	case string:
+		other = x + "x"
+	case int:
+		other = x + 1
+	case uint16:
+		other = x + 1
+	case bool:
+		other = !x
+	case net.HardwareAddr:
+		other = net.HardwareAddr{2, 0, 0, 0, 0, 0xee}
+	case netip.Addr:
+		other = netip.MustParseAddr("192.0.2.1")
+		if x.IsValid() {
+			other = x.Next()
+		}
+	case netip.AddrPort:
+		other = netip.AddrPortFrom(x.Addr(), x.Port()+1)
+	case []netip.Prefix:
+		other = append(slices.Clone(x), netip.MustParsePrefix("10.255.0.0/16"))
+	default:
+		t.Fatalf("field %s: no test value for type %s: add one to otherValue", field, v.Type())
+	}
+	return reflect.ValueOf(other)
 }
 
 // TestKernelUpdate: on a live walkthrough mesh, Update applies peer changes
