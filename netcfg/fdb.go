@@ -34,39 +34,21 @@ func (e fdbEntry) String() string {
 // ours): all of them, or with keys the entries of the MACs in the scope,
 // one get each (the first remote of each).
 func (s *session) readFDB(r *reading) error {
-	dev := r.tunnel
-	if dev == nil {
-		return nil
-	}
-	hint := len(r.d.Peers) + 8
-	if r.keys != nil {
-		hint = len(r.keys.macs)
-	}
-	macs := macArena(hint)
-	r.a.FDB = make([]fdbEntry, 0, hint)
-	keep := func(m []byte) error {
-		hdr, v, err := decodeNeigh(m)
-		if err == nil && hdr.Family == unix.AF_BRIDGE && int(hdr.Index) == dev.Index && v.dst.Is4() && len(v.lladdr) == 6 {
-			e := fdbEntry{Device: dev.Name, MAC: macs.copy(v.lladdr), Dst: v.dst, Port: v.port}
-			if e.Port == 0 {
-				e.Port = dev.Port
+	return readNeighTable(s, r, neighTable[net.HardwareAddr]{
+		what: "fdb", family: unix.AF_BRIDGE, getFlags: netlink.NTF_SELF,
+		keys:  func(sc *scope) []net.HardwareAddr { return sc.macs },
+		key:   func(mac net.HardwareAddr) *nl.RtAttr { return nl.NewRtAttr(unix.NDA_LLADDR, mac) },
+		start: func(n int) { r.a.FDB = make([]fdbEntry, 0, n) },
+		keep: func(dev *link, _ *netlink.Ndmsg, v neighAttrs, macs *arena) {
+			if v.dst.Is4() && len(v.lladdr) == 6 {
+				e := fdbEntry{Device: dev.Name, MAC: macs.copy(v.lladdr), Dst: v.dst, Port: v.port}
+				if e.Port == 0 {
+					e.Port = dev.Port
+				}
+				r.a.FDB = append(r.a.FDB, e)
 			}
-			r.a.FDB = append(r.a.FDB, e)
-		}
-		return err
-	}
-	if r.keys == nil {
-		req := neighRequest(unix.RTM_GETNEIGH, unix.NLM_F_DUMP, &netlink.Ndmsg{Family: unix.AF_BRIDGE})
-		return s.dump("fdb", unix.NETLINK_ROUTE, req, func() { r.a.FDB = r.a.FDB[:0] }, keep)
-	}
-	for _, mac := range r.keys.macs {
-		req := neighRequest(unix.RTM_GETNEIGH, 0, &netlink.Ndmsg{Family: unix.AF_BRIDGE, Index: uint32(dev.Index), Flags: netlink.NTF_SELF},
-			nl.NewRtAttr(unix.NDA_LLADDR, mac))
-		if err := s.get(req, keep); err != nil {
-			return fmt.Errorf("fdb get %s dev %s: %w", mac, dev.Name, err)
-		}
-	}
-	return nil
+		},
+	})
 }
 
 // planFDB gives every peer exactly one entry on the VXLAN device for its

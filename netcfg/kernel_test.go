@@ -252,6 +252,39 @@ func (m *mesh) counter(ns, table, chain, match string) int {
 	return 0
 }
 
+// The changes on vpc1's edge of the walkthrough mesh when vpc3 leaves it,
+// and when vpc3 comes back.
+var (
+	vpc1WithoutVPC3 = []string{
+		"route del 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
+		"neigh del 172.20.0.0 dev cframe0",
+		"fdb del 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
+		"ipset del cframe-peers 192.0.2.10",
+	}
+	vpc1WithVPC3Again = []string{
+		"ipset add cframe-peers 192.0.2.10",
+		"fdb add 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
+		"neigh add 172.20.0.0 lladdr 02:cf:00:00:00:03 dev cframe0 nud permanent",
+		"route add 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
+	}
+)
+
+// reconcileRequests is what a Reconcile of a VXLAN edge whose chains are
+// unchanged takes to make changes changes: one dump each of the links, FDB
+// entries, neighbors, routes, addresses and the two sets, the read of the
+// chains, and one request per change.
+func reconcileRequests(k *Kernel, changes int) Requests {
+	return Requests{Netlink: 7 + changes}.plus(chainsRead(k))
+}
+
+// updateRequests is what an Update of one peer with cidrs networks takes to
+// make changes changes: the links dump, one get each for the peer's FDB
+// entry, neighbor, set member and every network's route, the read of the
+// chains, and one request per change.
+func updateRequests(k *Kernel, cidrs, changes int) Requests {
+	return Requests{Netlink: 4 + cidrs + changes}.plus(chainsRead(k))
+}
+
 // chainsRead is what reading the iptables chains costs when they have not
 // changed since the Kernel last read them: with nf_tables one request for
 // the nftables generation; legacy iptables has no generation to tell that
@@ -411,15 +444,8 @@ func TestKernelPeerChanges(t *testing.T) {
 	// nf_tables, see chainsRead).
 	m.desired["vpc1"].Peers = m.desired["vpc1"].Peers[:1]
 	res := m.reconcile("vpc1")
-	expectLines(t, "changes after removing peer vpc3", res.Changes, []string{
-		"route del 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
-		"neigh del 172.20.0.0 dev cframe0",
-		"fdb del 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
-		"ipset del cframe-peers 192.0.2.10",
-	})
-	// Reads: one dump each of links, FDB, neighbors, routes, addresses
-	// and the two sets, and the chains; writes: one request per change.
-	if want := (Requests{Netlink: 7 + len(res.Changes)}).plus(chainsRead(m.k)); res.Requests != want {
+	expectLines(t, "changes after removing peer vpc3", res.Changes, vpc1WithoutVPC3)
+	if want := reconcileRequests(m.k, len(res.Changes)); res.Requests != want {
 		t.Errorf("removing a peer took %+v, want %+v", res.Requests, want)
 	}
 	m.expectMembers("vpc1", setPeers, "203.0.113.10/32")
@@ -848,28 +874,14 @@ func TestKernelLegacyIptables(t *testing.T) {
 	if !res.Targeted {
 		t.Fatalf("Update fell back to a full Reconcile: %s", res.FallbackReason)
 	}
-	expectLines(t, "changes after vpc3 left", res.Changes, []string{
-		"route del 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
-		"neigh del 172.20.0.0 dev cframe0",
-		"fdb del 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
-		"ipset del cframe-peers 192.0.2.10",
-	})
-	// Reads: the links, vpc3's FDB entry, neighbor, route and set member,
-	// and the chains; writes: one request per change.
-	if want := (Requests{Netlink: 5 + len(res.Changes)}).plus(chainsRead(m.k)); res.Requests != want {
+	expectLines(t, "changes after vpc3 left", res.Changes, vpc1WithoutVPC3)
+	if want := updateRequests(m.k, 1, len(res.Changes)); res.Requests != want {
 		t.Errorf("vpc3 leaving took %+v, want %+v", res.Requests, want)
 	}
 	m.expectUnreachable(s1, s3.HostAddr)
 	res = m.reconcile("vpc1")
-	expectLines(t, "changes after vpc3 came back", res.Changes, []string{
-		"ipset add cframe-peers 192.0.2.10",
-		"fdb add 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
-		"neigh add 172.20.0.0 lladdr 02:cf:00:00:00:03 dev cframe0 nud permanent",
-		"route add 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
-	})
-	// Reads: one dump each of links, FDB, neighbors, routes, addresses
-	// and the two sets, and the chains; writes: one request per change.
-	if want := (Requests{Netlink: 7 + len(res.Changes)}).plus(chainsRead(m.k)); res.Requests != want {
+	expectLines(t, "changes after vpc3 came back", res.Changes, vpc1WithVPC3Again)
+	if want := reconcileRequests(m.k, len(res.Changes)); res.Requests != want {
 		t.Errorf("vpc3 coming back took %+v, want %+v", res.Requests, want)
 	}
 	if err := m.ping(s1, s3.HostAddr); err != nil {
@@ -894,15 +906,7 @@ func TestKernelLegacyIptables(t *testing.T) {
 func TestKernelSupported(t *testing.T) {
 	t.Parallel()
 	requireRoot(t)
-	n, err := topo.New(topo.UniquePrefix("ns"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	ns, err := n.NS("probe")
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, ns := oneNS(t, "ns", "probe")
 	var vx, gre, bogus error
 	if err := topo.Do(ns, func() error {
 		vx, gre, bogus = Supported(ModeVXLAN), Supported(ModeGRE), Supported("ipip")
@@ -976,15 +980,7 @@ func TestKernelIptablesForms(t *testing.T) {
 }
 
 func iptablesForms(t *testing.T, program string) {
-	n, err := topo.New(topo.UniquePrefix("ni"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	ns, err := n.NS("ipt")
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, ns := oneNS(t, "ni", "ipt")
 	k, err := newKernel(program)
 	if err != nil {
 		t.Fatal(err)
@@ -1049,6 +1045,22 @@ func iptablesForms(t *testing.T, program string) {
 	if out := nsExec(t, n, ns, program, "-S", "CFRAME-INPUT"); strings.Contains(out, "cframe peer") {
 		t.Errorf("rules with comments not deleted:\n%s", out)
 	}
+}
+
+// oneNS returns a namespace of its own (named name, under a unique prefix),
+// removed when the test ends.
+func oneNS(t *testing.T, prefix, name string) (*topo.Net, string) {
+	t.Helper()
+	n, err := topo.New(topo.UniquePrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	ns, err := n.NS(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, ns
 }
 
 func nsExec(t *testing.T, n *topo.Net, ns string, args ...string) string {

@@ -28,39 +28,24 @@ type neighbor struct {
 // device (when it is ours): all of them, or with keys the next hops in the
 // scope, one get each.
 func (s *session) readNeighbors(r *reading) error {
-	dev := r.tunnel
-	if dev == nil {
-		return nil
-	}
-	hint := len(r.d.Peers) + 8
-	if r.keys != nil {
-		hint = len(r.keys.hops)
-	}
-	macs := macArena(hint)
-	r.a.Neighbors = make([]neighbor, 0, hint)
-	keep := func(m []byte) error {
-		hdr, v, err := decodeNeigh(m)
-		if err == nil && hdr.Family == unix.AF_INET && int(hdr.Index) == dev.Index && hdr.State&netlink.NUD_PERMANENT != 0 && v.dst.IsValid() {
-			n := neighbor{Device: dev.Name, IP: v.dst}
-			if v.lladdr != nil {
-				n.MAC = macs.copy(v.lladdr)
+	return readNeighTable(s, r, neighTable[netip.Addr]{
+		what: "neigh", family: unix.AF_INET,
+		keys: func(sc *scope) []netip.Addr { return sc.hops },
+		key: func(ip netip.Addr) *nl.RtAttr {
+			a4 := ip.As4()
+			return nl.NewRtAttr(unix.NDA_DST, a4[:])
+		},
+		start: func(n int) { r.a.Neighbors = make([]neighbor, 0, n) },
+		keep: func(dev *link, hdr *netlink.Ndmsg, v neighAttrs, macs *arena) {
+			if hdr.State&netlink.NUD_PERMANENT != 0 && v.dst.IsValid() {
+				n := neighbor{Device: dev.Name, IP: v.dst}
+				if v.lladdr != nil {
+					n.MAC = macs.copy(v.lladdr)
+				}
+				r.a.Neighbors = append(r.a.Neighbors, n)
 			}
-			r.a.Neighbors = append(r.a.Neighbors, n)
-		}
-		return err
-	}
-	if r.keys == nil {
-		req := neighRequest(unix.RTM_GETNEIGH, unix.NLM_F_DUMP, &netlink.Ndmsg{Family: unix.AF_INET})
-		return s.dump("neighbors", unix.NETLINK_ROUTE, req, func() { r.a.Neighbors = r.a.Neighbors[:0] }, keep)
-	}
-	for _, ip := range r.keys.hops {
-		a4 := ip.As4()
-		req := neighRequest(unix.RTM_GETNEIGH, 0, &netlink.Ndmsg{Family: unix.AF_INET, Index: uint32(dev.Index)}, nl.NewRtAttr(unix.NDA_DST, a4[:]))
-		if err := s.get(req, keep); err != nil {
-			return fmt.Errorf("neigh get %s dev %s: %w", ip, dev.Name, err)
-		}
-	}
-	return nil
+		},
+	})
 }
 
 // planNeighbors gives every peer its neighbor on the VXLAN device (added,
@@ -161,6 +146,45 @@ func decodeNeigh(m []byte) (*netlink.Ndmsg, neighAttrs, error) {
 		}
 	})
 	return hdr, v, nil
+}
+
+// neighTable is one table of neighbor messages cframe reads on its VXLAN
+// device: the FDB (AF_BRIDGE) or the neighbors (AF_INET).
+type neighTable[K fmt.Stringer] struct {
+	what     string
+	family   uint8
+	getFlags uint8
+	keys     func(*scope) []K   // what an Update reads by
+	key      func(K) *nl.RtAttr // the attribute a get asks by
+	start    func(n int)        // (re)starts the list, for n entries
+	keep     func(dev *link, hdr *netlink.Ndmsg, v neighAttrs, macs *arena)
+}
+
+// readNeighTable reads t's entries on the desired VXLAN device when it is
+// ours: all of them (a dump), or with an Update's keys one get per key.
+// keep is called with every entry of the device, and an arena for its MAC.
+func readNeighTable[K fmt.Stringer](s *session, r *reading, t neighTable[K]) error {
+	dev := r.tunnel
+	if dev == nil {
+		return nil
+	}
+	n := len(r.d.Peers) + 8 // an Update's Desired holds the peers in its scope
+	macs := macArena(n)
+	t.start(n)
+	each := func(m []byte) error {
+		hdr, v, err := decodeNeigh(m)
+		if err == nil && hdr.Family == t.family && int(hdr.Index) == dev.Index {
+			t.keep(dev, hdr, v, macs)
+		}
+		return err
+	}
+	if r.keys == nil {
+		req := neighRequest(unix.RTM_GETNEIGH, unix.NLM_F_DUMP, &netlink.Ndmsg{Family: t.family})
+		return s.dump(t.what, unix.NETLINK_ROUTE, req, func() { t.start(n) }, each)
+	}
+	return getEach(s, t.what+" get %s dev "+dev.Name, t.keys(r.keys), each, func(k K) *nl.NetlinkRequest {
+		return neighRequest(unix.RTM_GETNEIGH, 0, &netlink.Ndmsg{Family: t.family, Index: uint32(dev.Index), Flags: t.getFlags}, t.key(k))
+	})
 }
 
 // neighRequest is a neighbor request: msgType, flags, the header and attrs.

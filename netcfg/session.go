@@ -207,6 +207,18 @@ func (s *session) get(req *nl.NetlinkRequest, each func(msg []byte) error) error
 	return err
 }
 
+// getEach sends the get request request(key) for every key (an Update's
+// read by key) and calls each with the answers; what, a format with the
+// key, names a failing request.
+func getEach[K any](s *session, what string, keys []K, each func(msg []byte) error, request func(K) *nl.NetlinkRequest) error {
+	for _, key := range keys {
+		if err := s.get(request(key), each); err != nil {
+			return fmt.Errorf(what+": %w", key, err)
+		}
+	}
+	return nil
+}
+
 // execute runs program with stdin as its input (none when empty) and
 // returns its standard output; a failure's error carries what the program
 // wrote to standard error.

@@ -17,15 +17,7 @@ import (
 func TestRequestCounting(t *testing.T) {
 	t.Parallel()
 	requireRoot(t)
-	n, err := topo.New(topo.UniquePrefix("nq"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	ns, err := n.NS("count")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ns := oneNS(t, "nq", "count")
 	k, err := New()
 	if err != nil {
 		t.Fatal(err)

@@ -185,26 +185,14 @@ func TestKernelUpdate(t *testing.T) {
 
 	d.Peers = []Peer{peerOf(s2)}
 	res := update("vpc3 left", "")
-	expectLines(t, "changes after vpc3 left", res.Changes, []string{
-		"route del 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
-		"neigh del 172.20.0.0 dev cframe0",
-		"fdb del 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
-		"ipset del cframe-peers 192.0.2.10",
-	})
-	// Reads: the links, vpc3's FDB entry, neighbor, route and set member,
-	// and the chains; writes: one request per change.
-	if want := (Requests{Netlink: 5 + len(res.Changes)}).plus(chainsRead(k)); res.Requests != want {
+	expectLines(t, "changes after vpc3 left", res.Changes, vpc1WithoutVPC3)
+	if want := updateRequests(k, 1, len(res.Changes)); res.Requests != want {
 		t.Errorf("vpc3 leaving took %+v, want %+v", res.Requests, want)
 	}
 	m.expectUnreachable(s1, s3.HostAddr)
 
 	d.Peers = base.Peers
-	expectLines(t, "changes after vpc3 joined again", update("vpc3 joined", "").Changes, []string{
-		"ipset add cframe-peers 192.0.2.10",
-		"fdb add 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
-		"neigh add 172.20.0.0 lladdr 02:cf:00:00:00:03 dev cframe0 nud permanent",
-		"route add 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
-	})
+	expectLines(t, "changes after vpc3 joined again", update("vpc3 joined", "").Changes, vpc1WithVPC3Again)
 	m.checkAllPairs()
 
 	// A peer that shares vpc2's underlay address (another port) comes and
