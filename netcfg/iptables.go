@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
+
+	goiptables "github.com/coreos/go-iptables/iptables"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -16,8 +19,8 @@ import (
 // iptables run fetches the ruleset, so cframe reads all of its chains with
 // one iptables-save and writes a run of changes with one iptables-restore
 // --noflush per table (atomic per table, other chains untouched), instead
-// of one program per chain or rule. Only when a batch fails does each
-// command of it run alone, as one iptables program.
+// of one program per chain or rule. Only when a batch fails (or a run is a
+// single command) does each command run alone, through go-iptables.
 
 // iptables holds the located iptables programs.
 type iptables struct {
@@ -26,6 +29,8 @@ type iptables struct {
 	program, save, restore string
 	// nft tells that they are the nf_tables flavour (not legacy).
 	nft bool
+	// lib runs single commands (see iptablesAlone).
+	lib *goiptables.IPTables
 }
 
 // lookIptables locates program and the -save and -restore programs beside
@@ -45,7 +50,8 @@ func lookIptables(program string) (ipt iptables, err error) {
 		return ipt, fmt.Errorf("%s --version: %w", ipt.program, err)
 	}
 	ipt.nft = bytes.Contains(v, []byte("nf_tables"))
-	return ipt, nil
+	ipt.lib, err = goiptables.New(goiptables.IPFamily(goiptables.ProtocolIPv4), goiptables.Path(ipt.program), goiptables.Timeout(10))
+	return ipt, err
 }
 
 // iptablesCmd is one iptables command in iptables-restore syntax ("-I
@@ -90,34 +96,47 @@ func (s *session) iptablesRun(changes []change) []error {
 	return errs
 }
 
-// iptablesAlone runs c as one iptables program. A rule to delete that is
-// already gone counts as deleted.
+// iptablesAlone runs c alone through go-iptables, one call per command. A
+// rule to delete that is already gone counts as deleted.
 func (s *session) iptablesAlone(c *iptablesCmd) error {
 	args, err := splitArgs(c.line)
 	if err != nil {
 		return err
 	}
-	_, err = s.execute("", s.k.ipt.program, append([]string{"--wait=10", "-t", c.table}, args...)...)
-	if err != nil && strings.HasPrefix(c.line, "-D ") && notThere(err) {
-		return nil
+	if len(args) < 2 {
+		return fmt.Errorf("iptables command %q: no chain", c.line)
+	}
+	op, chain, rule := args[0], args[1], args[2:]
+	lib := s.k.ipt.lib
+	s.sent.Exec++ // one program per call; ClearChain, for -F, tries -N first
+	switch op {
+	case "-N":
+		err = lib.NewChain(c.table, chain)
+	case "-X":
+		err = lib.DeleteChain(c.table, chain)
+	case "-F":
+		err = lib.ClearChain(c.table, chain)
+	case "-A":
+		err = lib.Append(c.table, chain, rule...)
+	case "-I":
+		pos := 0
+		if len(rule) > 0 {
+			pos, err = strconv.Atoi(rule[0])
+		}
+		if err != nil || pos < 1 {
+			return fmt.Errorf("iptables command %q: no position", c.line)
+		}
+		err = lib.Insert(c.table, chain, pos, rule[1:]...)
+	case "-D":
+		err = lib.Delete(c.table, chain, rule...)
+		var ie *goiptables.Error
+		if errors.As(err, &ie) && ie.IsNotExist() {
+			return nil
+		}
+	default:
+		return fmt.Errorf("iptables command %q: unsupported", c.line)
 	}
 	return err
-}
-
-// notThere reports whether a failed iptables program said that the rule or
-// chain it was given does not exist (in the words of the legacy and the
-// nf_tables flavours).
-func notThere(err error) bool {
-	var pe *programError
-	if !errors.As(err, &pe) {
-		return false
-	}
-	for _, says := range []string{"does a matching rule exist", "No chain/target/match by that name", "does not exist", "No such file or directory"} {
-		if strings.Contains(pe.stderr, says) {
-			return true
-		}
-	}
-	return false
 }
 
 // generation identifies the iptables ruleset of a network namespace at one
