@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -34,7 +33,7 @@ type agentMetrics struct {
 	connected     atomic.Bool
 }
 
-func newAgentMetrics() *agentMetrics {
+func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
 	m := &agentMetrics{
 		reg: metrics.NewRegistry("cframe-edge"),
 		peers: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -68,19 +67,20 @@ func newAgentMetrics() *agentMetrics {
 		}
 		return 0
 	})
-	m.reg.MustRegister(m.peers, m.applied, m.latest, m.lag, m.reconcile, m.update, m.kernelChanges, m.driftRepairs, m.errors, m.conflicts, connected)
+	m.reg.MustRegister(m.peers, m.applied, m.latest, m.lag, m.reconcile, m.update, m.kernelChanges, m.driftRepairs, m.errors, m.conflicts, connected,
+		tunnelCollector{k})
 	return m
 }
 
-// synced records one reconcile or update: how long it took, what it
-// changed, whether it failed, and where the edge set stands.
-func (m *agentMetrics) synced(update, drift bool, took time.Duration, res netcfg.Result, err error) {
-	if update {
+// converged records one targeted update or full reconcile: how long it
+// took, what it changed, whether it failed, and whether it repaired drift.
+func (m *agentMetrics) converged(targeted, drift bool, took time.Duration, res netcfg.Result, err error) {
+	if targeted {
 		m.update.Observe(took.Seconds())
 	} else {
 		m.reconcile.Observe(took.Seconds())
 	}
-	for kind, n := range changesByKind(res) {
+	for kind, n := range res.Kinds {
 		m.kernelChanges.WithLabelValues(kind).Add(float64(n))
 	}
 	if drift && err == nil && len(res.Changes) > 0 {
@@ -100,14 +100,50 @@ func (m *agentMetrics) revisions(applied, latest uint64, peers int) {
 	m.peers.Set(float64(peers))
 }
 
-// changesByKind counts a result's changes by kernel object kind.
-func changesByKind(res netcfg.Result) map[string]int {
-	out := map[string]int{}
-	for _, c := range res.Changes {
-		kind, _, _ := strings.Cut(c, " ")
-		out[kind]++
+// tunnelCollector reads the tunnel devices' counters at scrape time.
+type tunnelCollector struct{ k *netcfg.Kernel }
+
+var tunnelDescs = []struct {
+	d   *prometheus.Desc
+	get func(netcfg.DeviceStats) uint64
+}{
+	{prometheus.NewDesc("cframe_edge_tunnel_receive_bytes_total", "Bytes the tunnel device received (decapsulated), by device.", []string{"device"}, nil),
+		func(s netcfg.DeviceStats) uint64 { return s.RxBytes }},
+	{prometheus.NewDesc("cframe_edge_tunnel_transmit_bytes_total", "Bytes the tunnel device sent (before encapsulation), by device.", []string{"device"}, nil),
+		func(s netcfg.DeviceStats) uint64 { return s.TxBytes }},
+	{prometheus.NewDesc("cframe_edge_tunnel_receive_packets_total", "Packets the tunnel device received, by device.", []string{"device"}, nil),
+		func(s netcfg.DeviceStats) uint64 { return s.RxPackets }},
+	{prometheus.NewDesc("cframe_edge_tunnel_transmit_packets_total", "Packets the tunnel device sent, by device.", []string{"device"}, nil),
+		func(s netcfg.DeviceStats) uint64 { return s.TxPackets }},
+	{prometheus.NewDesc("cframe_edge_tunnel_receive_drops_total", "Received packets the tunnel device dropped, by device.", []string{"device"}, nil),
+		func(s netcfg.DeviceStats) uint64 { return s.RxDropped }},
+	{prometheus.NewDesc("cframe_edge_tunnel_transmit_drops_total", "Packets to send that the tunnel device dropped (no FDB entry, no route to the peer, ...), by device.", []string{"device"}, nil),
+		func(s netcfg.DeviceStats) uint64 { return s.TxDropped }},
+	{prometheus.NewDesc("cframe_edge_tunnel_receive_errors_total", "Receive errors of the tunnel device, by device.", []string{"device"}, nil),
+		func(s netcfg.DeviceStats) uint64 { return s.RxErrors }},
+	{prometheus.NewDesc("cframe_edge_tunnel_transmit_errors_total", "Transmit errors of the tunnel device, by device.", []string{"device"}, nil),
+		func(s netcfg.DeviceStats) uint64 { return s.TxErrors }},
+}
+
+func (tunnelCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, t := range tunnelDescs {
+		ch <- t.d
 	}
-	return out
+}
+
+func (c tunnelCollector) Collect(ch chan<- prometheus.Metric) {
+	stats, err := c.k.TunnelStats()
+	if err != nil {
+		for _, t := range tunnelDescs {
+			ch <- prometheus.NewInvalidMetric(t.d, err)
+		}
+		return
+	}
+	for _, s := range stats {
+		for _, t := range tunnelDescs {
+			ch <- prometheus.MustNewConstMetric(t.d, prometheus.CounterValue, float64(t.get(s)), s.Name)
+		}
+	}
 }
 
 // serveMetrics serves /metrics on addr until ctx ends.

@@ -32,7 +32,7 @@ func TestObservability(t *testing.T) {
 		for _, name := range names {
 			s := f.scrapeEdge(name)
 			metricstest.Promtool(t, s)
-			for _, w := range []struct {
+			want := []struct {
 				name   string
 				labels []string
 				ok     func(float64) bool
@@ -50,9 +50,26 @@ func TestObservability(t *testing.T) {
 				{"cframe_edge_drift_repairs_total", nil, atLeast(0), "present"},
 				{"cframe_edge_reconcile_errors_total", nil, eq(0), "0"},
 				{"cframe_edge_conflicts", nil, eq(0), "0"},
-			} {
+				// The convergence pings crossed the tunnel both ways.
+				{"cframe_edge_tunnel_receive_bytes_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
+				{"cframe_edge_tunnel_transmit_bytes_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
+				{"cframe_edge_tunnel_receive_packets_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
+				{"cframe_edge_tunnel_transmit_packets_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
+				{"cframe_edge_tunnel_receive_drops_total", []string{"device", "cframe0"}, atLeast(0), "present"},
+				{"cframe_edge_tunnel_transmit_drops_total", []string{"device", "cframe0"}, atLeast(0), "present"},
+				{"cframe_edge_tunnel_receive_errors_total", []string{"device", "cframe0"}, eq(0), "0"},
+				{"cframe_edge_tunnel_transmit_errors_total", []string{"device", "cframe0"}, eq(0), "0"},
+			}
+			checked := map[string]bool{}
+			for _, w := range want {
+				checked[w.name] = true
 				if v, ok := s.Value(w.name, w.labels...); !ok || !w.ok(v) {
 					t.Errorf("%s: %s%v = %v (present %v), want %s", name, w.name, w.labels, v, ok, w.want)
+				}
+			}
+			for fam := range s.Families {
+				if strings.HasPrefix(fam, "cframe_edge_") && !checked[fam] {
+					t.Errorf("family %s is not checked by this test", fam)
 				}
 			}
 		}
