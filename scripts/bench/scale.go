@@ -560,7 +560,8 @@ func (f *fleet) start(i int, ns, url, secret, keyDir string) error {
 		}
 		kick(nc)
 	}
-	opts := append(id.EdgeOptions(secret), nats.SetCustomDialer(topo.Dialer{NS: ns}), nats.RetryOnFailedConnect(true),
+	opts := append(id.EdgeOptions(secret), bus.ClientOptions(bus.Trust{Secret: secret}, topo.Dialer{NS: ns})...)
+	opts = append(opts, nats.RetryOnFailedConnect(true),
 		nats.ConnectHandler(connected), nats.ReconnectHandler(kick), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
