@@ -52,8 +52,12 @@ func StartCapture(ns, ifname string) (*Capture, error) {
 		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: ifi.Index})
 	})
 	if err == nil {
-		// A read timeout lets Stop end the reading loop.
+		// A read timeout lets Stop end the reading loop; a large buffer
+		// keeps bursts of 64 KiB GSO packets from being dropped.
 		err = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 50_000})
+	}
+	if err == nil {
+		err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
 	}
 	if err != nil {
 		if fd >= 0 {
@@ -71,14 +75,18 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 func (c *Capture) read() {
 	defer close(c.done)
 	buf := make([]byte, 1<<16+64)
+	stopping := false
 	for {
 		select {
 		case <-c.stop:
-			return
+			stopping = true
 		default:
 		}
 		n, _, err := unix.Recvfrom(c.fd, buf, 0)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			if stopping {
+				return // everything queued before Stop is read
+			}
 			continue
 		}
 		if err != nil {
@@ -114,7 +122,8 @@ func parseTCP(b []byte) (segment, bool) {
 }
 
 // Stop ends the capture and returns each flow's payload reassembled in
-// sequence order (retransmitted bytes once).
+// sequence order (retransmitted bytes once); it fails if the socket dropped
+// a packet.
 func (c *Capture) Stop() (map[Flow][]byte, error) {
 	close(c.stop)
 	select {
@@ -122,9 +131,17 @@ func (c *Capture) Stop() (map[Flow][]byte, error) {
 	case <-time.After(5 * time.Second):
 		return nil, errors.New("capture did not stop")
 	}
+	// A dropped packet would make "the capture does not contain X" prove
+	// nothing.
+	st, err := unix.GetsockoptTpacketStats(c.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
 	unix.Close(c.fd)
-	if c.err != nil {
+	switch {
+	case c.err != nil:
 		return nil, c.err
+	case err != nil:
+		return nil, fmt.Errorf("capture statistics: %w", err)
+	case st.Drops > 0:
+		return nil, fmt.Errorf("capture dropped %d packets", st.Drops)
 	}
 	byFlow := map[Flow][]segment{}
 	for _, s := range c.segs {
