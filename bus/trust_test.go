@@ -225,6 +225,20 @@ func TestTrustCAAndFingerprint(t *testing.T) {
 			}
 		})
 	}
+	// The generated certificate as its own CA (nats --tlsca cert.pem): it
+	// names loopback.
+	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []Proof{controllerProof("s")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := x509.NewCertPool()
+	self.AddCert(certs.Current())
+	gen := tlsServer(t, *certs.served.Load())
+	if c, err := (Trust{CA: self}).DialTLS(ctx, nil, "tcp", gen); err != nil {
+		t.Fatalf("generated certificate pinned as a CA, dialled on loopback: %v", err)
+	} else {
+		c.Close()
+	}
 	if _, err := ParseFingerprint("sha256:12ab"); err == nil {
 		t.Fatal("a short fingerprint was accepted")
 	}
