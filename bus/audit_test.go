@@ -110,7 +110,7 @@ func TestFollowEventsReplaysFollowsAndRepairsGaps(t *testing.T) {
 	for _, e := range []string{"a", "b", "c"} {
 		f.store(t, e, false) // kept before the reader started
 	}
-	nc, err := nats.Connect(s.URL(), AuditOptions(AuditPassword(testSecret))...)
+	nc, err := nats.Connect(s.URL(), append(ClientOptions(Trust{Secret: testSecret}, nil), AuditOptions(AuditPassword(testSecret))...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

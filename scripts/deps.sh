@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks for cframe's tests and demo:
-# ping, iptables, iperf3, ethtool (the receive-steering test switches GRO on a veth)
-# etcd (for the etcd-store tests and `make demo ETCD=1`), promtool (Debian's
-# prometheus package: the metrics tests check both /metrics endpoints with it)
-# and chromium (the topology page's browser test drives it headless).
+# ping, iptables, iperf3, ethtool (the receive-steering test switches GRO on a veth),
+# etcd (for the etcd-store tests and `make demo ETCD=1`), curl (the
+# walkthrough's API calls, verbatim, in the TLS end-to-end test), promtool
+# (Debian's prometheus package: the metrics tests check both /metrics
+# endpoints with it) and chromium (the topology page's browser test drives it
+# headless).
 # Go modules come from the module proxy when `go` first builds.
 # Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels `make bench` compares against)
 set -euo pipefail
@@ -15,6 +17,7 @@ have iptables || need+=(iptables)
 have iperf3   || need+=(iperf3)
 have etcd     || need+=(etcd-server)
 have ethtool  || need+=(ethtool)
+have curl     || need+=(curl)
 have ip       || need+=(iproute2)
 have bridge   || need+=(iproute2)
 have promtool || need+=(prometheus)

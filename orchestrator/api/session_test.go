@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net/http"
@@ -33,7 +34,7 @@ func TestActorNamesClientAndTokenFingerprint(t *testing.T) {
 		{"127.0.0.1:4000", "", ""},
 	} {
 		req := httptest.NewRequest(http.MethodPost, PathAdd, strings.NewReader(`{"name":"a"}`))
-		req.RemoteAddr = tt.remote
+		req.RemoteAddr, req.TLS = tt.remote, &tls.ConnectionState{}
 		if tt.auth != "" {
 			req.Header.Set("Authorization", tt.auth)
 		}
@@ -55,7 +56,7 @@ func TestBrowserSession(t *testing.T) {
 	h := Handler(emptyService{}, "s3cret", slog.New(slog.NewTextHandler(io.Discard, nil)), Mount{"/ui/", page})
 	do := func(method, path string, body string, hdr ...string) *httptest.ResponseRecorder {
 		req := httptest.NewRequest(method, path, strings.NewReader(body))
-		req.RemoteAddr = "192.0.2.7:5000"
+		req.RemoteAddr, req.TLS = "192.0.2.7:5000", &tls.ConnectionState{}
 		for i := 0; i+1 < len(hdr); i += 2 {
 			req.Header.Set(hdr[i], hdr[i+1])
 		}

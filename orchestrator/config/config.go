@@ -40,6 +40,13 @@ type Controller struct {
 	// caps their total size (the oldest go first).
 	AuditRetention Duration `toml:"audit_retention"`
 	AuditMaxBytes  int64    `toml:"audit_max_bytes"`
+	// PreviousSecrets are join secrets still accepted while the secret is
+	// rotated (edges are moved to the new one, then the list is emptied).
+	PreviousSecrets []string `toml:"previous_secrets"`
+	// TLSCert and TLSKey name the operator's certificate for the bus and
+	// the HTTPS API; without them one is generated into data_dir/tls.
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
 }
 
 // Audit trail defaults.
@@ -73,6 +80,9 @@ type Edge struct {
 	LocalAddr  string `toml:"local_addr"`
 	// MetricsAddr is where the agent serves Prometheus metrics; empty: off.
 	MetricsAddr string `toml:"metrics_addr"`
+	// ControllerCA pins the CA the controller's certificate must chain to
+	// (with its host name checked) instead of the join-secret proof.
+	ControllerCA string `toml:"controller_ca"`
 }
 
 // LoadController reads and checks a controller config, filling defaults.
@@ -104,6 +114,17 @@ func (c Controller) check(path string) error {
 	}
 	if c.AuditMaxBytes < 1<<20 {
 		return fmt.Errorf("%s: audit_max_bytes %d is too small (at least 1048576; default %d)", path, c.AuditMaxBytes, DefaultAuditMaxBytes)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("%s: tls_cert and tls_key go together (the certificate and its private key, PEM)", path)
+	}
+	for _, p := range c.PreviousSecrets {
+		if strings.TrimSpace(p) == "" {
+			return fmt.Errorf("%s: previous_secrets: empty secret", path)
+		}
+		if p == c.Secret {
+			return fmt.Errorf("%s: previous_secrets repeats secret", path)
+		}
 	}
 	return nil
 }

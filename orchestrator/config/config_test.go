@@ -78,6 +78,9 @@ func TestControllerErrors(t *testing.T) {
 		{"audit_retention=\"forever\"\n", "invalid duration"},
 		{"audit_retention=\"10s\"\n", "too short"},
 		{"audit_max_bytes=1000\n", "too small"},
+		{"tls_cert=\"/etc/cframe/c.pem\"\n", "tls_cert and tls_key go together"},
+		{"previous_secrets=[\"\"]\n", "previous_secrets: empty secret"},
+		{"secret=\"a\"\nprevious_secrets=[\"a\"]\n", "repeats secret"},
 	}
 	for _, tt := range tests {
 		_, err := LoadController(write(t, tt.body))

@@ -28,7 +28,8 @@ func auditReader(t *testing.T, r *running) (*nats.Conn, chan error) {
 		t.Fatalf("credentials = %+v", creds)
 	}
 	errs := make(chan error, 16)
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", creds.Port), append(bus.AuditOptions(creds.Password),
+	opts := append(bus.ClientOptions(bus.Trust{Fingerprint: creds.Fingerprint}, nil), bus.AuditOptions(creds.Password)...)
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", creds.Port), append(opts,
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))...)
 	if err != nil {
 		t.Fatal(err)

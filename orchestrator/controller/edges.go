@@ -218,5 +218,5 @@ func (c *Controller) EventCredentials() api.Credentials {
 		port = int(a.AddrPort().Port())
 	}
 	return api.Credentials{User: bus.AuditUser, Password: bus.AuditPassword(c.secret), Port: port, Subject: bus.SubjectEventsAll,
-		Replay: bus.SubjectAuditReplay, InboxPrefix: bus.AuditInboxPrefix}
+		Fingerprint: bus.Fingerprint(c.certs.Current()), Replay: bus.SubjectAuditReplay, InboxPrefix: bus.AuditInboxPrefix}
 }

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -142,7 +143,7 @@ func TestObservabilityKeepsTokenRules(t *testing.T) {
 		}{{"", http.StatusUnauthorized}, {"Bearer nope", http.StatusUnauthorized}, {"Bearer tok", http.StatusOK}} {
 			ctx, cancel := context.WithCancel(context.Background())
 			req := httptest.NewRequestWithContext(ctx, http.MethodGet, path, nil)
-			req.RemoteAddr = "192.0.2.9:4000"
+			req.RemoteAddr, req.TLS = "192.0.2.9:4000", &tls.ConnectionState{}
 			if tt.auth != "" {
 				req.Header.Set("Authorization", tt.auth)
 			}
