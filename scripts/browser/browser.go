@@ -28,6 +28,9 @@ type Options struct {
 	// Width and Height are the viewport in CSS pixels (default 1366x768,
 	// a laptop screen).
 	Width, Height int
+	// Args are further Chromium flags, like --ignore-certificate-errors
+	// for a self-signed certificate.
+	Args []string
 }
 
 // Flags are the launch flags that work on a closed machine: no sandbox
@@ -79,7 +82,7 @@ func Start(o Options) (*Browser, error) {
 		return nil, err
 	}
 	defer logf.Close()
-	args := append(append([]string{bin}, Flags...), "--user-data-dir="+profile, "--remote-debugging-pipe",
+	args := append(append(append([]string{bin}, Flags...), o.Args...), "--user-data-dir="+profile, "--remote-debugging-pipe",
 		fmt.Sprintf("--window-size=%d,%d", o.Width, o.Height), "about:blank")
 	if o.NetNS != "" {
 		args = append([]string{"ip", "netns", "exec", o.NetNS}, args...)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/metrics/metricstest"
 	"github.com/cframe/cframe/scripts/browser"
 	"github.com/cframe/cframe/scripts/cluster"
@@ -307,4 +309,83 @@ func eventsIn(path string, since time.Time, want ...string) error {
 		return fmt.Errorf("events %v, want %v:\n%s", got, want, b)
 	}
 	return nil
+}
+
+// Off loopback the page keeps the API's rules in a real browser: plain HTTP
+// is refused, HTTPS without the token leads to the sign-in form, a wrong
+// token is refused, the right one opens the live page (its stream included).
+func TestTopologyPageOffLoopback(t *testing.T) {
+	topo.SkipUnlessRoot(t, "ping")
+	if _, err := browser.Path(); err != nil {
+		t.Skip("chromium not installed (Debian package chromium; scripts/deps.sh installs it)")
+	}
+	n, err := topo.New(topo.UniquePrefix("cfo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	tp, err := topo.Build(n, topo.Walkthrough()[:2]...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	home, away := tp.Sites()[0], tp.Sites()[1]
+	c, err := cluster.Start(tp, home, cluster.Options{Bin: bin, Dir: t.TempDir(), APIToken: "page-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.API.Add(context.Background(), edgeset.Spec{Name: "hk-1", HostAddr: "203.0.113.10:58423", CIDR: "172.31.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	// The controller's certificate is self-signed (trusted through the join
+	// secret by cframe's own clients); a browser is told to accept it.
+	b, err := browser.Start(browser.Options{NetNS: away.Edge, Dir: t.TempDir(), Args: []string{"--ignore-certificate-errors"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	body := `document.body ? document.body.innerText : ""`
+	if err := b.Navigate("http://" + c.APIAddr() + "/ui/"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WaitFor(10*time.Second, `(`+body+`).includes("plain HTTP is answered on loopback only") ? "" : "plain HTTP: " + `+body); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/ui/", "/metrics", "/"} {
+		if err := b.Navigate("https://" + c.APIAddr() + path); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.WaitFor(10*time.Second, `location.pathname === "/ui/login" && document.querySelector("input[name=token]") ? "" : location.href + ": " + `+body); err != nil {
+			t.Fatalf("%s without the token: %v", path, err)
+		}
+	}
+	signIn := func(token string) {
+		t.Helper()
+		js, _ := json.Marshal(token)
+		if err := b.Eval(`document.querySelector("input[name=token]").value = `+string(js)+`; document.querySelector("form").submit()`, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	signIn("wrong")
+	if err := b.WaitFor(10*time.Second, `(`+body+`).includes("That is not the API token") ? "" : "after a wrong token: " + `+body); err != nil {
+		t.Fatal(err)
+	}
+	signIn("page-token")
+	if err := b.WaitFor(15*time.Second, `(() => {
+		if (location.pathname !== "/ui/") return "at " + location.href;
+		if (document.querySelector("#conn").dataset.state !== "open") return "stream: " + document.querySelector("#conn").textContent;
+		return document.querySelector("#edges tr[data-edge='hk-1']") ? "" : "no hk-1 row";
+	})()`); err != nil {
+		t.Fatal(err)
+	}
+	// The session reads; it cannot change anything.
+	var code int
+	if err := b.Eval(`fetch("/api-service/v1/edge/del", {method: "POST", body: '{"name":"hk-1"}'}).then(r => r.status)`, &code); err != nil {
+		t.Fatal(err)
+	}
+	if code != 401 {
+		t.Fatalf("a change with the page's session: HTTP %d, want 401", code)
+	}
+	if list, err := c.API.List(context.Background()); err != nil || len(list) != 1 {
+		t.Fatalf("edge list after the refused change: %v, %v", list, err)
+	}
 }
