@@ -202,7 +202,7 @@ func (a *Agent) sync(reason string, update bool) {
 	if !ok {
 		return
 	}
-	d, registered := mesh.Desired(a.local, set)
+	d, registered := mesh.Desired(a.local, set, nil)
 	do, read := a.kernel.Reconcile, "everything"
 	if update {
 		do = a.kernel.Update
@@ -326,7 +326,7 @@ func (a *Agent) ReconcileOnce() (Once, error) {
 	}
 	a.saveState()
 	set, rev, _ := a.follow.Set()
-	d, registered := mesh.Desired(a.local, set)
+	d, registered := mesh.Desired(a.local, set, nil)
 	res, err := a.kernel.Reconcile(&d)
 	return Once{Result: res, Revision: rev, Registered: registered}, err
 }
