@@ -83,12 +83,12 @@ func TestProberStates(t *testing.T) {
 	}
 
 	// hk-1 stops answering: down a little after DownAfter, not before.
-	stop := *now
-	run(p, c, now, stop.Add(DefaultDownAfter-50*time.Millisecond), 0, lan)
+	last := st["hk-1"].LastReply
+	run(p, c, now, last.Add(DefaultDownAfter-2*Tick), 0, lan)
 	if hk, _ := p.State("hk-1"); !hk.Up {
 		t.Fatalf("hk-1 down %s after its last answer, before DownAfter", now.Sub(hk.LastReply))
 	}
-	run(p, c, now, stop.Add(DefaultDownAfter+2*Tick), 0, lan)
+	run(p, c, now, last.Add(DefaultDownAfter+2*Tick), 0, lan)
 	hk, _ := p.State("hk-1")
 	if hk.Up || hk.Since.Sub(hk.LastReply) < DefaultDownAfter || hk.Since.Sub(hk.LastReply) > DefaultDownAfter+2*Tick {
 		t.Fatalf("hk-1 = %+v, want down DownAfter after its last answer", hk)
