@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,7 +70,7 @@ func startHA(self, dev, secret, savePath string, log *slog.Logger) *haRunner {
 		h.tr = tr
 	}
 	h.e = ha.New(self, ha.DefaultTiming(), probes, log, time.Now())
-	if saved, err := h.load(); err != nil {
+	if saved, err := loadClaims(savePath); err != nil {
 		log.Warn("ignoring saved claims", "err", err)
 	} else if len(saved) > 0 {
 		h.e.Restore(saved)
@@ -239,9 +242,9 @@ func lanAddr(set map[string]bus.Edge, self string) netip.Addr {
 	return netip.Addr{}
 }
 
-// load reads the claims an earlier run saved.
-func (h *haRunner) load() ([]bus.Claim, error) {
-	b, err := os.ReadFile(h.savePath)
+// loadClaims reads the claims an earlier run saved at path.
+func loadClaims(path string) ([]bus.Claim, error) {
+	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -261,4 +264,33 @@ func (h *haRunner) save() {
 	if err != nil {
 		h.log.Error("save claims", "path", h.savePath, "err", err)
 	}
+}
+
+// describeRoles says what changed from old to v, for the kernel change log:
+// each site's new active gateway with the claim's epoch and reason, and
+// this gateway's VIP.
+func describeRoles(old, v haView) string {
+	var parts []string
+	for _, site := range sortedSites(v.Claims) {
+		c := v.Claims[site]
+		if o := old.Claims[site]; o != c {
+			parts = append(parts, fmt.Sprintf("site %s: %s active at epoch %d (%s)", site, c.Gateway, c.Epoch, c.Reason))
+		}
+	}
+	if old.VIPState != v.VIPState || old.VIP != v.VIP {
+		parts = append(parts, fmt.Sprintf("VIP %s: %s", v.VIP, v.VIPState))
+	}
+	if len(parts) == 0 {
+		return "site roles unchanged"
+	}
+	return strings.Join(parts, "; ")
+}
+
+func sortedSites(m map[string]bus.Claim) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -47,11 +47,13 @@ type Local struct {
 // registered in it. An unregistered edge gets its device and chains but no
 // peers.
 //
-// Every other gateway is a peer with its FDB entry, but only a remote
-// site's active gateway carries the site's next hop and routes: its
-// standby gateways, and l's own site's other gateways, are reachable
-// through the tunnel (for probes and HA messages) and nothing is routed to
-// them. A new active gateway is therefore one neighbor entry's change.
+// Every other gateway is a peer with its FDB entry (and, in VXLAN mode,
+// the permanent IPv6 neighbor of its link-local address: its identity in
+// the tunnel), but only a remote site's active gateway carries the site's
+// next hop and routes: its standby gateways, and l's own site's other
+// gateways, are reachable through the tunnel (for probes and HA messages)
+// and nothing is routed to them. A new active gateway is therefore one
+// neighbor entry's change. The VIP is the agent's to set (package ha).
 func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (netcfg.Desired, bool) {
 	d := netcfg.Desired{
 		Mode:       l.Mode,
@@ -67,6 +69,10 @@ func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (net
 	if !ok {
 		return d, false
 	}
+	vxlan := l.Mode == netcfg.ModeVXLAN || l.Mode == ""
+	if vxlan {
+		d.LinkLocal = LinkLocal(l.Name)
+	}
 	d.LocalCIDRs = self.Prefixes()
 	for _, s := range Sites(set) {
 		active := s.Active(claims[s.Name]).Name
@@ -75,6 +81,9 @@ func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (net
 				continue
 			}
 			p := netcfg.Peer{Name: e.Name, Underlay: e.HostAddr, MAC: VTEPMAC(e.Name)}
+			if vxlan {
+				p.LinkLocal = LinkLocal(e.Name)
+			}
 			if e.Name == active && s.Name != self.SiteName() {
 				p.NextHop, p.CIDRs = NextHop(e), e.Prefixes()
 			}
