@@ -178,6 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.followChange(a.follow.Handle(m))
 		case <-resync:
 			a.followChange(a.follow.Resync("connected"))
+			a.publishStatus() // a restarted controller learns the roles at once
 		case r := <-drift:
 			if driftReason == "" {
 				settle.Reset(driftSettle)

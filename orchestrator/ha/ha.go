@@ -128,10 +128,11 @@ type Engine struct {
 	probes  Probes
 	started time.Time
 
-	sites map[string]*mesh.Site
-	me    bus.Edge
-	known bool // self is in the edge set
-	lan   netip.Addr
+	sites   map[string]*mesh.Site
+	me      bus.Edge
+	known   bool // self is in the edge set
+	haveSet bool // SetEdges was called
+	lan     netip.Addr
 
 	claims    map[string]bus.Claim
 	confirmed bool
@@ -216,6 +217,7 @@ func (e *Engine) Restore(claims []bus.Claim) {
 func (e *Engine) SetEdges(set map[string]bus.Edge) {
 	e.sites = mesh.Sites(set)
 	e.me, e.known = set[e.self]
+	e.haveSet = true
 	for name := range e.claims {
 		if s, ok := e.sites[name]; !ok || !s.Explicit() {
 			delete(e.claims, name)
@@ -256,8 +258,11 @@ func (e *Engine) SavedClaims() []bus.Claim {
 }
 
 // VIP returns the own site's VIP (invalid when it has none) and what to
-// do with it.
+// do with it: VIPKeep until the engine has an edge set.
 func (e *Engine) VIP() (netip.Addr, VIPState) {
+	if !e.haveSet {
+		return netip.Addr{}, VIPKeep
+	}
 	s := e.ownSite()
 	if s == nil || !s.VIP().IsValid() {
 		return netip.Addr{}, VIPNone

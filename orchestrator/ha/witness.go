@@ -47,10 +47,8 @@ func (e *Engine) onClaim(m Message, now time.Time) {
 			return
 		}
 	case WhyDeleted:
-		if cur.Epoch != 0 && isGateway(s, cur.Gateway) {
-			refuse("%s is still a gateway of site %s here", cur.Gateway, p.Site)
-			return
-		}
+		// The edge set says so, and reaches every agent (this one's may
+		// lag the candidate's by a moment): nothing to check.
 	case WhyPriority:
 		if p.Priority <= active.Priority && active.Name != p.Gateway {
 			refuse("priority %d is not above %d of %s", p.Priority, active.Priority, active.Name)

@@ -168,3 +168,21 @@ func (h *HA) Isolate(t *Topology, on bool) error {
 	}
 	return nil
 }
+
+// SiteOf is h's site as gateway g sees it: g's namespace, LAN address and
+// underlay in place of the first gateway's, everything else the same — for
+// the programs that run one agent per site (scripts/cluster).
+func (h *HA) SiteOf(g *Gateway) *Site {
+	s := *h.Site
+	s.Edge, s.EdgeAddr, s.Public, s.Gateway, s.RouterIf = g.NS, g.LANAddr, g.Public, g.Router, g.RouterIf
+	return &s
+}
+
+// Holds reports whether gateway g holds address a on its LAN interface.
+func (h *HA) Holds(t *Topology, g *Gateway, a netip.Addr) (bool, error) {
+	out, err := t.Net.Exec(g.NS, "ip", "-o", "addr", "show", "dev", EdgeLAN)
+	if err != nil {
+		return false, err
+	}
+	return strings.Contains(out, " "+a.String()+"/"), nil
+}
