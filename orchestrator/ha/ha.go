@@ -54,11 +54,19 @@ type Timing struct {
 	// a gateway heard within SiblingLive is live.
 	Hello, SiblingLive time.Duration
 	// LANInterval and LANDownAfter time the LAN probes of the other
-	// gateways of the own site: the host-death detector.
-	LANInterval, LANDownAfter time.Duration
+	// gateways of the own site: the host-death detector. After
+	// LANSuspect without an answer from the active gateway the witnesses
+	// are warned (KindSuspect).
+	LANInterval, LANDownAfter, LANSuspect time.Duration
+	// PeerInterval and PeerDownAfter time the probes of the remote edges
+	// that are the only gateway of their site: their health is only
+	// reported. The gateways of sites with several, whose failures this
+	// agent may have to report or witness, get the prober's defaults.
+	PeerInterval, PeerDownAfter time.Duration
 	// WitnessAge: a witness agrees that a gateway is down when it has not
-	// answered its probes for this long.
-	WitnessAge time.Duration
+	// answered for this long, nor to the urgent probes the witness sent
+	// for at least ConfirmWait (and two round trips) since it was asked.
+	WitnessAge, ConfirmWait time.Duration
 	// VoteWait is how long a candidate waits for the witnesses' votes.
 	VoteWait time.Duration
 	// Refresh is the interval at which the active gateway repeats its
@@ -79,12 +87,13 @@ type Timing struct {
 	NoticeTTL, NoticeRepeat time.Duration
 }
 
-// DefaultTiming aims at a failover in about 200 ms after a host's death.
+// DefaultTiming aims at a failover in about 150 ms after a host's death.
 func DefaultTiming() Timing {
 	return Timing{
 		Hello: 100 * time.Millisecond, SiblingLive: 350 * time.Millisecond,
-		LANInterval: 25 * time.Millisecond, LANDownAfter: 150 * time.Millisecond,
-		WitnessAge: 150 * time.Millisecond, VoteWait: 300 * time.Millisecond,
+		LANInterval: 20 * time.Millisecond, LANDownAfter: 100 * time.Millisecond, LANSuspect: 50 * time.Millisecond,
+		PeerInterval: 500 * time.Millisecond, PeerDownAfter: 1750 * time.Millisecond,
+		WitnessAge: 100 * time.Millisecond, ConfirmWait: 20 * time.Millisecond, VoteWait: 300 * time.Millisecond,
 		Refresh: time.Second, Backoff: time.Second, MaxBackoff: 30 * time.Second,
 		PreemptDelay: 3 * time.Second, MaxHold: 5 * time.Minute, FlapWindow: 10 * time.Minute,
 		Rejoin: time.Second, NoticeTTL: 3 * time.Second, NoticeRepeat: time.Second,
@@ -129,6 +138,7 @@ type Engine struct {
 	started time.Time
 
 	sites   map[string]*mesh.Site
+	siteOf  map[string]string // edge name -> site name
 	me      bus.Edge
 	known   bool // self is in the edge set
 	haveSet bool // SetEdges was called
@@ -146,16 +156,20 @@ type Engine struct {
 	// evidence is what the current proposal rests on ("lan",
 	// "reported" or ""), refusedOn that of the last refused one.
 	evidence, refusedOn string
-	notices             map[string]notice // by reporting remote gateway
-	lastHello           time.Time
-	lastRefresh         time.Time
-	unacked             map[string]*resend
+	// suspected is the active gateway the witnesses were warned about
+	// (until it answers on the LAN again).
+	suspected   string
+	notices     map[string]notice // by reporting remote gateway
+	lastHello   time.Time
+	lastRefresh time.Time
+	unacked     map[string]*resend
 
 	// Witness and follower.
-	checks  []*check
-	wasUp   map[string]bool
-	flaps   map[string][]time.Time
-	noticed map[string]time.Time
+	checks   []*check
+	wasUp    map[string]bool
+	flaps    map[string][]time.Time
+	noticed  map[string]time.Time
+	suspects map[string]time.Time // gateway -> when a standby warned about it
 
 	out []Envelope
 }
@@ -197,7 +211,7 @@ func New(self string, t Timing, probes Probes, log *slog.Logger, now time.Time) 
 	return &Engine{self: self, t: t, probes: probes, log: log, started: now,
 		sites: map[string]*mesh.Site{}, claims: map[string]bus.Claim{}, sibs: map[string]*sibling{},
 		notices: map[string]notice{}, unacked: map[string]*resend{}, wasUp: map[string]bool{},
-		flaps: map[string][]time.Time{}, noticed: map[string]time.Time{}}
+		flaps: map[string][]time.Time{}, noticed: map[string]time.Time{}, suspects: map[string]time.Time{}}
 }
 
 // Restore seeds the engine with the claims an earlier run saved. A claim
@@ -216,6 +230,10 @@ func (e *Engine) Restore(claims []bus.Claim) {
 // SetEdges hands the engine the edge set.
 func (e *Engine) SetEdges(set map[string]bus.Edge) {
 	e.sites = mesh.Sites(set)
+	e.siteOf = make(map[string]string, len(set))
+	for _, edge := range set {
+		e.siteOf[edge.Name] = edge.SiteName()
+	}
 	e.me, e.known = set[e.self]
 	e.haveSet = true
 	for name := range e.claims {
@@ -293,13 +311,19 @@ func (e *Engine) Status() *bus.SiteStatus {
 }
 
 // Targets are the probe targets the engine needs: every remote gateway's
-// link-local address on the tunnel device dev, and the LAN address of
-// every other gateway of the own site that announced it.
+// link-local address on the tunnel device dev (gateways of sites with
+// several at the prober's default interval, the others every
+// PeerInterval), and the LAN address of every other gateway of the own
+// site that announced it (every LANInterval).
 func (e *Engine) Targets(dev string) []probe.Target {
 	var out []probe.Target
 	own := e.ownSite()
 	for _, name := range e.remoteGateways() {
-		out = append(out, probe.Target{Name: name, Addr: mesh.LinkLocal(name).WithZone(dev)})
+		t := probe.Target{Name: name, Addr: mesh.LinkLocal(name).WithZone(dev)}
+		if s := e.sites[e.siteOf[name]]; s == nil || len(s.Gateways) < 2 {
+			t.Interval, t.DownAfter = e.t.PeerInterval, e.t.PeerDownAfter
+		}
+		out = append(out, t)
 	}
 	if own != nil {
 		for _, g := range own.Gateways {
@@ -436,6 +460,8 @@ func (e *Engine) Receive(m Message, now time.Time) {
 		if own := e.ownSite(); own != nil && m.Claim.Site == own.Name && !isGateway(own, m.From) {
 			e.notices[m.From] = notice{prev: m.Prev, at: now}
 		}
+	case KindSuspect:
+		e.onSuspect(m, now)
 	}
 }
 
@@ -575,6 +601,7 @@ func (e *Engine) consider(now time.Time, own *mesh.Site, cur bus.Claim) {
 	if st, ok := e.probes.State(LANTarget(cur.Gateway)); ok && st.Up && reporters == "" {
 		e.backoff, e.retryAt = 0, time.Time{}
 	}
+	e.suspect(now, cur.Gateway)
 	var why, reason, evidence string
 	active, member := own.Gateway(cur.Gateway)
 	switch {
@@ -600,6 +627,28 @@ func (e *Engine) consider(now time.Time, own *mesh.Site, cur bus.Claim) {
 	}
 	e.evidence = evidence
 	e.propose(now, own, cur, why, reason)
+}
+
+// suspect warns the reachable witnesses once the active gateway has not
+// answered on the LAN for LANSuspect, once per silence.
+func (e *Engine) suspect(now time.Time, active string) {
+	st, ok := e.probes.State(LANTarget(active))
+	if !ok || active == "" || active == e.self {
+		return
+	}
+	last := st.LastReply
+	if last.IsZero() {
+		last = st.Since
+	}
+	switch {
+	case now.Sub(last) < e.t.LANSuspect:
+		e.suspected = ""
+	case e.suspected != active && now.Sub(e.started) >= e.t.Rejoin:
+		e.suspected = active
+		for _, w := range e.reachable() {
+			e.send(w, Message{Kind: KindSuspect, Claim: bus.Claim{Site: e.me.Site}, Prev: active})
+		}
+	}
 }
 
 // reported returns the remote gateways (comma-separated) that reported

@@ -31,6 +31,11 @@ const (
 	// KindDown: a remote gateway tells a site's other gateways that the
 	// site's active gateway (Prev) stopped answering its probes.
 	KindDown = "down"
+	// KindSuspect: a standby tells the witnesses that the active gateway
+	// (Prev) went quiet on the LAN, before it is sure: they start probing
+	// it urgently, so that the proposal that may follow finds its answer
+	// ready.
+	KindSuspect = "suspect"
 )
 
 // Takeover triggers (Message.Why), which decide what a witness checks.

@@ -66,10 +66,16 @@ func (e *Engine) onClaim(m Message, now time.Time) {
 			refuse("%s does not probe %s", e.self, active.Name)
 			return
 		}
-		if active.Name != p.Gateway && e.silentFor(active.Name, now) < e.t.WitnessAge {
-			// Maybe alive: probe it urgently and decide in Tick.
+		if active.Name != p.Gateway {
+			// Probe it urgently and decide in Tick: down when it has not
+			// answered for WitnessAge, nor since the question — or the
+			// warning before it — for a few round trips.
+			asked := now
+			if t, ok := e.suspects[active.Name]; ok && now.Sub(t) < time.Second {
+				asked = t
+			}
 			e.probes.Urgent(active.Name, e.t.WitnessAge)
-			e.checks = append(e.checks, &check{from: m.From, claim: p, target: active.Name, asked: now})
+			e.checks = append(e.checks, &check{from: m.From, claim: p, target: active.Name, asked: asked})
 			return
 		}
 	default:
@@ -77,6 +83,17 @@ func (e *Engine) onClaim(m Message, now time.Time) {
 		return
 	}
 	e.send(m.From, Message{Kind: KindVote, Claim: p, Accept: true})
+}
+
+// onSuspect takes a standby's warning that its site's active gateway went
+// quiet: probe it urgently from now on.
+func (e *Engine) onSuspect(m Message, now time.Time) {
+	s, ok := e.sites[m.Claim.Site]
+	if !ok || s.Name == e.me.SiteName() || !isGateway(s, m.From) || s.Active(e.claims[s.Name]).Name != m.Prev {
+		return
+	}
+	e.suspects[m.Prev] = now
+	e.probes.Urgent(m.Prev, 2*e.t.WitnessAge)
 }
 
 // silentFor is how long the named gateway has not answered this agent's
@@ -129,10 +146,12 @@ func (e *Engine) observe(now time.Time) {
 	kept := e.checks[:0]
 	for _, c := range e.checks {
 		st, _ := e.probes.State(c.target)
+		// Two round trips of urgent probes, however old the last answer.
+		confirm := max(e.t.ConfirmWait, 2*st.RTT)
 		switch {
 		case st.LastReply.After(c.asked):
 			e.send(c.from, Message{Kind: KindVote, Claim: c.claim, Note: fmt.Sprintf("%s answers from %s (rtt %s)", c.target, e.self, st.RTT.Round(time.Microsecond))})
-		case e.silentFor(c.target, now) >= e.t.WitnessAge:
+		case now.Sub(c.asked) >= confirm && e.silentFor(c.target, now) >= e.t.WitnessAge:
 			e.send(c.from, Message{Kind: KindVote, Claim: c.claim, Accept: true})
 		default:
 			kept = append(kept, c)

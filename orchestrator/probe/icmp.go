@@ -4,31 +4,29 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // icmpConn is the real Conn: one raw ICMPv4 and one raw ICMPv6 socket of
 // the calling thread's network namespace, each with a kernel filter that
-// lets echo replies through and nothing else, read through Go's poller.
+// lets echo replies through and nothing else. Probes go out and answers
+// come in batches (sendmmsg, recvmmsg: one system call for every probe due
+// at a tick, one for every answer queued at a wake-up), which is what
+// keeps hundreds of targets cheap.
 type icmpConn struct {
-	v4, v6  *rawSocket
-	replies chan reply
-	done    chan struct{}
-	once    sync.Once
+	v4, v6 *rawSocket
+	once   sync.Once
 
-	mu    sync.Mutex
-	zones map[string]int // interface name -> index
-}
-
-type reply struct {
-	from    netip.Addr
-	id, seq uint16
+	mu    sync.Mutex // guards zones and the send buffers
+	zones map[string]int
+	out4  batch
+	out6  batch
 }
 
 type rawSocket struct {
@@ -67,10 +65,7 @@ func openICMP() (*icmpConn, error) {
 		v4.f.Close()
 		return nil, fmt.Errorf("probe: ICMPv6 socket: %w", err)
 	}
-	c := &icmpConn{v4: v4, v6: v6, replies: make(chan reply, 256), done: make(chan struct{}), zones: map[string]int{}}
-	go c.read(v4, parse4)
-	go c.read(v6, parse6)
-	return c, nil
+	return &icmpConn{v4: v4, v6: v6, zones: map[string]int{}}, nil
 }
 
 func openRaw(family, proto int, filter func(fd int) error) (*rawSocket, error) {
@@ -91,57 +86,128 @@ func openRaw(family, proto int, filter func(fd int) error) (*rawSocket, error) {
 	return &rawSocket{f: f, rc: rc}, nil
 }
 
-// Send sends an echo request with an 8-byte payload.
-func (c *icmpConn) Send(dst netip.Addr, id, seq uint16) error {
-	var b [16]byte
-	var sa unix.Sockaddr
-	s := c.v4
-	if dst.Is4() {
-		b[0] = 8 // echo request
-		sa = &unix.SockaddrInet4{Addr: dst.As4()}
-	} else {
-		b[0] = 128 // ICMPv6 echo request; the kernel computes the checksum
-		s = c.v6
-		zone, err := c.zone(dst.Zone())
-		if err != nil {
-			return err
-		}
-		sa = &unix.SockaddrInet6{Addr: dst.As16(), ZoneId: uint32(zone)}
-	}
-	binary.BigEndian.PutUint16(b[4:], id)
-	binary.BigEndian.PutUint16(b[6:], seq)
-	if dst.Is4() {
-		binary.BigEndian.PutUint16(b[2:], checksum(b[:]))
-	}
-	var serr error
-	err := s.rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), b[:], 0, sa)
-		return serr != unix.EAGAIN
-	})
-	if err == nil {
-		err = serr
-	}
-	if err != nil && dst.Zone() != "" && (errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO) || errors.Is(err, unix.EINVAL)) {
-		c.mu.Lock()
-		delete(c.zones, dst.Zone()) // the interface may have been recreated
-		c.mu.Unlock()
-	}
-	return err
+// batch holds the messages of one sendmmsg or recvmmsg call, reused from
+// call to call.
+type batch struct {
+	hdrs []unix.Mmsghdr
+	iovs []unix.Iovec
+	bufs [][]byte
+	sa4  []unix.RawSockaddrInet4
+	sa6  []unix.RawSockaddrInet6
 }
 
-// zone returns the index of interface name, looked up once (and again
-// after a send to it failed).
+// grow makes room for n messages of size bytes each.
+func (b *batch) grow(n, size int) {
+	if len(b.hdrs) >= n {
+		return
+	}
+	b.hdrs, b.iovs = make([]unix.Mmsghdr, n), make([]unix.Iovec, n)
+	b.bufs, b.sa4, b.sa6 = make([][]byte, n), make([]unix.RawSockaddrInet4, n), make([]unix.RawSockaddrInet6, n)
+	for i := range n {
+		b.bufs[i] = make([]byte, size)
+		b.iovs[i].Base = &b.bufs[i][0]
+		b.iovs[i].SetLen(size)
+		b.hdrs[i].Hdr.Iov = &b.iovs[i]
+		b.hdrs[i].Hdr.SetIovlen(1)
+	}
+}
+
+// setName points message i at the socket address of family v6 or v4.
+func (b *batch) setName(i int, v6 bool) {
+	h := &b.hdrs[i].Hdr
+	if v6 {
+		h.Name, h.Namelen = (*byte)(unsafe.Pointer(&b.sa6[i])), unix.SizeofSockaddrInet6
+	} else {
+		h.Name, h.Namelen = (*byte)(unsafe.Pointer(&b.sa4[i])), unix.SizeofSockaddrInet4
+	}
+}
+
+// mmsg runs sendmmsg or recvmmsg (trap) on fd with the first n messages.
+func mmsg(trap uintptr, fd uintptr, hdrs []unix.Mmsghdr) (int, error) {
+	r, _, errno := unix.Syscall6(trap, fd, uintptr(unsafe.Pointer(&hdrs[0])), uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
+	if errno != 0 {
+		return int(r), errno
+	}
+	return int(r), nil
+}
+
+// Send sends the echo requests, 8-byte payload each, one sendmmsg per
+// address family.
+func (c *icmpConn) Send(echoes []Echo) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var v4, v6 []Echo
+	for _, e := range echoes {
+		if e.Dst.Is4() {
+			v4 = append(v4, e)
+		} else {
+			v6 = append(v6, e)
+		}
+	}
+	return errors.Join(c.send(c.v4, &c.out4, v4, false), c.send(c.v6, &c.out6, v6, true))
+}
+
+func (c *icmpConn) send(s *rawSocket, b *batch, echoes []Echo, v6 bool) error {
+	if len(echoes) == 0 {
+		return nil
+	}
+	b.grow(len(echoes), 16)
+	n := 0
+	var errs []error
+	for _, e := range echoes {
+		p := b.bufs[n]
+		clear(p)
+		binary.BigEndian.PutUint16(p[4:], e.ID)
+		binary.BigEndian.PutUint16(p[6:], e.Seq)
+		if v6 {
+			p[0] = 128 // ICMPv6 echo request; the kernel computes the checksum
+			zone, err := c.zone(e.Dst.Zone())
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			b.sa6[n] = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: e.Dst.As16(), Scope_id: uint32(zone)}
+		} else {
+			p[0] = 8 // echo request
+			binary.BigEndian.PutUint16(p[2:], checksum(p))
+			b.sa4[n] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: e.Dst.As4()}
+		}
+		b.setName(n, v6)
+		n++
+	}
+	for done := 0; done < n; {
+		var sent int
+		var serr error
+		err := s.rc.Write(func(fd uintptr) bool {
+			sent, serr = mmsg(unix.SYS_SENDMMSG, fd, b.hdrs[done:n])
+			return serr != unix.EAGAIN
+		})
+		if err == nil {
+			err = serr
+		}
+		if err != nil {
+			if v6 {
+				c.zones = map[string]int{} // a device may have been recreated
+			}
+			// Skip the message that failed (unreachable, say) and go on.
+			errs = append(errs, err)
+			sent = max(sent, 0) + 1
+		}
+		done += sent
+	}
+	return errors.Join(errs...)
+}
+
+// zone returns the index of interface name, asked of the socket (so in its
+// namespace, whatever thread calls) once, and again after a failed send.
+// Callers hold c.mu.
 func (c *icmpConn) zone(name string) (int, error) {
 	if name == "" {
 		return 0, errors.New("probe: link-local target without an interface")
 	}
-	c.mu.Lock()
-	i, ok := c.zones[name]
-	c.mu.Unlock()
-	if ok {
+	if i, ok := c.zones[name]; ok {
 		return i, nil
 	}
-	// Asked of the socket, so in its namespace whatever thread calls.
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		return 0, err
@@ -153,81 +219,67 @@ func (c *icmpConn) zone(name string) (int, error) {
 	if ierr != nil {
 		return 0, fmt.Errorf("probe: interface %s: %w", name, ierr)
 	}
-	i = int(ifr.Uint32())
-	c.mu.Lock()
+	i := int(ifr.Uint32())
 	c.zones[name] = i
-	c.mu.Unlock()
 	return i, nil
 }
 
-// Receive returns the next echo reply.
-func (c *icmpConn) Receive() (netip.Addr, uint16, uint16, error) {
-	select {
-	case r := <-c.replies:
-		return r.from, r.id, r.seq, nil
-	case <-c.done:
-		return netip.Addr{}, 0, 0, net.ErrClosed
-	}
+// Receive reads the echo replies of both sockets until Close.
+func (c *icmpConn) Receive(handle func(from netip.Addr, id, seq uint16)) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); c.read(c.v4, false, handle) }()
+	go func() { defer wg.Done(); c.read(c.v6, true, handle) }()
+	wg.Wait()
 }
 
 func (c *icmpConn) Close() error {
 	c.once.Do(func() {
-		close(c.done)
 		c.v4.f.Close()
 		c.v6.f.Close()
 	})
 	return nil
 }
 
-// read passes the echo replies of s to Receive until s is closed.
-func (c *icmpConn) read(s *rawSocket, parse func([]byte, unix.Sockaddr) (reply, bool)) {
-	buf := make([]byte, 1500)
+// read hands every echo reply s receives to handle, as many per system
+// call as are queued.
+func (c *icmpConn) read(s *rawSocket, v6 bool, handle func(from netip.Addr, id, seq uint16)) {
+	var b batch
+	b.grow(64, 128)
 	for {
+		for i := range b.hdrs {
+			b.setName(i, v6)
+			b.hdrs[i].Hdr.Flags = 0
+		}
 		var n int
-		var from unix.Sockaddr
 		var rerr error
-		err := s.rc.Read(func(fd uintptr) bool {
-			n, from, rerr = unix.Recvfrom(int(fd), buf, 0)
+		if err := s.rc.Read(func(fd uintptr) bool {
+			n, rerr = mmsg(unix.SYS_RECVMMSG, fd, b.hdrs)
 			return rerr != unix.EAGAIN
-		})
-		if err != nil {
+		}); err != nil {
 			return // closed
 		}
 		if rerr != nil {
 			continue
 		}
-		if r, ok := parse(buf[:n], from); ok {
-			select {
-			case c.replies <- r:
-			case <-c.done:
-				return
+		for i := range n {
+			m := b.bufs[i][:min(int(b.hdrs[i].Len), len(b.bufs[i]))]
+			if v6 {
+				if len(m) >= 8 && m[0] == 129 {
+					handle(netip.AddrFrom16(b.sa6[i].Addr), binary.BigEndian.Uint16(m[4:]), binary.BigEndian.Uint16(m[6:]))
+				}
+				continue
+			}
+			// A raw IPv4 socket receives the IP header too.
+			if len(m) < 20 {
+				continue
+			}
+			ihl := int(m[0]&0x0f) * 4
+			if len(m) >= ihl+8 && m[ihl] == 0 {
+				handle(netip.AddrFrom4(b.sa4[i].Addr), binary.BigEndian.Uint16(m[ihl+4:]), binary.BigEndian.Uint16(m[ihl+6:]))
 			}
 		}
 	}
-}
-
-// parse4 reads an ICMPv4 echo reply; a raw IPv4 socket receives the IP
-// header too.
-func parse4(b []byte, from unix.Sockaddr) (reply, bool) {
-	sa, ok := from.(*unix.SockaddrInet4)
-	if !ok || len(b) < 20 {
-		return reply{}, false
-	}
-	ihl := int(b[0]&0x0f) * 4
-	if len(b) < ihl+8 || b[ihl] != 0 {
-		return reply{}, false
-	}
-	m := b[ihl:]
-	return reply{netip.AddrFrom4(sa.Addr), binary.BigEndian.Uint16(m[4:]), binary.BigEndian.Uint16(m[6:])}, true
-}
-
-// parse6 reads an ICMPv6 echo reply (no IP header on raw IPv6 sockets).
-func parse6(b []byte, from unix.Sockaddr) (reply, bool) {
-	sa, ok := from.(*unix.SockaddrInet6)
-	if !ok || len(b) < 8 || b[0] != 129 {
-		return reply{}, false
-	}
-	return reply{netip.AddrFrom16(sa.Addr), binary.BigEndian.Uint16(b[4:]), binary.BigEndian.Uint16(b[6:])}, true
 }
 
 // checksum is the Internet checksum (RFC 1071).

@@ -15,7 +15,6 @@
 package probe
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"sort"
@@ -34,7 +33,7 @@ const (
 	// checked urgently (Urgent).
 	UrgentInterval = 10 * time.Millisecond
 	// Tick is the scheduler's resolution.
-	Tick = 5 * time.Millisecond
+	Tick = 10 * time.Millisecond
 )
 
 // Target is one address to probe.
@@ -66,12 +65,19 @@ type State struct {
 // Conn sends echo requests and receives echo replies (raw ICMP sockets in
 // Open; a fake in tests).
 type Conn interface {
-	// Send sends an echo request with identifier id and sequence number
-	// seq to dst.
-	Send(dst netip.Addr, id, seq uint16) error
-	// Receive blocks until an echo reply arrives, or the Conn is closed.
-	Receive() (from netip.Addr, id, seq uint16, err error)
+	// Send sends one echo request per Echo.
+	Send(echoes []Echo) error
+	// Receive calls handle with the source, identifier and sequence
+	// number of every echo reply until the Conn is closed.
+	Receive(handle func(from netip.Addr, id, seq uint16))
 	Close() error
+}
+
+// Echo is one echo request: to Dst, with identifier ID and sequence
+// number Seq.
+type Echo struct {
+	Dst     netip.Addr
+	ID, Seq uint16
 }
 
 // Prober probes targets over a Conn. Its methods are safe for concurrent use.
@@ -82,8 +88,10 @@ type Prober struct {
 
 	mu      sync.Mutex
 	targets map[string]*target
+	list    []*target              // the targets again, for step's scan
 	byAddr  map[netip.Addr]*target // by address without zone
 	sendErr error
+	due     []Echo // reused by step (Run's goroutine only)
 }
 
 type target struct {
@@ -133,6 +141,10 @@ func (p *Prober) SetTargets(ts []Target) {
 		p.byAddr[t.Addr.WithZone("")] = old
 	}
 	p.targets = keep
+	p.list = p.list[:0]
+	for _, t := range keep {
+		p.list = append(p.list, t)
+	}
 }
 
 // State returns the state of the named target.
@@ -185,15 +197,7 @@ func (p *Prober) Urgent(name string, d time.Duration) {
 // Run probes until done is closed: it sends the due probes every Tick and
 // receives answers on another goroutine. It closes the Conn on return.
 func (p *Prober) Run(done <-chan struct{}) {
-	go func() {
-		for {
-			from, id, seq, err := p.conn.Receive()
-			if err != nil {
-				return
-			}
-			p.reply(from, id, seq, p.now())
-		}
-	}()
+	go p.conn.Receive(func(from netip.Addr, id, seq uint16) { p.reply(from, id, seq, p.now()) })
 	tick := time.NewTicker(Tick)
 	defer tick.Stop()
 	defer p.conn.Close()
@@ -214,18 +218,12 @@ func (p *Prober) Err() error {
 	return p.sendErr
 }
 
-// due is one probe to send.
-type due struct {
-	dst netip.Addr
-	seq uint16
-}
-
 // step sends the probes due at now and marks targets down whose answers
 // stopped for longer than their DownAfter.
 func (p *Prober) step(now time.Time) {
-	var out []due
 	p.mu.Lock()
-	for _, t := range p.targets {
+	out := p.due[:0]
+	for _, t := range p.list {
 		last := t.state.LastReply
 		if last.IsZero() {
 			last = t.start
@@ -239,7 +237,7 @@ func (p *Prober) step(now time.Time) {
 		t.seq++
 		t.sent[t.seq%16] = sentProbe{t.seq, now}
 		t.state.Sent++
-		out = append(out, due{t.Addr, t.seq})
+		out = append(out, Echo{t.Addr, p.id, t.seq})
 		interval := t.Interval
 		if now.Before(t.urgent) {
 			interval = UrgentInterval
@@ -249,18 +247,15 @@ func (p *Prober) step(now time.Time) {
 			t.next = now.Add(interval)
 		}
 	}
+	p.due = out
 	p.mu.Unlock()
-	var err error
-	for _, d := range out {
-		if e := p.conn.Send(d.dst, p.id, d.seq); e != nil {
-			err = fmt.Errorf("probe %s: %w", d.dst, e)
-		}
+	if len(out) == 0 {
+		return
 	}
-	if len(out) > 0 {
-		p.mu.Lock()
-		p.sendErr = err
-		p.mu.Unlock()
-	}
+	err := p.conn.Send(out)
+	p.mu.Lock()
+	p.sendErr = err
+	p.mu.Unlock()
 }
 
 // reply records an echo reply that arrived at at.

@@ -2,28 +2,20 @@ package probe
 
 import (
 	"errors"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
 )
 
 // fakeConn records the probes sent.
-type fakeConn struct{ sent []sentTo }
+type fakeConn struct{ sent []Echo }
 
-type sentTo struct {
-	dst     netip.Addr
-	id, seq uint16
-}
-
-func (f *fakeConn) Send(dst netip.Addr, id, seq uint16) error {
-	f.sent = append(f.sent, sentTo{dst, id, seq})
+func (f *fakeConn) Send(echoes []Echo) error {
+	f.sent = append(f.sent, echoes...)
 	return nil
 }
-func (f *fakeConn) Receive() (netip.Addr, uint16, uint16, error) {
-	return netip.Addr{}, 0, 0, net.ErrClosed
-}
-func (f *fakeConn) Close() error { return nil }
+func (f *fakeConn) Receive(func(netip.Addr, uint16, uint16)) {}
+func (f *fakeConn) Close() error                             { return nil }
 
 // clocked is a Prober driven by hand: step and reply at chosen times.
 func clocked(t0 time.Time) (*Prober, *fakeConn, *time.Time) {
@@ -38,20 +30,20 @@ func clocked(t0 time.Time) (*Prober, *fakeConn, *time.Time) {
 // to an address in answer after rtt.
 func run(p *Prober, c *fakeConn, now *time.Time, until time.Time, rtt time.Duration, answer ...netip.Addr) {
 	type pending struct {
-		s  sentTo
+		s  Echo
 		at time.Time
 	}
 	var q []pending
 	for ; !now.After(until); *now = now.Add(Tick) {
 		for len(q) > 0 && !q[0].at.After(*now) {
-			p.reply(q[0].s.dst, q[0].s.id, q[0].s.seq, q[0].at)
+			p.reply(q[0].s.Dst, q[0].s.ID, q[0].s.Seq, q[0].at)
 			q = q[1:]
 		}
 		c.sent = c.sent[:0]
 		p.step(*now)
 		for _, s := range c.sent {
 			for _, a := range answer {
-				if s.dst == a {
+				if s.Dst == a {
 					q = append(q, pending{s, now.Add(rtt)})
 				}
 			}
@@ -108,7 +100,7 @@ func TestProberStates(t *testing.T) {
 		c.sent = c.sent[:0]
 		p.step(*now)
 		for _, s := range c.sent {
-			if s.dst == dead {
+			if s.Dst == dead {
 				n++
 			}
 		}
@@ -151,4 +143,4 @@ func TestProberSendError(t *testing.T) {
 
 type failConn struct{ fakeConn }
 
-func (*failConn) Send(netip.Addr, uint16, uint16) error { return errors.New("network is unreachable") }
+func (*failConn) Send([]Echo) error { return errors.New("network is unreachable") }
