@@ -166,7 +166,7 @@ func (h *haRunner) run(ctx context.Context) {
 			if h.tr == nil {
 				break
 			}
-			if err := h.tr.Send(env.To, env.Msg); err != nil {
+			if err := h.tr.Send(env); err != nil {
 				h.log.Debug("HA message not sent", "to", env.To, "kind", env.Msg.Kind, "err", err)
 			}
 		}

@@ -347,6 +347,16 @@ func (e *Engine) send(to string, m Message) {
 	e.out = append(e.out, Envelope{To: to, Msg: m})
 }
 
+// sendSibling sends m to another gateway of the own site through the
+// tunnel and, once its LAN address is known, over the LAN too.
+func (e *Engine) sendSibling(to string, m Message) {
+	e.send(to, m)
+	if sb := e.sibs[to]; sb != nil && sb.lan.IsValid() {
+		m.From = e.self
+		e.out = append(e.out, Envelope{To: to, LAN: sb.lan, Msg: m})
+	}
+}
+
 // ownSite is the explicit site this edge is a gateway of, or nil.
 func (e *Engine) ownSite() *mesh.Site {
 	if !e.known || e.me.Site == "" {
@@ -499,7 +509,7 @@ func (e *Engine) Tick(now time.Time) {
 		e.lastHello = now
 		for _, g := range own.Gateways {
 			if g.Name != e.self {
-				e.send(g.Name, Message{Kind: KindHello, Claim: cur, LAN: e.lan, Priority: e.me.Priority})
+				e.sendSibling(g.Name, Message{Kind: KindHello, Claim: cur, LAN: e.lan, Priority: e.me.Priority})
 			}
 		}
 	}
@@ -538,7 +548,11 @@ func (e *Engine) retransmit(now time.Time, cur bus.Claim) {
 			continue
 		}
 		r.next = now.Add(50 * time.Millisecond << r.tries)
-		e.send(g, Message{Kind: KindCommit, Claim: cur})
+		if _, sib := e.sibs[g]; sib {
+			e.sendSibling(g, Message{Kind: KindCommit, Claim: cur})
+		} else {
+			e.send(g, Message{Kind: KindCommit, Claim: cur})
+		}
 	}
 }
 
@@ -751,15 +765,15 @@ func (e *Engine) commit(now time.Time) {
 	e.version++
 	e.log.Info("active gateway of the site", "site", c.Site, "epoch", c.Epoch, "reason", c.Reason)
 	e.unacked = map[string]*resend{}
-	targets := e.remoteGateways()
-	for _, g := range e.ownSite().Gateways {
-		if g.Name != e.self {
-			targets = append(targets, g.Name)
-		}
-	}
-	for _, g := range targets {
+	for _, g := range e.remoteGateways() {
 		e.send(g, Message{Kind: KindCommit, Claim: c})
 		e.unacked[g] = &resend{next: now.Add(50 * time.Millisecond)}
+	}
+	for _, g := range e.ownSite().Gateways {
+		if g.Name != e.self {
+			e.sendSibling(g.Name, Message{Kind: KindCommit, Claim: c})
+			e.unacked[g.Name] = &resend{next: now.Add(50 * time.Millisecond)}
+		}
 	}
 	e.lastRefresh = now
 }

@@ -74,9 +74,13 @@ type Message struct {
 	Priority int `json:"priority,omitempty"`
 }
 
-// Envelope is a message and the gateway it goes to.
+// Envelope is a message and the gateway it goes to: through the tunnel,
+// or when LAN is valid to that address on the site's LAN (the gateways of
+// one site talk both ways, so that one cut off from the others' tunnels
+// still hears the news).
 type Envelope struct {
 	To  string
+	LAN netip.Addr
 	Msg Message
 }
 

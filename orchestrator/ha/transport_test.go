@@ -69,6 +69,12 @@ func TestTransportInNamespaces(t *testing.T) {
 			t.Skipf("no IPv6 here: %v", err)
 		}
 	}
+	// The same link stands in for the LAN too.
+	for ns, a := range map[string]string{nsA: "10.78.0.1/24", nsB: "10.78.0.2/24"} {
+		if _, err := n.Exec(ns, "ip", "addr", "add", a, "dev", "tun0"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	open := func(ns, secret string) *Transport {
 		var tr *Transport
@@ -89,7 +95,7 @@ func TestTransportInNamespaces(t *testing.T) {
 	}
 	hello := Message{Kind: KindHello, From: "sz-1", LAN: netip.MustParseAddr("172.18.171.245"), Priority: 100}
 	if err := topo.Eventually(5*time.Second, func() error {
-		if err := a.Send("hk-1", hello); err != nil {
+		if err := a.Send(Envelope{To: "hk-1", Msg: hello}); err != nil {
 			return err
 		}
 		m, err := recv(b)
@@ -101,24 +107,34 @@ func TestTransportInNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The answer goes back the same way.
-	if err := b.Send("sz-1", Message{Kind: KindCurrent, From: "hk-1"}); err != nil {
+	if err := b.Send(Envelope{To: "sz-1", Msg: Message{Kind: KindCurrent, From: "hk-1"}}); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := recv(a); err != nil || m.Kind != KindCurrent || m.From != "hk-1" {
 		t.Fatalf("reply: %+v %v", m, err)
 	}
+	// Over the LAN, to an IPv4 address.
+	if err := a.Send(Envelope{To: "hk-1", LAN: netip.MustParseAddr("10.78.0.2"), Msg: Message{Kind: KindCommit, From: "sz-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := recv(b); err != nil || m.Kind != KindCommit || m.From != "sz-1" {
+		t.Fatalf("over the LAN: %+v %v", m, err)
+	}
 	// Another mesh's secret, and a sender pretending to be another edge.
 	a.Close()
 	forger := open(nsA, "another mesh")
-	if err := forger.Send("hk-1", hello); err != nil {
+	if err := forger.Send(Envelope{To: "hk-1", Msg: hello}); err != nil {
+		t.Fatal(err)
+	}
+	if err := forger.Send(Envelope{To: "hk-1", LAN: netip.MustParseAddr("10.78.0.2"), Msg: hello}); err != nil {
 		t.Fatal(err)
 	}
 	forger.Close()
 	liar := open(nsA, "secret")
-	if err := liar.Send("hk-1", Message{Kind: KindCommit, From: "gz-3"}); err != nil {
+	if err := liar.Send(Envelope{To: "hk-1", Msg: Message{Kind: KindCommit, From: "gz-3"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := liar.Send("hk-1", hello); err != nil {
+	if err := liar.Send(Envelope{To: "hk-1", Msg: hello}); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := recv(b); err != nil || m.From != "sz-1" || m.Kind != KindHello {

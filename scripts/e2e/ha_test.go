@@ -447,6 +447,37 @@ func TestGatewayHA(t *testing.T) {
 		}
 		f.controllerShows("sz-2")
 	})
+
+	t.Run("the active gateway loses its path to the other sites: the standby takes over, the old one hears it on the LAN", func(t *testing.T) {
+		// The internet drops everything to and from sz-2; its LAN is fine.
+		cut := func(op string) error {
+			for _, dir := range []string{"-s", "-d"} {
+				if _, err := f.net.Exec(f.topo.Router, "iptables", op, "FORWARD", dir, f.gw["sz-2"].Underlay().String(), "-j", "DROP"); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		tr := f.startTraffic()
+		time.Sleep(300 * time.Millisecond)
+		if err := cut("-I"); err != nil {
+			t.Fatal(err)
+		}
+		took := f.failover("sz-1", remotes...)
+		time.Sleep(500 * time.Millisecond)
+		worst, _, sum := tr.stop(t)
+		t.Logf("active's path lost: switched %s after; %s", took.Round(time.Millisecond), sum)
+		if worst >= time.Second {
+			t.Errorf("blackout %s when the active lost its path, want under a second", worst)
+		}
+		if err := cut("-D"); err != nil {
+			t.Fatal(err)
+		}
+		f.controllerShows("sz-1")
+		if err := topo.Eventually(5*time.Second, func() error { return f.activeIs("sz-1", remotes...) }); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 func siteOf(tp api.Topology, name string) api.TopologySite {
