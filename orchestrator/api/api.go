@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 )
 
@@ -76,6 +77,9 @@ type EdgeView struct {
 	LastError       string     `json:"last_error,omitempty"`
 	Conflicts       []string   `json:"conflicts,omitempty"`
 	LastSeen        *time.Time `json:"last_seen,omitempty"`
+	// Probes is the data plane as the edge measures it: every remote
+	// gateway's reachability and round-trip time through the tunnel.
+	Probes []bus.PeerProbe `json:"probes,omitempty"`
 	// Key is the public key pinned for the edge, once it has connected.
 	Key string `json:"key,omitempty"`
 }

@@ -107,7 +107,7 @@ func (c *Controller) ListEdges() []api.EdgeView {
 			}
 			seen := s.seen.UTC()
 			v.LastSeen = &seen
-			v.AppliedRevision, v.LastError, v.Conflicts = s.last.AppliedRevision, s.last.Error, s.last.Conflicts
+			v.AppliedRevision, v.LastError, v.Conflicts, v.Probes = s.last.AppliedRevision, s.last.Error, s.last.Conflicts, s.last.Probes
 		}
 		out = append(out, v)
 	}

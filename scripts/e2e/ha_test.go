@@ -253,6 +253,24 @@ func TestGatewayHA(t *testing.T) {
 		if err != nil || !regexpLine(out, `sz\s+172.18.0.0/16\s+172.18.171.250\s+sz-1\s+sz-1,sz-2\s+1\s`) {
 			t.Fatalf("topology: %v\n%s", err, out)
 		}
+		// The agents probe every remote gateway through the tunnel: hk-1
+		// sees both gateways of sz answer.
+		if err := topo.Eventually(10*time.Second, func() error {
+			r, err := f.roles()
+			if err != nil {
+				return err
+			}
+			up := map[string]bool{}
+			for _, p := range r["hk-1"].Probes {
+				up[p.Name] = p.Up && p.RTT > 0
+			}
+			if !up["sz-1"] || !up["sz-2"] || !up["gz-3"] {
+				return fmt.Errorf("hk-1's probes: %+v", r["hk-1"].Probes)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 		// A bad site field through cframectl: one line, nothing stored.
 		out, err = f.c.Ctl("edge", "add", "--name", "sz-3", "--hostaddr", "198.18.77.10:58423", "--cidr", "172.18.0.0/16", "--site", "sz", "--vip", "172.19.0.1")
 		if err == nil || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.Contains(out, "not inside the site's primary cidr") {
