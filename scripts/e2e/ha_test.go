@@ -340,9 +340,13 @@ func TestGatewayHA(t *testing.T) {
 		// On the remote edges the switch was one targeted kernel change.
 		for _, name := range remotes {
 			b, _ := os.ReadFile(f.edges[name].Log)
-			want := `change="neigh replace 172.18.0.0 lladdr ` + mesh.VTEPMAC("sz-2").String() + ` dev cframe0 nud permanent" reason="site sz: sz-2 active at epoch `
-			if !strings.Contains(string(b), want) || !strings.Contains(string(b), `read="changed peers"`) {
-				t.Errorf("%s logged no targeted switch (%s)", name, want)
+			switched := regexp.MustCompile(`kernel change.*change="neigh replace 172.18.0.0 lladdr ` + mesh.VTEPMAC("sz-2").String() +
+				` dev cframe0 nud permanent" reason="site sz: sz-2 active at epoch 2 \(sz-1 unreachable on the LAN for \d+ms\)" read="changed peers"`)
+			if n := len(switched.FindAll(b, -1)); n != 1 {
+				t.Errorf("%s logged %d targeted switches to sz-2, want 1", name, n)
+			}
+			if n := strings.Count(string(b), "site sz: sz-2 active at epoch 2"); n != 1 {
+				t.Errorf("%s made %d kernel changes for the switch, want 1", name, n)
 			}
 		}
 	})
