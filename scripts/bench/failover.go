@@ -230,10 +230,10 @@ func cframeFailovers(o Options, reps int) (e2e, local []time.Duration, err error
 }
 
 // startFlows starts an echo flow per (namespace, address) pair.
-func startFlows(pairs [][2]any) ([]*topo.Flow, error) {
-	var out []*topo.Flow
+func startFlows(pairs [][2]any) ([]*topo.EchoStream, error) {
+	var out []*topo.EchoStream
 	for _, p := range pairs {
-		f, err := topo.StartFlow(p[0].(string), p[1].(netip.Addr), flowInterval)
+		f, err := topo.StartEchoStream(p[0].(string), p[1].(netip.Addr), flowInterval)
 		if err != nil {
 			stopFlows(out)
 			return nil, err
@@ -243,8 +243,8 @@ func startFlows(pairs [][2]any) ([]*topo.Flow, error) {
 	return out, nil
 }
 
-func stopFlows(fs []*topo.Flow) []topo.FlowStats {
-	out := make([]topo.FlowStats, len(fs))
+func stopFlows(fs []*topo.EchoStream) []topo.EchoStats {
+	out := make([]topo.EchoStats, len(fs))
 	for i, f := range fs {
 		out[i], _ = f.Stop()
 	}

@@ -157,7 +157,7 @@ func (f *haFixture) controllerShows(gw string) {
 // traffic is echo flows every 10 ms in both directions between VPC1 and
 // VPC2, and from VPC3 to VPC1.
 type traffic struct {
-	flows []*topo.Flow
+	flows []*topo.EchoStream
 	names []string
 }
 
@@ -169,7 +169,7 @@ func (f *haFixture) startTraffic() *traffic {
 		from *topo.Site
 		to   netip.Addr
 	}{{sz, hk.HostAddr}, {hk, sz.HostAddr}, {gz, sz.HostAddr}} {
-		fl, err := topo.StartFlow(p.from.Host, p.to, 10*time.Millisecond)
+		fl, err := topo.StartEchoStream(p.from.Host, p.to, 10*time.Millisecond)
 		if err != nil {
 			f.t.Fatal(err)
 		}

@@ -8,7 +8,7 @@ import (
 )
 
 // An HA VPC: two gateways and the host on one bridged LAN, routes via the
-// VIP, isolation between the gateways only, a dead gateway; and a Flow that
+// VIP, isolation between the gateways only, a dead gateway; and an EchoStream that
 // measures the blackout.
 func TestHAVPC(t *testing.T) {
 	t.Parallel()
@@ -61,7 +61,7 @@ func TestHAVPC(t *testing.T) {
 	}
 
 	// A flow from the host to the second gateway through its death.
-	f, err := StartFlow(s.Host, g2.LANAddr, 10*time.Millisecond)
+	f, err := StartEchoStream(s.Host, g2.LANAddr, 10*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,11 +11,11 @@ import (
 	"time"
 )
 
-// Flow is traffic that measures its own interruptions: an ICMP echo
+// EchoStream is traffic that measures its own interruptions: an ICMP echo
 // request from a namespace to an address every interval, each answer
 // recorded. A failover's blackout is the longest time between two
 // requests that were answered (Stats).
-type Flow struct {
+type EchoStream struct {
 	c        *net.IPConn
 	dst      *net.IPAddr
 	id       uint16
@@ -29,8 +29,8 @@ type Flow struct {
 	err      error
 }
 
-// FlowStats summarizes a Flow.
-type FlowStats struct {
+// EchoStats summarizes an EchoStream.
+type EchoStats struct {
 	Sent, Received int
 	// Blackout is the longest time between the sending of two answered
 	// requests in a row (the interval when nothing was lost), counting an
@@ -41,12 +41,12 @@ type FlowStats struct {
 	BlackoutStart time.Time
 }
 
-func (s FlowStats) String() string {
+func (s EchoStats) String() string {
 	return fmt.Sprintf("%d/%d answered, longest blackout %s", s.Received, s.Sent, s.Blackout.Round(time.Millisecond))
 }
 
-// StartFlow starts a Flow from namespace ns to dst.
-func StartFlow(ns string, dst netip.Addr, interval time.Duration) (*Flow, error) {
+// StartEchoStream starts an EchoStream from namespace ns to dst.
+func StartEchoStream(ns string, dst netip.Addr, interval time.Duration) (*EchoStream, error) {
 	var pc net.PacketConn
 	if err := Do(ns, func() (err error) {
 		pc, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
@@ -56,7 +56,7 @@ func StartFlow(ns string, dst netip.Addr, interval time.Duration) (*Flow, error)
 	}
 	id := make([]byte, 2)
 	rand.Read(id)
-	f := &Flow{c: pc.(*net.IPConn), dst: &net.IPAddr{IP: dst.AsSlice()}, id: binary.BigEndian.Uint16(id),
+	f := &EchoStream{c: pc.(*net.IPConn), dst: &net.IPAddr{IP: dst.AsSlice()}, id: binary.BigEndian.Uint16(id),
 		interval: interval, stop: make(chan struct{})}
 	f.wg.Add(2)
 	go f.send()
@@ -64,7 +64,7 @@ func StartFlow(ns string, dst netip.Addr, interval time.Duration) (*Flow, error)
 	return f, nil
 }
 
-func (f *Flow) send() {
+func (f *EchoStream) send() {
 	defer f.wg.Done()
 	tick := time.NewTicker(f.interval)
 	defer tick.Stop()
@@ -85,7 +85,7 @@ func (f *Flow) send() {
 	}
 }
 
-func (f *Flow) receive() {
+func (f *EchoStream) receive() {
 	defer f.wg.Done()
 	buf := make([]byte, 1500)
 	for {
@@ -114,7 +114,7 @@ func (f *Flow) receive() {
 	}
 }
 
-func (f *Flow) fail(err error) {
+func (f *EchoStream) fail(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err == nil {
@@ -122,11 +122,11 @@ func (f *Flow) fail(err error) {
 	}
 }
 
-// Stats summarizes the flow so far.
-func (f *Flow) Stats() FlowStats {
+// Stats summarizes the stream so far.
+func (f *EchoStream) Stats() EchoStats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var s FlowStats
+	var s EchoStats
 	s.Sent = len(f.sent)
 	prev := -1
 	for i, ok := range f.answered {
@@ -149,9 +149,9 @@ func (f *Flow) Stats() FlowStats {
 	return s
 }
 
-// Stop ends the flow, waiting up to a second for the last answers, and
+// Stop ends the stream, waiting up to a second for the last answers, and
 // returns its stats and the first socket error, if any.
-func (f *Flow) Stop() (FlowStats, error) {
+func (f *EchoStream) Stop() (EchoStats, error) {
 	close(f.stop)
 	time.Sleep(min(time.Second, 20*f.interval)) // answers in flight
 	f.c.Close()
