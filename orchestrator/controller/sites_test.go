@@ -79,7 +79,7 @@ func TestSites(t *testing.T) {
 
 	// An audit subscriber and an edge following the claims relay.
 	creds := r.EventCredentials()
-	audit, err := nats.Connect("nats://"+r.NATSAddr().String(), nats.UserInfo(creds.User, creds.Password))
+	audit, err := nats.Connect("nats://"+r.NATSAddr().String(), append(bus.ClientOptions(bus.Trust{Secret: r.Secret()}, nil), nats.UserInfo(creds.User, creds.Password))...)
 	if err != nil {
 		t.Fatal(err)
 	}
