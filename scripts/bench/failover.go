@@ -185,7 +185,15 @@ func cframeFailovers(o Options, reps int) (e2e, local []time.Duration, err error
 	time.Sleep(2 * time.Second) // the standby's hellos and probes settle
 	o.Logf("HA mesh up; %d host deaths", reps)
 	for rep := 0; rep < reps; rep++ {
-		dead := holder()
+		var dead *topo.Gateway
+		if err := topo.Eventually(10*time.Second, func() error {
+			if dead = holder(); dead == nil {
+				return fmt.Errorf("no gateway holds the VIP")
+			}
+			return nil
+		}); err != nil {
+			return nil, nil, err
+		}
 		var next *topo.Gateway
 		for _, g := range h.Gateways {
 			if g != dead {
@@ -327,7 +335,16 @@ func keepalivedFailovers(o Options, reps int) ([]time.Duration, error) {
 	time.Sleep(time.Second)
 	var out []time.Duration
 	for rep := 0; rep < reps; rep++ {
-		i, dead := holder()
+		var i int
+		var dead *topo.Gateway
+		if err := topo.Eventually(10*time.Second, func() error {
+			if i, dead = holder(); dead == nil {
+				return fmt.Errorf("no keepalived holds the VIP")
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
 		next := h.Gateways[1-i]
 		flows, err := startFlows([][2]any{{s.Host, foVIP}})
 		if err != nil {
