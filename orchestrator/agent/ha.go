@@ -119,14 +119,12 @@ func (h *haRunner) Probes() []bus.PeerProbe {
 	var out []bus.PeerProbe
 	states := h.pr.States()
 	for _, name := range h.pr.Names() {
-		if st := states[name]; !isLANTarget(name) {
+		if st := states[name]; !strings.HasPrefix(name, ha.LANTarget("")) {
 			out = append(out, bus.PeerProbe{Name: name, Up: st.Up, RTT: st.RTT, Since: st.Since.UTC()})
 		}
 	}
 	return out
 }
-
-func isLANTarget(name string) bool { return len(name) > 4 && name[:4] == "lan:" }
 
 // run drives the engine until ctx ends.
 func (h *haRunner) run(ctx context.Context) {
