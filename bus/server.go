@@ -176,13 +176,14 @@ func (s *Server) Check(c server.ClientAuthentication) bool {
 	return true
 }
 
-// EdgePermissions lets an edge fetch snapshots, follow deltas and hellos,
-// receive replies in its own inbox, and publish its own status — nothing else.
+// EdgePermissions lets an edge fetch snapshots, follow deltas, hellos and
+// the sites' claims, receive replies in its own inbox, and publish its own
+// status — nothing else.
 func EdgePermissions(name string) *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{StatusSubject(name), SubjectSnapshot}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
-			SubjectDelta, SubjectHello, InboxPrefix(name) + ".>",
+			SubjectDelta, SubjectHello, SubjectClaims, InboxPrefix(name) + ".>",
 		}},
 	}
 }

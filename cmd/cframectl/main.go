@@ -2,6 +2,7 @@
 // controller's HTTP API, audit events over the bus.
 //
 //	cframectl edge add --name sz-1 --hostaddr 198.51.100.10:58423 --cidr 172.18.0.0/16
+//	cframectl edge add --name sz-2 ... --site sz --priority 200 --vip 172.18.171.250
 //	cframectl edge del --name sz-1
 //	cframectl edge list [-o json]
 //	cframectl topology [-o json]
@@ -64,6 +65,9 @@ func main() {
 							&cli.StringFlag{Name: "hostaddr", Usage: "public IP:tunnel port the other edges reach it at"},
 							&cli.StringSliceFlag{Name: "cidr", Usage: "network behind the edge; repeat for extra networks (k8s pod/service ranges)"},
 							&cli.StringFlag{Name: "comment"},
+							&cli.StringFlag{Name: "site", Usage: "the network this edge is one gateway of (gateways of a site carry the same CIDRs; one is active)"},
+							&cli.IntFlag{Name: "priority", Usage: "rank among the site's gateways, 1-255 (default 100; higher takes over)"},
+							&cli.StringFlag{Name: "vip", Usage: "the site's virtual IP inside its primary CIDR, held by the active gateway (the cloud's HaVip)"},
 						},
 						OnUsageError: usageError,
 						Action:       edgeAdd,
@@ -91,10 +95,10 @@ func main() {
 					{Name: "list", Usage: "list edges with their status", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: edgeList},
 				},
 			},
-			{Name: "topology", Usage: "show the mesh: edges, next hops and link states", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: topology},
+			{Name: "topology", Usage: "show the mesh: sites and their active gateways, edges, next hops and link states", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: topology},
 			{
 				Name:  "events",
-				Usage: "follow audit events live (edge added, updated, deleted, online, offline, key pinned/refused)",
+				Usage: "follow audit events live (edge added, updated, deleted, online, offline, key pinned/refused, role)",
 				Flags: []cli.Flag{
 					output,
 					&cli.StringFlag{Name: "nats", Usage: "bus URL (default: the API's host and the controller's NATS port)"},
@@ -163,7 +167,12 @@ func edgeAdd(cc *cli.Context) error {
 		return err
 	}
 	cidrs := cc.StringSlice("cidr")
-	s := edgeset.Spec{Name: cc.String("name"), HostAddr: cc.String("hostaddr"), CIDR: cidrs[0], ExtraCIDRs: cidrs[1:], Comment: cc.String("comment")}
+	s := edgeset.Spec{Name: cc.String("name"), HostAddr: cc.String("hostaddr"), CIDR: cidrs[0], ExtraCIDRs: cidrs[1:], Comment: cc.String("comment"),
+		Site: cc.String("site"), VIP: cc.String("vip")}
+	if cc.IsSet("priority") {
+		p := cc.Int("priority")
+		s.Priority = &p
+	}
 	c, err := client(cc)
 	if err != nil {
 		return err
@@ -194,13 +203,13 @@ func edgeList(cc *cli.Context) error {
 		return err
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "NAME\tHOSTADDR\tCIDRS\tSTATE\tAPPLIED\tREVISION\tERROR\tCOMMENT")
+	fmt.Fprintln(w, "NAME\tSITE\tROLE\tHOSTADDR\tCIDRS\tSTATE\tAPPLIED\tREVISION\tERROR\tCOMMENT")
 	for _, e := range edges {
 		errText := e.LastError
 		if errText == "" && len(e.Conflicts) > 0 {
 			errText = fmt.Sprintf("%d conflict(s): %s", len(e.Conflicts), strings.Join(e.Conflicts, "; "))
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Name, e.HostAddr, strings.Join(append([]string{e.CIDR}, e.ExtraCIDRs...), ","),
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Name, dash(e.Site), e.Role, e.HostAddr, strings.Join(append([]string{e.CIDR}, e.ExtraCIDRs...), ","),
 			e.State, e.AppliedRevision, e.Revision, dash(errText), dash(e.Comment))
 	}
 	return w.Flush()
@@ -227,9 +236,21 @@ func topology(cc *cli.Context) error {
 	}
 	fmt.Printf("revision %d\n\n", t.Revision)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "EDGE\tHOSTADDR\tCIDRS\tVTEP MAC\tNEXT HOP\tSTATE\tAPPLIED")
+	fmt.Fprintln(w, "SITE\tCIDRS\tVIP\tACTIVE\tGATEWAYS\tEPOCH\tSINCE\tREASON")
+	for _, s := range t.Sites {
+		since := "-"
+		if s.Since != nil {
+			since = s.Since.Local().Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, strings.Join(s.CIDRs, ","), dash(s.VIP), s.Active,
+			strings.Join(s.Gateways, ","), s.Epoch, since, dash(s.Reason))
+	}
+	w.Flush()
+	fmt.Println()
+	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "EDGE\tROLE\tHOSTADDR\tCIDRS\tVTEP MAC\tNEXT HOP\tSTATE\tAPPLIED")
 	for _, e := range t.Edges {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Name, e.HostAddr, strings.Join(e.CIDRs, ","), e.VTEPMAC, e.NextHop, e.State, e.AppliedRevision)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Name, e.Role, e.HostAddr, strings.Join(e.CIDRs, ","), e.VTEPMAC, e.NextHop, e.State, e.AppliedRevision)
 	}
 	w.Flush()
 	if len(t.Links) > 0 {

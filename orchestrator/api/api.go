@@ -1,7 +1,7 @@
 // Package api is the controller's HTTP API, byte-compatible with the
 // reference walkthrough in paths and JSON field names:
 //
-//	POST /api-service/v1/edge/add   {"name","hostaddr","cidr"[,"comment","extra_cidrs"]}
+//	POST /api-service/v1/edge/add   {"name","hostaddr","cidr"[,"comment","extra_cidrs","site","priority","vip"]}
 //	POST /api-service/v1/edge/del   {"name"}
 //	GET  /api-service/v1/edge/list  [{"name","comment","cidr","host_addr","status",...}]
 //	GET  /api-service/v1/topology
@@ -27,6 +27,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 )
 
@@ -60,6 +61,14 @@ type EdgeView struct {
 	HostAddr   string   `json:"host_addr"`
 	Status     int      `json:"status"`
 	ExtraCIDRs []string `json:"extra_cidrs,omitempty"`
+	// Site, Priority and VIP are the edge's site fields (empty without a
+	// site: the edge is a site of its own).
+	Site     string `json:"site,omitempty"`
+	Priority int    `json:"priority,omitempty"`
+	VIP      string `json:"vip,omitempty"`
+	// Role is "active" for the gateway carrying its site's traffic (every
+	// edge without a site), else "standby".
+	Role string `json:"role"`
 	// State is "online" or "offline" (no heartbeat for bus.OfflineAfter).
 	State string `json:"state"`
 	// Revision is the store revision of the edge's last change.
@@ -69,6 +78,9 @@ type EdgeView struct {
 	LastError       string     `json:"last_error,omitempty"`
 	Conflicts       []string   `json:"conflicts,omitempty"`
 	LastSeen        *time.Time `json:"last_seen,omitempty"`
+	// Probes is the data plane as the edge measures it: every remote
+	// gateway's reachability and round-trip time through the tunnel.
+	Probes []bus.PeerProbe `json:"probes,omitempty"`
 	// Key is the public key pinned for the edge, once it has connected.
 	Key string `json:"key,omitempty"`
 }
@@ -95,11 +107,31 @@ type Topology struct {
 	Links []Link `json:"links"`
 	// Pending are edges connected to the bus but not added yet.
 	Pending []string `json:"pending"`
+	// Sites are the networks with their gateways, sorted by name (an edge
+	// without a site is a site of its own).
+	Sites []TopologySite `json:"sites"`
+}
+
+// TopologySite is one network and the gateway carrying its traffic.
+type TopologySite struct {
+	Name     string   `json:"name"`
+	CIDRs    []string `json:"cidrs"`
+	VIP      string   `json:"vip,omitempty"`
+	Gateways []string `json:"gateways"`
+	Active   string   `json:"active"`
+	// Epoch, Reason and Since describe the claim that made Active the
+	// active gateway, as its gateways reported it (Epoch 0: none yet, the
+	// preferred gateway is active).
+	Epoch  uint64     `json:"epoch,omitempty"`
+	Reason string     `json:"reason,omitempty"`
+	Since  *time.Time `json:"since,omitempty"`
 }
 
 // TopologyEdge is one edge with the values its peers program for it.
 type TopologyEdge struct {
 	Name            string   `json:"name"`
+	Site            string   `json:"site,omitempty"`
+	Role            string   `json:"role"`
 	HostAddr        string   `json:"host_addr"`
 	CIDRs           []string `json:"cidrs"`
 	VTEPMAC         string   `json:"vtep_mac"`

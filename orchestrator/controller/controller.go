@@ -62,12 +62,16 @@ type Controller struct {
 
 	statusMu sync.Mutex
 	status   map[string]*edgeStatus
+
+	// claimMu guards claims: the newest claim reported per site (sites.go).
+	claimMu sync.Mutex
+	claims  map[string]bus.Claim
 }
 
 // New opens the store, starts the embedded NATS server and binds the API
 // listener. Run serves until its context ends.
 func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
-	c := &Controller{cfg: cfg, log: log, started: time.Now(), status: map[string]*edgeStatus{}}
+	c := &Controller{cfg: cfg, log: log, started: time.Now(), status: map[string]*edgeStatus{}, claims: map[string]bus.Claim{}}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
@@ -247,6 +251,7 @@ loop:
 			break loop
 		case <-hello.C:
 			c.publishHello()
+			c.publishClaims()
 		case now := <-sweep.C:
 			c.sweepOffline(now)
 		case <-renew.C:

@@ -96,11 +96,18 @@ func (c *Controller) commit(d bus.Delta) {
 
 func sameEdge(a, b bus.Edge) bool {
 	return a.Name == b.Name && a.Comment == b.Comment && a.CIDR == b.CIDR && a.HostAddr == b.HostAddr &&
-		slices.Equal(a.ExtraCIDRs, b.ExtraCIDRs)
+		slices.Equal(a.ExtraCIDRs, b.ExtraCIDRs) && a.Site == b.Site && a.Priority == b.Priority && a.VIP == b.VIP
 }
 
 func describe(e bus.Edge) string {
-	return fmt.Sprintf("hostaddr %s cidr %s", e.HostAddr, strings.Join(prefixStrings(e.Prefixes()), ","))
+	d := fmt.Sprintf("hostaddr %s cidr %s", e.HostAddr, strings.Join(prefixStrings(e.Prefixes()), ","))
+	if e.Site != "" {
+		d += fmt.Sprintf(" site %s priority %d", e.Site, e.Priority)
+	}
+	if e.VIP.IsValid() {
+		d += " vip " + e.VIP.String()
+	}
+	return d
 }
 
 func prefixStrings(ps []netip.Prefix) []string {

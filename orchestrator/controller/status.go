@@ -43,6 +43,9 @@ func (c *Controller) onStatus(m *nats.Msg) {
 		c.log.Info("edge online", "edge", name, "state", st.State, "applied_revision", st.AppliedRevision)
 		c.event(bus.EventEdgeOnline, name, st.AppliedRevision, st.State)
 	}
+	if st.Site != nil {
+		c.observeClaim(st.Site.Claim)
+	}
 }
 
 // sweepOffline marks edges whose heartbeats stopped as offline.
@@ -77,6 +80,7 @@ func (c *Controller) statusOf(name string) (edgeStatus, bool) {
 func (c *Controller) ListEdges() []api.EdgeView {
 	c.mu.RLock()
 	edges := sortedEdges(c.edges)
+	roles := c.roles(c.edges)
 	c.mu.RUnlock()
 	c.pinMu.Lock()
 	pins := make(map[string]string, len(c.pins))
@@ -89,9 +93,13 @@ func (c *Controller) ListEdges() []api.EdgeView {
 		v := api.EdgeView{
 			Name: e.Name, Comment: e.Comment, CIDR: e.CIDR.String(), HostAddr: e.HostAddr.String(),
 			State: api.StateOffline, Revision: e.Revision, Key: pins[e.Name],
+			Site: e.Site, Priority: e.Priority, Role: roles[e.Name],
 		}
 		if len(e.ExtraCIDRs) > 0 {
 			v.ExtraCIDRs = prefixStrings(e.ExtraCIDRs)
+		}
+		if e.VIP.IsValid() {
+			v.VIP = e.VIP.String()
 		}
 		if s, ok := c.statusOf(e.Name); ok {
 			if s.online {
@@ -99,7 +107,7 @@ func (c *Controller) ListEdges() []api.EdgeView {
 			}
 			seen := s.seen.UTC()
 			v.LastSeen = &seen
-			v.AppliedRevision, v.LastError, v.Conflicts = s.last.AppliedRevision, s.last.Error, s.last.Conflicts
+			v.AppliedRevision, v.LastError, v.Conflicts, v.Probes = s.last.AppliedRevision, s.last.Error, s.last.Conflicts, s.last.Probes
 		}
 		out = append(out, v)
 	}
@@ -110,15 +118,17 @@ func (c *Controller) ListEdges() []api.EdgeView {
 // state of every link, and agents waiting to be added.
 func (c *Controller) Topology() api.Topology {
 	c.mu.RLock()
-	edges, rev := sortedEdges(c.edges), c.rev
+	edges, rev, sites := sortedEdges(c.edges), c.rev, mesh.Sites(c.edges)
+	roles := c.roles(c.edges)
 	c.mu.RUnlock()
-	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}}
+	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}, Sites: []api.TopologySite{}}
 	current := map[string]bool{}
 	online := map[string]bool{}
 	for _, e := range edges {
 		te := api.TopologyEdge{
 			Name: e.Name, HostAddr: e.HostAddr.String(), CIDRs: prefixStrings(e.Prefixes()),
 			VTEPMAC: mesh.VTEPMAC(e.Name).String(), NextHop: mesh.NextHop(e).String(), State: api.StateOffline,
+			Site: e.Site, Role: roles[e.Name],
 		}
 		if s, ok := c.statusOf(e.Name); ok {
 			te.AppliedRevision = s.last.AppliedRevision
@@ -142,6 +152,10 @@ func (c *Controller) Topology() api.Topology {
 			t.Links = append(t.Links, l)
 		}
 	}
+	for _, s := range sites {
+		t.Sites = append(t.Sites, c.topologySite(s))
+	}
+	sort.Slice(t.Sites, func(i, j int) bool { return t.Sites[i].Name < t.Sites[j].Name })
 	c.statusMu.Lock()
 	for name, s := range c.status {
 		if s.online && s.last.State == bus.StateNotRegistered {
@@ -151,4 +165,24 @@ func (c *Controller) Topology() api.Topology {
 	c.statusMu.Unlock()
 	sort.Strings(t.Pending)
 	return t
+}
+
+// topologySite is one site with its active gateway and the claim behind it.
+func (c *Controller) topologySite(s *mesh.Site) api.TopologySite {
+	cl := c.claimOf(s.Name)
+	ts := api.TopologySite{Name: s.Name, CIDRs: prefixStrings(s.Gateways[0].Prefixes()), Active: s.Active(cl).Name}
+	for _, g := range s.Gateways {
+		ts.Gateways = append(ts.Gateways, g.Name)
+	}
+	if vip := s.VIP(); vip.IsValid() {
+		ts.VIP = vip.String()
+	}
+	if cl.Gateway == ts.Active && cl.Epoch > 0 {
+		ts.Epoch, ts.Reason = cl.Epoch, cl.Reason
+		if !cl.Time.IsZero() {
+			since := cl.Time.UTC()
+			ts.Since = &since
+		}
+	}
+	return ts
 }

@@ -64,7 +64,7 @@ func main() {
 	quick := flag.Bool("quick", false, "fewer repetitions: the whole run in under two minutes")
 	bin := flag.String("bin", "dist", "directory with the built programs (make build)")
 	out := flag.String("out", "bench-out", "directory for bench.md and bench.json")
-	only := flag.String("only", "", "run only the parts whose name contains this (dataplane, convergence, scale, reconcile)")
+	only := flag.String("only", "", "run only the parts whose name contains this (dataplane, convergence, scale, reconcile, failover)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fail("the benchmark builds network namespaces: run it as root")
