@@ -81,7 +81,8 @@ func mac(secret, msg string) string {
 
 // EdgeOptions are the NATS options an edge connects with: its name, proof of
 // the join secret, its key (signing the server nonce), its private inbox,
-// and reconnecting forever.
+// and reconnecting forever — also past refusals, which a controller that
+// is starting, or cannot reach its cluster to pin a new key, answers with.
 func (id *Identity) EdgeOptions(secret string) []nats.Option {
 	return []nats.Option{
 		nats.Name("cframe-edge " + id.Name),
@@ -89,16 +90,23 @@ func (id *Identity) EdgeOptions(secret string) []nats.Option {
 		nats.Nkey(id.Public, id.kp.Sign),
 		nats.CustomInboxPrefix(InboxPrefix(id.Name)),
 		nats.MaxReconnects(-1),
+		nats.IgnoreAuthErrorAbort(),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, 0),
 	}
 }
 
-// ControllerURL turns the edge config's controller address ("1.2.3.4:58422"
-// as in the walkthrough, or a full nats:// URL) into a NATS URL.
-func ControllerURL(addr string) string {
-	if strings.Contains(addr, "://") {
-		return addr
+// ControllerURLs turns the edge config's controller addresses ("1.2.3.4:58422"
+// as in the walkthrough, or full nats:// URLs) into the NATS client's server
+// list. The client picks one at random, moves to another when it is lost,
+// and adds the servers the cluster announces.
+func ControllerURLs(addrs []string) string {
+	urls := make([]string, len(addrs))
+	for i, a := range addrs {
+		urls[i] = a
+		if !strings.Contains(a, "://") {
+			urls[i] = "nats://" + a
+		}
 	}
-	return "nats://" + addr
+	return strings.Join(urls, ",")
 }

@@ -78,7 +78,9 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 
 // connect joins the bus as this edge and subscribes to the edge set. With
 // retry, it returns at once and keeps trying in the background (the
-// controller may be down or start later).
+// controller may be down or start later). With several controllers the
+// client connects to one at random, learns the cluster's other servers
+// from it, and moves to a survivor at once when its controller is lost.
 func (a *Agent) connect(retry bool, extra ...nats.Option) error {
 	id, err := bus.LoadIdentity(filepath.Join(a.cfg.StateDir, "edge.nk"), a.cfg.Name)
 	if err != nil {
@@ -88,7 +90,7 @@ func (a *Agent) connect(retry bool, extra ...nats.Option) error {
 	if retry {
 		opts = append(opts, nats.RetryOnFailedConnect(true))
 	}
-	url := bus.ControllerURL(a.cfg.Controller)
+	url := bus.ControllerURLs(a.cfg.Controller)
 	if a.nc, err = nats.Connect(url, opts...); err != nil {
 		return fmt.Errorf("controller %s: %w", url, err)
 	}
@@ -110,8 +112,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	err := a.connect(true,
-		nats.ConnectHandler(func(*nats.Conn) { a.log.Info("connected to controller"); poke() }),
-		nats.ReconnectHandler(func(*nats.Conn) { a.log.Info("reconnected to controller"); poke() }),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			a.log.Info("connected to controller", "server", nc.ConnectedServerName(), "url", nc.ConnectedUrlRedacted())
+			poke()
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			a.log.Info("reconnected to controller", "server", nc.ConnectedServerName(), "url", nc.ConnectedUrlRedacted())
+			poke()
+		}),
+		nats.DiscoveredServersHandler(func(nc *nats.Conn) {
+			a.log.Info("learned the cluster's controllers", "servers", nc.DiscoveredServers())
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			a.log.Warn("lost the controller; kernel state stays as applied", "err", err)
 		}),

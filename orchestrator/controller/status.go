@@ -41,11 +41,15 @@ func (c *Controller) onStatus(m *nats.Msg) {
 	c.statusMu.Unlock()
 	if !wasOnline {
 		c.log.Info("edge online", "edge", name, "state", st.State, "applied_revision", st.AppliedRevision)
-		c.event(bus.EventEdgeOnline, name, st.AppliedRevision, st.State)
+		if c.reporter() {
+			c.event(bus.EventEdgeOnline, name, st.AppliedRevision, st.State)
+		}
 	}
 }
 
-// sweepOffline marks edges whose heartbeats stopped as offline.
+// sweepOffline marks edges whose heartbeats stopped as offline. Every
+// controller of a cluster follows every heartbeat, so all of them list the
+// same edges online; one of them (reporter) publishes the audit events.
 func (c *Controller) sweepOffline(now time.Time) {
 	var gone []string
 	c.statusMu.Lock()
@@ -56,9 +60,12 @@ func (c *Controller) sweepOffline(now time.Time) {
 		}
 	}
 	c.statusMu.Unlock()
+	report := len(gone) > 0 && c.reporter()
 	for _, name := range gone {
 		c.log.Warn("edge offline: no heartbeat", "edge", name, "after", bus.OfflineAfter)
-		c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
+		if report {
+			c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
+		}
 	}
 }
 
@@ -76,14 +83,12 @@ func (c *Controller) statusOf(name string) (edgeStatus, bool) {
 // ListEdges is the edge list with each edge's live status.
 func (c *Controller) ListEdges() []api.EdgeView {
 	c.mu.RLock()
-	edges := sortedEdges(c.edges)
-	c.mu.RUnlock()
-	c.pinMu.Lock()
-	pins := make(map[string]string, len(c.pins))
-	for k, v := range c.pins {
+	edges := sortedEdges(c.view.edges)
+	pins := make(map[string]string, len(c.view.pins))
+	for k, v := range c.view.pins {
 		pins[k] = v
 	}
-	c.pinMu.Unlock()
+	c.mu.RUnlock()
 	out := make([]api.EdgeView, 0, len(edges))
 	for _, e := range edges {
 		v := api.EdgeView{
@@ -110,7 +115,7 @@ func (c *Controller) ListEdges() []api.EdgeView {
 // state of every link, and agents waiting to be added.
 func (c *Controller) Topology() api.Topology {
 	c.mu.RLock()
-	edges, rev := sortedEdges(c.edges), c.rev
+	edges, rev := sortedEdges(c.view.edges), c.view.rev
 	c.mu.RUnlock()
 	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}}
 	current := map[string]bool{}

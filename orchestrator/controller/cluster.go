@@ -1,0 +1,117 @@
+package controller
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/api"
+	"github.com/cframe/cframe/orchestrator/config"
+	"github.com/cframe/cframe/orchestrator/store"
+)
+
+// storeReplicas is how many controllers of a cluster hold the embedded store.
+const storeReplicas = 3
+
+// replicas is the embedded store's replica count for cfg: every controller
+// of a small cluster, three of a larger one, one for a lone controller.
+func replicas(cfg config.Controller) int {
+	if !cfg.Clustered() {
+		return 1
+	}
+	return min(storeReplicas, len(cfg.ClusterPeers))
+}
+
+// clusterWaitLog is how often a controller waiting for its cluster says so.
+const clusterWaitLog = 5 * time.Second
+
+// awaitCluster retries open until the cluster can hold the store (its
+// JetStream has elected a leader and enough controllers are up for the
+// replicas), logging what it waits for. It fails at once when another
+// controller presents this one's server_name.
+func (c *Controller) awaitCluster(open func() (store.Store, error)) (store.Store, error) {
+	type opened struct {
+		s   store.Store
+		err error
+	}
+	var logged time.Time
+	for {
+		done := make(chan opened, 1)
+		go func() {
+			s, err := open()
+			done <- opened{s, err}
+		}()
+		var o opened
+		select {
+		case o = <-done:
+		case msg := <-c.srv.DuplicateName():
+			return nil, c.duplicateName(msg)
+		}
+		if o.err == nil {
+			select { // the routes are up well before the store
+			case msg := <-c.srv.DuplicateName():
+				return nil, c.duplicateName(msg)
+			default:
+				return o.s, nil
+			}
+		}
+		err := o.err
+		if time.Since(logged) >= clusterWaitLog {
+			reach, total := c.srv.Controllers()
+			c.log.Info("waiting for the cluster to hold the store", "reachable", strings.Join(reach, ","),
+				"controllers", total, "peers", strings.Join(c.cfg.ClusterPeers, ","), "err", err)
+			logged = time.Now()
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func (c *Controller) duplicateName(msg string) error {
+	return fmt.Errorf("server_name %q is already used by another controller of the cluster (%s): give every controller its own server_name",
+		c.cfg.ServerName, msg)
+}
+
+// writable refuses a write at once when the embedded store of a cluster
+// cannot commit it: a replicated write needs a quorum of the controllers,
+// and one without it would only hang.
+func (c *Controller) writable() error {
+	if !c.cfg.Clustered() || len(c.cfg.Etcd) > 0 {
+		return nil
+	}
+	reach, total := c.srv.Controllers()
+	if need := bus.Quorum(total); len(reach) < need {
+		return fmt.Errorf("%w: no quorum: this controller reaches %d of %d controllers (%s) and a write needs %d; nothing was changed, and reads answer from the last known state",
+			api.ErrUnavailable, len(reach), total, strings.Join(reach, ", "), need)
+	}
+	return nil
+}
+
+// reporter reports whether this controller publishes the events that every
+// controller observes alike (edges going online and offline): the one whose
+// server leads the cluster's JetStream metadata, or a lone controller.
+func (c *Controller) reporter() bool {
+	if !c.cfg.Clustered() {
+		return true
+	}
+	meta, _ := c.srv.Leaders("")
+	return meta == c.cfg.ServerName
+}
+
+// Cluster describes the control plane as this controller sees it.
+func (c *Controller) Cluster() api.Cluster {
+	reach, total := c.srv.Controllers()
+	meta, leader := c.srv.Leaders("KV_" + bucket)
+	c.mu.RLock()
+	rev := c.view.rev
+	c.mu.RUnlock()
+	cl := api.Cluster{Name: c.cfg.ServerName, Controllers: total, Reachable: reach, Quorum: !errors.Is(c.writable(), api.ErrUnavailable),
+		MetaLeader: meta, Store: "embedded", Revision: rev}
+	if len(c.cfg.Etcd) > 0 {
+		cl.Store = "etcd"
+	} else {
+		cl.StoreLeader = leader
+	}
+	return cl
+}
