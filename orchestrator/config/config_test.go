@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"slices"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
