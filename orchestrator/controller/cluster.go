@@ -24,25 +24,43 @@ func replicas(cfg config.Controller) int {
 	return min(storeReplicas, len(cfg.ClusterPeers))
 }
 
+// duplicateNameGrace is how long a controller that opened its store
+// watches its routes for a controller with its own name before serving.
+const duplicateNameGrace = 1500 * time.Millisecond
+
 // clusterWaitLog is how often a controller waiting for its cluster says so.
 const clusterWaitLog = 5 * time.Second
 
 // awaitCluster retries open until the cluster can hold the store (its
 // JetStream has elected a leader and enough controllers are up for the
 // replicas), logging what it waits for. It fails at once when another
-// controller presents this one's server_name.
-func (c *Controller) awaitCluster(open func() (store.Store, error)) (store.Store, error) {
+// controller presents this one's server_name. JetStream ignores the first
+// requests of a freshly formed cluster, so open is given a short timeout
+// first, doubled on each attempt.
+func (c *Controller) awaitCluster(open func(timeout time.Duration) (store.Store, error)) (store.Store, error) {
+	timeout := time.Second
 	type opened struct {
 		s   store.Store
 		err error
 	}
 	var logged time.Time
 	for {
+		// JetStream drops requests made before its metadata has a leader:
+		// wait for one rather than for a request's timeout.
+		if meta, _ := c.srv.Leaders(""); meta == "" {
+			select {
+			case msg := <-c.srv.DuplicateName():
+				return nil, c.duplicateName(msg)
+			case <-time.After(100 * time.Millisecond):
+				continue
+			}
+		}
 		done := make(chan opened, 1)
-		go func() {
-			s, err := open()
+		go func(timeout time.Duration) {
+			s, err := open(timeout)
 			done <- opened{s, err}
-		}()
+		}(timeout)
+		timeout = min(2*timeout, 8*time.Second)
 		var o opened
 		select {
 		case o = <-done:
@@ -50,10 +68,13 @@ func (c *Controller) awaitCluster(open func() (store.Store, error)) (store.Store
 			return nil, c.duplicateName(msg)
 		}
 		if o.err == nil {
-			select { // the routes are up well before the store
+			// The store can open through the other peers before the route
+			// to a controller of the same name was tried: give every route
+			// a moment (a refused route is retried every second).
+			select {
 			case msg := <-c.srv.DuplicateName():
 				return nil, c.duplicateName(msg)
-			default:
+			case <-time.After(duplicateNameGrace):
 				return o.s, nil
 			}
 		}
@@ -68,9 +89,13 @@ func (c *Controller) awaitCluster(open func() (store.Store, error)) (store.Store
 	}
 }
 
+// duplicateName is the error of a controller whose server_name another
+// controller uses; msg is the NATS server's log line, which starts with the
+// other's address.
 func (c *Controller) duplicateName(msg string) error {
-	return fmt.Errorf("server_name %q is already used by another controller of the cluster (%s): give every controller its own server_name",
-		c.cfg.ServerName, msg)
+	addr, _, _ := strings.Cut(msg, " - ")
+	return fmt.Errorf("server_name %q is already used by the controller at %s: give every controller of a cluster its own server_name",
+		c.cfg.ServerName, addr)
 }
 
 // writable refuses a write at once when the embedded store of a cluster

@@ -159,8 +159,8 @@ func (c *Controller) openStore() error {
 	if err != nil {
 		return err
 	}
-	open := func() (store.Store, error) {
-		ctx, cancel := context.WithTimeout(c.ctx, 15*time.Second)
+	open := func(timeout time.Duration) (store.Store, error) {
+		ctx, cancel := context.WithTimeout(c.ctx, timeout)
 		defer cancel()
 		return store.OpenJetStream(ctx, js, bucket, replicas(c.cfg))
 	}
@@ -168,7 +168,7 @@ func (c *Controller) openStore() error {
 		c.store, err = c.awaitCluster(open)
 		return err
 	}
-	if c.store, err = open(); err != nil {
+	if c.store, err = open(15 * time.Second); err != nil {
 		return fmt.Errorf("store %s: %w", c.storeName(), err)
 	}
 	return nil
