@@ -5,7 +5,11 @@
 //	cframectl edge del --name sz-1
 //	cframectl edge list [-o json]
 //	cframectl topology [-o json]
+//	cframectl cluster [-o json]
 //	cframectl events [-o json]
+//
+// --api may list several controllers' URLs, separated by commas: cframectl
+// uses the first that answers.
 package main
 
 import (
@@ -37,7 +41,7 @@ func main() {
 		Usage:           "manage a cframe mesh through its controller",
 		HideHelpCommand: true,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:12345", EnvVars: []string{"CFRAME_API"}, Usage: "controller API URL"},
+			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:12345", EnvVars: []string{"CFRAME_API"}, Usage: "controller API URL; several, comma-separated, for a cluster (the first that answers is used)"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"CFRAME_API_TOKEN"}, Usage: "bearer token (needed unless the API is on loopback)"},
 		},
 		OnUsageError: usageError,
@@ -82,6 +86,7 @@ func main() {
 				},
 			},
 			{Name: "topology", Usage: "show the mesh: edges, next hops and link states", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: topology},
+			{Name: "cluster", Usage: "show the controllers: which are reachable, quorum, leaders", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: clusterStatus},
 			{
 				Name:  "events",
 				Usage: "follow audit events live (edge added, updated, deleted, online, offline, key pinned/refused)",
@@ -200,18 +205,42 @@ func topology(cc *cli.Context) error {
 	return nil
 }
 
+func clusterStatus(cc *cli.Context) error {
+	cl, err := client(cc).Cluster(cc.Context)
+	if err != nil || cc.String("output") == "json" {
+		if err == nil {
+			err = printJSON(cl)
+		}
+		return err
+	}
+	quorum := "yes: writes are accepted"
+	if !cl.Quorum {
+		quorum = "NO: writes are refused, reads answer from the last known state"
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "controller\t%s\n", cl.Name)
+	fmt.Fprintf(w, "reachable\t%d of %d: %s\n", len(cl.Reachable), cl.Controllers, strings.Join(cl.Reachable, ", "))
+	fmt.Fprintf(w, "quorum\t%s\n", quorum)
+	fmt.Fprintf(w, "store\t%s, revision %d\n", cl.Store, cl.Revision)
+	if cl.Controllers > 1 {
+		fmt.Fprintf(w, "leaders\tmetadata %s, store %s\n", dash(cl.MetaLeader), dash(cl.StoreLeader))
+	}
+	return w.Flush()
+}
+
 // events subscribes to the audit stream with the credentials the API hands
 // out and prints each event until interrupted.
 func events(cc *cli.Context) error {
-	creds, err := client(cc).Credentials(cc.Context)
+	ctl := client(cc)
+	creds, err := ctl.Credentials(cc.Context)
 	if err != nil {
 		return err
 	}
 	natsURL := cc.String("nats")
 	if natsURL == "" {
-		u, err := url.Parse(cc.String("api"))
+		u, err := url.Parse(ctl.Answered())
 		if err != nil {
-			return fmt.Errorf("--api %q: %w", cc.String("api"), err)
+			return fmt.Errorf("--api %q: %w", ctl.Answered(), err)
 		}
 		natsURL = "nats://" + net.JoinHostPort(u.Hostname(), strconv.Itoa(creds.Port))
 	}
