@@ -113,7 +113,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	err := a.connect(true,
 		nats.ConnectHandler(func(nc *nats.Conn) {
-			a.log.Info("connected to controller", "server", nc.ConnectedServerName(), "url", nc.ConnectedUrlRedacted())
+			a.log.Info("connected to controller", "server", nc.ConnectedServerName(), "url", nc.ConnectedUrlRedacted(),
+				"cluster", nc.DiscoveredServers())
 			poke()
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {

@@ -3,6 +3,7 @@ package controller
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -94,6 +95,9 @@ func (c *Controller) awaitCluster(open func(timeout time.Duration) (store.Store,
 // other's address.
 func (c *Controller) duplicateName(msg string) error {
 	addr, _, _ := strings.Cut(msg, " - ")
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host // the port is the route connection's own
+	}
 	return fmt.Errorf("server_name %q is already used by the controller at %s: give every controller of a cluster its own server_name",
 		c.cfg.ServerName, addr)
 }

@@ -429,7 +429,7 @@ func TestClusterDuplicateServerName(t *testing.T) {
 	}()
 	select {
 	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), `server_name "c1" is already used by the controller at 127.0.0.1:`) || strings.Contains(err.Error(), "\n") {
+		if err == nil || !strings.Contains(err.Error(), `server_name "c1" is already used by the controller at 127.0.0.1: give`) || strings.Contains(err.Error(), "\n") {
 			t.Fatalf("New with a duplicate server_name = %v, want one line naming it", err)
 		}
 		t.Log(err)
