@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -357,12 +358,12 @@ func scaleRun(o Options, tp *topo.Topology, floor *server.Server, size, reps int
 	time.Sleep(bus.HeartbeatInterval)
 	u0, err := usage(pids)
 	if err != nil {
-		return s, nil, err
+		return s, nil, exited(c, err)
 	}
 	time.Sleep(idle)
 	u1, err := usage(pids)
 	if err != nil {
-		return s, nil, err
+		return s, nil, exited(c, err)
 	}
 	idleRate := float64(u1.CPU-u0.CPU) / float64(idle)
 	s.IdleCPUPercent = 100 * idleRate
@@ -436,7 +437,7 @@ func scaleRun(o Options, tp *topo.Topology, floor *server.Server, size, reps int
 	}
 	u2, err := usage(pids)
 	if err != nil {
-		return s, nil, err
+		return s, nil, exited(c, err)
 	}
 	s.PeakRSSBytes = u2.PeakRSS
 	o.Logf("%d edges, %d controller(s): p99 change %.1f ms (edges silent), %.1f ms (edges reporting), floor %.1f ms; API call median %.1f ms",
@@ -464,6 +465,20 @@ func scaleRun(o Options, tp *topo.Topology, floor *server.Server, size, reps int
 	s.ResyncSnapshotFailures = fl.failed.Load() - failedBefore
 	o.Logf("%d edges: restart %.0f ms, all resynced %.0f ms", size, s.RestartMs, s.ResyncMs)
 	return s, nil, nil
+}
+
+// exited adds the log of a controller that has exited to err.
+func exited(c *cluster.Cluster, err error) error {
+	for _, ct := range c.Controllers {
+		select {
+		case <-ct.Proc().Done():
+			b, _ := os.ReadFile(ct.Log)
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			return fmt.Errorf("%w: controller %s exited: %s", err, ct.Name, strings.Join(lines[max(0, len(lines)-5):], " | "))
+		default:
+		}
+	}
+	return err
 }
 
 // usage sums the usage of several processes (CPU, RSS and peak RSS).
@@ -650,7 +665,10 @@ func (f *fleet) start(i int, ns, url, secret, keyDir string) error {
 		}
 		kick(nc)
 	}
-	opts := append(id.EdgeOptions(secret), nats.SetCustomDialer(topo.Dialer{NS: ns}), nats.RetryOnFailedConnect(true),
+	// The servers a cluster announces are its controllers' interface
+	// addresses, which real edges reach through the mesh they build; the
+	// simulated edges build none and use only the addresses they are given.
+	opts := append(id.EdgeOptions(secret), nats.SetCustomDialer(topo.Dialer{NS: ns}), nats.RetryOnFailedConnect(true), nats.IgnoreDiscoveredServers(),
 		nats.ConnectHandler(connected), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			f.reconnected[i].Store(time.Now().UnixNano())
