@@ -38,28 +38,38 @@ func (c *Controller) AddEdge(ctx context.Context, s edgeset.Spec) (api.ChangeRes
 	})
 }
 
-// DeleteEdge removes an edge and the key pinned for it, so the next key
-// that connects under that name is pinned afresh.
+// DeleteEdge removes an edge and then the key pinned for it, so the next
+// key that connects under that name is pinned afresh. (In that order: a
+// store failure in between leaves a pin without an edge, which refuses
+// keys as before and goes with the next delete — never an edge whose key
+// anyone could pin.)
 func (c *Controller) DeleteEdge(ctx context.Context, name string) (api.ChangeResult, error) {
 	if err := bus.CheckName(name); err != nil {
 		return api.ChangeResult{}, &edgeset.InvalidError{Msg: err.Error()}
 	}
-	if err := c.writable(); err != nil {
-		return api.ChangeResult{}, err
-	}
-	unpinned, err := c.unpin(ctx, name)
-	if err != nil {
-		return api.ChangeResult{}, err
-	}
-	return c.change(ctx, func(edges map[string]bus.Edge, rev uint64) (edgeWrite, error) {
+	deleted := true
+	res, err := c.change(ctx, func(edges map[string]bus.Edge, rev uint64) (edgeWrite, error) {
 		if _, ok := edges[name]; ok {
 			return edgeWrite{name: name}, nil
 		}
-		if unpinned {
-			return edgeWrite{done: &api.ChangeResult{Revision: rev, Message: fmt.Sprintf("edge %s was not added; removed its pinned key", name)}}, nil
-		}
-		return edgeWrite{}, fmt.Errorf("edge %s: %w", name, api.ErrNotFound)
+		deleted = false
+		return edgeWrite{done: &api.ChangeResult{Revision: rev}}, nil
 	})
+	if err != nil {
+		return res, err
+	}
+	unpinned, err := c.unpin(ctx, name)
+	switch {
+	case err != nil && deleted:
+		return api.ChangeResult{}, fmt.Errorf("edge %s deleted, but its pinned key is still there (delete again to remove it): %w", name, err)
+	case err != nil:
+		return api.ChangeResult{}, err
+	case !deleted && unpinned:
+		res.Message = fmt.Sprintf("edge %s was not added; removed its pinned key", name)
+	case !deleted:
+		return api.ChangeResult{}, fmt.Errorf("edge %s: %w", name, api.ErrNotFound)
+	}
+	return res, nil
 }
 
 // edgeWrite is what a write plans after validating against the view: put
