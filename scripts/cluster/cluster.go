@@ -64,7 +64,6 @@ type Cluster struct {
 
 	mu     sync.Mutex
 	secret string
-	edges  map[string]*Edge
 }
 
 // Controller is one cframe-controller process.
@@ -111,7 +110,7 @@ func Build(dir string) error {
 // cluster of controllers on home and opts.Peers — and waits until every
 // controller's API answers.
 func Start(t *topo.Topology, home *topo.Site, opts Options) (*Cluster, error) {
-	c := &Cluster{Topo: t, Home: home, opts: opts, edges: map[string]*Edge{}}
+	c := &Cluster{Topo: t, Home: home, opts: opts}
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -347,17 +346,7 @@ func (c *Cluster) NewEdge(name string, site *topo.Site, extra ...string) (*Edge,
 	if err := os.WriteFile(e.Config, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	c.edges[name] = e
-	c.mu.Unlock()
 	return e, nil
-}
-
-// Edge returns the agent named name, or nil.
-func (c *Cluster) Edge(name string) *Edge {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.edges[name]
 }
 
 // Spec is the edge add request for e: its site's public address, tunnel
