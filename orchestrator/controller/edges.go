@@ -82,8 +82,13 @@ type edgeWrite struct {
 }
 
 // storeRetry is the pause before retrying a write the store could not
-// take (a replicated store electing a leader).
-const storeRetry = 100 * time.Millisecond
+// take (a replicated store electing a leader); storeAttempt bounds one
+// attempt, so a write whose store leader died on the way is retried on the
+// next leader well within storeTimeout.
+const (
+	storeRetry   = 100 * time.Millisecond
+	storeAttempt = time.Second
+)
 
 // change runs one edge write: plan validates against the view at some
 // revision and says what to write; the write is conditional on that
@@ -108,11 +113,13 @@ func (c *Controller) change(ctx context.Context, plan func(edges map[string]bus.
 			return deref(w.done), err
 		}
 		var at uint64
+		actx, acancel := context.WithTimeout(ctx, storeAttempt)
 		if w.put != nil {
-			at, err = c.store.PutEdge(ctx, *w.put, rev)
+			at, err = c.store.PutEdge(actx, *w.put, rev)
 		} else {
-			at, err = c.store.DeleteEdge(ctx, w.name, rev)
+			at, err = c.store.DeleteEdge(actx, w.name, rev)
 		}
+		acancel()
 		switch {
 		case err == nil:
 			return c.committed(w, rev, at), nil

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -179,9 +181,17 @@ func (s *jsStore) DeleteEdge(ctx context.Context, name string, expect uint64) (u
 // publishEdge stores m if the last message on any edge key is still at
 // sequence expect: the stream checks it (and refuses a second such write
 // while one is in flight), so two controllers validating against the same
-// edge set cannot both write.
+// edge set cannot both write. The message ID is the write's own (its
+// subject, content and expected revision): in a replicated stream, a write
+// retried after its acknowledgement was lost — its stream leader died — is
+// recognised by the new leader and acknowledged with the sequence it was
+// stored at.
 func (s *jsStore) publishEdge(ctx context.Context, m *nats.Msg, expect uint64) (uint64, error) {
-	ack, err := s.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequenceForSubject(expect, s.prefix+KindEdge+".>"))
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00%s\x00", m.Subject, expect, m.Header.Get("KV-Operation"))
+	h.Write(m.Data)
+	id := hex.EncodeToString(h.Sum(nil)[:16])
+	ack, err := s.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequenceForSubject(expect, s.prefix+KindEdge+".>"), jetstream.WithMsgID(id))
 	if wrongLastSequence(err) {
 		return 0, fmt.Errorf("store: %s: %w", m.Subject, ErrConflict)
 	}
