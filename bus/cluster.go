@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/url"
@@ -20,15 +21,15 @@ type ClusterConfig struct {
 	Addr string
 	// Peers are every controller's cluster address, this one's included.
 	Peers []string
+	// TLS secures the routes both ways and admits a peer only if its
+	// certificate proves the cluster's secret (Certs.RouteTLS).
+	TLS *tls.Config
 }
 
 // Cluster identity and liveness.
 const (
 	// ClusterName names the NATS cluster of the controllers.
 	ClusterName = "cframe"
-	// ClusterUser is the user controllers present on cluster routes; the
-	// password is ClusterPassword(secret).
-	ClusterUser = "cframe-cluster"
 	// routePing is how often a route is pinged; after routeMaxPingsOut
 	// unanswered pings the peer counts as gone (a host that died without
 	// closing its connections).
@@ -36,18 +37,20 @@ const (
 	routeMaxPingsOut = 3
 )
 
-// ClusterPassword is the route password, derived from the join secret that
-// every controller of a cluster shares: a controller without the secret
-// cannot join, and the secret itself never crosses the wire.
-func ClusterPassword(secret string) string { return mac(secret, "cluster") }
+// ClusterSecret is the cluster's secret derived from a join secret, for
+// clusters configured without one of their own: the controllers share the
+// join secret, so they share this too. (So does every edge: a cluster whose
+// edge hosts must not pose as controllers is given its own secret.)
+func ClusterSecret(joinSecret string) string { return mac(joinSecret, "cluster") }
 
 // Quorum is the number of controllers of a cluster of n that must be
 // reachable for a replicated write to commit.
 func Quorum(n int) int { return n/2 + 1 }
 
-// joinCluster configures opts for s.cfg.Cluster: the cluster listener, a
-// route to every peer with the cluster credentials, and the authentication
-// of incoming routes.
+// joinCluster configures opts for s.cfg.Cluster: the cluster listener and a
+// route to every peer, both TLS with the peer's certificate checked for
+// the proof of the cluster's secret: a server without it (an outsider, a
+// controller of another cluster) is refused, and the refusal logged.
 func (s *Server) joinCluster(opts *server.Options) error {
 	cc := s.cfg.Cluster
 	host, port, err := splitPort(cc.Addr)
@@ -57,36 +60,33 @@ func (s *Server) joinCluster(opts *server.Options) error {
 	if host == "" {
 		host = "0.0.0.0"
 	}
+	if cc.TLS == nil {
+		return fmt.Errorf("cluster: no TLS configuration")
+	}
+	tc := cc.TLS.Clone()
+	if verify := tc.VerifyConnection; verify != nil && s.cfg.Log != nil {
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			err := verify(cs)
+			if err != nil {
+				s.cfg.Log.Warn("refused cluster connection", "reason", err)
+			}
+			return err
+		}
+	}
 	opts.Cluster = server.ClusterOpts{
 		Name:         ClusterName,
 		Host:         host,
 		Port:         port,
+		TLSConfig:    tc,
+		TLSTimeout:   TLSTimeout.Seconds(),
 		PingInterval: routePing,
 		MaxPingsOut:  routeMaxPingsOut,
 	}
-	creds := url.UserPassword(ClusterUser, ClusterPassword(s.cfg.Secret))
 	for _, p := range cc.Peers {
-		opts.Routes = append(opts.Routes, &url.URL{Scheme: "nats-route", User: creds, Host: p})
+		opts.Routes = append(opts.Routes, &url.URL{Scheme: "nats-route", Host: p})
 	}
-	opts.CustomRouterAuthentication = routeAuth{s}
 	tuneRaft()
 	return nil
-}
-
-// routeAuth admits cluster routes that present the cluster credentials.
-type routeAuth struct{ s *Server }
-
-// Check implements server.Authentication for routes.
-func (a routeAuth) Check(c server.ClientAuthentication) bool {
-	o := c.GetOpts()
-	if o.Username == ClusterUser && equal(o.Password, ClusterPassword(a.s.cfg.Secret)) {
-		return true
-	}
-	if a.s.cfg.Log != nil {
-		a.s.cfg.Log.Warn("refused cluster connection: it does not hold this cluster's secret (every controller needs the same join secret)",
-			"remote", c.RemoteAddress())
-	}
-	return false
 }
 
 // Controllers returns the names of the controllers this server reaches

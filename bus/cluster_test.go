@@ -2,6 +2,7 @@ package bus
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -42,12 +43,19 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// startClustered starts one server of a cluster whose peers are peers.
+// startClustered starts one server of a cluster whose peers are peers,
+// proving the cluster secret derived from the join secret.
 func startClustered(t *testing.T, name, secret, addr string, peers []string, log *syncBuffer) *Server {
 	t.Helper()
+	route := ClusterSecret(secret)
+	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []Proof{{Secret: secret, Purpose: PurposeController}, {Secret: route, Purpose: PurposeRoute}}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	s, err := StartServer(ServerConfig{
 		ListenAddr: "127.0.0.1:0", Name: name, StoreDir: t.TempDir(), Secret: secret, Pins: &mapPins{pins: map[string]string{}},
-		Cluster: &ClusterConfig{Addr: addr, Peers: peers},
+		TLS:     certs.ServerTLS(),
+		Cluster: &ClusterConfig{Addr: addr, Peers: peers, TLS: certs.RouteTLS(route)},
 		Log:     slog.New(slog.NewTextHandler(log, nil)),
 	})
 	if err != nil {
@@ -72,9 +80,10 @@ func waitUntil(t *testing.T, timeout time.Duration, cond func() error) {
 	}
 }
 
-// Three servers holding the join secret form one cluster: a message
-// published on one reaches a subscriber on another. A server with another
-// secret is refused on the cluster port, and the refusal is logged.
+// Three servers holding the cluster's secret form one cluster over TLS
+// routes: a message published on one reaches a subscriber on another. A
+// server with another secret is refused on the cluster port, and the
+// refusal is logged by both ends.
 func TestClusterRoutes(t *testing.T) {
 	peers := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
 	logs := make([]*syncBuffer, 3)
@@ -115,11 +124,31 @@ func TestClusterRoutes(t *testing.T) {
 	outLog := &syncBuffer{}
 	outAddr := freeAddr(t)
 	outsider := startClustered(t, "outsider", "another-secret", outAddr, append(slices.Clone(peers), outAddr), outLog)
+	// And one that completes the handshake whatever the controller's
+	// certificate, with a certificate of its own that proves nothing.
+	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []Proof{{Secret: testSecret, Purpose: PurposeController}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.DialTimeout("tcp", peers[0], 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true, GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return certs.ServerTLS().GetCertificate(nil)
+	}})
+	if err := tc.Handshake(); err == nil {
+		// TLS 1.3: the server's refusal arrives with the first read.
+		_, err = tc.Read(make([]byte, 1))
+	}
 	waitUntil(t, 10*time.Second, func() error {
-		for _, l := range logs {
-			if !strings.Contains(l.String(), "refused cluster connection: it does not hold this cluster's secret") {
-				return fmt.Errorf("no refusal logged by every controller")
-			}
+		if !strings.Contains(logs[0].String(), `msg="refused cluster connection" reason="refused a cluster peer: its certificate's proof of the cluster secret does not match`) {
+			return fmt.Errorf("c1 logged no refusal of the outsider:\n%s", logs[0].String())
+		}
+		if !strings.Contains(outLog.String(), `msg="refused cluster connection" reason="refused a cluster peer: `) {
+			return fmt.Errorf("the server with another secret refused no controller:\n%s", outLog.String())
 		}
 		return nil
 	})

@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 )
 
@@ -52,6 +54,24 @@ func (c *Client) urls() []string { return append([]string{c.Base}, c.Fallbacks..
 func (c *Client) Answered() string {
 	urls := c.urls()
 	return urls[int(c.cur.Load())%len(urls)]
+}
+
+// Trust makes the client's HTTPS calls trust the controller as t says and
+// dials every connection through d (nil: directly).
+func (c *Client) Trust(t bus.Trust, d bus.Dialer) {
+	if d == nil {
+		d = &net.Dialer{}
+	}
+	c.HTTP.Transport = &http.Transport{
+		DialContext: d.DialContext,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := t.DialTLS(ctx, d, network, addr)
+			if err != nil {
+				return nil, err // not a nil *tls.Conn in a non-nil net.Conn
+			}
+			return conn, nil
+		},
+	}
 }
 
 // Add adds or updates an edge.

@@ -38,6 +38,13 @@ type Controller struct {
 	DataDir    string   `toml:"data_dir"`
 	Secret     string   `toml:"secret"`
 	APIToken   string   `toml:"api_token"`
+	// PreviousSecrets are join secrets still accepted while the secret is
+	// rotated (edges are moved to the new one, then the list is emptied).
+	PreviousSecrets []string `toml:"previous_secrets"`
+	// TLSCert and TLSKey name the operator's certificate for the bus and
+	// the HTTPS API; without them one is generated into data_dir/tls.
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
 	// ServerName names this controller in its cluster (default: the host
 	// name); ClusterAddr is its cluster port and ClusterPeers every
 	// controller's cluster address, its own included. Without them the
@@ -45,6 +52,10 @@ type Controller struct {
 	ServerName   string   `toml:"server_name"`
 	ClusterAddr  string   `toml:"cluster_addr"`
 	ClusterPeers []string `toml:"cluster_peers"`
+	// ClusterSecret is what the controllers of a cluster prove to each
+	// other on the cluster port (default: derived from the join secret,
+	// which every edge holds too).
+	ClusterSecret string `toml:"cluster_secret"`
 }
 
 // Clustered reports whether the controller is one of a cluster.
@@ -64,6 +75,9 @@ type Edge struct {
 	MTU        int    `toml:"mtu"`
 	Masquerade bool   `toml:"masquerade"`
 	LocalAddr  string `toml:"local_addr"`
+	// ControllerCA pins the CA the controller's certificate must chain to
+	// (with its host name checked) instead of the join-secret proof.
+	ControllerCA string `toml:"controller_ca"`
 }
 
 // Addrs is a list of addresses that TOML may give as one string or as an
@@ -117,6 +131,17 @@ func (c Controller) check(path string) error {
 	if c.DataDir == "" {
 		return fmt.Errorf("%s: data_dir is empty", path)
 	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("%s: tls_cert and tls_key go together (the certificate and its private key, PEM)", path)
+	}
+	for _, p := range c.PreviousSecrets {
+		if strings.TrimSpace(p) == "" {
+			return fmt.Errorf("%s: previous_secrets: empty secret", path)
+		}
+		if p == c.Secret {
+			return fmt.Errorf("%s: previous_secrets repeats secret", path)
+		}
+	}
 	if !serverNameRE.MatchString(c.ServerName) {
 		return fmt.Errorf("%s: server_name %q is invalid: use 1-64 letters, digits, dots, hyphens and underscores", path, c.ServerName)
 	}
@@ -136,8 +161,12 @@ const MinClusterSize = 3
 // least MinClusterSize distinct peers, and this controller among them.
 func (c Controller) checkCluster() error {
 	switch {
+	case c.ClusterAddr == "" && len(c.ClusterPeers) == 0 && c.ClusterSecret != "":
+		return fmt.Errorf("cluster_secret needs cluster_addr and cluster_peers")
 	case c.ClusterAddr == "" && len(c.ClusterPeers) == 0:
 		return nil
+	case c.ClusterSecret != "" && c.ClusterSecret == c.Secret:
+		return fmt.Errorf("cluster_secret is the join secret, which every edge holds: leave it out, or make it another")
 	case c.ClusterAddr == "":
 		return fmt.Errorf("cluster_peers needs cluster_addr (this controller's cluster port, like \":58424\")")
 	case len(c.ClusterPeers) == 0:

@@ -124,6 +124,11 @@ func TestControllerErrors(t *testing.T) {
 		{peers("127.0.0.1:58424", "REMOTE2:58424", "REMOTE3:58424"), "cluster_peers needs cluster_addr"},
 		{"cluster_addr=\":58422\"\n" + peers("127.0.0.1:58422", "REMOTE2:58422", "REMOTE3:58422"), "uses listen_addr's port"},
 		{"server_name=\"my controller\"\n", "server_name \"my controller\" is invalid"},
+		{"secret=\"s\"\ncluster_secret=\"s\"\n" + cluster + peers("127.0.0.1:58424", "REMOTE2:58424", "REMOTE3:58424"), "cluster_secret is the join secret"},
+		{"cluster_secret=\"c\"\n", "cluster_secret needs cluster_addr and cluster_peers"},
+		{"tls_cert=\"/etc/cframe/c.pem\"\n", "tls_cert and tls_key go together"},
+		{"previous_secrets=[\"\"]\n", "previous_secrets: empty secret"},
+		{"secret=\"a\"\nprevious_secrets=[\"a\"]\n", "repeats secret"},
 	}
 	r := remotes(t)
 	for _, tt := range tests {

@@ -133,7 +133,8 @@ func TestClusterSharesEverything(t *testing.T) {
 		return nil
 	})
 
-	audit, err := nats.Connect("nats://"+rs[0].NATSAddr().String(), nats.UserInfo(bus.AuditUser, bus.AuditPassword(rs[0].Secret())))
+	audit, err := nats.Connect("nats://"+rs[0].NATSAddr().String(),
+		append(bus.ClientOptions(bus.Trust{Secret: rs[0].Secret()}, nil), nats.UserInfo(bus.AuditUser, bus.AuditPassword(rs[0].Secret())))...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,7 @@ type Controller struct {
 	secret  string
 	started time.Time
 
+	certs *bus.Certs
 	srv   *bus.Server
 	nc    *nats.Conn
 	store store.Store
@@ -93,19 +94,32 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 			c.close()
 		}
 	}()
+	var proofs []bus.Proof
+	for _, s := range append([]string{c.secret}, cfg.PreviousSecrets...) {
+		proofs = append(proofs, bus.Proof{Secret: s, Purpose: bus.PurposeController})
+	}
+	routes := clusterSecrets(cfg, c.secret)
+	for _, s := range routes {
+		proofs = append(proofs, bus.Proof{Secret: s, Purpose: bus.PurposeRoute})
+	}
+	if c.certs, err = bus.LoadCerts(certSource(cfg, proofs, log)); err != nil {
+		return nil, err
+	}
 	scfg := bus.ServerConfig{
-		ListenAddr: cfg.ListenAddr,
-		Name:       cfg.ServerName,
-		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
-		Secret:     c.secret,
-		Pins:       c,
-		Log:        log,
+		ListenAddr:      cfg.ListenAddr,
+		Name:            cfg.ServerName,
+		StoreDir:        filepath.Join(cfg.DataDir, "jetstream"),
+		Secret:          c.secret,
+		PreviousSecrets: cfg.PreviousSecrets,
+		TLS:             c.certs.ServerTLS(),
+		Pins:            c,
+		Log:             log,
 	}
 	if cfg.Clustered() {
 		// A cluster's JetStream files live apart from a lone controller's,
 		// which importStandalone carries over.
 		scfg.StoreDir = filepath.Join(cfg.DataDir, "cluster")
-		scfg.Cluster = &bus.ClusterConfig{Addr: cfg.ClusterAddr, Peers: cfg.ClusterPeers}
+		scfg.Cluster = &bus.ClusterConfig{Addr: cfg.ClusterAddr, Peers: cfg.ClusterPeers, TLS: c.certs.RouteTLS(routes...)}
 	}
 	if c.srv, err = bus.StartServer(scfg); err != nil {
 		return nil, err
@@ -130,18 +144,61 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	if _, err := c.nc.Subscribe(bus.SubjectStatusAll, c.onStatus); err != nil {
 		return nil, err
 	}
-	if c.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+	ln, err := net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
 		return nil, fmt.Errorf("api_addr: %w", err)
 	}
-	c.http = &http.Server{Handler: api.Handler(c, cfg.APIToken, log), ReadHeaderTimeout: 10 * time.Second}
+	c.apiLn = api.Listen(ln, c.certs.ServerTLS())
+	c.http = &http.Server{Handler: api.Handler(c, cfg.APIToken, log), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.With("component", "api").Handler(), slog.LevelWarn)}
 	ok = true
 	c.ready.Store(true)
 	c.mu.RLock()
 	rev, edges := c.view.rev, len(c.view.edges)
 	c.mu.RUnlock()
-	log.Info("controller ready", "name", cfg.ServerName, "nats", c.srv.Addr(), "api", c.apiLn.Addr(), "store", c.storeName(), "revision", rev, "edges", edges)
+	log.Info("controller ready", "name", cfg.ServerName, "nats", c.srv.Addr(), "api", c.apiLn.Addr(), "store", c.storeName(), "revision", rev, "edges", edges,
+		"fingerprint", bus.Fingerprint(c.certs.Current()))
 	return c, nil
 }
+
+// certSource is where the controller's certificate comes from: the
+// operator's files, or generated into data_dir/tls proving proofs.
+func certSource(cfg config.Controller, proofs []bus.Proof, log *slog.Logger) bus.CertSource {
+	return bus.CertSource{Dir: filepath.Join(cfg.DataDir, "tls"), CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey, Proofs: proofs, Log: log}
+}
+
+// clusterSecrets are the secrets a controller of a cluster proves to its
+// peers, and accepts from them, on the cluster port: cluster_secret, or the
+// one derived from the join secret (and from the previous join secrets,
+// while they are rotated). None for a lone controller.
+func clusterSecrets(cfg config.Controller, secret string) []string {
+	switch {
+	case !cfg.Clustered():
+		return nil
+	case cfg.ClusterSecret != "":
+		return []string{cfg.ClusterSecret}
+	}
+	out := []string{bus.ClusterSecret(secret)}
+	for _, p := range cfg.PreviousSecrets {
+		out = append(out, bus.ClusterSecret(p))
+	}
+	return out
+}
+
+// Fingerprint is the key fingerprint of the certificate a controller with
+// cfg serves (or would serve), for pinning it in cframectl --fingerprint.
+func Fingerprint(cfg config.Controller) (string, error) {
+	cert, err := bus.ReadCertificate(certSource(cfg, nil, nil))
+	if err != nil {
+		return "", err
+	}
+	return bus.Fingerprint(cert), nil
+}
+
+// ReloadTLS re-reads the certificate files (on SIGHUP; also hourly, which
+// renews a generated certificate in time). New connections get the new
+// certificate; established ones keep theirs.
+func (c *Controller) ReloadTLS() error { return c.certs.Reload() }
 
 // openStore opens etcd, or the embedded bucket — in a cluster once enough
 // controllers are up to hold its replicas, however long that takes.
@@ -233,6 +290,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer hello.Stop()
 	sweep := time.NewTicker(time.Second)
 	defer sweep.Stop()
+	renew := time.NewTicker(time.Hour)
+	defer renew.Stop()
 	c.publishHello()
 	var err error
 loop:
@@ -246,6 +305,10 @@ loop:
 			c.publishHello()
 		case now := <-sweep.C:
 			c.sweepOffline(now)
+		case <-renew.C:
+			if err := c.ReloadTLS(); err != nil {
+				c.log.Error("TLS certificate not reloaded; the one in use stays", "err", err)
+			}
 		}
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/scripts/topo"
@@ -46,6 +47,9 @@ type Options struct {
 	// Peers are further sites that run a controller each: with them, the
 	// controllers form one cluster (named c1, c2, ... from home on).
 	Peers []*topo.Site
+	// APIToken, when set, is the controllers' api_token (the API off
+	// loopback, over HTTPS).
+	APIToken string
 }
 
 // Cluster is the controllers and their edges running on a topology.
@@ -136,6 +140,14 @@ func Start(t *topo.Topology, home *topo.Site, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
+	// The walkthrough's ports lie in Linux's ephemeral range: keep outgoing
+	// connections (the routes between controllers, the agents') from taking
+	// them, or a restarting controller may find its port in use.
+	for _, ct := range c.Controllers {
+		if _, err := t.Net.Exec(ct.Site.Edge, "sysctl", "-q", "-w", fmt.Sprintf("net.ipv4.ip_local_reserved_ports=%d-%d", NATSPort, ClusterPort)); err != nil {
+			return nil, err
+		}
+	}
 	// A controller of a cluster waits for the others: start all, then wait.
 	for _, ct := range c.Controllers {
 		if err := ct.launch(); err != nil {
@@ -212,6 +224,9 @@ func (ct *Controller) ConfigText() string {
 	if c.opts.Etcd {
 		cfg += fmt.Sprintf("\netcd = [\n    %q\n]\n", etcdClient)
 	}
+	if c.opts.APIToken != "" {
+		cfg += fmt.Sprintf("api_token = %q\n", c.opts.APIToken)
+	}
 	if c.clustered() {
 		var peers []string
 		for _, o := range c.Controllers {
@@ -221,6 +236,22 @@ func (ct *Controller) ConfigText() string {
 			ct.Name, ClusterPort, strings.Join(peers, ", "), c.secret)
 	}
 	return cfg
+}
+
+// ControllerDir is the first controller's data_dir (its secret, its
+// generated TLS key and certificate in tls/).
+func (c *Cluster) ControllerDir() string { return c.Controllers[0].DataDir }
+
+// APIAddr is the first controller's API address off loopback: the home
+// edge's public address, where the API answers HTTPS.
+func (c *Cluster) APIAddr() string { return fmt.Sprintf("%s:%d", c.Home.Underlay(), APIPort) }
+
+// RemoteAPI calls the first controller's API over HTTPS from namespace ns
+// with the cluster's api_token, verifying the controller as t says.
+func (c *Cluster) RemoteAPI(ns string, t bus.Trust) *api.Client {
+	cl := api.NewClient("https://"+c.APIAddr(), c.opts.APIToken)
+	cl.Trust(t, topo.Dialer{NS: ns})
+	return cl
 }
 
 // Start (re)starts the controller and waits for its API.

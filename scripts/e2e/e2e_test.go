@@ -60,7 +60,10 @@ type fixture struct {
 
 var podRange = topo.Extra{CIDR: netip.MustParsePrefix("10.244.3.0/24"), EdgeAddr: netip.MustParseAddr("10.244.3.1"), HostAddr: netip.MustParseAddr("10.244.3.2")}
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t, cluster.Options{}) }
+
+// newFixtureWith is newFixture with further cluster options.
+func newFixtureWith(t *testing.T, opts cluster.Options) *fixture {
 	topo.SkipUnlessRoot(t, "bridge", "iptables", "ping")
 	n, err := topo.New(topo.UniquePrefix("cfe"))
 	if err != nil {
@@ -74,7 +77,8 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	c, err := cluster.Start(tp, tp.Sites()[0], cluster.Options{Bin: bin, Dir: dir})
+	opts.Bin, opts.Dir = bin, dir
+	c, err := cluster.Start(tp, tp.Sites()[0], opts)
 	if err != nil {
 		t.Fatal(err)
 	}
