@@ -109,14 +109,17 @@ func (s *Server) Controllers() (reachable []string, total int) {
 }
 
 // Leaders returns the names of the servers leading JetStream's metadata
-// and the given stream, as this server knows them ("" when there is none,
-// or no cluster).
+// and the given stream (if any), as this server knows them ("" when there
+// is none, or no cluster).
 func (s *Server) Leaders(stream string) (meta, streamLeader string) {
 	if s.cfg.Cluster == nil {
 		return "", ""
 	}
 	if jz, err := s.ns.Jsz(nil); err == nil && jz.Meta != nil {
 		meta = jz.Meta.Leader
+	}
+	if stream == "" {
+		return meta, ""
 	}
 	if ad, err := s.ns.JszAccount(&server.JSzOptions{Account: server.DEFAULT_GLOBAL_ACCOUNT, Streams: true}); err == nil {
 		for _, sd := range ad.Streams {
