@@ -138,11 +138,12 @@ func percentiles(s Sample) Percentiles { return Percentiles{s.Median(), s.P99(),
 // subscribers and one bare publish per round, once over TLS as cframe's bus
 // is (TLS first, the join-secret proof checked) and once without. The
 // cluster's first size also measures failover: kill -9 of the store's
-// leader, and the time until a write is accepted again.
+// leader, and the time until a write is accepted again. (--quick runs the
+// cluster for the first size only, with one kill.)
 func busScale(o Options) (Section, error) {
-	sizes, reps, idle, kills := []int{100, 1000}, 100, 4*time.Second, 5
+	sizes, clustered, reps, idle, kills := []int{100, 1000}, 2, 100, 4*time.Second, 5
 	if o.Quick {
-		sizes, reps, idle, kills = []int{100, 300}, 20, 2*time.Second, 2
+		sizes, clustered, reps, idle, kills = []int{100, 300}, 1, 20, 2*time.Second, 1
 	}
 	// Three sockets per edge here (a simulated edge and two floor
 	// subscribers); the controller, a Go program, raises its own soft limit.
@@ -179,6 +180,9 @@ func busScale(o Options) (Section, error) {
 sizes:
 	for i, size := range sizes {
 		for _, controllers := range []int{1, 3} {
+			if controllers > 1 && i >= clustered {
+				continue
+			}
 			failover := 0
 			if controllers > 1 && i == 0 {
 				failover = kills
