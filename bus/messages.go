@@ -41,6 +41,10 @@ type SnapshotRequest struct {
 	// edges reconnecting after a controller restart do not each download
 	// the whole set.
 	Have uint64 `json:"have,omitempty"`
+	// Want is the latest revision the requester has heard of (from a delta
+	// or a hello): a controller of a cluster that has not seen it yet waits
+	// a moment to catch up before answering, rather than send an older set.
+	Want uint64 `json:"want,omitempty"`
 }
 
 // Snapshot is the whole edge set at one revision, the reply on SubjectSnapshot.

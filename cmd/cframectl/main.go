@@ -6,10 +6,13 @@
 //	cframectl edge del --name sz-1
 //	cframectl edge list [-o json]
 //	cframectl topology [-o json]
+//	cframectl cluster [-o json]
 //	cframectl events [-o json]
 //
 // Off the controller's host the API is HTTPS: --api https://HOST:12345
 // --token TOKEN and one of --secret, --ca, --fingerprint to verify it.
+// --api may list several controllers' URLs, separated by commas: cframectl
+// uses the first that answers.
 package main
 
 import (
@@ -41,7 +44,7 @@ func main() {
 		Usage:           "manage a cframe mesh through its controller",
 		HideHelpCommand: true,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:12345", EnvVars: []string{"CFRAME_API"}, Usage: "controller API URL"},
+			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:12345", EnvVars: []string{"CFRAME_API"}, Usage: "controller API URL; several, comma-separated, for a cluster (the first that answers is used)"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"CFRAME_API_TOKEN"}, Usage: "bearer token (needed unless the API is on loopback)"},
 			&cli.StringFlag{Name: "secret", EnvVars: []string{"CFRAME_SECRET"}, Usage: "https: trust the controller by its proof of this join secret"},
 			&cli.StringFlag{Name: "ca", EnvVars: []string{"CFRAME_CA"}, Usage: "https: trust the controller by this CA (PEM file) and its host name"},
@@ -96,6 +99,7 @@ func main() {
 				},
 			},
 			{Name: "topology", Usage: "show the mesh: sites and their active gateways, edges, next hops and link states", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: topology},
+			{Name: "cluster", Usage: "show the controllers: which are reachable, quorum, leaders", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: clusterStatus},
 			{
 				Name:  "events",
 				Usage: "follow audit events live (edge added, updated, deleted, online, offline, key pinned/refused, role)",
@@ -268,6 +272,33 @@ func topology(cc *cli.Context) error {
 	return nil
 }
 
+func clusterStatus(cc *cli.Context) error {
+	c, err := client(cc)
+	if err != nil {
+		return err
+	}
+	cl, err := c.Cluster(cc.Context)
+	if err != nil || cc.String("output") == "json" {
+		if err == nil {
+			err = printJSON(cl)
+		}
+		return err
+	}
+	quorum := "yes: writes are accepted"
+	if !cl.Quorum {
+		quorum = "NO: writes are refused, reads answer from the last known state"
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "controller\t%s\n", cl.Name)
+	fmt.Fprintf(w, "reachable\t%d of %d: %s\n", len(cl.Reachable), cl.Controllers, strings.Join(cl.Reachable, ", "))
+	fmt.Fprintf(w, "quorum\t%s\n", quorum)
+	fmt.Fprintf(w, "store\t%s, revision %d\n", cl.Store, cl.Revision)
+	if cl.Controllers > 1 {
+		fmt.Fprintf(w, "leaders\tmetadata %s, store %s\n", dash(cl.MetaLeader), dash(cl.StoreLeader))
+	}
+	return w.Flush()
+}
+
 // events subscribes to the audit stream with the credentials the API hands
 // out and prints each event until interrupted. The bus is TLS: its
 // certificate is verified as the flags say, or else pinned to the
@@ -287,9 +318,9 @@ func events(cc *cli.Context) error {
 	}
 	natsURL := cc.String("nats")
 	if natsURL == "" {
-		u, err := url.Parse(cc.String("api"))
+		u, err := url.Parse(c.Answered())
 		if err != nil {
-			return fmt.Errorf("--api %q: %w", cc.String("api"), err)
+			return fmt.Errorf("--api %q: %w", c.Answered(), err)
 		}
 		natsURL = "nats://" + net.JoinHostPort(u.Hostname(), strconv.Itoa(creds.Port))
 	}

@@ -108,17 +108,21 @@ func (a *Agent) refuse(addr string, why error) {
 	}
 }
 
-// connected forgets the last refusal and logs the connection.
+// connected forgets the last refusal and logs the connection: the
+// controller's address and name, and the cluster's other controllers the
+// agent knows of.
 func (a *Agent) connected(nc *nats.Conn, what string) {
 	a.refusedMu.Lock()
 	a.refused = ""
 	a.refusedMu.Unlock()
-	a.log.Info(what, "controller", nc.ConnectedAddr())
+	a.log.Info(what, "controller", nc.ConnectedAddr(), "server", nc.ConnectedServerName(), "cluster", nc.DiscoveredServers())
 }
 
 // connect joins the bus as this edge and subscribes to the edge set. With
 // retry, it returns at once and keeps trying in the background (the
-// controller may be down or start later).
+// controller may be down or start later). With several controllers the
+// client connects to one at random, learns the cluster's other servers
+// from it, and moves to a survivor at once when its controller is lost.
 func (a *Agent) connect(retry bool, extra ...nats.Option) error {
 	id, err := bus.LoadIdentity(filepath.Join(a.cfg.StateDir, "edge.nk"), a.cfg.Name)
 	if err != nil {
@@ -133,7 +137,7 @@ func (a *Agent) connect(retry bool, extra ...nats.Option) error {
 	if retry {
 		opts = append(opts, nats.RetryOnFailedConnect(true))
 	}
-	url := bus.ControllerURL(a.cfg.Controller)
+	url := bus.ControllerURLs(a.cfg.Controller)
 	if a.nc, err = nats.Connect(url, opts...); err != nil {
 		return fmt.Errorf("controller %s: %w", url, err)
 	}
@@ -157,6 +161,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	err := a.connect(true,
 		nats.ConnectHandler(func(nc *nats.Conn) { a.connected(nc, "connected to controller"); poke() }),
 		nats.ReconnectHandler(func(nc *nats.Conn) { a.connected(nc, "reconnected to controller"); poke() }),
+		nats.DiscoveredServersHandler(func(nc *nats.Conn) {
+			a.log.Info("learned the cluster's controllers", "servers", nc.DiscoveredServers())
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			a.log.Warn("lost the controller; kernel state stays as applied", "err", err)
 		}),

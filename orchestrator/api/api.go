@@ -6,12 +6,14 @@
 //	GET  /api-service/v1/edge/list  [{"name","comment","cidr","host_addr","status",...}]
 //	GET  /api-service/v1/topology
 //	GET  /api-service/v1/events/credentials  (NATS credentials for `cframectl events`)
+//	GET  /api-service/v1/cluster    (the controllers this one reaches, quorum, leaders)
 //
 // Requests from loopback need no credentials (the walkthrough curls
 // 127.0.0.1, in plain HTTP); every other request must come over HTTPS (the
 // same address, see Listen) with "Authorization: Bearer <api_token>".
-// Errors are JSON {"error": "..."} with a 4xx status; nothing is stored for
-// a refused request.
+// Errors are JSON {"error": "..."} with a 4xx status (503 when the store
+// cannot take a write: no quorum of controllers); nothing is stored for a
+// refused request.
 package api
 
 import (
@@ -38,10 +40,15 @@ const (
 	PathList        = "/api-service/v1/edge/list"
 	PathTopology    = "/api-service/v1/topology"
 	PathCredentials = "/api-service/v1/events/credentials"
+	PathCluster     = "/api-service/v1/cluster"
 )
 
 // ErrNotFound marks a request for an edge that does not exist (HTTP 404).
 var ErrNotFound = errors.New("not found")
+
+// ErrUnavailable marks a write the store cannot take now, such as one made
+// without a quorum of controllers (HTTP 503). Nothing was changed.
+var ErrUnavailable = errors.New("store unavailable")
 
 // Service is what the controller offers the API.
 type Service interface {
@@ -50,6 +57,27 @@ type Service interface {
 	ListEdges() []EdgeView
 	Topology() Topology
 	EventCredentials() Credentials
+	Cluster() Cluster
+}
+
+// Cluster is the control plane as one controller sees it.
+type Cluster struct {
+	// Name is this controller's server_name.
+	Name string `json:"name"`
+	// Controllers is the number of controllers (1 when alone); Reachable
+	// names those this one reaches, itself included.
+	Controllers int      `json:"controllers"`
+	Reachable   []string `json:"reachable"`
+	// Quorum is true when this controller can take writes.
+	Quorum bool `json:"quorum"`
+	// MetaLeader and StoreLeader name the controllers leading JetStream's
+	// metadata and the embedded store's replicas (empty when alone, with
+	// etcd, or during an election).
+	MetaLeader  string `json:"meta_leader,omitempty"`
+	StoreLeader string `json:"store_leader,omitempty"`
+	// Store is "embedded" or "etcd"; Revision is the edge set's.
+	Store    string `json:"store"`
+	Revision uint64 `json:"revision"`
 }
 
 // EdgeView is one element of the edge list. The first five fields are the
@@ -224,6 +252,7 @@ func Handler(svc Service, token string, log *slog.Logger) http.Handler {
 	route(PathList, http.MethodGet, func(*http.Request) (any, error) { return svc.ListEdges(), nil })
 	route(PathTopology, http.MethodGet, func(*http.Request) (any, error) { return svc.Topology(), nil })
 	route(PathCredentials, http.MethodGet, func(*http.Request) (any, error) { return svc.EventCredentials(), nil })
+	route(PathCluster, http.MethodGet, func(*http.Request) (any, error) { return svc.Cluster(), nil })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusNotFound, ErrorBody{fmt.Sprintf("no such API path %s", r.URL.Path)})
 	})
@@ -285,6 +314,8 @@ func status(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
 }

@@ -45,14 +45,16 @@ func (c *Controller) observeClaim(cl bus.Claim) {
 		detail += " at " + cl.Time.UTC().Format(time.RFC3339Nano)
 	}
 	c.log.Info("site role change", "site", cl.Site, "active", cl.Gateway, "epoch", cl.Epoch, "reason", cl.Reason)
-	c.event(bus.EventRole, cl.Gateway, 0, detail)
+	if c.reporter() {
+		c.event(bus.EventRole, cl.Gateway, 0, detail)
+	}
 	c.publishClaims()
 }
 
 // publishClaims relays the known claims of the sites that exist.
 func (c *Controller) publishClaims() {
 	c.mu.RLock()
-	sites := mesh.Sites(c.edges)
+	sites := mesh.Sites(c.view.edges)
 	c.mu.RUnlock()
 	var out bus.Claims
 	c.claimMu.Lock()

@@ -41,14 +41,18 @@ func (c *Controller) onStatus(m *nats.Msg) {
 	c.statusMu.Unlock()
 	if !wasOnline {
 		c.log.Info("edge online", "edge", name, "state", st.State, "applied_revision", st.AppliedRevision)
-		c.event(bus.EventEdgeOnline, name, st.AppliedRevision, st.State)
+		if c.reporter() {
+			c.event(bus.EventEdgeOnline, name, st.AppliedRevision, st.State)
+		}
 	}
 	if st.Site != nil {
 		c.observeClaim(st.Site.Claim)
 	}
 }
 
-// sweepOffline marks edges whose heartbeats stopped as offline.
+// sweepOffline marks edges whose heartbeats stopped as offline. Every
+// controller of a cluster follows every heartbeat, so all of them list the
+// same edges online; one of them (reporter) publishes the audit events.
 func (c *Controller) sweepOffline(now time.Time) {
 	var gone []string
 	c.statusMu.Lock()
@@ -59,9 +63,12 @@ func (c *Controller) sweepOffline(now time.Time) {
 		}
 	}
 	c.statusMu.Unlock()
+	report := len(gone) > 0 && c.reporter()
 	for _, name := range gone {
 		c.log.Warn("edge offline: no heartbeat", "edge", name, "after", bus.OfflineAfter)
-		c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
+		if report {
+			c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
+		}
 	}
 }
 
@@ -79,15 +86,13 @@ func (c *Controller) statusOf(name string) (edgeStatus, bool) {
 // ListEdges is the edge list with each edge's live status.
 func (c *Controller) ListEdges() []api.EdgeView {
 	c.mu.RLock()
-	edges := sortedEdges(c.edges)
-	roles := c.roles(c.edges)
-	c.mu.RUnlock()
-	c.pinMu.Lock()
-	pins := make(map[string]string, len(c.pins))
-	for k, v := range c.pins {
+	edges := sortedEdges(c.view.edges)
+	roles := c.roles(c.view.edges)
+	pins := make(map[string]string, len(c.view.pins))
+	for k, v := range c.view.pins {
 		pins[k] = v
 	}
-	c.pinMu.Unlock()
+	c.mu.RUnlock()
 	out := make([]api.EdgeView, 0, len(edges))
 	for _, e := range edges {
 		v := api.EdgeView{
@@ -118,8 +123,8 @@ func (c *Controller) ListEdges() []api.EdgeView {
 // state of every link, and agents waiting to be added.
 func (c *Controller) Topology() api.Topology {
 	c.mu.RLock()
-	edges, rev, sites := sortedEdges(c.edges), c.rev, mesh.Sites(c.edges)
-	roles := c.roles(c.edges)
+	edges, rev, sites := sortedEdges(c.view.edges), c.view.rev, mesh.Sites(c.view.edges)
+	roles := c.roles(c.view.edges)
 	c.mu.RUnlock()
 	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}, Sites: []api.TopologySite{}}
 	current := map[string]bool{}

@@ -154,17 +154,17 @@ func (f *haFixture) controllerShows(gw string) {
 	}
 }
 
-// traffic is echo flows every 10 ms in both directions between VPC1 and
+// echoTraffic is echo flows every 10 ms in both directions between VPC1 and
 // VPC2, and from VPC3 to VPC1.
-type traffic struct {
+type echoTraffic struct {
 	flows []*topo.EchoStream
 	names []string
 }
 
-func (f *haFixture) startTraffic() *traffic {
+func (f *haFixture) startTraffic() *echoTraffic {
 	f.t.Helper()
 	sz, hk, gz := f.topo.Sites()[0], f.topo.Sites()[1], f.topo.Sites()[2]
-	tr := &traffic{}
+	tr := &echoTraffic{}
 	for _, p := range []struct {
 		from *topo.Site
 		to   netip.Addr
@@ -180,7 +180,7 @@ func (f *haFixture) startTraffic() *traffic {
 }
 
 // stop returns the longest blackout of the flows and a summary.
-func (tr *traffic) stop(t *testing.T) (time.Duration, int, string) {
+func (tr *echoTraffic) stop(t *testing.T) (time.Duration, int, string) {
 	t.Helper()
 	var worst time.Duration
 	lost := 0
