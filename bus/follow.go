@@ -13,18 +13,22 @@ const SnapshotTimeout = 3 * time.Second
 
 // Follower keeps a copy of the controller's edge set: a snapshot first, then
 // every delta whose Prev is the revision held. A delta that does not follow,
-// or a Hello announcing another revision, means something was missed, and the
+// or a Hello announcing a later revision, means something was missed, and the
 // follower fetches a fresh snapshot — so no change is lost or applied out of
-// order. It is not safe for concurrent use: drive it from one goroutine.
+// order. With several controllers, deltas of writes made through different
+// controllers may arrive out of order, and a controller may announce its
+// revision a moment before it has seen the latest write: a Hello behind the
+// held revision is ignored, and a snapshot request names the latest revision
+// the follower has heard of, which the answering controller waits for. It
+// is not safe for concurrent use: drive it from one goroutine.
 type Follower struct {
 	nc   *nats.Conn
 	msgs chan *nats.Msg
 	set  map[string]Edge
 	rev  uint64
 	have bool
-	// latest is the controller's revision as last announced (hello,
-	// delta or snapshot).
-	latest uint64
+	// heard is the latest revision a delta or hello announced.
+	heard uint64
 }
 
 // Follow subscribes to deltas and hellos on nc. Subscriptions made before
@@ -48,7 +52,7 @@ func (f *Follower) Set() (map[string]Edge, uint64, bool) { return f.set, f.rev, 
 
 // Latest is the controller's current revision as last heard of: what Set
 // lags behind when a fetch failed.
-func (f *Follower) Latest() uint64 { return f.latest }
+func (f *Follower) Latest() uint64 { return f.heard }
 
 // Restore seeds the follower with a saved snapshot (taken over by the
 // follower) until the controller can be asked.
@@ -78,17 +82,17 @@ func (f *Follower) Handle(m *nats.Msg) (string, error) {
 		if err := Decode(m, &h); err != nil {
 			return "", err
 		}
-		f.latest = h.Revision
-		if f.have && h.Revision == f.rev {
-			return "", nil
+		if f.have && h.Revision <= f.rev {
+			return "", nil // current, or a controller that has not caught up yet
 		}
+		f.heard = max(f.heard, h.Revision)
 		return f.Resync(fmt.Sprintf("controller is at revision %d, held %d", h.Revision, f.rev))
 	}
 	var d Delta
 	if err := Decode(m, &d); err != nil {
 		return "", err
 	}
-	f.latest = max(f.latest, d.Revision)
+	f.heard = max(f.heard, d.Revision)
 	switch {
 	case !f.have:
 		return f.Resync("delta before any snapshot")
@@ -112,15 +116,16 @@ func (f *Follower) Handle(m *nats.Msg) (string, error) {
 // Resync replaces the held set with the controller's current snapshot; when
 // the held set is current, the controller says so and nothing changes.
 func (f *Follower) Resync(why string) (string, error) {
-	req := SnapshotRequest{}
+	req := SnapshotRequest{Want: f.heard}
 	if f.have {
 		req.Have = f.rev
+		req.Want = max(req.Want, f.rev)
 	}
 	s, err := f.request(req)
 	if err != nil {
 		return "", fmt.Errorf("fetch edge set (%s): %w", why, err)
 	}
-	f.latest = s.Revision
+	f.heard = max(f.heard, s.Revision)
 	if s.Unchanged {
 		if s.Revision != f.rev {
 			return "", fmt.Errorf("fetch edge set (%s): controller says revision %d is unchanged, held %d", why, s.Revision, f.rev)

@@ -39,6 +39,9 @@ type link struct {
 	Local netip.Addr
 	// GRE only: the peer's underlay address.
 	Remote netip.Addr
+	// IPv6: created without kernel-generated IPv6 addresses and with IPv6
+	// on, for the link-local address of lladdr.go (desired only).
+	IPv6 bool
 }
 
 // Owned reports whether the link is cframe's: its alias is exactly
@@ -75,6 +78,9 @@ func (l link) String() string {
 		fmt.Fprintf(&b, " address %s", l.MAC)
 	}
 	fmt.Fprintf(&b, " mtu %d alias %q", l.MTU, l.Alias)
+	if l.IPv6 {
+		b.WriteString(" addrgenmode none")
+	}
 	return b.String()
 }
 
@@ -132,7 +138,7 @@ func (s *session) readLinks(r *reading) error {
 func (p *planner) wantLinks() []link {
 	if p.d.Mode == ModeVXLAN {
 		return []link{{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, RPS: p.a.wantRPS()}}
+			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
 	}
 	var out []link
 	for _, peer := range p.d.Peers {
@@ -236,7 +242,8 @@ func addrOrAny(a netip.Addr) string {
 // linkAdd creates l. The kernel ignores IFLA_IFALIAS when creating links,
 // so the link is created under a temporary name, given its alias and only
 // then renamed: a link with cframe's name never lacks cframe's alias. With
-// l.RPS it gets receive packet steering before it comes up.
+// l.RPS it gets receive packet steering, with l.IPv6 its IPv6 settings
+// (lladdr.go) before it comes up.
 func linkAdd(l link) change {
 	return change{desc: "link add " + l.String(), do: func(s *session) error {
 		attrs := netlink.NewLinkAttrs()
@@ -268,6 +275,11 @@ func linkAdd(l link) change {
 		if l.RPS {
 			if err := setRPS(l.Name); err != nil {
 				return fmt.Errorf("set RPS: %w", err)
+			}
+		}
+		if l.IPv6 {
+			if err := prepareIPv6(s, dev, l.Name); err != nil {
+				return err
 			}
 		}
 		return s.nl.LinkSetUp(dev)

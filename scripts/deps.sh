@@ -7,7 +7,7 @@
 # endpoints with it) and chromium (the topology page's browser test drives it
 # headless).
 # Go modules come from the module proxy when `go` first builds.
-# Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels `make bench` compares against)
+# Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels and keepalived `make bench` compares against)
 set -euo pipefail
 
 need=()
@@ -26,6 +26,7 @@ if [ "${1:-}" = bench ]; then
   have wg      || need+=(wireguard-tools)
   have nebula  || need+=(nebula)
   have openvpn || need+=(openvpn)
+  have keepalived || need+=(keepalived)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/netcfg"
+	"github.com/cframe/cframe/orchestrator/ha"
 	"github.com/cframe/cframe/orchestrator/metrics"
 )
 
@@ -31,6 +34,8 @@ type agentMetrics struct {
 	errors        prometheus.Counter
 	conflicts     prometheus.Gauge
 	connected     atomic.Bool
+	// ha is the agent's prober and elections, once started.
+	ha atomic.Pointer[haRunner]
 }
 
 func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
@@ -68,7 +73,7 @@ func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
 		return 0
 	})
 	m.reg.MustRegister(m.peers, m.applied, m.latest, m.lag, m.reconcile, m.update, m.kernelChanges, m.driftRepairs, m.errors, m.conflicts, connected,
-		tunnelCollector{k})
+		tunnelCollector{k}, haCollector{&m.ha})
 	return m
 }
 
@@ -142,6 +147,64 @@ func (c tunnelCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range stats {
 		for _, t := range tunnelDescs {
 			ch <- prometheus.MustNewConstMetric(t.d, prometheus.CounterValue, float64(t.get(s)), s.Name)
+		}
+	}
+}
+
+// haCollector reads the data-plane probes and the gateway role at scrape
+// time.
+type haCollector struct{ ha *atomic.Pointer[haRunner] }
+
+var (
+	descPeerUp = prometheus.NewDesc("cframe_edge_peer_up",
+		"1 while the remote gateway answers the probes sent to it (through the tunnel; path=lan: the own site's other gateways on the LAN), else 0.", []string{"peer", "path"}, nil)
+	descPeerRTT = prometheus.NewDesc("cframe_edge_peer_rtt_seconds",
+		"Round-trip time of the last probe the gateway answered.", []string{"peer", "path"}, nil)
+	descPeerSince = prometheus.NewDesc("cframe_edge_peer_state_since_timestamp_seconds",
+		"When the gateway's up state last changed (or probing began), Unix time.", []string{"peer", "path"}, nil)
+	descProbesSent = prometheus.NewDesc("cframe_edge_peer_probes_sent_total",
+		"Probes sent to the gateway; with cframe_edge_peer_probes_received_total, the loss.", []string{"peer", "path"}, nil)
+	descProbesReceived = prometheus.NewDesc("cframe_edge_peer_probes_received_total",
+		"Probe answers received from the gateway.", []string{"peer", "path"}, nil)
+	descRole = prometheus.NewDesc("cframe_edge_gateway_role",
+		"For a gateway of a site: 1 for its current role (active or standby), 0 for the other.", []string{"site", "role"}, nil)
+)
+
+func (haCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPeerUp, descPeerRTT, descPeerSince, descProbesSent, descProbesReceived, descRole} {
+		ch <- d
+	}
+}
+
+func (c haCollector) Collect(ch chan<- prometheus.Metric) {
+	h := c.ha.Load()
+	if h == nil {
+		return
+	}
+	if h.pr != nil {
+		for name, st := range h.pr.States() {
+			peer, path := name, "tunnel"
+			if gw, ok := strings.CutPrefix(name, ha.LANTarget("")); ok {
+				peer, path = gw, "lan"
+			}
+			up := 0.0
+			if st.Up {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descPeerUp, prometheus.GaugeValue, up, peer, path)
+			ch <- prometheus.MustNewConstMetric(descPeerRTT, prometheus.GaugeValue, st.RTT.Seconds(), peer, path)
+			ch <- prometheus.MustNewConstMetric(descPeerSince, prometheus.GaugeValue, float64(st.Since.UnixNano())/1e9, peer, path)
+			ch <- prometheus.MustNewConstMetric(descProbesSent, prometheus.CounterValue, float64(st.Sent), peer, path)
+			ch <- prometheus.MustNewConstMetric(descProbesReceived, prometheus.CounterValue, float64(st.Received), peer, path)
+		}
+	}
+	if site := h.View().Site; site != nil {
+		for _, role := range []string{bus.RoleActive, bus.RoleStandby} {
+			v := 0.0
+			if site.Role == role {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descRole, prometheus.GaugeValue, v, site.Name, role)
 		}
 	}
 }

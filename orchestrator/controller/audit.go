@@ -18,6 +18,10 @@ import (
 // replayTimeout bounds the reading of one replay page.
 const replayTimeout = 5 * time.Second
 
+// auditOpenTimeout bounds the wait for a forming cluster to take the audit
+// stream.
+const auditOpenTimeout = time.Minute
+
 // audit is the kept audit trail: the JetStream stream that stores every
 // event the controller writes (bounded by audit_retention and
 // audit_max_bytes, the oldest dropped first) and republishes it on the
@@ -28,11 +32,15 @@ type audit struct {
 }
 
 // openAudit creates or updates the audit stream (a changed retention takes
-// effect at once) and starts answering replay requests.
-func (c *Controller) openAudit(js jetstream.JetStream) error {
-	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	defer cancel()
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+// effect at once; the controllers of a cluster should agree on it) with as
+// many replicas as the embedded store, and starts answering replay
+// requests. In a cluster it retries while JetStream is still forming.
+func (c *Controller) openAudit() error {
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		return err
+	}
+	cfg := jetstream.StreamConfig{
 		Name:        bus.AuditStream,
 		Description: "cframe audit events",
 		Subjects:    []string{bus.SubjectAuditIn},
@@ -40,12 +48,22 @@ func (c *Controller) openAudit(js jetstream.JetStream) error {
 		MaxBytes:    c.cfg.AuditMaxBytes,
 		Discard:     jetstream.DiscardOld,
 		Storage:     jetstream.FileStorage,
+		Replicas:    replicas(c.cfg),
 		RePublish:   &jetstream.RePublish{Source: bus.SubjectAuditIn, Destination: bus.SubjectEventsAll},
-	})
-	if err != nil {
-		return fmt.Errorf("audit stream: %w", err)
 	}
-	c.audit.stream = s
+	deadline := time.Now().Add(auditOpenTimeout)
+	for attempt := time.Second; ; attempt = min(2*attempt, 8*time.Second) {
+		ctx, cancel := context.WithTimeout(c.ctx, attempt)
+		c.audit.stream, err = js.CreateOrUpdateStream(ctx, cfg)
+		cancel()
+		if err == nil {
+			break
+		}
+		if !c.cfg.Clustered() || time.Now().After(deadline) || c.ctx.Err() != nil {
+			return fmt.Errorf("audit stream: %w", err)
+		}
+		c.log.Info("waiting for the cluster to hold the audit stream", "err", err)
+	}
 	// A queue group: with several controllers, one answers each request.
 	c.audit.sub, err = c.nc.QueueSubscribe(bus.SubjectAuditReplay, "cframe-controller", c.onReplay)
 	return err

@@ -20,9 +20,18 @@ type probe struct {
 }
 
 // probesOf reads the per-peer probe results an edge reports in its status.
-// Agents without a probe report none: their links' probe state is unknown
-// and their state follows the configuration alone.
-func probesOf(bus.Status) map[string]probe { return nil }
+// Agents without a probe (no CAP_NET_RAW) report none: their links' probe
+// state is unknown and their state follows the configuration alone.
+func probesOf(st bus.Status) map[string]probe {
+	if len(st.Probes) == 0 {
+		return nil
+	}
+	out := make(map[string]probe, len(st.Probes))
+	for _, p := range st.Probes {
+		out[p.Name] = probe{up: p.Up, rtt: p.RTT, since: p.Since}
+	}
+	return out
+}
 
 // linkEnd is what the controller knows about one end of a link.
 type linkEnd struct {

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/metrics"
 	"github.com/cframe/cframe/orchestrator/store"
 )
@@ -45,7 +46,7 @@ func newControllerMetrics(c *Controller) *controllerMetrics {
 		}, []string{"path", "method"}),
 		storeWrite: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "cframe_controller_store_write_duration_seconds",
-			Help:    "Time of one durable store write, by operation (put_edge, delete_edge, put_pin, delete_pin).",
+			Help:    "Time of one durable store write, by operation (put_edge, delete_edge, pin_key, delete_pin).",
 			Buckets: metrics.Seconds,
 		}, []string{"op"}),
 		fanout: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -108,22 +109,22 @@ func (t timedStore) observe(op string, start time.Time) {
 	t.hist.WithLabelValues(op).Observe(time.Since(start).Seconds())
 }
 
-func (t timedStore) PutEdge(ctx context.Context, e bus.Edge) (uint64, error) {
+func (t timedStore) PutEdge(ctx context.Context, e bus.Edge, expect uint64) (uint64, error) {
 	defer t.observe("put_edge", time.Now())
-	return t.Store.PutEdge(ctx, e)
+	return t.Store.PutEdge(ctx, e, expect)
 }
 
-func (t timedStore) DeleteEdge(ctx context.Context, name string) (uint64, error) {
+func (t timedStore) DeleteEdge(ctx context.Context, name string, expect uint64) (uint64, error) {
 	defer t.observe("delete_edge", time.Now())
-	return t.Store.DeleteEdge(ctx, name)
+	return t.Store.DeleteEdge(ctx, name, expect)
 }
 
-func (t timedStore) PutPin(ctx context.Context, name, key string) error {
-	defer t.observe("put_pin", time.Now())
-	return t.Store.PutPin(ctx, name, key)
+func (t timedStore) PinKey(ctx context.Context, name, key string) (store.Pin, error) {
+	defer t.observe("pin_key", time.Now())
+	return t.Store.PinKey(ctx, name, key)
 }
 
-func (t timedStore) DeletePin(ctx context.Context, name string) error {
+func (t timedStore) DeletePin(ctx context.Context, name string) (uint64, error) {
 	defer t.observe("delete_pin", time.Now())
 	return t.Store.DeletePin(ctx, name)
 }
@@ -148,10 +149,21 @@ var (
 		"Links between edges by state: up, pending (an end has not applied the current revision), down.", []string{"state"}, nil)
 	descBusClients = prometheus.NewDesc("cframe_controller_bus_clients",
 		"Clients connected to the controller's NATS server (edges, audit readers, the controller itself).", nil, nil)
+	descSiteGateways = prometheus.NewDesc("cframe_controller_site_gateways",
+		"Gateways of a site (edges added with that site), and of those online.", []string{"site", "state"}, nil)
+	descSiteActive = prometheus.NewDesc("cframe_controller_site_active_gateway",
+		"1 for the gateway currently active in its site (by the newest claim); alert when it is not online.", []string{"site", "edge"}, nil)
+	descClusterControllers = prometheus.NewDesc("cframe_controller_cluster_controllers",
+		"Controllers of the control plane (1 when alone), and of those this one reaches (itself included).", []string{"state"}, nil)
+	descClusterQuorum = prometheus.NewDesc("cframe_controller_cluster_quorum",
+		"1 while this controller can take writes (a quorum of the store's replicas), else 0.", nil, nil)
+	descClusterLeader = prometheus.NewDesc("cframe_controller_cluster_leader",
+		"1 for each role this controller leads: JetStream's metadata (meta), the embedded store's replicas (store).", []string{"role"}, nil)
 )
 
 func (stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEdges, descEdgesOnline, descEdgesPending, descEdgeOnline, descEdgeApplied, descRevision, descLinks, descBusClients} {
+	for _, d := range []*prometheus.Desc{descEdges, descEdgesOnline, descEdgesPending, descEdgeOnline, descEdgeApplied, descRevision, descLinks, descBusClients,
+		descSiteGateways, descSiteActive, descClusterControllers, descClusterQuorum, descClusterLeader} {
 		ch <- d
 	}
 }
@@ -180,6 +192,59 @@ func (s stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descEdgesPending, prometheus.GaugeValue, float64(len(t.Pending)))
 	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(t.Revision))
 	ch <- prometheus.MustNewConstMetric(descBusClients, prometheus.GaugeValue, float64(s.c.srv.Clients()))
+	s.collectSites(ch, t)
+	s.collectCluster(ch)
+}
+
+// collectSites reports the sites that have gateways added with a site (an
+// edge without one is a site of its own and reported as an edge).
+func (s stateCollector) collectSites(ch chan<- prometheus.Metric, t api.Topology) {
+	type counts struct{ all, online int }
+	sites := map[string]*counts{}
+	for _, e := range t.Edges {
+		if e.Site == "" {
+			continue
+		}
+		n := sites[e.Site]
+		if n == nil {
+			n = &counts{}
+			sites[e.Site] = n
+		}
+		n.all++
+		if e.State == api.StateOnline {
+			n.online++
+		}
+	}
+	for _, site := range t.Sites {
+		n := sites[site.Name]
+		if n == nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(descSiteGateways, prometheus.GaugeValue, float64(n.all), site.Name, "all")
+		ch <- prometheus.MustNewConstMetric(descSiteGateways, prometheus.GaugeValue, float64(n.online), site.Name, "online")
+		if site.Active != "" {
+			ch <- prometheus.MustNewConstMetric(descSiteActive, prometheus.GaugeValue, 1, site.Name, site.Active)
+		}
+	}
+}
+
+// collectCluster reports the control plane as this controller sees it.
+func (s stateCollector) collectCluster(ch chan<- prometheus.Metric) {
+	cl := s.c.Cluster()
+	ch <- prometheus.MustNewConstMetric(descClusterControllers, prometheus.GaugeValue, float64(cl.Controllers), "all")
+	ch <- prometheus.MustNewConstMetric(descClusterControllers, prometheus.GaugeValue, float64(len(cl.Reachable)), "reachable")
+	quorum := 0.0
+	if cl.Quorum {
+		quorum = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descClusterQuorum, prometheus.GaugeValue, quorum)
+	for role, leader := range map[string]string{"meta": cl.MetaLeader, "store": cl.StoreLeader} {
+		v := 0.0
+		if leader != "" && leader == cl.Name {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descClusterLeader, prometheus.GaugeValue, v, role)
+	}
 }
 
 // fanout times each edge-set change until every edge that was online when
@@ -276,12 +341,17 @@ func (f *fanout) expire(now time.Time) {
 }
 
 // onlineEdges are the edges of the set whose agents are heartbeating.
-// Callers hold c.mu.
 func (c *Controller) onlineEdges() []string {
+	c.mu.RLock()
+	names := make([]string, 0, len(c.view.edges))
+	for name := range c.view.edges {
+		names = append(names, name)
+	}
+	c.mu.RUnlock()
 	c.statusMu.Lock()
 	defer c.statusMu.Unlock()
-	var out []string
-	for name := range c.edges {
+	out := names[:0]
+	for _, name := range names {
 		if s, ok := c.status[name]; ok && s.online {
 			out = append(out, name)
 		}

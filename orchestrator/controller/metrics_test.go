@@ -11,6 +11,7 @@ import (
 
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/api"
+	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/metrics/metricstest"
 )
 
@@ -21,6 +22,9 @@ func TestControllerMetricsScrape(t *testing.T) {
 	cfg.APIToken = "metrics-token"
 	r := start(t, cfg)
 	addAll(t, r, walkthrough...)
+	// A site of two gateways.
+	addAll(t, r, edgeset.Spec{Name: "bj-1", HostAddr: "198.51.100.41:58423", CIDR: "10.60.0.0/16", Site: "bj"},
+		edgeset.Spec{Name: "bj-2", HostAddr: "198.51.100.42:58423", CIDR: "10.60.0.0/16", Site: "bj"})
 	nc, f := followEdge(t, r, "sz-1", t.TempDir())
 	if _, err := f.Resync("join"); err != nil {
 		t.Fatal(err)
@@ -35,8 +39,10 @@ func TestControllerMetricsScrape(t *testing.T) {
 	_, rev, _ := f.Set()
 	report(rev, time.Now().UTC())
 	waitFor(t, 5*time.Second, func() error {
-		if e := r.ListEdges()[2]; e.State != api.StateOnline || e.AppliedRevision != rev {
-			return fmt.Errorf("sz-1 = %+v", e)
+		for _, e := range r.ListEdges() {
+			if e.Name == "sz-1" && (e.State != api.StateOnline || e.AppliedRevision != rev) {
+				return fmt.Errorf("sz-1 = %+v", e)
+			}
 		}
 		return nil
 	})
@@ -78,28 +84,36 @@ func TestControllerMetricsScrape(t *testing.T) {
 		typ    string
 	}{
 		{"cframe_build_info", []string{"program", "cframe-controller"}, 1, "GAUGE"},
-		{"cframe_controller_edges", nil, 2, "GAUGE"},
+		{"cframe_controller_edges", nil, 4, "GAUGE"},
 		{"cframe_controller_edges_online", nil, 1, "GAUGE"},
 		{"cframe_controller_edges_pending", nil, 0, "GAUGE"},
 		{"cframe_controller_edge_online", []string{"edge", "sz-1"}, 1, "GAUGE"},
 		{"cframe_controller_edge_online", []string{"edge", "hk-1"}, 0, "GAUGE"},
 		{"cframe_controller_edge_applied_revision", []string{"edge", "sz-1"}, float64(res.Revision), "GAUGE"},
 		{"cframe_controller_edgeset_revision", nil, float64(res.Revision), "GAUGE"},
-		{"cframe_controller_links", []string{"state", "down"}, 1, "GAUGE"},
+		{"cframe_controller_links", []string{"state", "down"}, 6, "GAUGE"},
 		{"cframe_controller_links", []string{"state", "up"}, 0, "GAUGE"},
 		{"cframe_controller_bus_clients", nil, 2, "GAUGE"}, // the controller's own and sz-1
-		{"cframe_controller_api_requests_total", []string{"path", api.PathAdd, "method", "POST", "code", "200"}, 4, "COUNTER"},
+		{"cframe_controller_api_requests_total", []string{"path", api.PathAdd, "method", "POST", "code", "200"}, 6, "COUNTER"},
 		{"cframe_controller_api_requests_total", []string{"path", api.PathDel, "method", "POST", "code", "200"}, 1, "COUNTER"},
-		{"cframe_controller_api_request_duration_seconds", []string{"path", api.PathAdd, "method", "POST"}, 4, "HISTOGRAM"},
-		{"cframe_controller_store_write_duration_seconds", []string{"op", "put_edge"}, 3, "HISTOGRAM"},
+		{"cframe_controller_api_request_duration_seconds", []string{"path", api.PathAdd, "method", "POST"}, 6, "HISTOGRAM"},
+		{"cframe_controller_store_write_duration_seconds", []string{"op", "put_edge"}, 5, "HISTOGRAM"},
 		{"cframe_controller_store_write_duration_seconds", []string{"op", "delete_edge"}, 1, "HISTOGRAM"},
-		{"cframe_controller_store_write_duration_seconds", []string{"op", "put_pin"}, 1, "HISTOGRAM"},
+		{"cframe_controller_store_write_duration_seconds", []string{"op", "pin_key"}, 1, "HISTOGRAM"},
 		{"cframe_controller_delta_fanout_seconds", nil, 1, "HISTOGRAM"},
 		{"cframe_controller_delta_fanout_timeouts_total", nil, 0, "COUNTER"},
-		{"cframe_controller_audit_events_total", []string{"kind", bus.EventEdgeAdded}, 3, "COUNTER"},
+		{"cframe_controller_audit_events_total", []string{"kind", bus.EventEdgeAdded}, 5, "COUNTER"},
 		{"cframe_controller_audit_events_total", []string{"kind", bus.EventEdgeDeleted}, 1, "COUNTER"},
 		{"cframe_controller_audit_events_total", []string{"kind", bus.EventEdgeOnline}, 1, "COUNTER"},
 		{"cframe_controller_audit_events_total", []string{"kind", bus.EventKeyPinned}, 1, "COUNTER"},
+		{"cframe_controller_site_gateways", []string{"site", "bj", "state", "all"}, 2, "GAUGE"},
+		{"cframe_controller_site_gateways", []string{"site", "bj", "state", "online"}, 0, "GAUGE"},
+		{"cframe_controller_site_active_gateway", []string{"site", "bj"}, 1, "GAUGE"},
+		// A lone controller: one, reachable, with a quorum of itself.
+		{"cframe_controller_cluster_controllers", []string{"state", "all"}, 1, "GAUGE"},
+		{"cframe_controller_cluster_controllers", []string{"state", "reachable"}, 1, "GAUGE"},
+		{"cframe_controller_cluster_quorum", nil, 1, "GAUGE"},
+		{"cframe_controller_cluster_leader", []string{"role", "store"}, 0, "GAUGE"},
 	}
 	for _, w := range want {
 		v, ok := s.Value(w.name, w.labels...)

@@ -42,11 +42,12 @@ func (c *Controller) onStatus(m *nats.Msg) {
 		c.status[name] = s
 	}
 	now := time.Now()
-	wasOnline, material := s.online, !s.online || materialChange(s.last, st)
+	probes := probesOf(st)
+	wasOnline, material := s.online, !s.online || materialChange(s.last, s.probes, st, probes)
 	if !wasOnline {
 		s.since = now
 	}
-	s.last, s.seen, s.online, s.probes = st, now, true, probesOf(st)
+	s.last, s.seen, s.online, s.probes = st, now, true, probes
 	c.statusMu.Unlock()
 	c.fanout.applied(name, st.AppliedRevision, appliedAt(st, now))
 	if material {
@@ -54,11 +55,18 @@ func (c *Controller) onStatus(m *nats.Msg) {
 	}
 	if !wasOnline {
 		c.log.Info("edge online", "edge", name, "state", st.State, "applied_revision", st.AppliedRevision)
-		c.event(bus.EventEdgeOnline, name, st.AppliedRevision, st.State)
+		if c.reporter() {
+			c.event(bus.EventEdgeOnline, name, st.AppliedRevision, st.State)
+		}
+	}
+	if st.Site != nil {
+		c.observeClaim(st.Site.Claim)
 	}
 }
 
-// sweepOffline marks edges whose heartbeats stopped as offline.
+// sweepOffline marks edges whose heartbeats stopped as offline. Every
+// controller of a cluster follows every heartbeat, so all of them list the
+// same edges online; one of them (reporter) publishes the audit events.
 func (c *Controller) sweepOffline(now time.Time) {
 	var gone []string
 	c.statusMu.Lock()
@@ -70,10 +78,16 @@ func (c *Controller) sweepOffline(now time.Time) {
 	}
 	c.statusMu.Unlock()
 	c.fanout.expire(now)
+	report := len(gone) > 0 && c.reporter()
+	if len(gone) > 0 {
+		c.changed()
+	}
 	for _, name := range gone {
 		c.fanout.forget(name)
 		c.log.Warn("edge offline: no heartbeat", "edge", name, "after", bus.OfflineAfter)
-		c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
+		if report {
+			c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
+		}
 	}
 }
 
@@ -91,22 +105,25 @@ func (c *Controller) statusOf(name string) (edgeStatus, bool) {
 // ListEdges is the edge list with each edge's live status.
 func (c *Controller) ListEdges() []api.EdgeView {
 	c.mu.RLock()
-	edges := sortedEdges(c.edges)
-	c.mu.RUnlock()
-	c.pinMu.Lock()
-	pins := make(map[string]string, len(c.pins))
-	for k, v := range c.pins {
+	edges := sortedEdges(c.view.edges)
+	roles := c.roles(c.view.edges)
+	pins := make(map[string]string, len(c.view.pins))
+	for k, v := range c.view.pins {
 		pins[k] = v
 	}
-	c.pinMu.Unlock()
+	c.mu.RUnlock()
 	out := make([]api.EdgeView, 0, len(edges))
 	for _, e := range edges {
 		v := api.EdgeView{
 			Name: e.Name, Comment: e.Comment, CIDR: e.CIDR.String(), HostAddr: e.HostAddr.String(),
 			State: api.StateOffline, Revision: e.Revision, Key: pins[e.Name],
+			Site: e.Site, Priority: e.Priority, Role: roles[e.Name],
 		}
 		if len(e.ExtraCIDRs) > 0 {
 			v.ExtraCIDRs = prefixStrings(e.ExtraCIDRs)
+		}
+		if e.VIP.IsValid() {
+			v.VIP = e.VIP.String()
 		}
 		if s, ok := c.statusOf(e.Name); ok {
 			if s.online {
@@ -114,7 +131,7 @@ func (c *Controller) ListEdges() []api.EdgeView {
 			}
 			seen := s.seen.UTC()
 			v.LastSeen = &seen
-			v.AppliedRevision, v.LastError, v.Conflicts = s.last.AppliedRevision, s.last.Error, s.last.Conflicts
+			v.AppliedRevision, v.LastError, v.Conflicts, v.Probes = s.last.AppliedRevision, s.last.Error, s.last.Conflicts, s.last.Probes
 		}
 		out = append(out, v)
 	}
@@ -123,16 +140,13 @@ func (c *Controller) ListEdges() []api.EdgeView {
 
 // materialChange reports whether a heartbeat changes what the topology
 // shows, beyond round-trip times (those are picked up periodically).
-func materialChange(old, st bus.Status) bool {
-	if old.State != st.State || old.AppliedRevision != st.AppliedRevision || old.Error != st.Error || !slices.Equal(old.Conflicts, st.Conflicts) {
+func materialChange(old bus.Status, oldProbes map[string]probe, st bus.Status, probes map[string]probe) bool {
+	if old.State != st.State || old.AppliedRevision != st.AppliedRevision || old.Error != st.Error || !slices.Equal(old.Conflicts, st.Conflicts) ||
+		len(oldProbes) != len(probes) || (old.Site == nil) != (st.Site == nil) || old.Site != nil && old.Site.Role != st.Site.Role {
 		return true
 	}
-	po, pn := probesOf(old), probesOf(st)
-	if len(po) != len(pn) {
-		return true
-	}
-	for peer, p := range pn {
-		if q, ok := po[peer]; !ok || q.up != p.up {
+	for peer, p := range probes {
+		if q, ok := oldProbes[peer]; !ok || q.up != p.up {
 			return true
 		}
 	}
@@ -150,18 +164,20 @@ func appliedAt(st bus.Status, arrived time.Time) time.Time {
 }
 
 // Topology is the mesh: every edge with what its peers program for it, the
-// state of every link (configuration and data plane), and agents waiting
-// to be added.
+// state of every link (configuration and data plane), the sites with their
+// active gateways, and agents waiting to be added.
 func (c *Controller) Topology() api.Topology {
 	c.mu.RLock()
-	edges, rev, revAt := sortedEdges(c.edges), c.rev, c.revAt
+	edges, rev, revAt, sites := sortedEdges(c.view.edges), c.view.rev, c.view.revAt, mesh.Sites(c.view.edges)
+	roles := c.roles(c.view.edges)
 	c.mu.RUnlock()
-	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}}
+	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}, Sites: []api.TopologySite{}}
 	ends := make([]linkEnd, len(edges))
 	for i, e := range edges {
 		te := api.TopologyEdge{
 			Name: e.Name, HostAddr: e.HostAddr.String(), CIDRs: prefixStrings(e.Prefixes()),
 			VTEPMAC: mesh.VTEPMAC(e.Name).String(), NextHop: mesh.NextHop(e).String(), State: api.StateOffline,
+			Site: e.Site, Role: roles[e.Name],
 		}
 		ends[i].name = e.Name
 		if s, ok := c.statusOf(e.Name); ok {
@@ -180,6 +196,10 @@ func (c *Controller) Topology() api.Topology {
 			t.Links = append(t.Links, linkOf(a, b, rev, revAt))
 		}
 	}
+	for _, s := range sites {
+		t.Sites = append(t.Sites, c.topologySite(s))
+	}
+	sort.Slice(t.Sites, func(i, j int) bool { return t.Sites[i].Name < t.Sites[j].Name })
 	c.statusMu.Lock()
 	for name, s := range c.status {
 		if s.online && s.last.State == bus.StateNotRegistered {
@@ -189,4 +209,24 @@ func (c *Controller) Topology() api.Topology {
 	c.statusMu.Unlock()
 	sort.Strings(t.Pending)
 	return t
+}
+
+// topologySite is one site with its active gateway and the claim behind it.
+func (c *Controller) topologySite(s *mesh.Site) api.TopologySite {
+	cl := c.claimOf(s.Name)
+	ts := api.TopologySite{Name: s.Name, CIDRs: prefixStrings(s.Gateways[0].Prefixes()), Active: s.Active(cl).Name}
+	for _, g := range s.Gateways {
+		ts.Gateways = append(ts.Gateways, g.Name)
+	}
+	if vip := s.VIP(); vip.IsValid() {
+		ts.VIP = vip.String()
+	}
+	if cl.Gateway == ts.Active && cl.Epoch > 0 {
+		ts.Epoch, ts.Reason = cl.Epoch, cl.Reason
+		if !cl.Time.IsZero() {
+			since := cl.Time.UTC()
+			ts.Since = &since
+		}
+	}
+	return ts
 }

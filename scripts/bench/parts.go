@@ -6,5 +6,6 @@ var parts = []part{
 	{"convergence", convergence},
 	{"scale", busScale},
 	{"reconcile", reconcileScale},
+	{"failover", failover},
 	{"observability", observeCost},
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/metrics/metricstest"
 	"github.com/cframe/cframe/scripts/browser"
@@ -32,7 +33,14 @@ func TestObservability(t *testing.T) {
 
 	t.Run("edge /metrics: every family from a real scrape, promtool", func(t *testing.T) {
 		for _, name := range names {
-			s := f.scrapeEdge(name)
+			var s metricstest.Scrape
+			f.eventually(name+" probes both peers", func() error {
+				s = f.scrapeEdge(name)
+				if v, _ := s.Value("cframe_edge_peer_up"); v != 2 {
+					return fmt.Errorf("%s: %v peers up", name, v)
+				}
+				return nil
+			})
 			metricstest.Promtool(t, s)
 			want := []struct {
 				name   string
@@ -61,6 +69,25 @@ func TestObservability(t *testing.T) {
 				{"cframe_edge_tunnel_transmit_drops_total", []string{"device", "cframe0"}, atLeast(0), "present"},
 				{"cframe_edge_tunnel_receive_errors_total", []string{"device", "cframe0"}, eq(0), "0"},
 				{"cframe_edge_tunnel_transmit_errors_total", []string{"device", "cframe0"}, eq(0), "0"},
+			}
+			// Every other edge answers the probes through the tunnel.
+			for _, peer := range names {
+				if peer == name {
+					continue
+				}
+				l := []string{"peer", peer, "path", "tunnel"}
+				want = append(want, []struct {
+					name   string
+					labels []string
+					ok     func(float64) bool
+					want   string
+				}{
+					{"cframe_edge_peer_up", l, eq(1), "1"},
+					{"cframe_edge_peer_rtt_seconds", l, func(v float64) bool { return v > 0 && v < 1 }, "a round-trip time"},
+					{"cframe_edge_peer_state_since_timestamp_seconds", l, func(v float64) bool { return v > float64(began.Unix()-1) }, "since the test began"},
+					{"cframe_edge_peer_probes_sent_total", l, atLeast(1), "probes"},
+					{"cframe_edge_peer_probes_received_total", l, atLeast(1), "answers"},
+				}...)
 			}
 			checked := map[string]bool{}
 			for _, w := range want {
@@ -165,12 +192,16 @@ func TestObservability(t *testing.T) {
 	})
 
 	t.Run("cframectl topology and -o dot show configuration and probe state", func(t *testing.T) {
-		out, err := f.c.Ctl("topology")
-		if err != nil || !strings.Contains(out, "CONFIG") || !strings.Contains(out, "PROBE") || !strings.Contains(out, "gz-3 <-> sz-1") {
-			t.Fatalf("topology: %v\n%s", err, out)
-		}
-		out, err = f.c.Ctl("topology", "-o", "dot")
-		if err != nil || !strings.HasPrefix(out, "graph cframe {") || !strings.Contains(out, `"gz-3" -- "sz-1" [color=forestgreen`) {
+		var out string
+		f.eventually("the topology shows probed links", func() (err error) {
+			out, err = f.c.Ctl("topology")
+			if err == nil && !regexpLine(out, `gz-3 <-> sz-1\s+up\s+applied\s+up\s+[0-9.]+ms\s`) {
+				err = fmt.Errorf("topology:\n%s", out)
+			}
+			return err
+		})
+		out, err := f.c.Ctl("topology", "-o", "dot")
+		if err != nil || !strings.HasPrefix(out, "graph cframe {") || !strings.Contains(out, `"gz-3" -- "sz-1" [color=forestgreen, style=solid, label="`) {
 			t.Fatalf("topology -o dot: %v\n%s", err, out)
 		}
 	})
@@ -202,30 +233,85 @@ func TestObservability(t *testing.T) {
 		if err := b.Eval(`window.__marker = 42`, nil); err != nil {
 			t.Fatal(err)
 		}
-		// A state change without a reload: gz-3's agent stops.
+		// Live state changes, without a reload. gz-3's agent stops: its row
+		// goes offline, but its links stay up — the kernel keeps
+		// forwarding, and the probes through the tunnel say so.
 		e := f.edges["gz-3"]
 		e.Proc().Stop(5 * time.Second)
 		defer func() {
-			if err := e.Start(); err != nil {
-				t.Fatal(err)
+			if e.Proc() != nil {
+				select {
+				case <-e.Proc().Done():
+					if err := e.Start(); err != nil {
+						t.Error(err)
+					}
+				default:
+				}
 			}
-			f.appliedEverywhere(f.current(), names...)
 		}()
-		check := `(() => {
+		if err := b.WaitFor(bus.OfflineAfter+10*time.Second, `(() => {
 			const row = document.querySelector("#edges tr[data-edge='gz-3']");
 			if (!row || row.dataset.state !== "offline") return "gz-3's row: " + (row && row.dataset.state);
 			for (const k of ["gz-3|hk-1", "gz-3|sz-1"]) {
 				const l = document.querySelector("#graph line[data-link='" + k + "']");
-				if (!l || l.dataset.state !== "down") return k + ": " + (l && l.dataset.state);
+				if (!l || l.dataset.state !== "up" || !l.textContent.includes("tunnel still answers")) return k + ": " + (l && l.dataset.state + " " + l.textContent);
 			}
-			if (!document.querySelector("#problems").textContent.includes("gz-3 is offline")) return "problems: " + document.querySelector("#problems").textContent;
-			if (window.__marker !== 42) return "the page was reloaded";
-			return "";
-		})()`
-		if err := b.WaitFor(bus.OfflineAfter+10*time.Second, check); err != nil {
+			return window.__marker === 42 ? "" : "the page was reloaded";
+		})()`); err != nil {
 			t.Fatal(err)
 		}
-		shot("topology-3-edges-gz-3-offline.png")
+		shot("topology-3-edges-gz-3-agent-stopped.png")
+		if err := e.Start(); err != nil {
+			t.Fatal(err)
+		}
+		f.appliedEverywhere(f.current(), names...)
+		// Now the data plane fails while both ends run the current
+		// revision: gz-3 drops the tunnel's packets before cframe's rules
+		// see them (the raw table, which cframe does not touch). Its links
+		// go down, saying since when and why; the configuration stays
+		// applied.
+		drop := []string{"PREROUTING", "-p", "udp", "--dport", fmt.Sprint(cluster.TunnelPort), "-j", "DROP"}
+		if out, err := f.net.Exec(gz.Edge, append([]string{"iptables", "-t", "raw", "-I"}, drop...)...); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		cut := time.Now()
+		defer f.net.Exec(gz.Edge, append([]string{"iptables", "-t", "raw", "-D"}, drop...)...)
+		if err := b.WaitFor(15*time.Second, `(() => {
+			const row = document.querySelector("#edges tr[data-edge='gz-3']");
+			if (!row || row.dataset.state !== "online") return "gz-3's row: " + (row && row.dataset.state);
+			for (const k of ["gz-3|hk-1", "gz-3|sz-1"]) {
+				const l = document.querySelector("#graph line[data-link='" + k + "']");
+				if (!l || l.dataset.state !== "down" || l.dataset.probe !== "down") return k + ": " + (l && l.dataset.state + "/" + l.dataset.probe);
+				const p = document.querySelector("#problems li[data-problem='" + k + "']");
+				if (!p || !p.textContent.includes("fail") || !p.textContent.includes("since")) return k + " in the list: " + (p && p.textContent);
+			}
+			const ok = document.querySelector("#graph line[data-link='hk-1|sz-1']");
+			if (!ok || ok.dataset.state !== "up") return "hk-1|sz-1: " + (ok && ok.dataset.state);
+			return window.__marker === 42 ? "" : "the page was reloaded";
+		})()`); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("the page showed gz-3's links down %s after the tunnel was cut", time.Since(cut).Round(time.Millisecond))
+		shot("topology-3-edges-gz-3-tunnel-cut.png")
+		// The API says the same, with the configuration applied beside.
+		tp, err := f.c.API.Topology(f.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range tp.Links {
+			if l.A == "gz-3" && (l.State != api.LinkDown || l.Config != api.ConfigApplied || l.Probe != api.ProbeDown || l.Since == nil || l.Since.Before(cut.Add(-time.Second))) {
+				t.Errorf("link %+v, want down with the configuration applied, since the cut", l)
+			}
+		}
+		if out, err := f.c.Ctl("topology"); err != nil || !regexpLine(out, `gz-3 <-> sz-1\s+down\s+applied\s+down\s+-\s+\S+\s+probes from`) {
+			t.Errorf("topology while the tunnel is cut: %v\n%s", err, out)
+		}
+		if out, err := f.net.Exec(gz.Edge, append([]string{"iptables", "-t", "raw", "-D"}, drop...)...); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if err := b.WaitFor(15*time.Second, pageShows(names, map[string]string{"gz-3|hk-1": "up", "gz-3|sz-1": "up", "hk-1|sz-1": "up"}, "online")); err != nil {
+			t.Fatal(err)
+		}
 	})
 }
 
@@ -388,4 +474,46 @@ func TestTopologyPageOffLoopback(t *testing.T) {
 	if list, err := c.API.List(context.Background()); err != nil || len(list) != 1 {
 		t.Fatalf("edge list after the refused change: %v, %v", list, err)
 	}
+}
+
+// siteMetrics checks site sz's metrics with active gateway active and
+// standby gateway standby: each gateway's role, hk-1's probes of both, the
+// controller's view of the site.
+func (f *haFixture) siteMetrics(active, standby string) error {
+	for gw, role := range map[string]string{active: bus.RoleActive, standby: bus.RoleStandby} {
+		s, err := metricstest.Get(f.edges[gw].HTTP(), f.edges[gw].MetricsURL())
+		if err != nil {
+			return err
+		}
+		for _, r := range []string{bus.RoleActive, bus.RoleStandby} {
+			want := 0.0
+			if r == role {
+				want = 1
+			}
+			if v, ok := s.Value("cframe_edge_gateway_role", "site", "sz", "role", r); !ok || v != want {
+				return fmt.Errorf("%s: cframe_edge_gateway_role{site=sz,role=%s} = %v (present %v), want %v", gw, r, v, ok, want)
+			}
+		}
+	}
+	hk := f.edges["hk-1"]
+	s, err := metricstest.Get(hk.HTTP(), hk.MetricsURL())
+	if err != nil {
+		return err
+	}
+	for _, gw := range []string{active, standby} {
+		if v, _ := s.Value("cframe_edge_peer_up", "peer", gw, "path", "tunnel"); v != 1 {
+			return fmt.Errorf("hk-1: cframe_edge_peer_up{peer=%s} = %v", gw, v)
+		}
+	}
+	c, err := metricstest.Get(f.c.API.HTTP, f.c.API.Base+"/metrics")
+	if err != nil {
+		return err
+	}
+	if v, _ := c.Value("cframe_controller_site_active_gateway", "site", "sz", "edge", active); v != 1 {
+		return fmt.Errorf("controller: cframe_controller_site_active_gateway{site=sz,edge=%s} = %v", active, v)
+	}
+	if v, _ := c.Value("cframe_controller_site_gateways", "site", "sz", "state", "online"); v != 2 {
+		return fmt.Errorf("controller: cframe_controller_site_gateways{site=sz,state=online} = %v", v)
+	}
+	return nil
 }

@@ -63,6 +63,8 @@ type Topology struct {
 
 	mu    sync.Mutex
 	sites []*Site
+	// extraGateways counts the gateways MakeHA added (ha.go).
+	extraGateways int
 }
 
 // Site is one built VPC: its namespaces and underlay addressing.

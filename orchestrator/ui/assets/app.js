@@ -80,7 +80,7 @@ function renderEdges(edges, rev) {
     html += '<tr data-edge="' + esc(e.name) + '" data-state="' + cls + '" data-applied="' + e.applied_revision + '"' + (first ? ' class="site-start"' : "") + ">" +
       "<td>" + (first ? esc(site) : "") + "</td>" +
       '<td title="' + esc(e.host_addr + " · " + e.cidrs.join(", ")) + '">' + esc(e.name) + "</td>" +
-      "<td>" + (e.role ? '<span class="badge role-' + esc(e.role) + '">' + esc(e.role) + "</span>" : "") + "</td>" +
+      "<td>" + (e.site && e.role ? '<span class="badge role-' + esc(e.role) + '">' + esc(e.role) + "</span>" : "") + "</td>" +
       '<td><span class="badge state-' + cls + '" title="' + esc(ago(e.since)) + '">' + (cls === "error" ? "error" : esc(e.state)) + "</span></td>" +
       "<td" + (behind ? ' class="behind" title="the current revision is ' + rev + '"' : "") + ">" + e.applied_revision + "</td>" +
       '<td class="err">' + esc(e.last_error || (e.conflicts && e.conflicts.length ? e.conflicts.length + " conflict(s): " + e.conflicts.join("; ") : "")) + "</td></tr>";
@@ -163,9 +163,10 @@ function graph(edges, links) {
     const away = n === 1 ? 0 : 56;
     const lx = p.x + away * Math.cos(p.a), ly = p.y + away * Math.sin(p.a) - (Math.sin(p.a) < -0.5 ? 16 : 0);
     const rev = e.since ? "rev " + e.applied_revision : "no report yet";
-    out += '<g data-node="' + esc(e.name) + '"><circle class="node ' + edgeClass(e) + (e.role ? " " + esc(e.role) : "") + '" cx="' + p.x + '" cy="' + p.y + '" r="22"><title>' +
+    const role = e.site ? e.role : "";
+    out += '<g data-node="' + esc(e.name) + '"><circle class="node ' + edgeClass(e) + (role ? " " + esc(role) : "") + '" cx="' + p.x + '" cy="' + p.y + '" r="22"><title>' +
       esc(e.name + " · " + e.state + " · applied revision " + e.applied_revision + (e.last_error ? " · " + e.last_error : "")) + "</title></circle>" +
-      '<text text-anchor="middle" x="' + lx + '" y="' + ly + '">' + esc(e.name) + (e.role ? " (" + esc(e.role) + ")" : "") + "</text>" +
+      '<text text-anchor="middle" x="' + lx + '" y="' + ly + '">' + esc(e.name) + (role ? " (" + esc(role) + ")" : "") + "</text>" +
       '<text class="rtt" text-anchor="middle" x="' + lx + '" y="' + (ly + 17) + '">' + esc(rev + (n <= RTT_LABELS_MAX ? " · " + e.cidrs.join(", ") : "")) + "</text></g>";
   }
   return out + "</svg>";
