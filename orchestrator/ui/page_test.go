@@ -54,6 +54,9 @@ func startFleet(t *testing.T, n int) *fleet {
 		if i%10 == 0 {
 			spec.Comment = "every tenth edge has a comment"
 		}
+		if i < 2 { // the first two are the gateways of one site
+			spec.Site, spec.CIDR = "bj", "10.99.0.0/24"
+		}
 		if _, err := f.api.Add(context.Background(), spec); err != nil {
 			t.Fatal(err)
 		}
@@ -111,6 +114,8 @@ func TestTopologyPageHundredEdges(t *testing.T) {
 	}
 	links := n * (n - 1) / 2
 	err := b.WaitFor(20*time.Second, fmt.Sprintf(`(() => {
+		const roles = [...document.querySelectorAll("#edges tr[data-edge^=e-00] .badge")].map(b => b.textContent).join(",");
+		if (!roles.startsWith("active,online,standby,online")) return "site bj's gateways: " + roles;
 		const rows = document.querySelectorAll("#edges tbody tr[data-state=online]").length;
 		const up = document.querySelectorAll("#graph svg rect.cell[data-state=up]:not([data-mirror])").length;
 		if (rows !== %d || up !== %d) return "online rows " + rows + ", up links " + up;
