@@ -220,7 +220,7 @@ func observeCost(o Options) (Section, error) {
 		return Section{}, err
 	}
 	prober := func() (time.Duration, error) {
-		child, err := n.Start(site.Edge, filepath.Join(o.Work, "probe-child.log"), append(pin, self, probeChildArg, targets, (phase + 4*time.Second).String())...)
+		child, err := n.Start(site.Edge, filepath.Join(o.Work, "probe-child.log"), append(pin, self, probeChildArg, targets, (phase+4*time.Second).String())...)
 		if err != nil {
 			return 0, err
 		}
