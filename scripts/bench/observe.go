@@ -229,7 +229,7 @@ func observeCost(o Options) (Section, error) {
 		return cpu(child, func() error { time.Sleep(phase); return nil })
 	}
 	o.Logf("agent with %d answering peers; %d rounds of %s idle, %d scrapes in a row, and %s of its prober alone", observePeers, rounds, phase, scrapesPerRound, phase)
-	var idleCPU, scrapedCPU, probeCPU time.Duration
+	var idleCPU, scrapedCPU, probeCPU, scrapeWall time.Duration
 	// Interleaved rounds, so a neighbour's load on the shared machine
 	// falls on every kind of phase alike.
 	for range rounds {
@@ -238,10 +238,11 @@ func observeCost(o Options) (Section, error) {
 			return Section{}, err
 		}
 		idleCPU += d
+		t0 := time.Now()
 		if d, err = cpu(agent, scraped); err != nil {
 			return Section{}, err
 		}
-		scrapedCPU += d
+		scrapedCPU, scrapeWall = scrapedCPU+d, scrapeWall+time.Since(t0)
 		if d, err = prober(); err != nil {
 			return Section{}, err
 		}
@@ -250,7 +251,9 @@ func observeCost(o Options) (Section, error) {
 	total := time.Duration(rounds) * phase
 	pct := func(d time.Duration) float64 { return 100 * float64(d) / float64(total) }
 	f.AgentCPUPercent, f.ProbeCPUPercent = pct(idleCPU), pct(probeCPU)
-	f.PerScrapeMs = ms(scrapedCPU) / float64(f.Scrapes)
+	// Less what the agent spends anyway while the scrapes run.
+	background := time.Duration(float64(idleCPU) / float64(total) * float64(scrapeWall))
+	f.PerScrapeMs = max(ms(scrapedCPU-background), 0) / float64(f.Scrapes)
 	f.MetricsCPUPercent = 100 * f.PerScrapeMs / 1000 / f.ScrapeEverySec
 	f.StressCPUPercent = 100 * f.PerScrapeMs / 1000
 	f.TotalCPUPercent = f.ProbeCPUPercent + f.MetricsCPUPercent
