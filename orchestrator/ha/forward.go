@@ -20,6 +20,10 @@ import (
 // checks those same probes when that standby proposes to take over
 // (checkForwarding in onClaim).
 
+// silentAfter is how many probes through a gateway may go unanswered,
+// none ever answered, before the target is warned about.
+const silentAfter = 50
+
 // announce sends this gateway's LAN address to every remote gateway every
 // Refresh, when its site has several gateways.
 func (e *Engine) announce(now time.Time, own *mesh.Site) {
@@ -126,7 +130,7 @@ func (e *Engine) observeForwarding(now time.Time) {
 		if !ok {
 			continue
 		}
-		if st.Received == 0 && st.Sent >= 50 && !e.silentWarned[f.name] {
+		if st.Received == 0 && st.Sent >= silentAfter && !e.silentWarned[f.name] {
 			e.silentWarned[f.name] = true
 			e.log.Warn("probes through a gateway to another's LAN address never answered: its forwarding is not checked (strict rp_filter on that gateway's LAN interface?)",
 				"site", f.site, "through", f.via, "to", f.gateway, "addr", f.addr)

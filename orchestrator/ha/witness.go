@@ -10,7 +10,8 @@ import (
 
 // The witness's side: every agent answers the takeover proposals of other
 // sites' gateways from what its own probes see, and reports when the
-// active gateway of a site it routes to stops answering.
+// active gateway of a site it routes to stops answering (or forwarding:
+// forward.go).
 
 // onClaim answers a proposal, at once or after probing the gateway the
 // proposal would replace (a pending check).
