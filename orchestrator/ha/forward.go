@@ -32,7 +32,7 @@ func (e *Engine) announce(now time.Time, own *mesh.Site) {
 	}
 	e.lastAnnounce = now
 	for _, g := range e.remoteGateways() {
-		e.send(g, Message{Kind: KindHello, LAN: e.lan, Priority: e.me.Priority})
+		e.send(g, Message{Kind: KindHello, LAN: e.lan})
 	}
 }
 
