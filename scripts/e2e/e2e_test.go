@@ -61,15 +61,26 @@ type fixture struct {
 var podRange = topo.Extra{CIDR: netip.MustParsePrefix("10.244.3.0/24"), EdgeAddr: netip.MustParseAddr("10.244.3.1"), HostAddr: netip.MustParseAddr("10.244.3.2")}
 
 func newFixture(t *testing.T) *fixture {
+	vpcs := topo.Walkthrough()
+	vpcs[2].Extra = &podRange
+	f := buildFixture(t, topo.Build, vpcs)
+	for i, s := range f.topo.Sites() {
+		f.startEdge(cluster.WalkthroughNames[i], s)
+	}
+	return f
+}
+
+// buildFixture builds vpcs in namespaces with build (topo.Build or
+// topo.BuildCloud) and starts the controller on the first site's edge; no
+// edge runs yet.
+func buildFixture(t *testing.T, build func(*topo.Net, ...topo.VPC) (*topo.Topology, error), vpcs []topo.VPC) *fixture {
 	topo.SkipUnlessRoot(t, "bridge", "iptables", "ping")
 	n, err := topo.New(topo.UniquePrefix("cfe"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
-	vpcs := topo.Walkthrough()
-	vpcs[2].Extra = &podRange
-	tp, err := topo.Build(n, vpcs...)
+	tp, err := build(n, vpcs...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,9 +95,6 @@ func newFixture(t *testing.T) *fixture {
 			f.dumpLogs(dir)
 		}
 	})
-	for i, s := range tp.Sites() {
-		f.startEdge(cluster.WalkthroughNames[i], s)
-	}
 	return f
 }
 
