@@ -1,30 +1,29 @@
 package netcfg
 
 import (
-	"fmt"
-	"net"
 	"net/netip"
-	"strings"
+
+	"github.com/vishvananda/netlink"
 )
 
-// Actual is what Read found in the kernel: every object cframe owns plus
+// actual is what a read found in the kernel: every object cframe owns plus
 // the foreign state the plan needs to detect conflicts and pick defaults.
-// NewPlan looks at nothing else, so tests build it by hand.
-type Actual struct {
+// newPlan looks at nothing else, so tests build it by hand.
+type actual struct {
 	// Links are the links with an OwnerAlias alias plus any link that has
 	// one of the desired device names (which may be foreign: a conflict).
-	Links []Link
+	Links []link
 	// FDB holds the forwarding entries on the desired VXLAN device (when it
 	// is ours).
-	FDB []FDBEntry
+	FDB []fdbEntry
 	// Neighbors holds the permanent IPv4 neighbors on the desired VXLAN
 	// device (when it is ours).
-	Neighbors []Neighbor
+	Neighbors []neighbor
 	// Routes are the main-table routes with protocol RouteProtocol.
-	Routes []Route
+	Routes []route
 	// ForeignRoutes are the other main-table routes (except default routes)
 	// whose destination overlaps a desired peer CIDR.
-	ForeignRoutes []Route
+	ForeignRoutes []route
 	// LANAddr is the host address that lies inside one of the desired
 	// LocalCIDRs (discovered only when Desired.LANAddr is invalid).
 	LANAddr netip.Addr
@@ -44,160 +43,54 @@ type Actual struct {
 	UnderlaySource map[netip.Addr]netip.Addr
 	// IPForward is the value of net.ipv4.ip_forward.
 	IPForward bool
-	// Sets maps each existing ipset cframe owns (SetPeers, SetNets) to
-	// its type and members. A set that does not exist has no key.
-	Sets map[string]IPSet
+	// Sets maps each existing ipset cframe owns (setPeers, setNets) to its
+	// type and members. A set that does not exist has no key.
+	Sets map[string]ipset
 	// Chains maps each existing iptables chain cframe owns, and each built-in
 	// chain it hooks into, to its rules as "iptables -S" prints them
 	// ("-A CHAIN ..."). A chain that does not exist has no key.
-	Chains map[Chain][]string
+	Chains map[chain][]string
 }
 
 // wantRPS reports whether the VXLAN device should steer received packets
 // to other CPUs (see sysfs.go).
-func (a *Actual) wantRPS() bool {
+func (a *actual) wantRPS() bool {
 	return a.UnderlayRxQueues > 0 && a.UnderlayRxQueues < a.CPUs && !a.UnderlayRxOnSender
 }
 
-// IPSet is an ipset: its type ("hash:ip", "hash:net") and members, the
-// members of a hash:ip set as /32s.
-type IPSet struct {
-	Type    string
-	Members []netip.Prefix
+// reading is one read of the kernel in progress: what it reads for, what it
+// found so far, and what the objects read first tell those read after.
+type reading struct {
+	d *Desired
+	// keys, when not nil, limits the read to the objects of an Update's
+	// scope; the peer-independent facts then come from keys.facts.
+	keys *scope
+	a    *actual
+	// From the links: every link by index, the indexes of cframe's links,
+	// and the desired VXLAN device when it exists and is cframe's.
+	links  map[int]netlink.Link
+	ours   map[int]bool
+	tunnel *link
+	// From the routes (a full read): the default route's device.
+	defaultDev int
+	// From the addresses (a full read): the underlay device.
+	underlay int
 }
 
-// Link is a network device as cframe sees it.
-type Link struct {
-	Name  string
-	Kind  string // netlink kind: "vxlan", "gre", "veth", ...
-	Index int    // set by Read; unused by Plan
-	Alias string
-	MTU   int
-	MAC   net.HardwareAddr // nil: don't care (desired) / none (GRE)
-	Up    bool
-	// VXLAN only.
-	VNI      int
-	Port     uint16
-	Learning bool
-	// RPS: received packets are steered to other CPUs after
-	// decapsulation (a non-zero rps_cpus, see sysfs.go). Read for the
-	// desired VXLAN device only; desired for it when the underlay has
-	// fewer receive queues than there are CPUs.
-	RPS bool
-	// VXLAN and GRE: the underlay source address (invalid: kernel's choice).
-	Local netip.Addr
-	// GRE only: the peer's underlay address.
-	Remote netip.Addr
-}
-
-// Owned reports whether the link is cframe's: its alias is exactly
-// OwnerAlias or OwnerAlias followed by ":" and a peer name, or it is a
-// VXLAN/GRE link still carrying the temporary name cframe creates links
-// under (left behind if cframe died while creating it).
-func (l Link) Owned() bool {
-	return l.Alias == OwnerAlias || strings.HasPrefix(l.Alias, OwnerAlias+":") ||
-		strings.HasPrefix(l.Name, tempLinkPrefix) && (l.Kind == "vxlan" || l.Kind == "gre")
-}
-
-// String renders the link the way "ip link add" would take it.
-func (l Link) String() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s type %s", l.Name, l.Kind)
-	switch l.Kind {
-	case "vxlan":
-		fmt.Fprintf(&b, " id %d dstport %d", l.VNI, l.Port)
-		if l.Local.IsValid() {
-			fmt.Fprintf(&b, " local %s", l.Local)
-		}
-		if l.Learning {
-			b.WriteString(" learning")
-		} else {
-			b.WriteString(" nolearning")
-		}
-	case "gre":
-		if l.Local.IsValid() {
-			fmt.Fprintf(&b, " local %s", l.Local)
-		}
-		fmt.Fprintf(&b, " remote %s ttl %d", l.Remote, greTTL)
+func newReading(d *Desired, keys *scope) *reading {
+	r := &reading{d: d, keys: keys, a: &actual{UnderlayMTU: 1500}, links: map[int]netlink.Link{}, ours: map[int]bool{}}
+	if keys != nil {
+		facts := keys.facts
+		r.a = &facts
 	}
-	if l.MAC != nil {
-		fmt.Fprintf(&b, " address %s", l.MAC)
-	}
-	fmt.Fprintf(&b, " mtu %d alias %q", l.MTU, l.Alias)
-	return b.String()
+	r.a.Chains, r.a.Sets = map[chain][]string{}, map[string]ipset{}
+	return r
 }
 
-// FDBEntry is a VXLAN forwarding entry: frames for MAC go to Dst:Port.
-type FDBEntry struct {
-	Device string
-	MAC    net.HardwareAddr
-	Dst    netip.Addr
-	// Port is the remote UDP port; Read reports the device's dstport when
-	// the kernel omits it (it does when both are equal).
-	Port uint16
-}
-
-// String renders the entry the way "bridge fdb add" would take it.
-func (e FDBEntry) String() string {
-	return fmt.Sprintf("%s dst %s port %d dev %s", e.MAC, e.Dst, e.Port, e.Device)
-}
-
-// Neighbor is a permanent IPv4 neighbor entry.
-type Neighbor struct {
-	Device string
-	IP     netip.Addr
-	MAC    net.HardwareAddr
-}
-
-// Route is an IPv4 main-table route.
-type Route struct {
-	Dst      netip.Prefix
-	Gw       netip.Addr // invalid: directly connected (GRE)
-	Device   string
-	Src      netip.Addr
-	Protocol int
-	Metric   int
-	OnLink   bool
-}
-
-// String renders the route the way "ip route add" would take it.
-func (r Route) String() string {
-	var b strings.Builder
-	b.WriteString(r.Dst.String())
-	if r.Gw.IsValid() {
-		fmt.Fprintf(&b, " via %s", r.Gw)
+// name returns the name of the link with index i ("" if there is none).
+func (r *reading) name(i int) string {
+	if l, ok := r.links[i]; ok {
+		return l.Attrs().Name
 	}
-	if r.Device != "" {
-		fmt.Fprintf(&b, " dev %s", r.Device)
-	}
-	if r.OnLink {
-		b.WriteString(" onlink")
-	}
-	if r.Src.IsValid() {
-		fmt.Fprintf(&b, " src %s", r.Src)
-	}
-	if r.Metric != 0 {
-		fmt.Fprintf(&b, " metric %d", r.Metric)
-	}
-	fmt.Fprintf(&b, " proto %s", protoName(r.Protocol))
-	return b.String()
-}
-
-// protoName names the common route protocols like iproute2 does.
-func protoName(p int) string {
-	switch p {
-	case 2:
-		return "kernel"
-	case 3:
-		return "boot"
-	case 4:
-		return "static"
-	}
-	return fmt.Sprint(p)
-}
-
-// equal reports whether two routes would be the same kernel route.
-func (r Route) equal(o Route) bool {
-	return r.Dst == o.Dst && r.Gw == o.Gw && r.Device == o.Device && r.Src == o.Src &&
-		r.Protocol == o.Protocol && r.Metric == o.Metric && r.OnLink == o.OnLink
+	return ""
 }

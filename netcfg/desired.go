@@ -1,15 +1,3 @@
-// Package netcfg makes the kernel match a desired mesh: it reads the tunnel
-// devices, FDB and neighbor entries, routes, ip_forward, ipsets and iptables
-// chains that cframe owns, computes the difference to a Desired state, and applies
-// it through netlink and iptables. It knows nothing about controllers, NATS or
-// edge sets; the orchestrator hands it a Desired value and gets back the list
-// of changes it made.
-//
-// Ownership: cframe only ever touches objects it can recognise as its own —
-// links whose alias starts with OwnerAlias, routes with protocol
-// RouteProtocol, entries on its own links, the iptables chains named in
-// chains.go and the ipsets named in ipset.go. Everything else is read (to
-// report conflicts) but never changed.
 package netcfg
 
 import (
@@ -36,12 +24,12 @@ const RouteProtocol = 207
 // a link with the configured name but without this alias is someone else's.
 const OwnerAlias = "cframe"
 
-// VXLANOverhead is the encapsulation overhead subtracted from the underlay MTU
+// vxlanOverhead is the encapsulation overhead subtracted from the underlay MTU
 // (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
-const VXLANOverhead = 50
+const vxlanOverhead = 50
 
-// GREOverhead is the encapsulation overhead of a GRE tunnel (outer IPv4 20 + GRE 4).
-const GREOverhead = 24
+// greOverhead is the encapsulation overhead of a GRE tunnel (outer IPv4 20 + GRE 4).
+const greOverhead = 24
 
 // Desired is the complete kernel state one edge should have.
 type Desired struct {

@@ -17,77 +17,142 @@ import (
 // rule without fetching the whole ruleset, tens of milliseconds at a
 // thousand rules). The chains stay a handful of rules.
 const (
-	// SetPeers (hash:ip) holds every peer's underlay address: the only
+	// setPeers (hash:ip) holds every peer's underlay address: the only
 	// sources CFRAME-INPUT admits the tunnel protocol from.
-	SetPeers = "cframe-peers"
-	// SetNets (hash:net) holds every peer's networks while Masquerade is
+	setPeers = "cframe-peers"
+	// setNets (hash:net) holds every peer's networks while Masquerade is
 	// on: CFRAME-POSTROUTING SNATs traffic from them into the LAN.
-	SetNets = "cframe-nets"
+	setNets = "cframe-nets"
 )
 
 // setTypes are the ipset types of cframe's sets.
-var setTypes = map[string]string{SetPeers: "hash:ip", SetNets: "hash:net"}
+var setTypes = map[string]string{setPeers: "hash:ip", setNets: "hash:net"}
 
-func (k *Kernel) setCreate(name string) error {
-	k.count.Netlink++
-	return k.nl.IpsetCreate(name, setTypes[name], netlink.IpsetCreateOptions{Family: unix.AF_INET})
+// ipset is an ipset: its type ("hash:ip", "hash:net") and members, the
+// members of a hash:ip set as /32s.
+type ipset struct {
+	Type    string
+	Members []netip.Prefix
 }
 
-func (k *Kernel) setDestroy(name string) error {
-	k.count.Netlink++
-	return ignoreGone(k.nl.IpsetDestroy(name))
-}
-
-func setEntry(p netip.Prefix) *netlink.IPSetEntry {
-	e := &netlink.IPSetEntry{IP: p.Addr().AsSlice()}
-	if p.Bits() < 32 {
-		e.CIDR = uint8(p.Bits())
-	}
-	return e
-}
-
-// setAdd adds a member; one that is already there counts as added.
-func (k *Kernel) setAdd(name string, p netip.Prefix) error {
-	k.count.Netlink++
-	err := k.nl.IpsetAdd(name, setEntry(p))
-	if errors.Is(err, nl.IPSetError(nl.IPSET_ERR_EXIST)) {
+// readSets reads cframe's sets: all their members, or with keys whether
+// each key of the scope — the peers' underlay addresses, and their
+// networks under Masquerade — is a member, one test each (a set missing
+// then is an error).
+func (s *session) readSets(r *reading) error {
+	if r.keys != nil {
+		members := map[string][]netip.Prefix{setPeers: r.keys.underlays}
+		if r.d.Masquerade {
+			members[setNets] = r.keys.cidrs
+		}
+		for name, keys := range members {
+			set := ipset{Type: setTypes[name]}
+			for _, m := range keys {
+				in, err := s.nl.IpsetTest(name, setEntry(m))
+				if err != nil {
+					return fmt.Errorf("ipset test %s %s: %w", name, member(m), err)
+				}
+				if in {
+					set.Members = append(set.Members, m)
+				}
+			}
+			r.a.Sets[name] = set
+		}
 		return nil
 	}
-	return err
-}
-
-// setDel removes a member; one that is already gone counts as removed
-// (the kernel answers IPSET_ERR_EXIST for both).
-func (k *Kernel) setDel(name string, p netip.Prefix) error {
-	k.count.Netlink++
-	err := k.nl.IpsetDel(name, setEntry(p))
-	if errors.Is(err, nl.IPSetError(nl.IPSET_ERR_EXIST)) {
-		return nil
+	nets := 0
+	for _, p := range r.d.Peers {
+		nets += len(p.CIDRs)
 	}
-	return ignoreGone(err)
-}
-
-// setHas reports whether p is a member of set name (a missing set is an
-// error).
-func (k *Kernel) setHas(name string, p netip.Prefix) (bool, error) {
-	k.count.Netlink++
-	in, err := k.nl.IpsetTest(name, setEntry(p))
-	if err != nil {
-		return false, fmt.Errorf("ipset test %s %s: %w", name, member(p), err)
+	for name, hint := range map[string]int{setPeers: len(r.d.Peers), setNets: nets} {
+		set := ipset{Members: make([]netip.Prefix, 0, hint)}
+		req := nl.NewNetlinkRequest(nl.IPSET_CMD_LIST|unix.NFNL_SUBSYS_IPSET<<8, nl.GetIpsetFlags(nl.IPSET_CMD_LIST))
+		req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_INET, Version: nl.NFNETLINK_V0})
+		req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
+		req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(name)))
+		err := s.dump("ipset "+name, unix.NETLINK_NETFILTER, req, func() { set.Members = set.Members[:0] }, func(m []byte) error {
+			if len(m) < nl.SizeofNfgenmsg {
+				return errors.New("short ipset message")
+			}
+			walkAttrs(m[nl.DeserializeNfgenmsg(m).Len():], func(typ uint16, v []byte) {
+				switch typ {
+				case nl.IPSET_ATTR_TYPENAME:
+					set.Type = unix.ByteSliceToString(v)
+				case nl.IPSET_ATTR_ADT:
+					walkAttrs(v, func(typ uint16, v []byte) {
+						if typ == nl.IPSET_ATTR_DATA {
+							if p, ok := setMember(v); ok {
+								set.Members = append(set.Members, p)
+							}
+						}
+					})
+				}
+			})
+			return nil
+		})
+		switch {
+		case errors.Is(err, unix.ENOENT): // no such set
+		case err != nil:
+			return err
+		default:
+			r.a.Sets[name] = set
+		}
 	}
-	return in, nil
+	return nil
 }
 
-// planSet makes set name hold exactly members: created (stage sets) when
-// missing, new members added before the rules that use them (stage sets),
-// stale ones removed after the peer's routes (stage delMembers). A set of
-// the wrong type is someone else's: reported, left alone.
+// setMember decodes one ipset entry (IPSET_ATTR_DATA) of an IPv4 hash:ip or
+// hash:net set.
+func setMember(data []byte) (netip.Prefix, bool) {
+	var addr netip.Addr
+	bits := 32
+	walkAttrs(data, func(typ uint16, v []byte) {
+		switch typ {
+		case nl.IPSET_ATTR_IP:
+			walkAttrs(v, func(typ uint16, v []byte) {
+				if typ == nl.IPSET_ATTR_IPADDR_IPV4 {
+					addr, _ = ip4(v)
+				}
+			})
+		case nl.IPSET_ATTR_CIDR:
+			if len(v) == 1 {
+				bits = int(v[0])
+			}
+		}
+	})
+	return netip.PrefixFrom(addr, bits), addr.IsValid() && bits <= 32
+}
+
+// planSets makes setPeers hold the peers' underlay addresses and, under
+// Masquerade, setNets their networks; setNets goes when Masquerade is off.
+// It notes in setReady the sets the rules may match.
+func (p *planner) planSets() {
+	underlays := make([]netip.Prefix, 0, len(p.d.Peers))
+	var nets []netip.Prefix
+	for _, peer := range p.d.Peers {
+		underlays = append(underlays, netip.PrefixFrom(peer.Underlay.Addr(), 32))
+		if p.d.Masquerade {
+			nets = append(nets, peer.CIDRs...)
+		}
+	}
+	p.setReady[setPeers] = p.planSet(setPeers, underlays)
+	if p.d.Masquerade {
+		p.setReady[setNets] = p.planSet(setNets, nets)
+	} else {
+		p.removeSet(setNets)
+	}
+}
+
+// planSet makes set name hold exactly members: created when missing, new
+// members added before the rules that use them (stageSets), stale ones
+// removed after the peers' routes (stageMembersDel). A set of the wrong
+// type is someone else's: reported, left alone, and planSet returns false.
 func (p *planner) planSet(name string, members []netip.Prefix) bool {
 	have, exists := p.a.Sets[name]
 	typ := setTypes[name]
 	switch {
 	case !exists:
-		p.sets = append(p.sets, Change{fmt.Sprintf("ipset create %s %s family inet", name, typ), func(k *Kernel) error { return k.setCreate(name) }, nil})
+		p.add(stageSets, setCreate(name))
 	case have.Type != typ:
 		p.conflict("", "ipset %s has type %s, not %s: left alone, the rules using it are not installed", name, have.Type, typ)
 		return false
@@ -106,14 +171,73 @@ func (p *planner) planSet(name string, members []netip.Prefix) bool {
 			delete(held, m)
 			continue
 		}
-		p.sets = append(p.sets, Change{fmt.Sprintf("ipset add %s %s", name, member(m)), func(k *Kernel) error { return k.setAdd(name, m) }, nil})
+		p.add(stageSets, setAdd(name, m))
 	}
 	for _, m := range have.Members { // in kernel order, so that plans are deterministic
 		if held[m] {
-			p.delMembers = append(p.delMembers, Change{fmt.Sprintf("ipset del %s %s", name, member(m)), func(k *Kernel) error { return k.setDel(name, m) }, nil})
+			p.add(stageMembersDel, setDel(name, m))
 		}
 	}
 	return true
+}
+
+// removeSet destroys set name if it exists, once the rules using it are
+// gone (stageSetsDel).
+func (p *planner) removeSet(name string) {
+	if _, ok := p.a.Sets[name]; ok {
+		p.add(stageSetsDel, setDestroy(name))
+	}
+}
+
+// removeSets destroys every set of cframe's (Cleanup).
+func (p *planner) removeSets() {
+	for _, name := range []string{setPeers, setNets} {
+		p.removeSet(name)
+	}
+}
+
+// Set operations.
+
+func setCreate(name string) change {
+	typ := setTypes[name]
+	return change{desc: fmt.Sprintf("ipset create %s %s family inet", name, typ), do: func(s *session) error {
+		return s.nl.IpsetCreate(name, typ, netlink.IpsetCreateOptions{Family: unix.AF_INET})
+	}}
+}
+
+func setDestroy(name string) change {
+	return change{desc: "ipset destroy " + name, do: func(s *session) error { return ignoreGone(s.nl.IpsetDestroy(name)) }}
+}
+
+// setAdd adds a member; one that is already there counts as added.
+func setAdd(name string, m netip.Prefix) change {
+	return change{desc: fmt.Sprintf("ipset add %s %s", name, member(m)), do: func(s *session) error {
+		return ignoreExists(s.nl.IpsetAdd(name, setEntry(m)))
+	}}
+}
+
+// setDel removes a member; one that is already gone counts as removed.
+func setDel(name string, m netip.Prefix) change {
+	return change{desc: fmt.Sprintf("ipset del %s %s", name, member(m)), do: func(s *session) error {
+		return ignoreGone(ignoreExists(s.nl.IpsetDel(name, setEntry(m))))
+	}}
+}
+
+// ignoreExists drops IPSET_ERR_EXIST, which the kernel answers both for a
+// member added that is there and for one deleted that is not.
+func ignoreExists(err error) error {
+	if errors.Is(err, nl.IPSetError(nl.IPSET_ERR_EXIST)) {
+		return nil
+	}
+	return err
+}
+
+func setEntry(p netip.Prefix) *netlink.IPSetEntry {
+	e := &netlink.IPSetEntry{IP: p.Addr().AsSlice()}
+	if p.Bits() < 32 {
+		e.CIDR = uint8(p.Bits())
+	}
+	return e
 }
 
 // member spells a set member the way ipset(8) does: an address alone for
@@ -123,12 +247,4 @@ func member(p netip.Prefix) string {
 		return p.Addr().String()
 	}
 	return p.String()
-}
-
-// removeSet destroys an owned set that is no longer wanted, once the rules
-// using it are gone (stage setDel).
-func (p *planner) removeSet(name string) {
-	if _, ok := p.a.Sets[name]; ok {
-		p.setDel = append(p.setDel, Change{"ipset destroy " + name, func(k *Kernel) error { return k.setDestroy(name) }, nil})
-	}
 }

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
-	"syscall"
+
+	goiptables "github.com/coreos/go-iptables/iptables"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -16,44 +18,155 @@ import (
 // iptables is driven as a whole-ruleset tool, which is what it is: every
 // iptables run fetches the ruleset, so cframe reads all of its chains with
 // one iptables-save and writes a run of changes with one iptables-restore
-// --noflush (atomic per table, other chains untouched), instead of one
-// program per chain or rule.
-//
-// With the nf_tables flavour of iptables, the chains are not even read when
-// nothing changed: the kernel bumps the nftables generation on every
-// ruleset change, by anyone, so the chains read under one generation are
-// still current while the generation stays the same.
+// --noflush per table (atomic per table, other chains untouched), instead
+// of one program per chain or rule. Only when a batch fails (or a run is a
+// single command) does each command run alone, through go-iptables.
 
-// chainCache is the chains of one network namespace as read under one
-// nftables generation.
-type chainCache struct {
-	ns     nsID
-	gen    uint32
-	chains map[Chain][]string
+// iptables holds the located iptables programs.
+type iptables struct {
+	// program is iptables itself; save and restore are program-save and
+	// program-restore.
+	program, save, restore string
+	// nft tells that they are the nf_tables flavour (not legacy).
+	nft bool
+	// lib runs single commands (see iptablesAlone).
+	lib *goiptables.IPTables
 }
 
-// nsID identifies a network namespace.
-type nsID struct{ dev, ino uint64 }
-
-// threadNS identifies the calling thread's network namespace.
-func threadNS() (nsID, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat("/proc/thread-self/ns/net", &st); err != nil {
-		return nsID{}, err
+// lookIptables locates program and the -save and -restore programs beside
+// it and tells whether they are the nf_tables flavour.
+func lookIptables(program string) (ipt iptables, err error) {
+	if ipt.program, err = exec.LookPath(program); err != nil {
+		return ipt, err
 	}
-	return nsID{st.Dev, st.Ino}, nil
+	if ipt.save, err = exec.LookPath(program + "-save"); err != nil {
+		return ipt, err
+	}
+	if ipt.restore, err = exec.LookPath(program + "-restore"); err != nil {
+		return ipt, err
+	}
+	v, err := exec.Command(ipt.program, "--version").Output()
+	if err != nil {
+		return ipt, fmt.Errorf("%s --version: %w", ipt.program, err)
+	}
+	ipt.nft = bytes.Contains(v, []byte("nf_tables"))
+	ipt.lib, err = goiptables.New(goiptables.IPFamily(goiptables.ProtocolIPv4), goiptables.Path(ipt.program), goiptables.Timeout(10))
+	return ipt, err
+}
+
+// iptablesCmd is one iptables command in iptables-restore syntax ("-I
+// CHAIN 1 ...", "-N CHAIN") and its table.
+type iptablesCmd struct{ table, line string }
+
+// iptablesChange is the change that runs line in table.
+func iptablesChange(table, line string) change {
+	return change{desc: "iptables -t " + table + " " + line, iptables: &iptablesCmd{table, line}}
+}
+
+// iptablesRun runs a run of iptables commands and returns each one's
+// outcome: one iptables-restore per table (the tables are independent),
+// or — when that fails, a rule to delete being gone already, say — command
+// by command, so that every command gets its own outcome.
+func (s *session) iptablesRun(changes []change) []error {
+	errs := make([]error, len(changes))
+	var tables []string
+	byTable := map[string][]int{}
+	for i, c := range changes {
+		t := c.iptables.table
+		if byTable[t] == nil {
+			tables = append(tables, t)
+		}
+		byTable[t] = append(byTable[t], i)
+	}
+	for _, t := range tables {
+		idx := byTable[t]
+		if len(idx) > 1 {
+			in := "*" + t + "\n"
+			for _, i := range idx {
+				in += changes[i].iptables.line + "\n"
+			}
+			if _, err := s.execute(in+"COMMIT\n", s.k.ipt.restore, "--wait=10", "--noflush"); err == nil {
+				continue
+			}
+		}
+		for _, i := range idx {
+			errs[i] = s.iptablesAlone(changes[i].iptables)
+		}
+	}
+	return errs
+}
+
+// iptablesAlone runs c alone through go-iptables, one call per command. A
+// rule to delete that is already gone counts as deleted.
+func (s *session) iptablesAlone(c *iptablesCmd) error {
+	args, err := splitArgs(c.line)
+	if err != nil {
+		return err
+	}
+	if len(args) < 2 {
+		return fmt.Errorf("iptables command %q: no chain", c.line)
+	}
+	op, chain, rule := args[0], args[1], args[2:]
+	lib := s.k.ipt.lib
+	s.sent.Exec++ // one program per call; ClearChain, for -F, tries -N first
+	switch op {
+	case "-N":
+		err = lib.NewChain(c.table, chain)
+	case "-X":
+		err = lib.DeleteChain(c.table, chain)
+	case "-F":
+		err = lib.ClearChain(c.table, chain)
+	case "-A":
+		err = lib.Append(c.table, chain, rule...)
+	case "-I":
+		pos := 0
+		if len(rule) > 0 {
+			pos, err = strconv.Atoi(rule[0])
+		}
+		if err != nil || pos < 1 {
+			return fmt.Errorf("iptables command %q: no position", c.line)
+		}
+		err = lib.Insert(c.table, chain, pos, rule[1:]...)
+	case "-D":
+		err = lib.Delete(c.table, chain, rule...)
+		var ie *goiptables.Error
+		if errors.As(err, &ie) && ie.IsNotExist() {
+			return nil
+		}
+	default:
+		return fmt.Errorf("iptables command %q: unsupported", c.line)
+	}
+	return err
+}
+
+// generation identifies the iptables ruleset of a network namespace at one
+// nftables generation.
+type generation struct {
+	ns  nsID
+	gen uint32
+}
+
+// rulesetGeneration returns the current generation of the calling thread's
+// ruleset; ok is false when there is none to go by (legacy iptables) or it
+// could not be read.
+func (s *session) rulesetGeneration() (g generation, ok bool) {
+	if !s.k.ipt.nft {
+		return g, false
+	}
+	ns, err1 := threadNS()
+	gen, err2 := s.nftGeneration()
+	return generation{ns, gen}, err1 == nil && err2 == nil
 }
 
 // nftGeneration returns the nftables ruleset generation of the calling
-// thread's namespace (NFT_MSG_GETGEN).
-func (k *Kernel) nftGeneration() (uint32, error) {
-	k.count.Netlink++
+// thread's namespace (NFT_MSG_GETGEN; package netlink has no request for it).
+func (s *session) nftGeneration() (uint32, error) {
 	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETGEN, unix.NLM_F_ACK)
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_UNSPEC, Version: nl.NFNETLINK_V0})
 	gen, ok := uint32(0), false
-	err := k.roundTrip(unix.NETLINK_NETFILTER, req, func(m []byte) error {
+	err := s.send(unix.NETLINK_NETFILTER, req, func(m []byte) error {
 		if len(m) >= nl.SizeofNfgenmsg {
-			walkAttrs(m[nl.SizeofNfgenmsg:], func(typ uint16, v []byte) {
+			walkAttrs(m[nl.DeserializeNfgenmsg(m).Len():], func(typ uint16, v []byte) {
 				if typ == unix.NFTA_GEN_ID && len(v) == 4 {
 					gen, ok = binary.BigEndian.Uint32(v), true
 				}
@@ -67,148 +180,86 @@ func (k *Kernel) nftGeneration() (uint32, error) {
 	return gen, err
 }
 
-// readChains fills a.Chains with every chain cframe owns or hooks into.
-func (k *Kernel) readChains(a *Actual) error {
-	var key chainCache
-	cacheable := false
-	if k.nft {
-		ns, err1 := threadNS()
-		gen, err2 := k.nftGeneration()
-		key, cacheable = chainCache{ns: ns, gen: gen}, err1 == nil && err2 == nil
-	}
-	if cacheable && k.chains.chains != nil && k.chains.ns == key.ns && k.chains.gen == key.gen {
-		for c, rules := range k.chains.chains {
-			a.Chains[c] = rules
+// The command language: rules as "iptables -S" prints them.
+
+// joinArgs joins rule arguments the way iptables -S prints them: the value
+// of --comment is quoted when it contains anything but letters, digits, '-'
+// and '_' (with double quotes, backslashes and single quotes escaped by a
+// backslash), like iptables' xtables_save_string does.
+func joinArgs(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if i > 0 && args[i-1] == "--comment" {
+			a = quoteSave(a)
 		}
-		return nil
+		out[i] = a
 	}
-	k.chains = chainCache{}
-	k.count.Exec++
-	out, err := exec.Command(k.save).Output()
-	if err != nil {
-		return fmt.Errorf("netcfg: %s: %w%s", k.save, err, stderr(err))
-	}
-	chains := parseSave(string(out))
-	for c, rules := range chains {
-		a.Chains[c] = rules
-	}
-	if cacheable {
-		key.chains = chains
-		k.chains = key
-	}
-	return nil
+	return strings.Join(out, " ")
 }
 
-// parseSave returns, from iptables-save output, the rules (as "-A CHAIN
-// ..." lines) of every chain cframe owns or hooks into that exists.
-func parseSave(out string) map[Chain][]string {
-	relevant := map[Chain]bool{}
-	for _, h := range hooks {
-		relevant[h.own], relevant[h.from] = true, true
+func quoteSave(s string) string {
+	plain := s != ""
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			plain = false
+			break
+		}
 	}
-	chains := map[Chain][]string{}
-	table := ""
-	for _, l := range strings.Split(out, "\n") {
+	if plain {
+		return s
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, c := range []byte(s) {
+		if c == '"' || c == '\\' || c == '\'' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// splitArgs parses a command as iptables-save prints it ("-A CHAIN ...")
+// back into arguments, undoing the quoting of quoteSave.
+func splitArgs(line string) ([]string, error) {
+	var cur strings.Builder
+	inQuote, escaped, have := false, false, false
+	var args []string
+	for i := 0; i < len(line); i++ {
+		c := line[i]
 		switch {
-		case strings.HasPrefix(l, "*"):
-			table = l[1:]
-		case strings.HasPrefix(l, ":"):
-			c := Chain{table, strings.Fields(l[1:])[0]}
-			if relevant[c] && chains[c] == nil {
-				chains[c] = []string{}
+		case escaped:
+			cur.WriteByte(c)
+			escaped = false
+		case inQuote && c == '\\':
+			escaped = true
+		case c == '"':
+			inQuote = !inQuote
+			have = true
+		case c == ' ' && !inQuote:
+			if have {
+				args = append(args, cur.String())
+				cur.Reset()
+				have = false
 			}
-		case strings.HasPrefix(l, "-A "):
-			c := Chain{table, strings.Fields(l)[1]}
-			if relevant[c] {
-				chains[c] = append(chains[c], normalizeLine(l))
-			}
+		default:
+			cur.WriteByte(c)
+			have = true
 		}
 	}
-	return chains
+	if inQuote || escaped {
+		return nil, fmt.Errorf("unterminated quote in %q", line)
+	}
+	if have {
+		args = append(args, cur.String())
+	}
+	return args, nil
 }
 
-// restore applies changes of one table with one iptables-restore
-// --noflush: atomically, all or nothing.
-func (k *Kernel) restore(table string, changes []Change) error {
-	var in strings.Builder
-	fmt.Fprintf(&in, "*%s\n", table)
-	for _, c := range changes {
-		fmt.Fprintf(&in, "%s\n", c.ipt.line)
-	}
-	in.WriteString("COMMIT\n")
-	k.count.Exec++
-	cmd := exec.Command(k.restoreCmd, "--noflush")
-	cmd.Stdin = strings.NewReader(in.String())
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s: %w: %s", k.restoreCmd, err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// stderr returns ": <stderr>" of a failed command, if it wrote any.
-func stderr(err error) string {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && len(ee.Stderr) > 0 {
-		return ": " + strings.TrimSpace(string(ee.Stderr))
-	}
-	return ""
-}
-
-// lookIptables locates iptables-save and iptables-restore next to the
-// iptables program in use and tells whether it is the nf_tables flavour.
-func lookIptables(iptablesPath string) (save, restore string, nft bool, err error) {
-	if save, err = exec.LookPath("iptables-save"); err != nil {
-		return "", "", false, err
-	}
-	if restore, err = exec.LookPath("iptables-restore"); err != nil {
-		return "", "", false, err
-	}
-	v, err := exec.Command(iptablesPath, "--version").Output()
-	if err != nil {
-		return "", "", false, fmt.Errorf("%s --version: %w", iptablesPath, err)
-	}
-	return save, restore, bytes.Contains(v, []byte("nf_tables")), nil
-}
-
-// runChanges applies changes in order and returns each one's outcome. A
-// run of consecutive iptables changes is applied with one iptables-restore
-// per table (the tables are independent) — or, when that fails (a rule to
-// delete was already gone, say), change by change, so that every change
-// gets its own outcome.
-func (k *Kernel) runChanges(changes []Change) []error {
-	errs := make([]error, len(changes))
-	for i := 0; i < len(changes); {
-		if changes[i].ipt == nil {
-			errs[i] = changes[i].apply(k)
-			i++
-			continue
-		}
-		j := i
-		var tables []string
-		byTable := map[string][]int{}
-		for ; j < len(changes) && changes[j].ipt != nil; j++ {
-			t := changes[j].ipt.table
-			if byTable[t] == nil {
-				tables = append(tables, t)
-			}
-			byTable[t] = append(byTable[t], j)
-		}
-		for _, t := range tables {
-			idx := byTable[t]
-			if len(idx) > 1 {
-				cs := make([]Change, len(idx))
-				for n, x := range idx {
-					cs[n] = changes[x]
-				}
-				if k.restore(t, cs) == nil {
-					continue
-				}
-			}
-			for _, x := range idx {
-				errs[x] = changes[x].apply(k)
-			}
-		}
-		i = j
-	}
-	return errs
+// normalizeLine maps spellings iptables may print depending on the host
+// (a numeric protocol when /etc/protocols lacks it) to the form cframe
+// writes.
+func normalizeLine(line string) string {
+	return strings.Replace(line, " -p 47 ", " -p gre ", 1)
 }

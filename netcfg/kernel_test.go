@@ -2,7 +2,6 @@ package netcfg
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/cframe/cframe/scripts/topo"
@@ -28,14 +26,23 @@ func requireRoot(t *testing.T) { topo.SkipUnlessRoot(t, "bridge", "iptables", "p
 
 // mesh is a topology plus the Desired state of every edge.
 type mesh struct {
-	t       *testing.T
-	net     *topo.Net
-	topo    *topo.Topology
+	t    *testing.T
+	net  *topo.Net
+	topo *topo.Topology
+	// k drives the iptables program named ipt.
 	k       *Kernel
+	ipt     string
 	desired map[string]*Desired
 }
 
 func newMesh(t *testing.T, vpcs ...topo.VPC) *mesh {
+	t.Helper()
+	return newMeshOn(t, "iptables", vpcs...)
+}
+
+// newMeshOn is newMesh with a Kernel that drives the iptables program named
+// ipt ("iptables-legacy", say).
+func newMeshOn(t *testing.T, ipt string, vpcs ...topo.VPC) *mesh {
 	t.Helper()
 	requireRoot(t)
 	n, err := topo.New(topo.UniquePrefix("nc"))
@@ -51,11 +58,11 @@ func newMesh(t *testing.T, vpcs ...topo.VPC) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := New()
+	k, err := newKernel(ipt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &mesh{t: t, net: n, topo: tp, k: k, desired: map[string]*Desired{}}
+	m := &mesh{t: t, net: n, topo: tp, k: k, ipt: ipt, desired: map[string]*Desired{}}
 	m.rebuildDesired()
 	return m
 }
@@ -204,17 +211,22 @@ func (m *mesh) expectUnreachable(from *topo.Site, to netip.Addr) {
 // expectMembers checks the members of an ipset on site's edge.
 func (m *mesh) expectMembers(site, set string, want ...string) {
 	m.t.Helper()
-	var got IPSet
-	m.in(site, func() (err error) {
-		if err := m.k.begin(); err != nil {
+	var got ipset
+	m.in(site, func() error {
+		s, err := m.k.begin()
+		if err != nil {
 			return err
 		}
-		defer m.k.end()
-		var ok bool
-		if got, ok, err = m.k.listSet(set, 4); err == nil && !ok {
-			err = fmt.Errorf("no ipset %s", set)
+		defer s.end()
+		r := newReading(&Desired{}, nil)
+		if err := s.readSets(r); err != nil {
+			return err
 		}
-		return err
+		var ok bool
+		if got, ok = r.a.Sets[set]; !ok {
+			return fmt.Errorf("no ipset %s", set)
+		}
+		return nil
 	})
 	var members []string
 	for _, p := range got.Members {
@@ -227,7 +239,7 @@ func (m *mesh) expectMembers(site, set string, want ...string) {
 // "iptables -L -v -x -n" line contains match.
 func (m *mesh) counter(ns, table, chain, match string) int {
 	m.t.Helper()
-	for _, l := range m.lines(ns, "iptables", "-t", table, "-L", chain, "-v", "-x", "-n") {
+	for _, l := range m.lines(ns, m.ipt, "-t", table, "-L", chain, "-v", "-x", "-n") {
 		if strings.Contains(l, match) {
 			n, err := strconv.Atoi(strings.Fields(l)[0])
 			if err != nil {
@@ -238,6 +250,50 @@ func (m *mesh) counter(ns, table, chain, match string) int {
 	}
 	m.t.Fatalf("no rule matching %q in %s %s", match, table, chain)
 	return 0
+}
+
+// The changes on vpc1's edge of the walkthrough mesh when vpc3 leaves it,
+// and when vpc3 comes back.
+var (
+	vpc1WithoutVPC3 = []string{
+		"route del 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
+		"neigh del 172.20.0.0 dev cframe0",
+		"fdb del 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
+		"ipset del cframe-peers 192.0.2.10",
+	}
+	vpc1WithVPC3Again = []string{
+		"ipset add cframe-peers 192.0.2.10",
+		"fdb add 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
+		"neigh add 172.20.0.0 lladdr 02:cf:00:00:00:03 dev cframe0 nud permanent",
+		"route add 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
+	}
+)
+
+// reconcileRequests is what a Reconcile of a VXLAN edge whose chains are
+// unchanged takes to make changes changes: one dump each of the links, FDB
+// entries, neighbors, routes, addresses and the two sets, the read of the
+// chains, and one request per change.
+func reconcileRequests(k *Kernel, changes int) Requests {
+	return Requests{Netlink: 7 + changes}.plus(chainsRead(k))
+}
+
+// updateRequests is what an Update of one peer with cidrs networks takes to
+// make changes changes: the links dump, one get each for the peer's FDB
+// entry, neighbor, set member and every network's route, the read of the
+// chains, and one request per change.
+func updateRequests(k *Kernel, cidrs, changes int) Requests {
+	return Requests{Netlink: 4 + cidrs + changes}.plus(chainsRead(k))
+}
+
+// chainsRead is what reading the iptables chains costs when they have not
+// changed since the Kernel last read them: with nf_tables one request for
+// the nftables generation; legacy iptables has no generation to tell that
+// nothing changed, so iptables-save runs.
+func chainsRead(k *Kernel) Requests {
+	if k.ipt.nft {
+		return Requests{Netlink: 1}
+	}
+	return Requests{Exec: 1}
 }
 
 func walkthroughWithPod() []topo.VPC {
@@ -317,7 +373,7 @@ func TestKernelMesh(t *testing.T) {
 	expectLines(t, "iptables -t mangle -S", m.lines(e1, "iptables", "-t", "mangle", "-S"), vpc1MangleRules)
 	expectLines(t, "iptables -t nat -S", m.lines(e1, "iptables", "-t", "nat", "-S"),
 		[]string{"-P PREROUTING ACCEPT", "-P INPUT ACCEPT", "-P OUTPUT ACCEPT", "-P POSTROUTING ACCEPT"})
-	m.expectMembers("vpc1", SetPeers, "203.0.113.10/32", "192.0.2.10/32")
+	m.expectMembers("vpc1", setPeers, "203.0.113.10/32", "192.0.2.10/32")
 	if got := m.sh(e1, "cat", "/proc/sys/net/ipv4/ip_forward"); got != "1" {
 		t.Errorf("ip_forward = %s", got)
 	}
@@ -384,22 +440,15 @@ func TestKernelPeerChanges(t *testing.T) {
 
 	// A peer removed: its route, neighbor, FDB entry and set member go,
 	// in one request each plus the reads (one dump of each kind), with no
-	// iptables program run: the chains are unchanged, and with nf_tables
-	// not even read again.
+	// iptables program run but the read of the unchanged chains (none with
+	// nf_tables, see chainsRead).
 	m.desired["vpc1"].Peers = m.desired["vpc1"].Peers[:1]
 	res := m.reconcile("vpc1")
-	expectLines(t, "changes after removing peer vpc3", res.Changes, []string{
-		"route del 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
-		"neigh del 172.20.0.0 dev cframe0",
-		"fdb del 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
-		"ipset del cframe-peers 192.0.2.10",
-	})
-	// Reads: links, FDB, neighbors, routes, addresses, two sets, the
-	// nftables generation; writes: four, plus one link lookup.
-	if want := (Requests{Netlink: 8 + 5}); m.k.nft && res.Requests != want {
+	expectLines(t, "changes after removing peer vpc3", res.Changes, vpc1WithoutVPC3)
+	if want := reconcileRequests(m.k, len(res.Changes)); res.Requests != want {
 		t.Errorf("removing a peer took %+v, want %+v", res.Requests, want)
 	}
-	m.expectMembers("vpc1", SetPeers, "203.0.113.10/32")
+	m.expectMembers("vpc1", setPeers, "203.0.113.10/32")
 	m.expectSet("fdb after removal", m.lines(e1, "bridge", "fdb", "show", "dev", "cframe0"),
 		[]string{"02:cf:00:00:00:02 dst 203.0.113.10 port 58433 self permanent"})
 	m.expectSet("neighbors after removal", m.lines(e1, "ip", "neigh", "show", "dev", "cframe0"),
@@ -722,7 +771,7 @@ func TestKernelRepair(t *testing.T) {
 		"-A CFRAME-INPUT -p udp -m udp --dport 58423 -j DROP",
 	})
 	// ipsets have no events either.
-	m.in("vpc1", func() error { return netlink.IpsetDel(SetPeers, &netlink.IPSetEntry{IP: s2.Underlay().AsSlice()}) })
+	m.in("vpc1", func() error { return netlink.IpsetDel(setPeers, &netlink.IPSetEntry{IP: s2.Underlay().AsSlice()}) })
 	m.expectUnreachable(s1, s2.HostAddr)
 	repair("ipset del", []string{"ipset add cframe-peers 203.0.113.10"})
 
@@ -788,20 +837,76 @@ func TestKernelMasquerade(t *testing.T) {
 	m.expectUnreachable(s1, s2.HostAddr)
 }
 
+// TestKernelLegacyIptables: the walkthrough mesh with the legacy flavour of
+// iptables (iptables-legacy and its -save and -restore, as Debian's
+// iptables package ships them): the same rules, a converged mesh that stays
+// so, traffic, the requests of an Update and a Reconcile — where
+// iptables-save runs every time: legacy iptables has no generation to tell
+// that nothing changed —, and a Cleanup that leaves nothing behind.
+func TestKernelLegacyIptables(t *testing.T) {
+	t.Parallel()
+	topo.SkipUnlessRoot(t, "iptables-legacy", "iptables-legacy-save", "iptables-legacy-restore")
+	m := newMeshOn(t, "iptables-legacy", topo.Walkthrough()...)
+	if m.k.ipt.nft {
+		t.Fatal("iptables-legacy is the nf_tables flavour here")
+	}
+	s1, s2, s3 := m.site("vpc1"), m.site("vpc2"), m.site("vpc3")
+	e1 := s1.Edge
+	m.sh(e1, "iptables-legacy", "-P", "FORWARD", "DROP")
+	m.reconcileAll()
+	m.expectNoChanges()
+	expectLines(t, "iptables-legacy -S", m.lines(e1, "iptables-legacy", "-S"), vpc1FilterRules)
+	expectLines(t, "iptables-legacy -t mangle -S", m.lines(e1, "iptables-legacy", "-t", "mangle", "-S"), vpc1MangleRules)
+	if err := m.ping(s1, s2.HostAddr); err != nil {
+		t.Error(err)
+	}
+	if err := topo.TCPTransfer(s1.Host, s3.Host, s3.HostAddr, 1<<20, 15*time.Second); err != nil {
+		t.Error(err)
+	}
+
+	// vpc3 leaves vpc1's mesh through an Update (built on a Reconcile of
+	// vpc1) and comes back through a Reconcile.
+	m.reconcile("vpc1")
+	d := *m.desired["vpc1"]
+	d.Peers = slices.DeleteFunc(slices.Clone(d.Peers), func(p Peer) bool { return p.Name == "vpc3" })
+	var res Result
+	m.in("vpc1", func() (err error) { res, err = m.k.Update(&d); return err })
+	if !res.Targeted {
+		t.Fatalf("Update fell back to a full Reconcile: %s", res.FallbackReason)
+	}
+	expectLines(t, "changes after vpc3 left", res.Changes, vpc1WithoutVPC3)
+	if want := updateRequests(m.k, 1, len(res.Changes)); res.Requests != want {
+		t.Errorf("vpc3 leaving took %+v, want %+v", res.Requests, want)
+	}
+	m.expectUnreachable(s1, s3.HostAddr)
+	res = m.reconcile("vpc1")
+	expectLines(t, "changes after vpc3 came back", res.Changes, vpc1WithVPC3Again)
+	if want := reconcileRequests(m.k, len(res.Changes)); res.Requests != want {
+		t.Errorf("vpc3 coming back took %+v, want %+v", res.Requests, want)
+	}
+	if err := m.ping(s1, s3.HostAddr); err != nil {
+		t.Error(err)
+	}
+
+	var removed []string
+	m.in("vpc1", func() (err error) { removed, err = m.k.Cleanup(); return err })
+	if len(removed) == 0 {
+		t.Error("Cleanup removed nothing")
+	}
+	if out := m.sh(e1, "iptables-legacy-save"); strings.Contains(out, "CFRAME") {
+		t.Errorf("iptables-legacy-save still mentions CFRAME after Cleanup:\n%s", out)
+	}
+	if got := m.lines(e1, "ip", "route", "show", "proto", "207"); len(got) > 0 {
+		t.Errorf("routes left after Cleanup: %q", got)
+	}
+}
+
 // TestKernelSupported: VXLAN is available; GRE is either available or
 // reported in one actionable line; the probe leaves nothing behind.
 func TestKernelSupported(t *testing.T) {
 	t.Parallel()
 	requireRoot(t)
-	n, err := topo.New(topo.UniquePrefix("ns"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	ns, err := n.NS("probe")
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, ns := oneNS(t, "ns", "probe")
 	var vx, gre, bogus error
 	if err := topo.Do(ns, func() error {
 		vx, gre, bogus = Supported(ModeVXLAN), Supported(ModeGRE), Supported("ipip")
@@ -845,7 +950,7 @@ func TestKernelGRE(t *testing.T) {
 	m.expectNoChanges()
 	m.checkAllPairs()
 	s1, s2 := m.site("vpc1"), m.site("vpc2")
-	dev := m.desired["vpc1"].GREDevice("vpc2")
+	dev := greDevice(DefaultDevice, "vpc2")
 	m.expectSet("routes with proto 207", m.lines(s1.Edge, "ip", "route", "show", "proto", "207"),
 		[]string{fmt.Sprintf("172.31.0.0/16 dev %s scope link src 172.18.171.245", dev)})
 	link := m.sh(s1.Edge, "ip", "-d", "link", "show", dev)
@@ -861,25 +966,27 @@ func TestKernelGRE(t *testing.T) {
 // host's iptables-save exactly as cframe spells it: the premise of diffing
 // rules without flushing chains. A rule with an awkward comment, as an
 // older cframe wrote per peer, must be deletable by its canonical line,
-// in a batch and alone.
+// in a batch and alone. Both flavours of iptables, nf_tables and legacy.
 func TestKernelIptablesForms(t *testing.T) {
 	t.Parallel()
 	requireRoot(t)
-	n, err := topo.New(topo.UniquePrefix("ni"))
-	if err != nil {
-		t.Fatal(err)
+	for _, program := range []string{"iptables", "iptables-legacy"} {
+		t.Run(program, func(t *testing.T) {
+			t.Parallel()
+			topo.SkipUnlessRoot(t, program, program+"-save", program+"-restore")
+			iptablesForms(t, program)
+		})
 	}
-	t.Cleanup(func() { n.Close() })
-	ns, err := n.NS("ipt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := New()
+}
+
+func iptablesForms(t *testing.T, program string) {
+	n, ns := oneNS(t, "ni", "ipt")
+	k, err := newKernel(program)
 	if err != nil {
 		t.Fatal(err)
 	}
 	oldPeer := func(name, addr string) rule {
-		return rule{ChainInput, []string{"-s", addr, "-p", "udp", "-m", "udp", "--dport", "4789", "-m", "comment", "--comment", "cframe peer " + name, "-j", "ACCEPT"}}
+		return rule{chainInput, []string{"-s", addr, "-p", "udp", "-m", "udp", "--dport", "4789", "-m", "comment", "--comment", "cframe peer " + name, "-j", "ACCEPT"}}
 	}
 	odd, plain := oldPeer(`we"ird name/ü:1.2@x`, "192.0.2.7/32"), oldPeer("sz-1", "192.0.2.8/32")
 	var rules []rule
@@ -888,48 +995,46 @@ func TestKernelIptablesForms(t *testing.T) {
 	rules = append(rules, mssRules("cframe0-abcdef", 1450)...)
 	rules = append(rules, natRule(pfx("172.18.0.0/16"), ip("172.18.171.245")), natRule(pfx("172.18.0.0/16"), netip.Addr{}))
 	if err := topo.Do(ns, func() error {
-		if err := k.begin(); err != nil {
+		s, err := k.begin()
+		if err != nil {
 			return err
 		}
-		defer k.end()
-		for name := range setTypes {
-			if err := k.setCreate(name); err != nil {
-				return err
-			}
-		}
-		p := &planner{}
-		var add []Change
+		defer s.end()
+		sets := []change{setCreate(setPeers), setCreate(setNets)}
+		var add []change
 		for _, h := range hooks {
-			add = append(add, iptCmd(h.own.Table, "-N "+h.own.Name, func(ipt *iptables.IPTables) error { return ipt.NewChain(h.own.Table, h.own.Name) }),
-				p.ipAppend(jumpRule(h.from, h.own)))
+			add = append(add, chainNew(h.own), ruleAppend(jumpRule(h.from, h.own)))
 		}
 		for _, r := range rules {
-			add = append(add, p.ipAppend(r))
+			add = append(add, ruleAppend(r))
 		}
-		k.count = Requests{}
-		if err := errors.Join(k.runChanges(add)...); err != nil {
+		if _, err := s.apply(sets); err != nil {
 			return err
 		}
-		if k.count.Exec != 3 {
-			t.Errorf("%d changes in 3 tables took %d programs, want 3", len(add), k.count.Exec)
-		}
-		a := &Actual{Chains: map[Chain][]string{}}
-		if err := k.readChains(a); err != nil {
+		before := s.requests()
+		if _, err := s.apply(add); err != nil {
 			return err
 		}
-		want := map[Chain][]string{}
+		if ran := s.requests().Exec - before.Exec; ran != 3 {
+			t.Errorf("%d changes in 3 tables took %d programs, want 3", len(add), ran)
+		}
+		r := newReading(&Desired{}, nil)
+		if err := s.readChains(r); err != nil {
+			return err
+		}
+		want := map[chain][]string{}
 		for _, r := range rules {
 			want[r.chain] = append(want[r.chain], r.line())
 		}
 		for _, h := range hooks {
-			expectLines(t, "rules of "+h.own.Name, a.Chains[h.own], want[h.own])
-			expectLines(t, "rules of "+h.from.Table+" "+h.from.Name, a.Chains[h.from], []string{jumpRule(h.from, h.own).line()})
+			expectLines(t, "rules of "+h.own.Name, r.a.Chains[h.own], want[h.own])
+			expectLines(t, "rules of "+h.from.Table+" "+h.from.Name, r.a.Chains[h.from], []string{jumpRule(h.from, h.own).line()})
 		}
-		// Alone (go-iptables), then in a batch with a rule that is gone
-		// (the restore fails, each change then runs alone).
-		gone := p.ipDelete(ChainInput, oldPeer("gone", "192.0.2.9/32").line())
-		for _, cs := range [][]Change{{p.ipDelete(ChainInput, odd.line())}, {gone, p.ipDelete(ChainInput, plain.line())}} {
-			if err := errors.Join(k.runChanges(cs)...); err != nil {
+		// Alone, then in a batch with a rule that is gone (the restore
+		// fails, each change then runs alone).
+		gone := ruleDelete(chainInput, oldPeer("gone", "192.0.2.9/32").line())
+		for _, cs := range [][]change{{ruleDelete(chainInput, odd.line())}, {gone, ruleDelete(chainInput, plain.line())}} {
+			if _, err := s.apply(cs); err != nil {
 				return err
 			}
 		}
@@ -937,9 +1042,25 @@ func TestKernelIptablesForms(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if out := nsExec(t, n, ns, "iptables", "-S", "CFRAME-INPUT"); strings.Contains(out, "cframe peer") {
+	if out := nsExec(t, n, ns, program, "-S", "CFRAME-INPUT"); strings.Contains(out, "cframe peer") {
 		t.Errorf("rules with comments not deleted:\n%s", out)
 	}
+}
+
+// oneNS returns a namespace of its own (named name, under a unique prefix),
+// removed when the test ends.
+func oneNS(t *testing.T, prefix, name string) (*topo.Net, string) {
+	t.Helper()
+	n, err := topo.New(topo.UniquePrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	ns, err := n.NS(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, ns
 }
 
 func nsExec(t *testing.T, n *topo.Net, ns string, args ...string) string {

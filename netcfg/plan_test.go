@@ -33,14 +33,14 @@ func baseDesired() *Desired {
 // scratchActual is a fresh edge: no cframe objects, forwarding off, one
 // foreign rule in POSTROUTING, one receive queue on the underlay NIC for
 // two CPUs.
-func scratchActual() *Actual {
-	return &Actual{
+func scratchActual() *actual {
+	return &actual{
 		LANAddr:          ip("172.20.0.9"),
 		UnderlayMTU:      1500,
 		UnderlayRxQueues: 1,
 		CPUs:             2,
-		Sets:             map[string]IPSet{},
-		Chains: map[Chain][]string{
+		Sets:             map[string]ipset{},
+		Chains: map[chain][]string{
 			{"filter", "FORWARD"}:  {},
 			{"filter", "INPUT"}:    {},
 			{"mangle", "FORWARD"}:  {},
@@ -64,29 +64,29 @@ const (
 )
 
 // convergedActual is what the kernel holds after baseDesired was applied.
-func convergedActual() *Actual {
+func convergedActual() *actual {
 	a := scratchActual()
 	a.IPForward = true
-	a.Links = []Link{{Name: "cframe0", Kind: "vxlan", Index: 7, Alias: "cframe", MTU: 1450, MAC: mac(3), Up: true, VNI: 1, Port: 58425, RPS: true}}
-	a.FDB = []FDBEntry{
+	a.Links = []link{{Name: "cframe0", Kind: "vxlan", Index: 7, Alias: "cframe", MTU: 1450, MAC: mac(3), Up: true, VNI: 1, Port: 58425, RPS: true}}
+	a.FDB = []fdbEntry{
 		{Device: "cframe0", MAC: mac(1), Dst: ip("198.51.100.10"), Port: 58423},
 		{Device: "cframe0", MAC: mac(2), Dst: ip("203.0.113.10"), Port: 58424},
 	}
-	a.Neighbors = []Neighbor{
+	a.Neighbors = []neighbor{
 		{Device: "cframe0", IP: ip("172.18.0.0"), MAC: mac(1)},
 		{Device: "cframe0", IP: ip("172.31.0.0"), MAC: mac(2)},
 	}
-	route := func(dst, gw string) Route {
-		return Route{Dst: pfx(dst), Gw: ip(gw), Device: "cframe0", Src: ip("172.20.0.9"), Protocol: RouteProtocol, OnLink: true}
+	ours := func(dst, gw string) route {
+		return route{Dst: pfx(dst), Gw: ip(gw), Device: "cframe0", Src: ip("172.20.0.9"), Protocol: RouteProtocol, OnLink: true}
 	}
-	a.Routes = []Route{route("172.18.0.0/16", "172.18.0.0"), route("10.244.1.0/24", "172.18.0.0"), route("172.31.0.0/16", "172.31.0.0")}
-	a.Chains[ChainForward] = []string{fwdIn, fwdOut}
-	a.Chains[Chain{"filter", "FORWARD"}] = []string{jumpFwd, dockerUser}
-	a.Chains[ChainInput] = []string{inPeers, inDrop}
-	a.Sets[SetPeers] = IPSet{Type: "hash:ip", Members: []netip.Prefix{pfx("198.51.100.10/32"), pfx("203.0.113.10/32")}}
-	a.Chains[Chain{"filter", "INPUT"}] = []string{jumpInput}
-	a.Chains[ChainMSS] = []string{mssOut, mssIn}
-	a.Chains[Chain{"mangle", "FORWARD"}] = []string{jumpMSS}
+	a.Routes = []route{ours("172.18.0.0/16", "172.18.0.0"), ours("10.244.1.0/24", "172.18.0.0"), ours("172.31.0.0/16", "172.31.0.0")}
+	a.Chains[chainForward] = []string{fwdIn, fwdOut}
+	a.Chains[chain{"filter", "FORWARD"}] = []string{jumpFwd, dockerUser}
+	a.Chains[chainInput] = []string{inPeers, inDrop}
+	a.Sets[setPeers] = ipset{Type: "hash:ip", Members: []netip.Prefix{pfx("198.51.100.10/32"), pfx("203.0.113.10/32")}}
+	a.Chains[chain{"filter", "INPUT"}] = []string{jumpInput}
+	a.Chains[chainMSS] = []string{mssOut, mssIn}
+	a.Chains[chain{"mangle", "FORWARD"}] = []string{jumpMSS}
 	return a
 }
 
@@ -122,7 +122,7 @@ func TestPlan(t *testing.T) {
 	tests := []struct {
 		name          string
 		desired       func(d *Desired)
-		actual        func() *Actual
+		actual        func() *actual
 		wantChanges   []string
 		wantConflicts []string
 	}{
@@ -219,20 +219,20 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "foreign route with the same prefix: ours skipped, conflict reported",
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := convergedActual()
-				a.Routes = slices.DeleteFunc(a.Routes, func(r Route) bool { return r.Dst == pfx("172.31.0.0/16") })
-				a.ForeignRoutes = []Route{{Dst: pfx("172.31.0.0/16"), Gw: ip("172.20.0.1"), Device: "eth0", Protocol: 4}}
+				a.Routes = slices.DeleteFunc(a.Routes, func(r route) bool { return r.Dst == pfx("172.31.0.0/16") })
+				a.ForeignRoutes = []route{{Dst: pfx("172.31.0.0/16"), Gw: ip("172.20.0.1"), Device: "eth0", Protocol: 4}}
 				return a
 			},
 			wantConflicts: []string{"route 172.31.0.0/16 via 172.20.0.1 dev eth0 proto static is not cframe's: skipped peer vpc2's route 172.31.0.0/16"},
 		},
 		{
 			name: "overlapping foreign routes: ours installed, overlap reported",
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := convergedActual()
 				a.Routes = a.Routes[:2]
-				a.ForeignRoutes = []Route{
+				a.ForeignRoutes = []route{
 					{Dst: pfx("172.31.5.0/24"), Device: "eth0", Protocol: 3},
 					{Dst: pfx("172.31.0.0/16"), Device: "eth1", Protocol: 4, Metric: 100},
 				}
@@ -246,10 +246,10 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "foreign link with our name: left alone with everything that depends on it",
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := scratchActual()
 				a.IPForward = true
-				a.Links = []Link{{Name: "cframe0", Kind: "bridge", Index: 3, MTU: 1500, Up: true}}
+				a.Links = []link{{Name: "cframe0", Kind: "bridge", Index: 3, MTU: 1500, Up: true}}
 				return a
 			},
 			wantChanges: []string{
@@ -269,14 +269,14 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "stale objects of ours removed, foreign entries on other devices ignored",
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := convergedActual()
-				a.FDB = append(a.FDB, FDBEntry{Device: "cframe0", MAC: mac(9), Dst: ip("192.0.2.99"), Port: 58423})
-				a.Neighbors = append(a.Neighbors, Neighbor{Device: "cframe0", IP: ip("10.9.0.0"), MAC: mac(9)})
-				a.Routes = append(a.Routes, Route{Dst: pfx("10.9.0.0/16"), Gw: ip("10.9.0.0"), Device: "cframe0", Protocol: RouteProtocol, OnLink: true})
-				a.Links = append(a.Links, Link{Name: "cframe1", Kind: "vxlan", Alias: "cframe", VNI: 2},
-					Link{Name: "cfnew0badf00d", Kind: "vxlan"}, // a creation cut short
-					Link{Name: "cfnew-bridge", Kind: "bridge"}) // not ours
+				a.FDB = append(a.FDB, fdbEntry{Device: "cframe0", MAC: mac(9), Dst: ip("192.0.2.99"), Port: 58423})
+				a.Neighbors = append(a.Neighbors, neighbor{Device: "cframe0", IP: ip("10.9.0.0"), MAC: mac(9)})
+				a.Routes = append(a.Routes, route{Dst: pfx("10.9.0.0/16"), Gw: ip("10.9.0.0"), Device: "cframe0", Protocol: RouteProtocol, OnLink: true})
+				a.Links = append(a.Links, link{Name: "cframe1", Kind: "vxlan", Alias: "cframe", VNI: 2},
+					link{Name: "cfnew0badf00d", Kind: "vxlan"}, // a creation cut short
+					link{Name: "cfnew-bridge", Kind: "bridge"}) // not ours
 				return a
 			},
 			wantChanges: []string{
@@ -289,22 +289,22 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name:        "ip_forward off",
-			actual:      func() *Actual { a := convergedActual(); a.IPForward = false; return a },
+			actual:      func() *actual { a := convergedActual(); a.IPForward = false; return a },
 			wantChanges: []string{"sysctl net.ipv4.ip_forward=1"},
 		},
 		{
 			name:        "link down",
-			actual:      func() *Actual { a := convergedActual(); a.Links[0].Up = false; return a },
+			actual:      func() *actual { a := convergedActual(); a.Links[0].Up = false; return a },
 			wantChanges: []string{"link set cframe0 up"},
 		},
 		{
 			name:        "receive packet steering switched off by someone: switched on again",
-			actual:      func() *Actual { a := convergedActual(); a.Links[0].RPS = false; return a },
+			actual:      func() *actual { a := convergedActual(); a.Links[0].RPS = false; return a },
 			wantChanges: []string{"link set cframe0 rps_cpus all (receive packet steering)"},
 		},
 		{
 			name: "underlay NIC with a receive queue per CPU: no receive packet steering wanted, none removed",
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := convergedActual()
 				a.UnderlayRxQueues = 2
 				a.Links[0].RPS = false
@@ -313,7 +313,7 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "underlay veth receiving on the sending CPUs: no receive packet steering wanted, none removed",
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := convergedActual()
 				a.UnderlayRxOnSender = true
 				return a
@@ -321,7 +321,7 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "learning switched on by someone: recreated",
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := convergedActual()
 				a.Links[0].Learning = true
 				a.FDB, a.Neighbors = nil, nil
@@ -341,13 +341,13 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "iptables repairs: flushed builtin chain, flushed own chain, misplaced DROP, duplicates",
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := convergedActual()
-				a.Chains[Chain{"filter", "FORWARD"}] = []string{dockerUser} // someone ran iptables -F FORWARD
-				a.Chains[ChainForward] = []string{}                         // iptables -F CFRAME-FORWARD
-				a.Chains[ChainInput] = []string{inDrop, inPeers}            // accept after the DROP
-				a.Chains[ChainMSS] = []string{mssOut, mssIn, mssOut}        // duplicate
-				a.Chains[Chain{"mangle", "FORWARD"}] = []string{jumpMSS, jumpMSS}
+				a.Chains[chain{"filter", "FORWARD"}] = []string{dockerUser} // someone ran iptables -F FORWARD
+				a.Chains[chainForward] = []string{}                         // iptables -F CFRAME-FORWARD
+				a.Chains[chainInput] = []string{inDrop, inPeers}            // accept after the DROP
+				a.Chains[chainMSS] = []string{mssOut, mssIn, mssOut}        // duplicate
+				a.Chains[chain{"mangle", "FORWARD"}] = []string{jumpMSS, jumpMSS}
 				return a
 			},
 			wantChanges: []string{
@@ -380,13 +380,13 @@ func TestPlan(t *testing.T) {
 				d.Masquerade = true
 				d.Peers = d.Peers[:1]
 			},
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := convergedActual()
 				a.LANAddr = netip.Addr{}
-				a.Routes = []Route{{Dst: pfx("172.31.0.0/16"), Gw: ip("172.31.0.0"), Device: "cframe0", Protocol: RouteProtocol, OnLink: true}}
+				a.Routes = []route{{Dst: pfx("172.31.0.0/16"), Gw: ip("172.31.0.0"), Device: "cframe0", Protocol: RouteProtocol, OnLink: true}}
 				a.FDB, a.Neighbors = a.FDB[1:], a.Neighbors[1:]
-				a.Sets[SetPeers] = IPSet{Type: "hash:ip", Members: []netip.Prefix{pfx("203.0.113.10/32")}}
-				a.Sets[SetNets] = IPSet{Type: "hash:net", Members: []netip.Prefix{pfx("10.9.0.0/16")}}
+				a.Sets[setPeers] = ipset{Type: "hash:ip", Members: []netip.Prefix{pfx("203.0.113.10/32")}}
+				a.Sets[setNets] = ipset{Type: "hash:net", Members: []netip.Prefix{pfx("10.9.0.0/16")}}
 				return a
 			},
 			wantChanges: []string{
@@ -399,11 +399,11 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "masquerade off: chain unhooked and removed, then its set; foreign NAT rule kept",
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := convergedActual()
-				a.Sets[SetNets] = IPSet{Type: "hash:net", Members: []netip.Prefix{pfx("172.31.0.0/16")}}
-				a.Chains[ChainNAT] = []string{"-A CFRAME-POSTROUTING -d 172.20.0.0/16 -m set --match-set cframe-nets src -j SNAT --to-source 172.20.0.9"}
-				a.Chains[Chain{"nat", "POSTROUTING"}] = []string{"-A POSTROUTING -j CFRAME-POSTROUTING", "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"}
+				a.Sets[setNets] = ipset{Type: "hash:net", Members: []netip.Prefix{pfx("172.31.0.0/16")}}
+				a.Chains[chainNAT] = []string{"-A CFRAME-POSTROUTING -d 172.20.0.0/16 -m set --match-set cframe-nets src -j SNAT --to-source 172.20.0.9"}
+				a.Chains[chain{"nat", "POSTROUTING"}] = []string{"-A POSTROUTING -j CFRAME-POSTROUTING", "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"}
 				return a
 			},
 			wantChanges: []string{
@@ -419,11 +419,11 @@ func TestPlan(t *testing.T) {
 				d.Mode = ModeGRE
 				d.Peers[1].CIDRs = d.Peers[1].CIDRs[:1]
 			},
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := scratchActual()
 				a.IPForward = true
 				a.UnderlaySource = map[netip.Addr]netip.Addr{ip("198.51.100.10"): ip("192.0.2.10"), ip("203.0.113.10"): ip("192.0.2.10")}
-				a.Links = []Link{{Name: "cframe0", Kind: "vxlan", Alias: "cframe", VNI: 1, Port: 58425, MTU: 1450, Up: true}}
+				a.Links = []link{{Name: "cframe0", Kind: "vxlan", Alias: "cframe", VNI: 1, Port: 58425, MTU: 1450, Up: true}}
 				return a
 			},
 			wantChanges: []string{
@@ -460,35 +460,35 @@ func TestPlan(t *testing.T) {
 				d.Peers = d.Peers[:1] // vpc2 only
 				d.Peers[0].Underlay = netip.MustParseAddrPort("203.0.113.20:0")
 			},
-			actual: func() *Actual {
+			actual: func() *actual {
 				a := scratchActual()
 				a.IPForward = true
-				a.Links = []Link{
+				a.Links = []link{
 					{Name: gre1, Kind: "gre", Alias: "cframe:vpc1", Local: ip("192.0.2.10"), Remote: ip("198.51.100.10"), MTU: 1476, Up: true},
 					{Name: gre2, Kind: "gre", Alias: "cframe:vpc2", Local: ip("192.0.2.10"), Remote: ip("203.0.113.10"), MTU: 1476, Up: true},
 				}
-				a.Routes = []Route{
+				a.Routes = []route{
 					{Dst: pfx("172.18.0.0/16"), Device: gre1, Src: ip("172.20.0.9"), Protocol: RouteProtocol},
 					{Dst: pfx("172.31.0.0/16"), Device: gre2, Src: ip("172.20.0.9"), Protocol: RouteProtocol},
 				}
-				a.Chains[ChainForward] = []string{
+				a.Chains[chainForward] = []string{
 					"-A CFRAME-FORWARD -d 172.20.0.0/16 -i " + gre1 + " -j ACCEPT", "-A CFRAME-FORWARD -s 172.20.0.0/16 -o " + gre1 + " -j ACCEPT",
 					"-A CFRAME-FORWARD -d 172.20.0.0/16 -i " + gre2 + " -j ACCEPT", "-A CFRAME-FORWARD -s 172.20.0.0/16 -o " + gre2 + " -j ACCEPT",
 				}
-				a.Chains[Chain{"filter", "FORWARD"}] = []string{jumpFwd}
-				a.Chains[ChainInput] = []string{
+				a.Chains[chain{"filter", "FORWARD"}] = []string{jumpFwd}
+				a.Chains[chainInput] = []string{
 					`-A CFRAME-INPUT -s 198.51.100.10/32 -p gre -m comment --comment "cframe peer vpc1" -j ACCEPT`,
 					`-A CFRAME-INPUT -s 203.0.113.10/32 -p gre -m comment --comment "cframe peer vpc2" -j ACCEPT`,
 					"-A CFRAME-INPUT -p gre -j DROP",
 				}
-				a.Chains[Chain{"filter", "INPUT"}] = []string{jumpInput}
-				a.Chains[ChainMSS] = []string{
+				a.Chains[chain{"filter", "INPUT"}] = []string{jumpInput}
+				a.Chains[chainMSS] = []string{
 					"-A CFRAME-MSS -o " + gre1 + " -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss 1437:65535 -j TCPMSS --set-mss 1436",
 					"-A CFRAME-MSS -i " + gre1 + " -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss 1437:65535 -j TCPMSS --set-mss 1436",
 					"-A CFRAME-MSS -o " + gre2 + " -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss 1437:65535 -j TCPMSS --set-mss 1436",
 					"-A CFRAME-MSS -i " + gre2 + " -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss 1437:65535 -j TCPMSS --set-mss 1436",
 				}
-				a.Chains[Chain{"mangle", "FORWARD"}] = []string{jumpMSS}
+				a.Chains[chain{"mangle", "FORWARD"}] = []string{jumpMSS}
 				return a
 			},
 			wantChanges: []string{
@@ -515,14 +515,28 @@ func TestPlan(t *testing.T) {
 			if tc.desired != nil {
 				tc.desired(d)
 			}
-			if err := d.Validate(); err != nil {
+			n, err := prepare(d)
+			if err != nil {
 				t.Fatalf("fixture does not validate: %v", err)
 			}
-			p := NewPlan(d, tc.actual())
-			expectLines(t, "changes", p.Strings(), tc.wantChanges)
-			expectLines(t, "conflicts", p.Conflicts, tc.wantConflicts)
+			p := newPlan(n, tc.actual())
+			expectLines(t, "changes", descs(p.changes), tc.wantChanges)
+			var conflicts []string
+			for _, c := range p.notes {
+				conflicts = append(conflicts, c.text)
+			}
+			expectLines(t, "conflicts", conflicts, tc.wantConflicts)
 		})
 	}
+}
+
+// descs returns the descriptions of changes, in order.
+func descs(changes []change) []string {
+	var out []string
+	for _, c := range changes {
+		out = append(out, c.desc)
+	}
+	return out
 }
 
 func expectLines(t *testing.T, what string, got, want []string) {
@@ -546,10 +560,6 @@ func TestGREDeviceNames(t *testing.T) {
 	long := greDevice("averylongdevicename", "x")
 	if len(long) > 15 || !strings.HasPrefix(long, "averylon-") {
 		t.Errorf("greDevice with a long prefix = %q (%d chars)", long, len(long))
-	}
-	d := &Desired{Device: "gw"}
-	if got := d.GREDevice("x"); got != greDevice("gw", "x") {
-		t.Errorf("Desired.GREDevice = %q", got)
 	}
 }
 
@@ -585,7 +595,7 @@ func TestValidate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := baseDesired()
 			tc.mutate(d)
-			err := d.Validate()
+			_, err := prepare(d)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Errorf("unexpected error: %v", err)
@@ -598,10 +608,10 @@ func TestValidate(t *testing.T) {
 
 func TestRuleLinesRoundTrip(t *testing.T) {
 	for _, comment := range []string{"sz-1", "cframe peer sz-1", `we"ir\d'x`, "a.b:c", ""} {
-		r := rule{ChainInput, []string{"-s", "192.0.2.1/32", "-m", "comment", "--comment", comment, "-j", "ACCEPT"}}
-		chain, args, err := splitLine(r.line())
-		if err != nil || chain != "CFRAME-INPUT" || !slices.Equal(args, r.args) {
-			t.Errorf("splitLine(%q) = %q %q %v, want %q", r.line(), chain, args, err, r.args)
+		r := rule{chainInput, []string{"-s", "192.0.2.1/32", "-m", "comment", "--comment", comment, "-j", "ACCEPT"}}
+		args, err := splitArgs(r.line())
+		if err != nil || len(args) < 2 || args[0] != "-A" || args[1] != "CFRAME-INPUT" || !slices.Equal(args[2:], r.args) {
+			t.Errorf("splitArgs(%q) = %q %v, want -A CFRAME-INPUT %q", r.line(), args, err, r.args)
 		}
 	}
 	if got := quoteSave("sz-1"); got != "sz-1" {
@@ -610,7 +620,7 @@ func TestRuleLinesRoundTrip(t *testing.T) {
 	if got := quoteSave(`a"b\c'd e`); got != `"a\"b\\c\'d e"` {
 		t.Errorf("quoteSave = %s", got)
 	}
-	if _, _, err := splitLine(`-A X -m comment --comment "open`); err == nil {
+	if _, err := splitArgs(`-A X -m comment --comment "open`); err == nil {
 		t.Error("unterminated quote accepted")
 	}
 	if got := normalizeLine("-A CFRAME-INPUT -s 192.0.2.1/32 -p 47 -j ACCEPT"); got != "-A CFRAME-INPUT -s 192.0.2.1/32 -p gre -j ACCEPT" {

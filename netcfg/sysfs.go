@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -42,11 +41,44 @@ func rpsFile(root, dev string) string {
 	return filepath.Join(root, "class", "net", dev, "queues", "rx-0", "rps_cpus")
 }
 
-// readSteering reads, from the sysfs of the calling thread's namespace,
+// readSteering reads, in VXLAN mode, what decides receive packet steering
+// on the tunnel device: whether the device steers already, how many receive
+// queues the underlay has, the number of CPUs and whether the underlay
+// receives on the sending CPUs. An Update takes the underlay's from its
+// baseline and the device as the last Reconcile left it.
+func (s *session) readSteering(r *reading) error {
+	if r.d.Mode != ModeVXLAN {
+		return nil
+	}
+	if r.keys != nil {
+		if r.tunnel != nil {
+			r.tunnel.RPS = r.a.wantRPS()
+		}
+		return nil
+	}
+	var dev string
+	if r.tunnel != nil {
+		dev = r.tunnel.Name
+	}
+	rps, queues, err := steeringState(dev, r.name(r.underlay))
+	if err != nil {
+		return fmt.Errorf("netcfg: read receive steering: %w", err)
+	}
+	if r.tunnel != nil {
+		r.tunnel.RPS = rps
+	}
+	r.a.UnderlayRxQueues, r.a.CPUs = queues, runtime.NumCPU()
+	if r.a.UnderlayRxOnSender, err = receivesOnSender(r.links[r.underlay]); err != nil {
+		return fmt.Errorf("netcfg: read receive steering: %w", err)
+	}
+	return nil
+}
+
+// steeringState reads, from the sysfs of the calling thread's namespace,
 // whether tunnel steers received packets to other CPUs (a non-zero rps_cpus
 // mask, whatever its CPUs: an operator's own mask is left alone) and how
 // many receive queues underlay has. An empty name is not read.
-func readSteering(tunnel, underlay string) (rps bool, queues int, err error) {
+func steeringState(tunnel, underlay string) (rps bool, queues int, err error) {
 	err = inNetSysfs(func(root string) error {
 		if underlay != "" {
 			qs, err := filepath.Glob(filepath.Join(root, "class", "net", underlay, "queues", "rx-*"))
@@ -103,32 +135,6 @@ func receivesOnSender(l netlink.Link) (bool, error) {
 	}
 	gro, err := ethtoolGRO(l.Attrs().Name)
 	return !gro, err
-}
-
-// ethtoolGRO reports whether generic receive offload is on for dev in the
-// calling thread's namespace (ETHTOOL_GGRO; netlink has no attribute).
-func ethtoolGRO(dev string) (bool, error) {
-	if len(dev) >= unix.IFNAMSIZ {
-		return false, fmt.Errorf("device name %q too long", dev)
-	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return false, err
-	}
-	defer unix.Close(fd)
-	value := struct{ cmd, data uint32 }{cmd: unix.ETHTOOL_GGRO}
-	// struct ifreq: the name, then a union whose member here is a pointer.
-	var req struct {
-		name [unix.IFNAMSIZ]byte
-		data unsafe.Pointer
-		_    [24 - unsafe.Sizeof(unsafe.Pointer(nil))]byte
-	}
-	copy(req.name[:], dev)
-	req.data = unsafe.Pointer(&value)
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&req))); errno != 0 {
-		return false, fmt.Errorf("ethtool get GRO of %s: %w", dev, errno)
-	}
-	return value.data != 0, nil
 }
 
 // onlineCPUMask returns the online CPUs (/sys/devices/system/cpu/online,

@@ -3,6 +3,7 @@ package netcfg
 import (
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -68,6 +69,80 @@ func TestScope(t *testing.T) {
 	}
 }
 
+// TestUpdateSeesEveryField changes each field of Desired but Peers, one at
+// a time: Update must hand every such change to a full Reconcile, naming
+// the field; and each field of Peer: the peer must come into the scope of
+// the Update. A field added later fails here until it has a test value
+// (otherValue), and then fails if Update overlooks it.
+func TestUpdateSeesEveryField(t *testing.T) {
+	base := baseDesired().normalized()
+	v := reflect.ValueOf(base)
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Name
+		if name == "Peers" {
+			continue
+		}
+		changed := base
+		reflect.ValueOf(&changed).Elem().Field(i).Set(otherValue(t, name, v.Field(i)))
+		if got := changedBesidesPeers(base, changed); !slices.Equal(got, []string{name}) {
+			t.Errorf("%s changed: changedBesidesPeers says %q", name, got)
+		}
+		ns, err := threadNS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := &Kernel{base: &baseline{ns: ns, d: base}}
+		if _, fallback := k.updatePeers(changed); fallback == "" {
+			t.Errorf("%s changed: Update did not fall back to a full Reconcile", name)
+		}
+	}
+	peer := reflect.ValueOf(base.Peers[0])
+	for i := range peer.NumField() {
+		name := peer.Type().Field(i).Name
+		next := slices.Clone(base.Peers)
+		reflect.ValueOf(&next[0]).Elem().Field(i).Set(otherValue(t, name, peer.Field(i)))
+		if sc := newScope(base.Peers, next); !slices.ContainsFunc(sc.peers, func(p Peer) bool { return p.Name == next[0].Name }) {
+			t.Errorf("peer's %s changed: the peer is not in the scope of the Update", name)
+		}
+	}
+}
+
+// otherValue returns a value of v's type other than v, for the types of
+// the fields of Desired and Peer.
+func otherValue(t *testing.T, field string, v reflect.Value) reflect.Value {
+	t.Helper()
+	var other any
+	switch x := v.Interface().(type) {
+	case Mode:
+		other = ModeGRE
+		if x == ModeGRE {
+			other = ModeVXLAN
+		}
+	case string:
+		other = x + "x"
+	case int:
+		other = x + 1
+	case uint16:
+		other = x + 1
+	case bool:
+		other = !x
+	case net.HardwareAddr:
+		other = net.HardwareAddr{2, 0, 0, 0, 0, 0xee}
+	case netip.Addr:
+		other = netip.MustParseAddr("192.0.2.1")
+		if x.IsValid() {
+			other = x.Next()
+		}
+	case netip.AddrPort:
+		other = netip.AddrPortFrom(x.Addr(), x.Port()+1)
+	case []netip.Prefix:
+		other = append(slices.Clone(x), netip.MustParsePrefix("10.255.0.0/16"))
+	default:
+		t.Fatalf("field %s: no test value for type %s: add one to otherValue", field, v.Type())
+	}
+	return reflect.ValueOf(other)
+}
+
 // TestKernelUpdate: on a live walkthrough mesh, Update applies peer changes
 // by reading only the changed peers' objects — a handful of requests, no
 // program run — leaves exactly what Reconcile would (a Reconcile after it
@@ -86,12 +161,15 @@ func TestKernelUpdate(t *testing.T) {
 	}
 	base := *m.desired["vpc1"]
 	d := base
-	update := func(what string, fullRead string) Result {
+	update := func(what string, fallback string) Result {
 		t.Helper()
 		var res Result
 		m.in("vpc1", func() (err error) { res, err = k.Update(&d); return err })
-		if !strings.HasPrefix(res.FullRead, fullRead) || fullRead == "" && res.FullRead != "" {
-			t.Errorf("%s: FullRead %q, want %q", what, res.FullRead, fullRead)
+		if !strings.HasPrefix(res.FallbackReason, fallback) || fallback == "" && res.FallbackReason != "" {
+			t.Errorf("%s: FallbackReason %q, want %q", what, res.FallbackReason, fallback)
+		}
+		if res.Targeted != (fallback == "") {
+			t.Errorf("%s: Targeted %v with FallbackReason %q", what, res.Targeted, res.FallbackReason)
 		}
 		var again Result
 		m.in("vpc1", func() (err error) { again, err = k.Reconcile(&d); return err })
@@ -107,33 +185,21 @@ func TestKernelUpdate(t *testing.T) {
 
 	d.Peers = []Peer{peerOf(s2)}
 	res := update("vpc3 left", "")
-	expectLines(t, "changes after vpc3 left", res.Changes, []string{
-		"route del 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
-		"neigh del 172.20.0.0 dev cframe0",
-		"fdb del 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
-		"ipset del cframe-peers 192.0.2.10",
-	})
-	// Reads: the links, vpc3's FDB entry, neighbor, route and set member,
-	// the nftables generation; writes: four.
-	if want := (Requests{Netlink: 6 + 4}); m.k.nft && res.Requests != want {
+	expectLines(t, "changes after vpc3 left", res.Changes, vpc1WithoutVPC3)
+	if want := updateRequests(k, 1, len(res.Changes)); res.Requests != want {
 		t.Errorf("vpc3 leaving took %+v, want %+v", res.Requests, want)
 	}
 	m.expectUnreachable(s1, s3.HostAddr)
 
 	d.Peers = base.Peers
-	expectLines(t, "changes after vpc3 joined again", update("vpc3 joined", "").Changes, []string{
-		"ipset add cframe-peers 192.0.2.10",
-		"fdb add 02:cf:00:00:00:03 dst 192.0.2.10 port 58443 dev cframe0",
-		"neigh add 172.20.0.0 lladdr 02:cf:00:00:00:03 dev cframe0 nud permanent",
-		"route add 172.20.0.0/16 via 172.20.0.0 dev cframe0 onlink src 172.18.171.245 proto 207",
-	})
+	expectLines(t, "changes after vpc3 joined again", update("vpc3 joined", "").Changes, vpc1WithVPC3Again)
 	m.checkAllPairs()
 
 	// A peer that shares vpc2's underlay address (another port) comes and
 	// goes: the set member stays for vpc2.
 	ghost := Peer{Name: "ghost", Underlay: netip.AddrPortFrom(s2.Underlay(), 60000), MAC: net.HardwareAddr{2, 0xcf, 0, 0, 0, 0x99},
 		NextHop: netip.MustParseAddr("10.99.0.0"), CIDRs: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24")}}
-	m.expectMembers("vpc1", SetPeers, "203.0.113.10/32", "192.0.2.10/32")
+	m.expectMembers("vpc1", setPeers, "203.0.113.10/32", "192.0.2.10/32")
 	d.Peers = append(slices.Clone(base.Peers), ghost)
 	expectLines(t, "changes after ghost joined", update("ghost joined", "").Changes, []string{
 		"fdb add 02:cf:00:00:00:99 dst 203.0.113.10 port 60000 dev cframe0",
@@ -146,7 +212,7 @@ func TestKernelUpdate(t *testing.T) {
 		"neigh del 10.99.0.0 dev cframe0",
 		"fdb del 02:cf:00:00:00:99 dst 203.0.113.10 port 60000 dev cframe0",
 	})
-	m.expectMembers("vpc1", SetPeers, "203.0.113.10/32", "192.0.2.10/32")
+	m.expectMembers("vpc1", setPeers, "203.0.113.10/32", "192.0.2.10/32")
 
 	// A foreign route to vpc3's network while vpc3 rejoins: skipped and
 	// reported, as Reconcile does.
@@ -166,11 +232,18 @@ func TestKernelUpdate(t *testing.T) {
 		t.Errorf("conflicts after the foreign route went: %q", res.Conflicts)
 	}
 
-	// Fallbacks.
+	// Fallbacks: any field besides the peers (TestUpdateSeesEveryField
+	// tries them all without a kernel).
 	d.LocalCIDRs = append(slices.Clone(base.LocalCIDRs), netip.MustParsePrefix("10.18.0.0/16"))
-	update("local networks changed", "more than the peers changed")
+	update("local networks changed", "more than the peers changed: LocalCIDRs")
 	d.LocalCIDRs = base.LocalCIDRs
-	update("local networks back", "more than the peers changed")
+	update("local networks back", "more than the peers changed: LocalCIDRs")
+	d.Masquerade = true
+	if res := update("masquerade on", "more than the peers changed: Masquerade"); !slices.Contains(res.Changes, "ipset create cframe-nets hash:net family inet") {
+		t.Errorf("masquerade on: no set of networks created: %q", res.Changes)
+	}
+	d.Masquerade = false
+	update("masquerade off", "more than the peers changed: Masquerade")
 	m.sh(e1, "ip", "link", "del", "cframe0")
 	d.Peers = []Peer{peerOf(s2)}
 	update("device deleted", "targeted read: device cframe0 is missing")

@@ -25,15 +25,9 @@ const (
 // greTTL is the outer TTL of GRE tunnels.
 const greTTL = 64
 
-// Validate reports the first problem that would keep d from being applied:
-// unknown mode, bad names, addresses that are not IPv4, missing peer data for
-// the mode, duplicate peers, MACs, next hops or CIDRs.
-func (d *Desired) Validate() error {
-	n := d.normalized()
-	return n.validate()
-}
-
-// validate is Validate of a normalized Desired.
+// validate reports the first problem that would keep n (normalized) from
+// being applied: unknown mode, bad names, addresses that are not IPv4,
+// missing peer data for the mode, duplicate peers, MACs, next hops or CIDRs.
 func (n *Desired) validate() error {
 	if n.Mode != ModeVXLAN && n.Mode != ModeGRE {
 		return fmt.Errorf("unknown mode %q (want %q or %q)", n.Mode, ModeVXLAN, ModeGRE)
@@ -177,10 +171,4 @@ func greDevice(prefix, peer string) string {
 	}
 	sum := sha256.Sum256([]byte(peer))
 	return prefix + "-" + hex.EncodeToString(sum[:3])
-}
-
-// GREDevice returns the name of the GRE device d uses for the named peer.
-func (d *Desired) GREDevice(peer string) string {
-	n := d.normalized()
-	return greDevice(n.Device, peer)
 }

@@ -154,9 +154,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("stopping; kernel state left in place (cframe-edge cleanup removes it)")
 			return nil
 		case m := <-a.follow.Messages():
-			a.apply(a.follow.Handle(m))
+			a.followChange(a.follow.Handle(m))
 		case <-resync:
-			a.apply(a.follow.Resync("connected"))
+			a.followChange(a.follow.Resync("connected"))
 		case r := <-drift:
 			if driftReason == "" {
 				settle.Reset(driftSettle)
@@ -176,10 +176,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// apply saves a changed edge set and has the kernel follow it: an update
-// that reads only the changed peers' objects (netcfg falls back to a full
-// reconcile when that does not fit).
-func (a *Agent) apply(change string, err error) {
+// followChange saves a changed edge set and has the kernel follow it: an
+// update that reads only the changed peers' objects (netcfg falls back to a
+// full reconcile when that does not fit).
+func (a *Agent) followChange(change string, err error) {
 	if err != nil {
 		a.log.Warn("edge set not updated; keeping the applied one", "err", err)
 	}
@@ -187,32 +187,29 @@ func (a *Agent) apply(change string, err error) {
 		return
 	}
 	a.saveState()
-	a.sync(change, true)
+	a.converge(change, a.kernel.Update)
 }
 
 // reconcile makes the whole kernel state match the held set.
-func (a *Agent) reconcile(reason string) { a.sync(reason, false) }
+func (a *Agent) reconcile(reason string) { a.converge(reason, a.kernel.Reconcile) }
 
-// sync makes the kernel match the held set — with an update that reads
-// only the changed peers' objects, or a full reconcile — logs every change
-// (with what was read: "changed peers" or "everything") and reports the
-// outcome.
-func (a *Agent) sync(reason string, update bool) {
+// converge has the kernel match the held set through kernelCall — an
+// Update, which reads only the changed peers' objects, or a full Reconcile
+// —, logs every change (with what was read: "changed peers" or
+// "everything") and reports the outcome.
+func (a *Agent) converge(reason string, kernelCall func(*netcfg.Desired) (netcfg.Result, error)) {
 	set, rev, ok := a.follow.Set()
 	if !ok {
 		return
 	}
 	d, registered := mesh.Desired(a.local, set)
-	do, read := a.kernel.Reconcile, "everything"
-	if update {
-		do = a.kernel.Update
-	}
-	res, err := do(&d)
-	switch {
-	case update && res.FullRead == "":
+	res, err := kernelCall(&d)
+	read := "everything"
+	if res.Targeted {
 		read = "changed peers"
-	case update:
-		a.log.Debug("full reconcile instead of an update", "why", res.FullRead, "reason", reason)
+	}
+	if res.FallbackReason != "" {
+		a.log.Debug("full reconcile instead of an update", "why", res.FallbackReason, "reason", reason)
 	}
 	for _, ch := range res.Changes {
 		a.log.Info("kernel change", "change", ch, "reason", reason, "read", read)
@@ -307,8 +304,9 @@ func writeFileAtomic(path string, b []byte) error {
 	return os.Rename(f.Name(), path)
 }
 
-// Once is the outcome of ReconcileOnce.
-type Once struct {
+// Reconciled is what ReconcileOnce did: the kernel's result, and the
+// revision of the edge set it applied and whether this edge is in it.
+type Reconciled struct {
 	netcfg.Result
 	Revision   uint64
 	Registered bool
@@ -316,17 +314,17 @@ type Once struct {
 
 // ReconcileOnce fetches the current set from the controller, makes the
 // kernel match it once and returns what changed.
-func (a *Agent) ReconcileOnce() (Once, error) {
+func (a *Agent) ReconcileOnce() (Reconciled, error) {
 	if err := a.connect(false, nats.Timeout(5*time.Second)); err != nil {
-		return Once{}, err
+		return Reconciled{}, err
 	}
 	defer a.nc.Close()
 	if _, err := a.follow.Resync("one-shot reconcile"); err != nil {
-		return Once{}, err
+		return Reconciled{}, err
 	}
 	a.saveState()
 	set, rev, _ := a.follow.Set()
 	d, registered := mesh.Desired(a.local, set)
 	res, err := a.kernel.Reconcile(&d)
-	return Once{Result: res, Revision: rev, Registered: registered}, err
+	return Reconciled{Result: res, Revision: rev, Registered: registered}, err
 }

@@ -291,8 +291,8 @@ func onePeerChange(k *netcfg.Kernel, ns string, peers, reps int) (reconcileChang
 						return err
 					}
 					*s.took = append(*s.took, time.Since(t0))
-					if m.update && res.FullRead != "" {
-						return fmt.Errorf("Update read everything: %s", res.FullRead)
+					if m.update && !res.Targeted {
+						return fmt.Errorf("Update read everything: %s", res.FallbackReason)
 					}
 					*s.changes, *s.reqs = res.Changes, res.Requests
 				}

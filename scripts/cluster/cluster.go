@@ -55,7 +55,6 @@ type Cluster struct {
 	mu         sync.Mutex
 	controller *topo.Proc
 	secret     string
-	edges      map[string]*Edge
 }
 
 // Edge is one cframe-edge agent.
@@ -86,7 +85,7 @@ func Build(dir string) error {
 // Start starts the controller (and etcd) in home's edge namespace and waits
 // until its API answers.
 func Start(t *topo.Topology, home *topo.Site, opts Options) (*Cluster, error) {
-	c := &Cluster{Topo: t, Home: home, opts: opts, edges: map[string]*Edge{}}
+	c := &Cluster{Topo: t, Home: home, opts: opts}
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -235,17 +234,7 @@ func (c *Cluster) NewEdge(name string, site *topo.Site, extra ...string) (*Edge,
 	if err := os.WriteFile(e.Config, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	c.edges[name] = e
-	c.mu.Unlock()
 	return e, nil
-}
-
-// Edge returns the agent named name, or nil.
-func (c *Cluster) Edge(name string) *Edge {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.edges[name]
 }
 
 // Spec is the edge add request for e: its site's public address, tunnel
