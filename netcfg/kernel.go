@@ -173,6 +173,7 @@ func (s *session) read(d *Desired, sc *scope) (*actual, error) {
 		s.readRoutes,
 		s.readUnderlay,
 		s.readSteering,
+		s.readTxCsum,
 		s.readIPForward,
 		s.readSets,
 		s.readChains,

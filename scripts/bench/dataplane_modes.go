@@ -121,6 +121,7 @@ func prepareCframe(o Options) (string, error) {
 		}
 	}
 	return fmt.Sprintf("the controller and two cframe-edge agents from %s, walkthrough configs: kernel VXLAN, MTU 1450, MSS clamping, "+
+		"transmit checksum offload off and the outer UDP checksum on (as kernel-vxlan+csum), "+
 		"receive packet steering on cframe0 where the underlay calls for it (one receive queue for %d CPUs, here on the wire-like underlay; "+
 		"a veth without GRO receives on the sending CPUs and gets none)", o.Bin, runtime.NumCPU()), nil
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -123,6 +124,29 @@ func TestCloudWalkthrough(t *testing.T) {
 		}
 		if after := csumErrors(t, f.net, sites); !slices.Equal(after, before) {
 			t.Errorf("UdpInCsumErrors on the edges went from %v to %v: tunnel packets arrive with bad outer checksums", before, after)
+		}
+	})
+
+	t.Run("transmit checksum offload switched on by hand: the agent switches it off, TCP keeps working", func(t *testing.T) {
+		if _, err := f.net.Exec(hk.Edge, "ethtool", "-K", "cframe0", "tx", "on"); err != nil {
+			t.Fatal(err)
+		}
+		switched := time.Now()
+		if err := topo.Eventually(10*time.Second, func() error {
+			out, err := f.net.Exec(hk.Edge, "ethtool", "-k", "cframe0")
+			if err != nil || !strings.Contains(out, "tx-checksumming: off") {
+				return fmt.Errorf("hk-1's cframe0 still offloads transmit checksums (%v)", err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("drift repair of tx-checksumming: %s", time.Since(switched).Round(time.Millisecond))
+		if b, err := os.ReadFile(f.edges["hk-1"].Log); err != nil || !strings.Contains(string(b), `change="link set cframe0 tx-checksumming off"`) {
+			t.Errorf("hk-1 did not log the repair (%v)", err)
+		}
+		if err := topo.TCPTransfer(sz.Host, hk.Host, hk.HostAddr, 1<<20, 10*time.Second); err != nil {
+			t.Error(err)
 		}
 	})
 
