@@ -1084,7 +1084,8 @@ func nsExec(t *testing.T, n *topo.Net, ns string, args ...string) string {
 // maps its EIP 1:1 onto it — a Linux NAT in the same kernel on both ends
 // of the tunnel. Pings pass either way; TCP and UDP between the hosts pass
 // only with transmit checksum offload off on the VXLAN devices. Switched
-// on again by hand, it is switched off by the next reconcile.
+// on again by hand, it is switched off by the next reconcile. The EIP as
+// the local address is refused.
 func TestKernelThroughNAT(t *testing.T) {
 	t.Parallel()
 	topo.SkipUnlessRoot(t, "ethtool")
@@ -1125,6 +1126,18 @@ func TestKernelThroughNAT(t *testing.T) {
 		}
 	}
 	traffic()
+
+	// The EIP is no address of the edge: as the local address it is refused
+	// before anything changes.
+	bad := *m.desired["vpc1"]
+	bad.LocalAddr = s1.Underlay()
+	m.in("vpc1", func() error {
+		res, err := m.k.Reconcile(&bad)
+		if err == nil || !strings.Contains(err.Error(), "not an address of this host") || len(res.Changes) > 0 {
+			t.Errorf("reconcile with the EIP as local address: %v, changes %q", err, res.Changes)
+		}
+		return nil
+	})
 
 	m.sh(s1.Edge, "ethtool", "-K", "cframe0", "tx", "on")
 	res := m.reconcile("vpc1")
