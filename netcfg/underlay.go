@@ -14,10 +14,9 @@ import (
 
 // readUnderlay finds the underlay device — the one holding
 // Desired.LocalAddr (an error when no device holds it), else the default
-// route's — and its MTU, the LAN
-// address when Desired.LANAddr does not give it, and in GRE mode the source
-// address toward each peer. None of it depends on the peers: an Update
-// takes it from its baseline.
+// route's — and its MTU, the LAN address when Desired.LANAddr does not give
+// it, and in GRE mode the source address toward each peer. None of it
+// depends on the peers: an Update takes it from its baseline.
 func (s *session) readUnderlay(r *reading) error {
 	if r.keys != nil {
 		return nil
