@@ -79,19 +79,20 @@ func mac(secret, msg string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// EdgeOptions are the NATS options an edge connects with: its name, proof of
-// the join secret, its key (signing the server nonce), its private inbox,
-// and reconnecting forever.
+// EdgeOptions are the NATS options an edge connects with: TLS trusting a
+// controller that proves the join secret, its name, proof of the join
+// secret, its key (signing the server nonce), its private inbox, and
+// reconnecting forever. ClientOptions appended later replace the TLS trust.
 func (id *Identity) EdgeOptions(secret string) []nats.Option {
-	return []nats.Option{
-		nats.Name("cframe-edge " + id.Name),
+	return append(ClientOptions(Trust{Secret: secret}, nil),
+		nats.Name("cframe-edge "+id.Name),
 		nats.UserInfo(id.Name, JoinProof(secret, id.Name, id.Public)),
 		nats.Nkey(id.Public, id.kp.Sign),
 		nats.CustomInboxPrefix(InboxPrefix(id.Name)),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectWait(500*time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, 0),
-	}
+	)
 }
 
 // ControllerURL turns the edge config's controller address ("1.2.3.4:58422"

@@ -3,6 +3,7 @@ package bus
 import (
 	"crypto/rand"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -29,12 +30,21 @@ type ServerConfig struct {
 	ListenAddr string
 	// StoreDir holds JetStream's files.
 	StoreDir string
-	// Secret is the join secret edges prove knowledge of.
-	Secret string
+	// Secret is the join secret edges prove knowledge of; PreviousSecrets
+	// are accepted too, while the secret is being rotated.
+	Secret          string
+	PreviousSecrets []string
+	// TLS serves the client port (required). Clients start the handshake
+	// before the server says anything (NATS "TLS first"), so nothing crosses
+	// in plaintext; a plaintext client is never answered.
+	TLS *tls.Config
 	// Pins vets each edge's key (required).
 	Pins Pinner
 	Log  *slog.Logger
 }
+
+// TLSTimeout bounds a TLS handshake on the bus and the API.
+const TLSTimeout = 5 * time.Second
 
 // Server is the embedded NATS server with cframe's authentication: the
 // controller connects in-process with a per-run token, audit subscribers as
@@ -63,6 +73,9 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Pins == nil {
 		return nil, fmt.Errorf("nats server: no Pinner")
 	}
+	if cfg.TLS == nil {
+		return nil, fmt.Errorf("nats server: no TLS configuration")
+	}
 	tok := make([]byte, 32)
 	if _, err := rand.Read(tok); err != nil {
 		return nil, err
@@ -80,6 +93,9 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		CustomClientAuthentication: s,
 		NoSigs:                     true,
 		DisableJetStreamBanner:     true,
+		TLSConfig:                  cfg.TLS,
+		TLSTimeout:                 TLSTimeout.Seconds(),
+		TLSHandshakeFirst:          true,
 	}
 	if host == "" {
 		opts.Host = "0.0.0.0"
@@ -134,7 +150,7 @@ func (s *Server) Check(c server.ClientAuthentication) bool {
 		c.RegisterUser(&server.User{Username: "cframe-controller"})
 		return true
 	case o.Username == AuditUser:
-		if !equal(o.Password, AuditPassword(s.cfg.Secret)) {
+		if !s.anySecret(AuditPassword, o.Password) {
 			return s.refuse(c, AuditUser, "bad audit password")
 		}
 		c.RegisterUser(&server.User{Username: AuditUser, Permissions: &server.Permissions{
@@ -150,7 +166,7 @@ func (s *Server) Check(c server.ClientAuthentication) bool {
 	if err := verifyNonce(o.Nkey, o.Sig, c.GetNonce()); err != nil {
 		return s.refuse(c, name, err.Error())
 	}
-	if !equal(o.Password, JoinProof(s.cfg.Secret, name, o.Nkey)) {
+	if !s.anySecret(func(secret string) string { return JoinProof(secret, name, o.Nkey) }, o.Password) {
 		return s.refuse(c, name, "wrong join secret")
 	}
 	if err := s.cfg.Pins.Pin(name, o.Nkey); err != nil {
@@ -176,6 +192,16 @@ func (s *Server) refuse(c server.ClientAuthentication, name, why string) bool {
 		s.cfg.Log.Warn("refused bus connection", "remote", c.RemoteAddress(), "user", name, "reason", why)
 	}
 	return false
+}
+
+// anySecret reports whether got is what derive makes of the join secret or
+// of a previous one.
+func (s *Server) anySecret(derive func(secret string) string, got string) bool {
+	ok := equal(got, derive(s.cfg.Secret))
+	for _, p := range s.cfg.PreviousSecrets {
+		ok = equal(got, derive(p)) || ok
+	}
+	return ok
 }
 
 func verifyNonce(pub, sig string, nonce []byte) error {

@@ -33,7 +33,23 @@ func (p *mapPins) Pin(name, key string) error {
 
 func startServer(t *testing.T) *Server {
 	t.Helper()
-	s, err := StartServer(ServerConfig{ListenAddr: "127.0.0.1:0", StoreDir: t.TempDir(), Secret: testSecret, Pins: &mapPins{pins: map[string]string{}}})
+	return startServerWith(t, ServerConfig{Secret: testSecret})
+}
+
+// startServerWith starts a server on loopback with cfg's secrets and a
+// generated certificate proving them.
+func startServerWith(t *testing.T, cfg ServerConfig) *Server {
+	t.Helper()
+	var proofs []Proof
+	for _, s := range append([]string{cfg.Secret}, cfg.PreviousSecrets...) {
+		proofs = append(proofs, Proof{Secret: s, Purpose: PurposeController})
+	}
+	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: proofs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ListenAddr, cfg.StoreDir, cfg.TLS, cfg.Pins = "127.0.0.1:0", t.TempDir(), certs.ServerTLS(), &mapPins{pins: map[string]string{}}
+	s, err := StartServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,17 +101,25 @@ func wantAuthError(t *testing.T, err error, what string) {
 
 func TestRefusesUnauthenticatedAndWrongCredentials(t *testing.T) {
 	s := startServer(t)
-	_, err := nats.Connect(s.URL(), nats.MaxReconnects(0))
+	tlsOK := ClientOptions(Trust{Secret: testSecret}, nil)
+	_, err := nats.Connect(s.URL(), append(tlsOK, nats.MaxReconnects(0))...)
 	wantAuthError(t, err, "no credentials")
-	_, err = nats.Connect(s.URL(), nats.UserInfo("sz-1", "guess"), nats.MaxReconnects(0))
+	_, err = nats.Connect(s.URL(), append(tlsOK, nats.UserInfo("sz-1", "guess"), nats.MaxReconnects(0))...)
 	wantAuthError(t, err, "user and password without a key")
-	_, err = nats.Connect(s.URL(), nats.Token("guess"), nats.MaxReconnects(0))
+	_, err = nats.Connect(s.URL(), append(tlsOK, nats.Token("guess"), nats.MaxReconnects(0))...)
 	wantAuthError(t, err, "wrong token")
-	_, err = nats.Connect(s.URL(), nats.UserInfo(AuditUser, "guess"), nats.MaxReconnects(0))
+	_, err = nats.Connect(s.URL(), append(tlsOK, nats.UserInfo(AuditUser, "guess"), nats.MaxReconnects(0))...)
 	wantAuthError(t, err, "wrong audit password")
 
 	dir := t.TempDir()
+	// With another secret the edge refuses the server first; trusting the
+	// server anyway, its join proof is refused.
 	_, _, err = connectEdge(t, s, identity(t, dir, "sz-1"), "wrong-secret")
+	var refused *RefusedError
+	if !errors.As(err, &refused) {
+		t.Fatalf("edge with another secret: %v, want it to refuse the server", err)
+	}
+	_, err = nats.Connect(s.URL(), append(identity(t, dir, "sz-1").EdgeOptions("wrong-secret"), append(tlsOK, nats.MaxReconnects(0))...)...)
 	wantAuthError(t, err, "wrong join secret")
 	_, _, err = connectEdge(t, s, identity(t, dir, "Bad.Name"), testSecret)
 	wantAuthError(t, err, "invalid edge name")
@@ -193,8 +217,8 @@ func waitPermissionError(t *testing.T, errs chan error, subject string) {
 func TestAuditUserReadsEventsOnly(t *testing.T) {
 	s := startServer(t)
 	errs := make(chan error, 4)
-	nc, err := nats.Connect(s.URL(), nats.UserInfo(AuditUser, AuditPassword(testSecret)),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	nc, err := nats.Connect(s.URL(), append(ClientOptions(Trust{Secret: testSecret}, nil), nats.UserInfo(AuditUser, AuditPassword(testSecret)),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))...)
 	if err != nil {
 		t.Fatal(err)
 	}

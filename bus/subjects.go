@@ -1,7 +1,9 @@
 // Package bus is the wire contract between the controller, the edge agents
 // and audit subscribers: every NATS subject and message type (versioned under
-// "cframe.v1"), the embedded NATS server with its authentication, and the
-// client-side helpers edges use to join.
+// "cframe.v1"), the embedded NATS server with its authentication, its TLS
+// and how clients trust it (Trust: a certificate that proves the join
+// secret, a pinned CA or a fingerprint), and the client-side helpers edges
+// use to join.
 //
 // Flow: the controller answers SubjectSnapshot requests with the whole edge
 // set, publishes each change on SubjectDelta (linked to the previous revision

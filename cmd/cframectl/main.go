@@ -6,6 +6,9 @@
 //	cframectl edge list [-o json]
 //	cframectl topology [-o json]
 //	cframectl events [-o json]
+//
+// Off the controller's host the API is HTTPS: --api https://HOST:12345
+// --token TOKEN and one of --secret, --ca, --fingerprint to verify it.
 package main
 
 import (
@@ -39,6 +42,9 @@ func main() {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:12345", EnvVars: []string{"CFRAME_API"}, Usage: "controller API URL"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"CFRAME_API_TOKEN"}, Usage: "bearer token (needed unless the API is on loopback)"},
+			&cli.StringFlag{Name: "secret", EnvVars: []string{"CFRAME_SECRET"}, Usage: "https: trust the controller by its proof of this join secret"},
+			&cli.StringFlag{Name: "ca", EnvVars: []string{"CFRAME_CA"}, Usage: "https: trust the controller by this CA (PEM file) and its host name"},
+			&cli.StringFlag{Name: "fingerprint", EnvVars: []string{"CFRAME_FINGERPRINT"}, Usage: "https: trust the controller by its key fingerprint (cframe-controller fingerprint)"},
 		},
 		OnUsageError: usageError,
 		CommandNotFound: func(cc *cli.Context, name string) {
@@ -71,7 +77,11 @@ func main() {
 							if err := require(cc, "name"); err != nil {
 								return err
 							}
-							r, err := client(cc).Del(cc.Context, cc.String("name"))
+							c, err := client(cc)
+							if err != nil {
+								return err
+							}
+							r, err := c.Del(cc.Context, cc.String("name"))
 							if err == nil {
 								fmt.Printf("%s (revision %d)\n", r.Message, r.Revision)
 							}
@@ -104,8 +114,33 @@ func main() {
 
 func usageError(_ *cli.Context, err error, _ bool) error { return err }
 
-func client(cc *cli.Context) *api.Client {
-	return api.NewClient(cc.String("api"), cc.String("token"))
+// trust is how the controller is verified, from the flags; set reports
+// whether any was given.
+func trust(cc *cli.Context) (t bus.Trust, set bool, err error) {
+	t = bus.Trust{Secret: cc.String("secret"), Fingerprint: cc.String("fingerprint")}
+	if t.Fingerprint != "" {
+		if t.Fingerprint, err = bus.ParseFingerprint(t.Fingerprint); err != nil {
+			return t, true, fmt.Errorf("--fingerprint: %w", err)
+		}
+	}
+	if path := cc.String("ca"); path != "" {
+		if t.CA, err = bus.LoadCA(path); err != nil {
+			return t, true, fmt.Errorf("--ca: %w", err)
+		}
+	}
+	return t, t.Secret != "" || t.CA != nil || t.Fingerprint != "", nil
+}
+
+// client calls the API at --api; over https it verifies the controller as
+// the flags say (the system's CAs when none is given).
+func client(cc *cli.Context) (*api.Client, error) {
+	c := api.NewClient(cc.String("api"), cc.String("token"))
+	t, _, err := trust(cc)
+	if err != nil {
+		return nil, err
+	}
+	c.Trust(t, nil)
+	return c, nil
 }
 
 // require checks flags itself: urfave/cli's Required prints the whole help
@@ -129,7 +164,11 @@ func edgeAdd(cc *cli.Context) error {
 	}
 	cidrs := cc.StringSlice("cidr")
 	s := edgeset.Spec{Name: cc.String("name"), HostAddr: cc.String("hostaddr"), CIDR: cidrs[0], ExtraCIDRs: cidrs[1:], Comment: cc.String("comment")}
-	r, err := client(cc).Add(cc.Context, s)
+	c, err := client(cc)
+	if err != nil {
+		return err
+	}
+	r, err := c.Add(cc.Context, s)
 	if err == nil {
 		fmt.Printf("%s (revision %d)\n", r.Message, r.Revision)
 	}
@@ -143,7 +182,11 @@ func printJSON(v any) error {
 }
 
 func edgeList(cc *cli.Context) error {
-	edges, err := client(cc).List(cc.Context)
+	c, err := client(cc)
+	if err != nil {
+		return err
+	}
+	edges, err := c.List(cc.Context)
 	if err != nil || cc.String("output") == "json" {
 		if err == nil {
 			err = printJSON(edges)
@@ -171,7 +214,11 @@ func dash(s string) string {
 }
 
 func topology(cc *cli.Context) error {
-	t, err := client(cc).Topology(cc.Context)
+	c, err := client(cc)
+	if err != nil {
+		return err
+	}
+	t, err := c.Topology(cc.Context)
 	if err != nil || cc.String("output") == "json" {
 		if err == nil {
 			err = printJSON(t)
@@ -201,11 +248,21 @@ func topology(cc *cli.Context) error {
 }
 
 // events subscribes to the audit stream with the credentials the API hands
-// out and prints each event until interrupted.
+// out and prints each event until interrupted. The bus is TLS: its
+// certificate is verified as the flags say, or else pinned to the
+// fingerprint the (loopback or verified) API reported.
 func events(cc *cli.Context) error {
-	creds, err := client(cc).Credentials(cc.Context)
+	c, err := client(cc)
 	if err != nil {
 		return err
+	}
+	creds, err := c.Credentials(cc.Context)
+	if err != nil {
+		return err
+	}
+	t, set, _ := trust(cc) // checked by client
+	if !set {
+		t = bus.Trust{Fingerprint: creds.Fingerprint}
 	}
 	natsURL := cc.String("nats")
 	if natsURL == "" {
@@ -215,7 +272,8 @@ func events(cc *cli.Context) error {
 		}
 		natsURL = "nats://" + net.JoinHostPort(u.Hostname(), strconv.Itoa(creds.Port))
 	}
-	nc, err := nats.Connect(natsURL, nats.UserInfo(creds.User, creds.Password), nats.Name("cframectl events"), nats.MaxReconnects(-1))
+	opts := append(bus.ClientOptions(t, nil), nats.UserInfo(creds.User, creds.Password), nats.Name("cframectl events"), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(natsURL, opts...)
 	if err != nil {
 		return fmt.Errorf("bus %s: %w", natsURL, err)
 	}

@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -53,6 +54,12 @@ type Agent struct {
 	// report fires when a changed status is due (see bus.StatusJitter).
 	report  *time.Timer
 	pending bool
+	// trust is how the controller's certificate is verified.
+	trust bus.Trust
+	// refusedMu guards refused: the last refusal logged, so a controller
+	// that keeps failing verification is logged once, not every retry.
+	refusedMu sync.Mutex
+	refused   string
 }
 
 // New checks that the kernel can do the configured mode and prepares the agent.
@@ -69,11 +76,36 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 	if cfg.LocalAddr != "" {
 		local.LocalAddr = netip.MustParseAddr(cfg.LocalAddr) // checked by config.LoadEdge
 	}
+	trust := bus.Trust{Secret: cfg.Secret}
+	if cfg.ControllerCA != "" {
+		if trust.CA, err = bus.LoadCA(cfg.ControllerCA); err != nil {
+			return nil, fmt.Errorf("controller_ca: %w", err)
+		}
+	}
 	k, err := netcfg.New()
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, local: local, kernel: k, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: Version}}, nil
+	return &Agent{cfg: cfg, log: log, local: local, kernel: k, trust: trust, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: Version}}, nil
+}
+
+// refuse logs a controller that failed verification — once per address and
+// reason until a connection succeeds. Nothing in the kernel changes.
+func (a *Agent) refuse(addr string, why error) {
+	a.refusedMu.Lock()
+	defer a.refusedMu.Unlock()
+	if key := addr + "\x00" + why.Error(); key != a.refused {
+		a.refused = key
+		a.log.Error("refused the controller; kernel state stays as applied", "controller", addr, "reason", why)
+	}
+}
+
+// connected forgets the last refusal and logs the connection.
+func (a *Agent) connected(nc *nats.Conn, what string) {
+	a.refusedMu.Lock()
+	a.refused = ""
+	a.refusedMu.Unlock()
+	a.log.Info(what, "controller", nc.ConnectedAddr())
 }
 
 // connect joins the bus as this edge and subscribes to the edge set. With
@@ -84,7 +116,12 @@ func (a *Agent) connect(retry bool, extra ...nats.Option) error {
 	if err != nil {
 		return err
 	}
-	opts := append(id.EdgeOptions(a.cfg.Secret), extra...)
+	trust := a.trust
+	if retry {
+		// A one-shot connect returns its refusal instead.
+		trust.Refused = a.refuse
+	}
+	opts := append(append(id.EdgeOptions(a.cfg.Secret), bus.ClientOptions(trust, nil)...), extra...)
 	if retry {
 		opts = append(opts, nats.RetryOnFailedConnect(true))
 	}
@@ -110,8 +147,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	err := a.connect(true,
-		nats.ConnectHandler(func(*nats.Conn) { a.log.Info("connected to controller"); poke() }),
-		nats.ReconnectHandler(func(*nats.Conn) { a.log.Info("reconnected to controller"); poke() }),
+		nats.ConnectHandler(func(nc *nats.Conn) { a.connected(nc, "connected to controller"); poke() }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { a.connected(nc, "reconnected to controller"); poke() }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			a.log.Warn("lost the controller; kernel state stays as applied", "err", err)
 		}),

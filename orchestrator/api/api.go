@@ -8,7 +8,8 @@
 //	GET  /api-service/v1/events/credentials  (NATS credentials for `cframectl events`)
 //
 // Requests from loopback need no credentials (the walkthrough curls
-// 127.0.0.1); every other request needs "Authorization: Bearer <api_token>".
+// 127.0.0.1, in plain HTTP); every other request must come over HTTPS (the
+// same address, see Listen) with "Authorization: Bearer <api_token>".
 // Errors are JSON {"error": "..."} with a 4xx status; nothing is stored for
 // a refused request.
 package api
@@ -130,6 +131,9 @@ type Credentials struct {
 	Port int `json:"port"`
 	// Subject matches every audit event.
 	Subject string `json:"subject"`
+	// Fingerprint is the bus certificate's key fingerprint: a client that
+	// trusts this answer (loopback, or verified HTTPS) can pin it.
+	Fingerprint string `json:"fingerprint"`
 }
 
 // ErrorBody is the JSON body of every error response.
@@ -194,12 +198,16 @@ func Handler(svc Service, token string, log *slog.Logger) http.Handler {
 	return authorize(mux, token)
 }
 
-// authorize lets loopback through and demands the bearer token elsewhere.
+// authorize lets loopback through and demands HTTPS and the bearer token
+// elsewhere.
 func authorize(next http.Handler, token string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !fromLoopback(r) {
 			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			switch {
+			case r.TLS == nil:
+				reply(w, http.StatusBadRequest, ErrorBody{fmt.Sprintf("plain HTTP is answered on loopback only: use https://%s%s (the bus's certificate; cframectl verifies it with --secret, --ca or --fingerprint)", r.Host, r.URL.Path)})
+				return
 			case token == "":
 				reply(w, http.StatusForbidden, ErrorBody{"the API answers loopback only: set api_token in controller.toml to allow remote clients"})
 				return

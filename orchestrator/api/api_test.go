@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net/http"
@@ -33,22 +34,28 @@ func TestAuthorization(t *testing.T) {
 		name    string
 		h       http.Handler
 		remote  string
+		https   bool
 		auth    string
 		code    int
 		inError string
 	}{
-		{"loopback v4 needs nothing", withToken, "127.0.0.1:5000", "", 200, ""},
-		{"loopback v6 needs nothing", withToken, "[::1]:5000", "", 200, ""},
-		{"remote without token", withToken, "192.0.2.7:5000", "", 401, "bearer token"},
-		{"remote with wrong token", withToken, "192.0.2.7:5000", "Bearer nope", 401, "bearer token"},
-		{"remote with basic auth", withToken, "192.0.2.7:5000", "Basic czNjcmV0", 401, "bearer token"},
-		{"remote with token", withToken, "192.0.2.7:5000", "Bearer s3cret", 200, ""},
-		{"remote when no token configured", noToken, "192.0.2.7:5000", "Bearer s3cret", 403, "loopback only"},
+		{"loopback v4 needs nothing", withToken, "127.0.0.1:5000", false, "", 200, ""},
+		{"loopback v6 needs nothing", withToken, "[::1]:5000", false, "", 200, ""},
+		{"loopback over HTTPS", withToken, "127.0.0.1:5000", true, "", 200, ""},
+		{"remote plain HTTP, even with the token", withToken, "192.0.2.7:5000", false, "Bearer s3cret", 400, "use https://example.com/api-service/v1/edge/list"},
+		{"remote without token", withToken, "192.0.2.7:5000", true, "", 401, "bearer token"},
+		{"remote with wrong token", withToken, "192.0.2.7:5000", true, "Bearer nope", 401, "bearer token"},
+		{"remote with basic auth", withToken, "192.0.2.7:5000", true, "Basic czNjcmV0", 401, "bearer token"},
+		{"remote with token", withToken, "192.0.2.7:5000", true, "Bearer s3cret", 200, ""},
+		{"remote when no token configured", noToken, "192.0.2.7:5000", true, "Bearer s3cret", 403, "loopback only"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			req := httptest.NewRequest(http.MethodGet, PathList, nil)
 			req.RemoteAddr = tt.remote
+			if tt.https {
+				req.TLS = &tls.ConnectionState{}
+			}
 			if tt.auth != "" {
 				req.Header.Set("Authorization", tt.auth)
 			}

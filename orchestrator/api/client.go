@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 )
 
@@ -25,6 +27,20 @@ type Client struct {
 // NewClient returns a client with a request timeout.
 func NewClient(base, token string) *Client {
 	return &Client{Base: strings.TrimRight(base, "/"), Token: token, HTTP: &http.Client{Timeout: 15 * time.Second}}
+}
+
+// Trust makes the client's HTTPS calls trust the controller as t says and
+// dials every connection through d (nil: directly).
+func (c *Client) Trust(t bus.Trust, d bus.Dialer) {
+	if d == nil {
+		d = &net.Dialer{}
+	}
+	c.HTTP.Transport = &http.Transport{
+		DialContext: d.DialContext,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return t.DialTLS(ctx, d, network, addr)
+		},
+	}
 }
 
 // Add adds or updates an edge.

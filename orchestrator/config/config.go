@@ -35,6 +35,13 @@ type Controller struct {
 	DataDir    string   `toml:"data_dir"`
 	Secret     string   `toml:"secret"`
 	APIToken   string   `toml:"api_token"`
+	// PreviousSecrets are join secrets still accepted while the secret is
+	// rotated (edges are moved to the new one, then the list is emptied).
+	PreviousSecrets []string `toml:"previous_secrets"`
+	// TLSCert and TLSKey name the operator's certificate for the bus and
+	// the HTTPS API; without them one is generated into data_dir/tls.
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
 }
 
 // Edge is edge.toml.
@@ -49,6 +56,9 @@ type Edge struct {
 	MTU        int    `toml:"mtu"`
 	Masquerade bool   `toml:"masquerade"`
 	LocalAddr  string `toml:"local_addr"`
+	// ControllerCA pins the CA the controller's certificate must chain to
+	// (with its host name checked) instead of the join-secret proof.
+	ControllerCA string `toml:"controller_ca"`
 }
 
 // LoadController reads and checks a controller config, filling defaults.
@@ -73,6 +83,17 @@ func (c Controller) check(path string) error {
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("%s: data_dir is empty", path)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("%s: tls_cert and tls_key go together (the certificate and its private key, PEM)", path)
+	}
+	for _, p := range c.PreviousSecrets {
+		if strings.TrimSpace(p) == "" {
+			return fmt.Errorf("%s: previous_secrets: empty secret", path)
+		}
+		if p == c.Secret {
+			return fmt.Errorf("%s: previous_secrets repeats secret", path)
+		}
 	}
 	return nil
 }

@@ -73,6 +73,9 @@ func TestControllerErrors(t *testing.T) {
 		{"api_adr=\":1\"\n", "unknown key api_adr"},
 		{"api_addr=\"12345\"\n", "api_addr"},
 		{"etcd=[\"\"]\n", "empty endpoint"},
+		{"tls_cert=\"/etc/cframe/c.pem\"\n", "tls_cert and tls_key go together"},
+		{"previous_secrets=[\"\"]\n", "previous_secrets: empty secret"},
+		{"secret=\"a\"\nprevious_secrets=[\"a\"]\n", "repeats secret"},
 	}
 	for _, tt := range tests {
 		_, err := LoadController(write(t, tt.body))

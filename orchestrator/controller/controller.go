@@ -41,6 +41,7 @@ type Controller struct {
 	secret  string
 	started time.Time
 
+	certs *bus.Certs
 	srv   *bus.Server
 	nc    *nats.Conn
 	store store.Store
@@ -80,12 +81,21 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 			c.close()
 		}
 	}()
+	var proofs []bus.Proof
+	for _, s := range append([]string{c.secret}, cfg.PreviousSecrets...) {
+		proofs = append(proofs, bus.Proof{Secret: s, Purpose: bus.PurposeController})
+	}
+	if c.certs, err = bus.LoadCerts(certSource(cfg, proofs, log)); err != nil {
+		return nil, err
+	}
 	c.srv, err = bus.StartServer(bus.ServerConfig{
-		ListenAddr: cfg.ListenAddr,
-		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
-		Secret:     c.secret,
-		Pins:       c,
-		Log:        log,
+		ListenAddr:      cfg.ListenAddr,
+		StoreDir:        filepath.Join(cfg.DataDir, "jetstream"),
+		Secret:          c.secret,
+		PreviousSecrets: cfg.PreviousSecrets,
+		TLS:             c.certs.ServerTLS(),
+		Pins:            c,
+		Log:             log,
 	})
 	if err != nil {
 		return nil, err
@@ -105,15 +115,40 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	if _, err := c.nc.Subscribe(bus.SubjectStatusAll, c.onStatus); err != nil {
 		return nil, err
 	}
-	if c.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+	ln, err := net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
 		return nil, fmt.Errorf("api_addr: %w", err)
 	}
-	c.http = &http.Server{Handler: api.Handler(c, cfg.APIToken, log), ReadHeaderTimeout: 10 * time.Second}
+	c.apiLn = api.Listen(ln, c.certs.ServerTLS())
+	c.http = &http.Server{Handler: api.Handler(c, cfg.APIToken, log), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.With("component", "api").Handler(), slog.LevelWarn)}
 	ok = true
 	c.ready.Store(true)
-	log.Info("controller ready", "nats", c.srv.Addr(), "api", c.apiLn.Addr(), "store", c.storeName(), "revision", c.rev, "edges", len(c.edges))
+	log.Info("controller ready", "nats", c.srv.Addr(), "api", c.apiLn.Addr(), "store", c.storeName(), "revision", c.rev, "edges", len(c.edges),
+		"fingerprint", bus.Fingerprint(c.certs.Current()))
 	return c, nil
 }
+
+// certSource is where the controller's certificate comes from: the
+// operator's files, or generated into data_dir/tls proving proofs.
+func certSource(cfg config.Controller, proofs []bus.Proof, log *slog.Logger) bus.CertSource {
+	return bus.CertSource{Dir: filepath.Join(cfg.DataDir, "tls"), CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey, Proofs: proofs, Log: log}
+}
+
+// Fingerprint is the key fingerprint of the certificate a controller with
+// cfg serves (or would serve), for pinning it in cframectl --fingerprint.
+func Fingerprint(cfg config.Controller) (string, error) {
+	cert, err := bus.ReadCertificate(certSource(cfg, nil, nil))
+	if err != nil {
+		return "", err
+	}
+	return bus.Fingerprint(cert), nil
+}
+
+// ReloadTLS re-reads the certificate files (on SIGHUP; also hourly, which
+// renews a generated certificate in time). New connections get the new
+// certificate; established ones keep theirs.
+func (c *Controller) ReloadTLS() error { return c.certs.Reload() }
 
 func (c *Controller) openStore() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -199,6 +234,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer hello.Stop()
 	sweep := time.NewTicker(time.Second)
 	defer sweep.Stop()
+	renew := time.NewTicker(time.Hour)
+	defer renew.Stop()
 	c.publishHello()
 	var err error
 loop:
@@ -212,6 +249,10 @@ loop:
 			c.publishHello()
 		case now := <-sweep.C:
 			c.sweepOffline(now)
+		case <-renew.C:
+			if err := c.ReloadTLS(); err != nil {
+				c.log.Error("TLS certificate not reloaded; the one in use stays", "err", err)
+			}
 		}
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -215,5 +215,6 @@ func (c *Controller) EventCredentials() api.Credentials {
 	if a, ok := c.srv.Addr().(interface{ AddrPort() netip.AddrPort }); ok {
 		port = int(a.AddrPort().Port())
 	}
-	return api.Credentials{User: bus.AuditUser, Password: bus.AuditPassword(c.secret), Port: port, Subject: bus.SubjectEventsAll}
+	return api.Credentials{User: bus.AuditUser, Password: bus.AuditPassword(c.secret), Port: port, Subject: bus.SubjectEventsAll,
+		Fingerprint: bus.Fingerprint(c.certs.Current())}
 }

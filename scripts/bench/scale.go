@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,7 +27,7 @@ import (
 )
 
 // scaleFloorRatio is the issue's aim: one change reaches every edge within
-// twice the raw NATS floor.
+// twice the raw NATS floor (measured over TLS, as cframe's bus is).
 const scaleFloorRatio = 2.0
 
 // scaleTargetEdges is the mesh size the floor-ratio aim is set for.
@@ -50,10 +51,12 @@ type scaleSize struct {
 	FirstJoinMs float64 `json:"first_join_ms"`
 	// Delivery: API call made -> the change held by every edge, the edges
 	// silent; Reported: the same with every edge answering with its status
-	// at once, as agents do after applying a change; Floor: bare publish
-	// -> received by every bare subscriber.
+	// at once, as agents do after applying a change; FloorTLS: bare publish
+	// -> received by every bare subscriber, all connected over TLS as edges
+	// are; Floor: the same without TLS.
 	Delivery rounds `json:"delivery"`
 	Reported rounds `json:"reported"`
+	FloorTLS rounds `json:"floor_tls"`
 	Floor    rounds `json:"floor"`
 	// Controller process usage: idle with every edge heartbeating (the
 	// per-change CPU is in the rounds).
@@ -124,15 +127,17 @@ func percentiles(s Sample) Percentiles { return Percentiles{s.Median(), s.P99(),
 // edges: NATS clients in this process that join exactly as agents do (key
 // pair, join proof, pinned key), follow the edge set and heartbeat, with no
 // kernel work. Beside it, the floor: a plain embedded NATS server in this
-// process with N bare subscribers and one bare publish per round.
+// process with N bare subscribers and one bare publish per round, once over
+// TLS as cframe's bus is (TLS first, the join-secret proof checked) and once
+// without.
 func busScale(o Options) (Section, error) {
 	sizes, reps, idle := []int{100, 1000}, 100, 4*time.Second
 	if o.Quick {
 		sizes, reps, idle = []int{100, 300}, 20, 2*time.Second
 	}
-	// Two sockets per edge here (a simulated edge and a floor subscriber);
-	// the controller, a Go program, raises its own soft limit.
-	if err := raiseNoFile(uint64(2*sizes[len(sizes)-1] + 512)); err != nil {
+	// Three sockets per edge here (a simulated edge and two floor
+	// subscribers); the controller, a Go program, raises its own soft limit.
+	if err := raiseNoFile(uint64(3*sizes[len(sizes)-1] + 512)); err != nil {
 		return Section{}, err
 	}
 	n, err := topo.New(nsPrefix + "bus")
@@ -144,20 +149,26 @@ func busScale(o Options) (Section, error) {
 	if err != nil {
 		return Section{}, err
 	}
-	floor, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true, MaxPayload: 8 << 20})
+	plain, err := startFloor(nil)
 	if err != nil {
 		return Section{}, err
 	}
-	floor.Start()
-	defer floor.Shutdown()
-	if !floor.ReadyForConnections(10 * time.Second) {
-		return Section{}, errors.New("floor NATS server did not start")
+	defer plain.srv.Shutdown()
+	const floorSecret = "bench-floor-secret"
+	certs, err := bus.LoadCerts(bus.CertSource{Dir: filepath.Join(o.Work, "floor-tls"), Proofs: []bus.Proof{{Secret: floorSecret, Purpose: bus.PurposeController}}})
+	if err != nil {
+		return Section{}, err
 	}
+	tlsFloor, err := startFloor(certs.ServerTLS(), bus.ClientOptions(bus.Trust{Secret: floorSecret}, nil)...)
+	if err != nil {
+		return Section{}, err
+	}
+	defer tlsFloor.srv.Shutdown()
 
 	var figs scaleFigures
 	var runErr error
 	for _, size := range sizes {
-		s, err := scaleRun(o, tp, floor, size, reps, idle)
+		s, err := scaleRun(o, tp, plain, tlsFloor, size, reps, idle)
 		if err != nil {
 			runErr = fmt.Errorf("%d edges: %w", size, err)
 			break
@@ -168,21 +179,43 @@ func busScale(o Options) (Section, error) {
 	return sec, runErr
 }
 
+// floor is a plain embedded NATS server for the floor rounds and how its
+// subscribers connect.
+type floor struct {
+	srv  *server.Server
+	opts []nats.Option
+}
+
+// startFloor starts a floor server, TLS-first with tlsCfg when it is set.
+func startFloor(tlsCfg *tls.Config, opts ...nats.Option) (floor, error) {
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true, MaxPayload: 8 << 20,
+		TLSConfig: tlsCfg, TLSHandshakeFirst: tlsCfg != nil, TLSTimeout: bus.TLSTimeout.Seconds()})
+	if err != nil {
+		return floor{}, err
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		return floor{}, errors.New("floor NATS server did not start")
+	}
+	return floor{srv, opts}, nil
+}
+
 func scaleSection(f scaleFigures, reps int) Section {
 	var md strings.Builder
-	fmt.Fprintf(&md, "The real `cframe-controller` (embedded store, in its own namespace) with N simulated edges: NATS clients that join as agents do (own key pair, join proof, key pinned by the controller), follow the edge set (snapshot, then revision-linked deltas) and heartbeat every %s, without kernel work. The floor is measured in the same run: a plain embedded NATS server without our authentication, N bare subscribers and one bare publish of a message of the same size as a delta. Every edge and subscriber lives in this one benchmark process and shares the machine's CPUs with the controller. %d rounds per size of each kind, interleaved: a change is an edge update through the API, timed from the call until every edge holds it — once with the edges silent (delivery alone, like for like with the floor), once with every edge publishing its status within %s of applying the change (a random delay, as agents do, so N status messages do not all hit the controller while it is still delivering).\n\n", bus.HeartbeatInterval, reps, bus.StatusJitter)
-	md.WriteString("| edges | round | → all, median | p99 | spread | ratio to floor, median / p99 | → first | API call | per-client arrival p50 / p99 / max | controller CPU per change |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&md, "The real `cframe-controller` (embedded store, in its own namespace) with N simulated edges: NATS clients that join as agents do (TLS from the first byte with the controller's certificate checked against the join secret, own key pair, join proof, key pinned by the controller), follow the edge set (snapshot, then revision-linked deltas) and heartbeat every %s, without kernel work. The floor is measured in the same run: a plain embedded NATS server without our authentication, N bare subscribers and one bare publish of a message of the same size as a delta — once with every subscriber connected over TLS as edges are (TLS first, the certificate's proof checked; the reference for the ratios), once without TLS (what TLS itself costs NATS). Every edge and subscriber lives in this one benchmark process and shares the machine's CPUs with the controller. %d rounds per size of each kind, interleaved: a change is an edge update through the API, timed from the call until every edge holds it — once with the edges silent (delivery alone, like for like with the floor), once with every edge publishing its status within %s of applying the change (a random delay, as agents do, so N status messages do not all hit the controller while it is still delivering).\n\n", bus.HeartbeatInterval, reps, bus.StatusJitter)
+	md.WriteString("| edges | round | → all, median | p99 | spread | ratio to TLS floor, median / p99 | → first | API call | per-client arrival p50 / p99 / max | controller CPU per change |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range f.Sizes {
 		for _, r := range []struct {
 			name string
 			r    rounds
-		}{{"change, edges silent", s.Delivery}, {"change, edges report status", s.Reported}, {"floor: bare publish", s.Floor}} {
+		}{{"change, edges silent", s.Delivery}, {"change, edges report status", s.Reported}, {"floor: bare publish, TLS", s.FloorTLS}, {"floor: bare publish, no TLS", s.Floor}} {
 			api, cpu := "-", "-"
 			if r.r.APICall.N > 0 {
 				api, cpu = fmt.Sprintf("%.1f ms", r.r.APICall.Median), fmt.Sprintf("%.1f ms", r.r.CPUMs)
 			}
 			fmt.Fprintf(&md, "| %d | %s | %.1f ms | %.1f ms | %.2f | %s / %s | %.1f ms | %s | %.1f / %.1f / %.1f ms | %s |\n",
-				s.Edges, r.name, r.r.All.Median, r.r.All.P99, r.r.All.Spread, Ratio(r.r.All.Median, s.Floor.All.Median), Ratio(r.r.All.P99, s.Floor.All.P99),
+				s.Edges, r.name, r.r.All.Median, r.r.All.P99, r.r.All.Spread, Ratio(r.r.All.Median, s.FloorTLS.All.Median), Ratio(r.r.All.P99, s.FloorTLS.All.P99),
 				r.r.First.Median, api, r.r.Arrivals.P50, r.r.Arrivals.P99, r.r.Arrivals.Max, cpu)
 		}
 	}
@@ -199,16 +232,18 @@ func scaleSection(f scaleFigures, reps int) Section {
 			name string
 			r    rounds
 		}{{"edges silent", s.Delivery}, {"edges reporting status", s.Reported}} {
-			line := fmt.Sprintf("%d edges, %s: one change reaches all of them in p99 %.1f ms vs %.1f ms for the raw NATS floor (%s, %s is faster)",
-				s.Edges, r.name, r.r.All.P99, s.Floor.All.P99, Ratio(r.r.All.P99, s.Floor.All.P99),
-				Better("cframe", r.r.All.P99, "the floor", s.Floor.All.P99, false))
+			line := fmt.Sprintf("%d edges, %s: one change reaches all of them in p99 %.1f ms vs %.1f ms for the raw NATS floor over TLS (%s, %s is faster)",
+				s.Edges, r.name, r.r.All.P99, s.FloorTLS.All.P99, Ratio(r.r.All.P99, s.FloorTLS.All.P99),
+				Better("cframe", r.r.All.P99, "the floor", s.FloorTLS.All.P99, false))
 			if s.Edges >= scaleTargetEdges {
-				line += fmt.Sprintf("; %s the %.0fx-floor target", metOrMissed(r.r.All.P99 <= scaleFloorRatio*s.Floor.All.P99), scaleFloorRatio)
+				line += fmt.Sprintf("; %s the %.0fx-floor target", metOrMissed(r.r.All.P99 <= scaleFloorRatio*s.FloorTLS.All.P99), scaleFloorRatio)
 			} else {
 				line += fmt.Sprintf(" (the %.0fx-floor target is set for %d edges)", scaleFloorRatio, scaleTargetEdges)
 			}
 			verdicts = append(verdicts, line)
 		}
+		verdicts = append(verdicts, fmt.Sprintf("%d edges, what TLS costs NATS itself: the bare publish reaches all subscribers in p99 %.1f ms over TLS vs %.1f ms without (%s, %s is faster)",
+			s.Edges, s.FloorTLS.All.P99, s.Floor.All.P99, Ratio(s.FloorTLS.All.P99, s.Floor.All.P99), Better("TLS", s.FloorTLS.All.P99, "no TLS", s.Floor.All.P99, false)))
 	}
 	return Section{Title: "Controller and bus scale", Markdown: md.String(), Verdicts: verdicts, Figures: f}
 }
@@ -232,7 +267,7 @@ func raiseNoFile(want uint64) error {
 }
 
 // scaleRun measures one fleet size on a fresh controller.
-func scaleRun(o Options, tp *topo.Topology, floor *server.Server, size, reps int, idle time.Duration) (scaleSize, error) {
+func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps int, idle time.Duration) (scaleSize, error) {
 	s := scaleSize{Edges: size}
 	home := tp.Sites()[0]
 	c, err := cluster.Start(tp, home, cluster.Options{Bin: o.Bin, Dir: filepath.Join(o.Work, fmt.Sprintf("scale-%d", size))})
@@ -277,16 +312,28 @@ func scaleRun(o Options, tp *topo.Topology, floor *server.Server, size, reps int
 	s.JoinSnapshotFailures = fl.failed.Load()
 	o.Logf("%d edges: first join in %s", size, time.Since(t0).Round(time.Millisecond))
 
-	subs, pub, err := floorFleet(floor, size)
-	if err != nil {
-		return s, err
+	type floorRun struct {
+		subs *clients
+		pub  *nats.Conn
+		into *rounds
 	}
-	defer func() {
-		pub.Close()
-		for _, nc := range subs.conns {
-			nc.Close()
+	var floors []floorRun
+	for _, fl := range []struct {
+		f    floor
+		into *rounds
+	}{{tlsFloor, &s.FloorTLS}, {plain, &s.Floor}} {
+		subs, pub, err := floorFleet(fl.f, size)
+		if err != nil {
+			return s, err
 		}
-	}()
+		defer func() {
+			pub.Close()
+			for _, nc := range subs.conns {
+				nc.Close()
+			}
+		}()
+		floors = append(floors, floorRun{subs, pub, fl.into})
+	}
 
 	pid := c.Controller().Pid()
 	time.Sleep(bus.HeartbeatInterval)
@@ -347,17 +394,19 @@ func scaleRun(o Options, tp *topo.Topology, floor *server.Server, size, reps int
 		return nil
 	}
 	for range reps {
-		r := subs.arm(1, false)
-		t0 := time.Now()
-		if err := pub.Publish("bench.floor", payload); err != nil {
-			return s, err
+		for _, f := range floors {
+			r := f.subs.arm(1, false)
+			t0 := time.Now()
+			if err := f.pub.Publish("bench.floor", payload); err != nil {
+				return s, err
+			}
+			arr, err := r.wait(t0, 10*time.Second)
+			if err != nil {
+				return s, fmt.Errorf("floor: %w", err)
+			}
+			f.into.add(arr, 0, 0)
+			pause()
 		}
-		arr, err := r.wait(t0, 10*time.Second)
-		if err != nil {
-			return s, fmt.Errorf("floor: %w", err)
-		}
-		s.Floor.add(arr, 0, 0)
-		pause()
 		if err := change(true, &s.Delivery); err != nil {
 			return s, err
 		}
@@ -366,7 +415,7 @@ func scaleRun(o Options, tp *topo.Topology, floor *server.Server, size, reps int
 		}
 	}
 	fl.silent.Store(false)
-	for _, r := range []*rounds{&s.Delivery, &s.Reported, &s.Floor} {
+	for _, r := range []*rounds{&s.Delivery, &s.Reported, &s.FloorTLS, &s.Floor} {
 		r.sum()
 	}
 	u2, err := topo.ProcUsage(pid)
@@ -374,7 +423,7 @@ func scaleRun(o Options, tp *topo.Topology, floor *server.Server, size, reps int
 		return s, err
 	}
 	s.PeakRSSBytes = u2.PeakRSS
-	o.Logf("%d edges: p99 change %.1f ms (edges silent), %.1f ms (edges reporting), floor %.1f ms", size, s.Delivery.All.P99, s.Reported.All.P99, s.Floor.All.P99)
+	o.Logf("%d edges: p99 change %.1f ms (edges silent), %.1f ms (edges reporting), floor %.1f ms over TLS, %.1f ms without", size, s.Delivery.All.P99, s.Reported.All.P99, s.FloorTLS.All.P99, s.Floor.All.P99)
 
 	resync, failedBefore := fl.arm(0, true), fl.failed.Load()
 	t0 = time.Now()
@@ -482,11 +531,11 @@ func (c *clients) saw(i int, rev uint64, confirmed bool, at time.Time) {
 }
 
 // floorFleet connects n bare subscribers and one publisher (in-process,
-// like the controller's own connection) to the plain server.
-func floorFleet(srv *server.Server, n int) (*clients, *nats.Conn, error) {
+// like the controller's own connection) to a floor server.
+func floorFleet(f floor, n int) (*clients, *nats.Conn, error) {
 	c := &clients{conns: make([]*nats.Conn, n)}
 	for i := range n {
-		nc, err := nats.Connect(srv.ClientURL())
+		nc, err := nats.Connect(f.srv.ClientURL(), f.opts...)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -498,7 +547,7 @@ func floorFleet(srv *server.Server, n int) (*clients, *nats.Conn, error) {
 			return nil, nil, err
 		}
 	}
-	pub, err := nats.Connect("", nats.InProcessServer(srv))
+	pub, err := nats.Connect("", nats.InProcessServer(f.srv))
 	return c, pub, err
 }
 
@@ -560,7 +609,8 @@ func (f *fleet) start(i int, ns, url, secret, keyDir string) error {
 		}
 		kick(nc)
 	}
-	opts := append(id.EdgeOptions(secret), nats.SetCustomDialer(topo.Dialer{NS: ns}), nats.RetryOnFailedConnect(true),
+	opts := append(id.EdgeOptions(secret), bus.ClientOptions(bus.Trust{Secret: secret}, topo.Dialer{NS: ns})...)
+	opts = append(opts, nats.RetryOnFailedConnect(true),
 		nats.ConnectHandler(connected), nats.ReconnectHandler(kick), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {

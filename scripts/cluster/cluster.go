@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/scripts/topo"
@@ -38,6 +39,9 @@ type Options struct {
 	// Etcd runs the controller on a real etcd (started in the controller's
 	// namespace) instead of its embedded store.
 	Etcd bool
+	// APIToken, when set, is the controller's api_token (the API off
+	// loopback, over HTTPS).
+	APIToken string
 }
 
 // Cluster is a controller and its edges running on a topology.
@@ -157,7 +161,26 @@ func (c *Cluster) ControllerConfig() string {
 	if c.opts.Etcd {
 		cfg += fmt.Sprintf("\netcd = [\n    %q\n]\n", etcdClient)
 	}
+	if c.opts.APIToken != "" {
+		cfg += fmt.Sprintf("api_token = %q\n", c.opts.APIToken)
+	}
 	return cfg
+}
+
+// ControllerDir is the controller's data_dir (its secret, its generated
+// TLS key and certificate in tls/).
+func (c *Cluster) ControllerDir() string { return c.path("controller") }
+
+// APIAddr is the API's address off loopback: the home edge's public
+// address, where the API answers HTTPS.
+func (c *Cluster) APIAddr() string { return fmt.Sprintf("%s:%d", c.Home.Underlay(), APIPort) }
+
+// RemoteAPI calls the API over HTTPS from namespace ns with the cluster's
+// api_token, verifying the controller as t says.
+func (c *Cluster) RemoteAPI(ns string, t bus.Trust) *api.Client {
+	cl := api.NewClient("https://"+c.APIAddr(), c.opts.APIToken)
+	cl.Trust(t, topo.Dialer{NS: ns})
+	return cl
 }
 
 // StartController (re)starts the controller and waits for its API.

@@ -55,7 +55,7 @@ func cloudFlows(sites []*topo.Site) []flow {
 func TestCloudWalkthrough(t *testing.T) {
 	vpcs := topo.Walkthrough()
 	vpcs[2].NoRouteBack = true
-	f := buildFixture(t, topo.BuildCloud, vpcs)
+	f := buildFixture(t, topo.BuildCloud, vpcs, cluster.Options{})
 	sites := f.topo.Sites()
 	sz, hk, gz := sites[0], sites[1], sites[2]
 	names := cluster.WalkthroughNames

@@ -60,10 +60,13 @@ type fixture struct {
 
 var podRange = topo.Extra{CIDR: netip.MustParsePrefix("10.244.3.0/24"), EdgeAddr: netip.MustParseAddr("10.244.3.1"), HostAddr: netip.MustParseAddr("10.244.3.2")}
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t, cluster.Options{}) }
+
+// newFixtureWith is newFixture with further cluster options.
+func newFixtureWith(t *testing.T, opts cluster.Options) *fixture {
 	vpcs := topo.Walkthrough()
 	vpcs[2].Extra = &podRange
-	f := buildFixture(t, topo.Build, vpcs)
+	f := buildFixture(t, topo.Build, vpcs, opts)
 	for i, s := range f.topo.Sites() {
 		f.startEdge(cluster.WalkthroughNames[i], s)
 	}
@@ -71,9 +74,9 @@ func newFixture(t *testing.T) *fixture {
 }
 
 // buildFixture builds vpcs in namespaces with build (topo.Build or
-// topo.BuildCloud) and starts the controller on the first site's edge; no
-// edge runs yet.
-func buildFixture(t *testing.T, build func(*topo.Net, ...topo.VPC) (*topo.Topology, error), vpcs []topo.VPC) *fixture {
+// topo.BuildCloud) and starts the controller with opts on the first site's
+// edge; no edge runs yet.
+func buildFixture(t *testing.T, build func(*topo.Net, ...topo.VPC) (*topo.Topology, error), vpcs []topo.VPC, opts cluster.Options) *fixture {
 	topo.SkipUnlessRoot(t, "bridge", "iptables", "ping")
 	n, err := topo.New(topo.UniquePrefix("cfe"))
 	if err != nil {
@@ -85,7 +88,8 @@ func buildFixture(t *testing.T, build func(*topo.Net, ...topo.VPC) (*topo.Topolo
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	c, err := cluster.Start(tp, tp.Sites()[0], cluster.Options{Bin: bin, Dir: dir})
+	opts.Bin, opts.Dir = bin, dir
+	c, err := cluster.Start(tp, tp.Sites()[0], opts)
 	if err != nil {
 		t.Fatal(err)
 	}
