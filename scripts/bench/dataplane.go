@@ -483,17 +483,21 @@ func num(v float64, format string) string {
 	return fmt.Sprintf(format, v)
 }
 
-// withinNoise says whether the medians of a and b differ by no more than
-// the larger of their spreads.
+// withinNoise says whether the median of a lies within the noise of b's:
+// no further apart than the larger of their spreads; beyond it, whether a
+// is above or (in capitals, a regression) below.
 func withinNoise(a, b Sample) string {
 	if len(a) == 0 || len(b) == 0 || b.Median() == 0 {
 		return "no comparison"
 	}
-	d, noise := math.Abs(a.Median()/b.Median()-1), math.Max(a.Spread(), b.Spread())
-	if d <= noise {
-		return fmt.Sprintf("within noise: %.0f%% apart, spreads up to ±%.0f%%", 100*d, 100*noise)
+	d, noise := a.Median()/b.Median()-1, math.Max(a.Spread(), b.Spread())
+	switch {
+	case math.Abs(d) <= noise:
+		return fmt.Sprintf("within noise: %+.0f%%, spreads up to ±%.0f%%", 100*d, 100*noise)
+	case d > 0:
+		return fmt.Sprintf("above it beyond noise: %+.0f%%, spreads up to ±%.0f%%", 100*d, 100*noise)
 	}
-	return fmt.Sprintf("BEYOND noise: %.0f%% apart, spreads up to ±%.0f%%", 100*d, 100*noise)
+	return fmt.Sprintf("BELOW it beyond noise: %+.0f%%, spreads up to ±%.0f%%", 100*d, 100*noise)
 }
 
 // met renders a target check.
