@@ -13,15 +13,22 @@ const SnapshotTimeout = 3 * time.Second
 
 // Follower keeps a copy of the controller's edge set: a snapshot first, then
 // every delta whose Prev is the revision held. A delta that does not follow,
-// or a Hello announcing another revision, means something was missed, and the
+// or a Hello announcing a later revision, means something was missed, and the
 // follower fetches a fresh snapshot — so no change is lost or applied out of
-// order. It is not safe for concurrent use: drive it from one goroutine.
+// order. With several controllers, deltas of writes made through different
+// controllers may arrive out of order, and a controller may announce its
+// revision a moment before it has seen the latest write: a Hello behind the
+// held revision is ignored, and a snapshot request names the latest revision
+// the follower has heard of, which the answering controller waits for. It
+// is not safe for concurrent use: drive it from one goroutine.
 type Follower struct {
 	nc   *nats.Conn
 	msgs chan *nats.Msg
 	set  map[string]Edge
 	rev  uint64
 	have bool
+	// heard is the latest revision a delta or hello announced.
+	heard uint64
 }
 
 // Follow subscribes to deltas and hellos on nc. Subscriptions made before
@@ -71,15 +78,17 @@ func (f *Follower) Handle(m *nats.Msg) (string, error) {
 		if err := Decode(m, &h); err != nil {
 			return "", err
 		}
-		if f.have && h.Revision == f.rev {
-			return "", nil
+		if f.have && h.Revision <= f.rev {
+			return "", nil // current, or a controller that has not caught up yet
 		}
+		f.heard = max(f.heard, h.Revision)
 		return f.Resync(fmt.Sprintf("controller is at revision %d, held %d", h.Revision, f.rev))
 	}
 	var d Delta
 	if err := Decode(m, &d); err != nil {
 		return "", err
 	}
+	f.heard = max(f.heard, d.Revision)
 	switch {
 	case !f.have:
 		return f.Resync("delta before any snapshot")
@@ -103,9 +112,10 @@ func (f *Follower) Handle(m *nats.Msg) (string, error) {
 // Resync replaces the held set with the controller's current snapshot; when
 // the held set is current, the controller says so and nothing changes.
 func (f *Follower) Resync(why string) (string, error) {
-	req := SnapshotRequest{}
+	req := SnapshotRequest{Want: f.heard}
 	if f.have {
 		req.Have = f.rev
+		req.Want = max(req.Want, f.rev)
 	}
 	s, err := f.request(req)
 	if err != nil {

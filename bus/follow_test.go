@@ -17,6 +17,7 @@ type fakeController struct {
 	mu    sync.Mutex
 	snap  Snapshot
 	asked int
+	last  SnapshotRequest
 }
 
 func newFakeController(t *testing.T, s *Server) *fakeController {
@@ -25,6 +26,10 @@ func newFakeController(t *testing.T, s *Server) *fakeController {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		f.asked++
+		f.last = SnapshotRequest{}
+		if err := Decode(m, &f.last); err != nil {
+			t.Error(err)
+		}
 		if err := Publish(f.nc, m.Reply, f.snap); err != nil {
 			t.Error(err)
 		}
@@ -122,11 +127,21 @@ func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
 	if c := next(t, fl); !strings.Contains(c, "missed revisions 9..9") || names(fl) != "a,c,d" {
 		t.Fatalf("gap: change %q set %s", c, names(fl))
 	}
+	// The request named the revision held and the one heard of, which a
+	// controller that has not seen it yet waits for.
+	if ctl.mu.Lock(); ctl.last != (SnapshotRequest{Have: 8, Want: 10}) {
+		t.Errorf("snapshot request %+v, want have 8, want 10", ctl.last)
+	}
+	ctl.mu.Unlock()
 
-	// A hello at the held revision is quiet; one at another revision resyncs.
-	mustPublish(t, ctl.nc, SubjectHello, Hello{Revision: 10})
-	if c := next(t, fl); c != "" {
-		t.Fatalf("hello at held revision caused %q", c)
+	// A hello at the held revision is quiet, and so is one behind it (a
+	// controller of a cluster that has not seen the latest write yet); one
+	// at a later revision resyncs.
+	for _, rev := range []uint64{10, 9} {
+		mustPublish(t, ctl.nc, SubjectHello, Hello{Revision: rev})
+		if c := next(t, fl); c != "" {
+			t.Fatalf("hello at revision %d, held 10, caused %q", rev, c)
+		}
 	}
 	ctl.set(12, "a")
 	mustPublish(t, ctl.nc, SubjectHello, Hello{Revision: 12})

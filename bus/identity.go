@@ -82,7 +82,9 @@ func mac(secret, msg string) string {
 // EdgeOptions are the NATS options an edge connects with: TLS trusting a
 // controller that proves the join secret, its name, proof of the join
 // secret, its key (signing the server nonce), its private inbox, and
-// reconnecting forever. ClientOptions appended later replace the TLS trust.
+// reconnecting forever — also past refusals, which a controller that is
+// starting, or cannot reach its cluster to pin a new key, answers with.
+// ClientOptions appended later replace the TLS trust.
 func (id *Identity) EdgeOptions(secret string) []nats.Option {
 	return append(ClientOptions(Trust{Secret: secret}, nil),
 		nats.Name("cframe-edge "+id.Name),
@@ -90,16 +92,23 @@ func (id *Identity) EdgeOptions(secret string) []nats.Option {
 		nats.Nkey(id.Public, id.kp.Sign),
 		nats.CustomInboxPrefix(InboxPrefix(id.Name)),
 		nats.MaxReconnects(-1),
+		nats.IgnoreAuthErrorAbort(),
 		nats.ReconnectWait(500*time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, 0),
 	)
 }
 
-// ControllerURL turns the edge config's controller address ("1.2.3.4:58422"
-// as in the walkthrough, or a full nats:// URL) into a NATS URL.
-func ControllerURL(addr string) string {
-	if strings.Contains(addr, "://") {
-		return addr
+// ControllerURLs turns the edge config's controller addresses ("1.2.3.4:58422"
+// as in the walkthrough, or full nats:// URLs) into the NATS client's server
+// list. The client picks one at random, moves to another when it is lost,
+// and adds the servers the cluster announces.
+func ControllerURLs(addrs []string) string {
+	urls := make([]string, len(addrs))
+	for i, a := range addrs {
+		urls[i] = a
+		if !strings.Contains(a, "://") {
+			urls[i] = "nats://" + a
+		}
 	}
-	return "nats://" + addr
+	return strings.Join(urls, ",")
 }

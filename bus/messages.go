@@ -15,6 +15,16 @@ type Edge struct {
 	// ExtraCIDRs are further networks behind the same edge (k8s pod and
 	// service ranges, secondary VPC ranges).
 	ExtraCIDRs []netip.Prefix `json:"extra_cidrs,omitempty"`
+	// Site names the network this edge is one gateway of (gateway HA):
+	// edges with the same Site carry the same CIDRs and one of them is
+	// active at a time. Empty: the edge is a site of its own (SiteName).
+	Site string `json:"site,omitempty"`
+	// Priority ranks the gateways of a site: a gateway with a higher
+	// priority takes over from a healthy active one; 0 without a site.
+	Priority int `json:"priority,omitempty"`
+	// VIP is the site's virtual IP (the cloud's HaVip), held by its active
+	// gateway only; invalid when the site has none.
+	VIP netip.Addr `json:"vip,omitzero"`
 	// Revision is the store revision of the edge's last change.
 	Revision uint64 `json:"revision"`
 }
@@ -31,6 +41,10 @@ type SnapshotRequest struct {
 	// edges reconnecting after a controller restart do not each download
 	// the whole set.
 	Have uint64 `json:"have,omitempty"`
+	// Want is the latest revision the requester has heard of (from a delta
+	// or a hello): a controller of a cluster that has not seen it yet waits
+	// a moment to catch up before answering, rather than send an older set.
+	Want uint64 `json:"want,omitempty"`
 }
 
 // Snapshot is the whole edge set at one revision, the reply on SubjectSnapshot.
@@ -87,10 +101,15 @@ type Status struct {
 	Error string `json:"error,omitempty"`
 	// Conflicts are foreign kernel objects that overlap the mesh and were
 	// left alone (e.g. someone else's route to a peer's CIDR).
-	Conflicts []string  `json:"conflicts,omitempty"`
-	Mode      string    `json:"mode,omitempty"`
-	Version   string    `json:"version,omitempty"`
-	Time      time.Time `json:"time"`
+	Conflicts []string `json:"conflicts,omitempty"`
+	// Site is this gateway's view of its site; nil for an edge without one.
+	Site *SiteStatus `json:"site,omitempty"`
+	// Probes is the data-plane health of every remote gateway, measured
+	// through the tunnel, sorted by name.
+	Probes  []PeerProbe `json:"probes,omitempty"`
+	Mode    string      `json:"mode,omitempty"`
+	Version string      `json:"version,omitempty"`
+	Time    time.Time   `json:"time"`
 }
 
 // Audit event kinds (the last-but-one token of EventSubject).
@@ -102,6 +121,9 @@ const (
 	EventEdgeOffline = "offline"
 	EventKeyPinned   = "key-pinned"
 	EventKeyRefused  = "key-refused"
+	// EventRole: a site's active gateway changed (Edge is the new active
+	// one, Detail the reason).
+	EventRole = "role"
 )
 
 // Event is one audit record, published on EventSubject(kind, edge).

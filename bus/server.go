@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
@@ -9,7 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -28,6 +29,11 @@ type Pinner interface {
 type ServerConfig struct {
 	// ListenAddr is where edges connect (":58422"); port 0 picks a free one.
 	ListenAddr string
+	// Name is the server's name, unique in a cluster ("cframe-controller"
+	// if empty).
+	Name string
+	// Cluster, when set, joins the other controllers' servers.
+	Cluster *ClusterConfig
 	// StoreDir holds JetStream's files.
 	StoreDir string
 	// Secret is the join secret edges prove knowledge of; PreviousSecrets
@@ -54,18 +60,15 @@ type Server struct {
 	ns    *server.Server
 	token string
 	cfg   ServerConfig
+	dup   chan string
 }
 
 // StartServer starts the embedded NATS server with JetStream and waits until
 // it accepts connections.
 func StartServer(cfg ServerConfig) (*Server, error) {
-	host, portStr, err := net.SplitHostPort(cfg.ListenAddr)
+	host, port, err := splitPort(cfg.ListenAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen_addr %q: %w", cfg.ListenAddr, err)
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil || port < 0 || port > 65535 {
-		return nil, fmt.Errorf("listen_addr %q: invalid port", cfg.ListenAddr)
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
@@ -80,9 +83,9 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	if _, err := rand.Read(tok); err != nil {
 		return nil, err
 	}
-	s := &Server{token: hex.EncodeToString(tok), cfg: cfg}
+	s := &Server{token: hex.EncodeToString(tok), cfg: cfg, dup: make(chan string, 1)}
 	opts := &server.Options{
-		ServerName:                 "cframe-controller",
+		ServerName:                 cmp.Or(cfg.Name, "cframe-controller"),
 		Host:                       host,
 		Port:                       port,
 		JetStream:                  true,
@@ -100,12 +103,17 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	if host == "" {
 		opts.Host = "0.0.0.0"
 	}
+	if cfg.Cluster != nil {
+		if err := s.joinCluster(opts); err != nil {
+			return nil, err
+		}
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("nats server: %w", err)
 	}
 	if cfg.Log != nil {
-		ns.SetLoggerV2(natsLogger{cfg.Log.With("component", "nats")}, false, false, false)
+		ns.SetLoggerV2(natsLogger{cfg.Log.With("component", "nats"), s}, false, false, false)
 	}
 	s.ns = ns
 	ns.Start()
@@ -176,13 +184,14 @@ func (s *Server) Check(c server.ClientAuthentication) bool {
 	return true
 }
 
-// EdgePermissions lets an edge fetch snapshots, follow deltas and hellos,
-// receive replies in its own inbox, and publish its own status — nothing else.
+// EdgePermissions lets an edge fetch snapshots, follow deltas, hellos and
+// the sites' claims, receive replies in its own inbox, and publish its own
+// status — nothing else.
 func EdgePermissions(name string) *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{StatusSubject(name), SubjectSnapshot}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
-			SubjectDelta, SubjectHello, InboxPrefix(name) + ".>",
+			SubjectDelta, SubjectHello, SubjectClaims, InboxPrefix(name) + ".>",
 		}},
 	}
 }
@@ -225,11 +234,23 @@ func verifyNonce(pub, sig string, nonce []byte) error {
 func equal(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
 
 // natsLogger forwards the NATS server's warnings and errors to slog.
-type natsLogger struct{ l *slog.Logger }
+type natsLogger struct {
+	l *slog.Logger
+	s *Server
+}
 
-func (n natsLogger) Noticef(string, ...any)    {}
-func (n natsLogger) Debugf(string, ...any)     {}
-func (n natsLogger) Tracef(string, ...any)     {}
-func (n natsLogger) Warnf(f string, v ...any)  { n.l.Warn(fmt.Sprintf(f, v...)) }
-func (n natsLogger) Errorf(f string, v ...any) { n.l.Error(fmt.Sprintf(f, v...)) }
+func (n natsLogger) Noticef(string, ...any) {}
+func (n natsLogger) Debugf(string, ...any)  {}
+func (n natsLogger) Tracef(string, ...any)  {}
+func (n natsLogger) Warnf(f string, v ...any) {
+	if strings.HasPrefix(f, "TLS certificate chain and hostname of solicited routes will not be verified") {
+		return // they are verified by their proof of the cluster's secret (Certs.RouteTLS)
+	}
+	n.l.Warn(fmt.Sprintf(f, v...))
+}
+func (n natsLogger) Errorf(f string, v ...any) {
+	msg := fmt.Sprintf(f, v...)
+	n.s.noteError(msg)
+	n.l.Error(msg)
+}
 func (n natsLogger) Fatalf(f string, v ...any) { n.l.Error(fmt.Sprintf(f, v...)) }

@@ -358,7 +358,12 @@ type natsDialer struct {
 }
 
 func (n natsDialer) Dial(network, addr string) (net.Conn, error) {
-	return n.t.DialTLS(context.Background(), n.d, network, addr)
+	conn, err := n.t.DialTLS(context.Background(), n.d, network, addr)
+	if err != nil {
+		// A nil *tls.Conn in a net.Conn is not nil: nats.go would close it.
+		return nil, err
+	}
+	return conn, nil
 }
 
 // SkipTLSHandshake tells nats.go that the connection is TLS already.

@@ -16,9 +16,14 @@ type actual struct {
 	// FDB holds the forwarding entries on the desired VXLAN device (when it
 	// is ours).
 	FDB []fdbEntry
-	// Neighbors holds the permanent IPv4 neighbors on the desired VXLAN
-	// device (when it is ours).
-	Neighbors []neighbor
+	// Neighbors and Neighbors6 hold the permanent IPv4 and IPv6 neighbors
+	// on the desired VXLAN device (when it is ours).
+	Neighbors, Neighbors6 []neighbor
+	// TunnelIPv6 is the IPv6 state of the desired VXLAN device (lladdr.go),
+	// VIP the VIP addresses and the LAN interface (vip.go); nil when not
+	// read (an Update's read).
+	TunnelIPv6 *tunnelIPv6
+	VIP        *vipState
 	// Routes are the main-table routes with protocol RouteProtocol.
 	Routes []route
 	// ForeignRoutes are the other main-table routes (except default routes)
@@ -73,8 +78,10 @@ type reading struct {
 	tunnel *link
 	// From the routes (a full read): the default route's device.
 	defaultDev int
-	// From the addresses (a full read): the underlay device.
+	// From the addresses (a full read): the underlay device, and every
+	// IPv4 address.
 	underlay int
+	addrs    []netlink.Addr
 }
 
 func newReading(d *Desired, keys *scope) *reading {

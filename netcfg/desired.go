@@ -58,6 +58,15 @@ type Desired struct {
 	LANAddr netip.Addr
 	// Masquerade SNATs tunnel traffic entering the LAN to LANAddr.
 	Masquerade bool
+	// LinkLocal, when valid, is this edge's IPv6 link-local address on the
+	// VXLAN device (lladdr.go): the identity through the tunnel that the
+	// peers probe and send HA messages to. VXLAN mode only.
+	LinkLocal netip.Addr
+	// VIP, when valid, is the site's virtual IP this gateway holds on its
+	// LAN interface (vip.go). KeepVIP leaves cframe's VIP addresses as they
+	// are instead — neither added nor removed — and VIP is ignored.
+	VIP     netip.Addr
+	KeepVIP bool
 	// Peers are the other edges of the mesh.
 	Peers []Peer
 }
@@ -71,8 +80,12 @@ type Peer struct {
 	// MAC is the peer's VTEP MAC (VXLAN mode).
 	MAC net.HardwareAddr
 	// NextHop is the on-link gateway address used for the peer's routes and
-	// its permanent neighbor entry (VXLAN mode).
+	// its permanent neighbor entry (VXLAN mode). A peer without CIDRs (a
+	// standby gateway) has none: it only gets its FDB entry.
 	NextHop netip.Addr
 	// CIDRs are the networks behind the peer.
 	CIDRs []netip.Prefix
+	// LinkLocal, when valid, is the peer's IPv6 link-local address on the
+	// tunnel: it gets a permanent IPv6 neighbor with MAC (neigh6.go).
+	LinkLocal netip.Addr
 }

@@ -41,6 +41,10 @@
 //   - fdb.go: the VXLAN FDB entries, one per peer
 //   - neigh.go: the permanent neighbors, one per peer, and the neighbor
 //     messages of both
+//   - neigh6.go: the permanent IPv6 neighbors of the peers' link-local
+//     addresses on the tunnel
+//   - lladdr.go: the tunnel device's own IPv6 link-local address
+//   - vip.go: a site's VIP on the LAN interface, and its gratuitous ARP
 //   - route.go: the routes to the peers' networks
 //   - ipset.go: the sets of peer addresses and networks the rules match
 //   - chains.go: the iptables chains and rules, and iptables.go the

@@ -170,8 +170,11 @@ func (s *session) read(d *Desired, sc *scope) (*actual, error) {
 		s.readLinks,
 		s.readFDB,
 		s.readNeighbors,
+		s.readNeighbors6,
+		s.readLinkLocal,
 		s.readRoutes,
 		s.readUnderlay,
+		s.readVIP,
 		s.readSteering,
 		s.readTxCsum,
 		s.readIPForward,
@@ -219,8 +222,9 @@ func (s *session) apply(changes []change) (applied []string, err error) {
 }
 
 // Cleanup removes everything cframe created — links with its alias,
-// main-table routes with RouteProtocol, its iptables chains and the jumps
-// into them, its ipsets — and nothing else. It returns what it removed.
+// main-table routes with RouteProtocol, its VIP addresses, its iptables
+// chains and the jumps into them, its ipsets — and nothing else. It returns
+// what it removed.
 func (k *Kernel) Cleanup() ([]string, error) {
 	k.base = nil
 	s, err := k.begin()
@@ -255,10 +259,11 @@ func (k *Kernel) Cleanup() ([]string, error) {
 		dels = append(dels, routeDel(rt))
 	}
 	run(dels)
-	if err := errors.Join(s.readSets(r), s.readChains(r)); err != nil {
+	if err := errors.Join(s.readUnderlay(r), s.readVIP(r), s.readSets(r), s.readChains(r)); err != nil {
 		return done, err
 	}
 	p := &planner{a: r.a}
+	p.planVIP() // nothing desired: removes cframe's VIP addresses
 	p.removeChains()
 	p.removeSets()
 	run(p.plan().changes)

@@ -278,10 +278,10 @@ var (
 
 // reconcileRequests is what a Reconcile of a VXLAN edge whose chains are
 // unchanged takes to make changes changes: one dump each of the links, FDB
-// entries, neighbors, routes, addresses and the two sets, the read of the
-// chains, and one request per change.
+// entries, IPv4 and IPv6 neighbors, routes, addresses and the two sets, the
+// read of the chains, and one request per change.
 func reconcileRequests(k *Kernel, changes int) Requests {
-	return Requests{Netlink: 7 + changes}.plus(chainsRead(k))
+	return Requests{Netlink: 8 + changes}.plus(chainsRead(k))
 }
 
 // updateRequests is what an Update of one peer with cidrs networks takes to

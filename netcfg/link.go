@@ -44,6 +44,9 @@ type link struct {
 	Local netip.Addr
 	// GRE only: the peer's underlay address.
 	Remote netip.Addr
+	// IPv6: created without kernel-generated IPv6 addresses and with IPv6
+	// on, for the link-local address of lladdr.go (desired only).
+	IPv6 bool
 }
 
 // Owned reports whether the link is cframe's: its alias is exactly
@@ -85,6 +88,9 @@ func (l link) String() string {
 		fmt.Fprintf(&b, " address %s", l.MAC)
 	}
 	fmt.Fprintf(&b, " mtu %d alias %q", l.MTU, l.Alias)
+	if l.IPv6 {
+		b.WriteString(" addrgenmode none")
+	}
 	if l.Kind == "vxlan" && !l.TxCsum {
 		b.WriteString(" tx-checksumming off")
 	}
@@ -146,7 +152,7 @@ func (s *session) readLinks(r *reading) error {
 func (p *planner) wantLinks() []link {
 	if p.d.Mode == ModeVXLAN {
 		return []link{{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, UDPCsum: true, RPS: p.a.wantRPS()}}
+			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, UDPCsum: true, RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
 	}
 	var out []link
 	for _, peer := range p.d.Peers {
@@ -263,8 +269,9 @@ func addrOrAny(a netip.Addr) string {
 // linkAdd creates l. The kernel ignores IFLA_IFALIAS when creating links,
 // so the link is created under a temporary name, given its alias and only
 // then renamed: a link with cframe's name never lacks cframe's alias. With
-// l.RPS it gets receive packet steering, and a VXLAN device its transmit
-// checksum setting, before it comes up.
+// l.RPS it gets receive packet steering, with l.IPv6 its IPv6 settings
+// (lladdr.go), and a VXLAN device its transmit checksum setting, before it
+// comes up.
 func linkAdd(l link) change {
 	return change{desc: "link add " + l.String(), do: func(s *session) error {
 		attrs := netlink.NewLinkAttrs()
@@ -296,6 +303,11 @@ func linkAdd(l link) change {
 		if l.RPS {
 			if err := setRPS(l.Name); err != nil {
 				return fmt.Errorf("set RPS: %w", err)
+			}
+		}
+		if l.IPv6 {
+			if err := prepareIPv6(s, dev, l.Name); err != nil {
+				return err
 			}
 		}
 		if l.Kind == "vxlan" {

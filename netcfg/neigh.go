@@ -65,6 +65,9 @@ func (p *planner) planNeighbors() {
 		}
 	}
 	for _, peer := range p.d.Peers {
+		if !peer.NextHop.IsValid() {
+			continue // a plain peer: nothing routed to it
+		}
 		w := neighbor{Device: dev, IP: peer.NextHop, MAC: peer.MAC}
 		i, ok := have[w.IP]
 		delete(have, w.IP)
@@ -116,7 +119,7 @@ func neighDel(n neighbor) change {
 
 // neighAttrs are the attributes of a neighbor message cframe uses.
 type neighAttrs struct {
-	dst    netip.Addr // NDA_DST, IPv4
+	dst    netip.Addr // NDA_DST, IPv4 or IPv6
 	lladdr []byte     // NDA_LLADDR, valid until the next receive
 	port   uint16     // NDA_PORT, 0 when absent
 }
@@ -136,7 +139,11 @@ func decodeNeigh(m []byte) (*netlink.Ndmsg, neighAttrs, error) {
 	walkAttrs(m[ndmsgLen:], func(typ uint16, b []byte) {
 		switch typ {
 		case unix.NDA_DST:
-			v.dst, _ = ip4(b)
+			if len(b) == 16 {
+				v.dst = netip.AddrFrom16([16]byte(b))
+			} else {
+				v.dst, _ = ip4(b)
+			}
 		case unix.NDA_LLADDR:
 			v.lladdr = b
 		case unix.NDA_PORT:

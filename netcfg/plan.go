@@ -42,6 +42,7 @@ type stage int
 const (
 	stageSysctl     stage = iota // ip_forward
 	stageLinks                   // links created, recreated, adjusted
+	stageAddrs                   // the tunnel's link-local address, the VIP
 	stageSets                    // ipsets and their new members
 	stageRulesAdd                // new iptables chains, rules and hooks
 	stageEntriesAdd              // new or changed FDB entries, neighbors, routes
@@ -103,7 +104,10 @@ func newPlan(d Desired, a *actual) plan {
 	p.planIPForward()
 	p.planLinks()
 	p.planFDB()
+	p.planLinkLocal()
+	p.planVIP()
 	p.planNeighbors()
+	p.planNeighbors6()
 	p.planRoutes()
 	p.planSets()
 	p.planChains()

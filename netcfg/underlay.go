@@ -25,7 +25,7 @@ func (s *session) readUnderlay(r *reading) error {
 	if err := retryDump("addresses", func() (err error) { addrs, err = s.nl.AddrList(nil, netlink.FAMILY_V4); return err }); err != nil {
 		return err
 	}
-	r.underlay = r.defaultDev
+	r.addrs, r.underlay = addrs, r.defaultDev
 	held := false
 	for _, ad := range addrs {
 		if ip := addrFromIP(ad.IP); r.d.LocalAddr.IsValid() && ip == r.d.LocalAddr {

@@ -107,7 +107,7 @@ func changedBesidesPeers(a, b Desired) []string {
 // about a millisecond for a thousand peers, on every Update).
 func samePeer(a, b Peer) bool {
 	return a.Name == b.Name && a.Underlay == b.Underlay && bytes.Equal(a.MAC, b.MAC) &&
-		a.NextHop == b.NextHop && slices.Equal(a.CIDRs, b.CIDRs)
+		a.NextHop == b.NextHop && slices.Equal(a.CIDRs, b.CIDRs) && a.LinkLocal == b.LinkLocal
 }
 
 // scope is the part of the mesh an Update reads and plans: the peers of
@@ -120,16 +120,17 @@ type scope struct {
 	peers []Peer
 	// names holds the peers in scope and the peers that left.
 	names map[string]bool
-	// The keys: FDB entries are read by MAC, neighbors by next hop, routes
-	// and members of setNets by CIDR, members of setPeers by underlay
-	// address (as /32s).
+	// The keys: FDB entries are read by MAC, neighbors by next hop, IPv6
+	// neighbors by link-local address, routes and members of setNets by
+	// CIDR, members of setPeers by underlay address (as /32s).
 	macs      []net.HardwareAddr
 	hops      []netip.Addr
+	lls       []netip.Addr
 	cidrs     []netip.Prefix
 	underlays []netip.Prefix
 	// The same keys as sets.
 	seenMAC    map[[6]byte]bool
-	seenAddr   map[netip.Addr]bool // next hops and underlay addresses
+	seenAddr   map[netip.Addr]bool // next hops, link-local and underlay addresses
 	seenPrefix map[netip.Prefix]bool
 	// facts are the baseline's facts that do not depend on the peers.
 	facts actual
@@ -182,9 +183,13 @@ func (sc *scope) add(p Peer) {
 		sc.seenMAC[mac] = true
 		sc.macs = append(sc.macs, p.MAC)
 	}
-	if !sc.seenAddr[p.NextHop] {
+	if p.NextHop.IsValid() && !sc.seenAddr[p.NextHop] {
 		sc.seenAddr[p.NextHop] = true
 		sc.hops = append(sc.hops, p.NextHop)
+	}
+	if p.LinkLocal.IsValid() && !sc.seenAddr[p.LinkLocal] {
+		sc.seenAddr[p.LinkLocal] = true
+		sc.lls = append(sc.lls, p.LinkLocal)
 	}
 	if u := p.Underlay.Addr(); !sc.seenAddr[u] {
 		sc.seenAddr[u] = true
@@ -200,6 +205,7 @@ func (sc *scope) add(p Peer) {
 
 // touches reports whether one of p's objects lives under a key in scope.
 func (sc *scope) touches(p Peer) bool {
-	return sc.seenMAC[[6]byte(p.MAC)] || sc.seenAddr[p.NextHop] || sc.seenAddr[p.Underlay.Addr()] ||
+	return sc.seenMAC[[6]byte(p.MAC)] || p.NextHop.IsValid() && sc.seenAddr[p.NextHop] || sc.seenAddr[p.Underlay.Addr()] ||
+		p.LinkLocal.IsValid() && sc.seenAddr[p.LinkLocal] ||
 		slices.ContainsFunc(p.CIDRs, func(c netip.Prefix) bool { return sc.seenPrefix[c] })
 }

@@ -50,6 +50,12 @@ func (n *Desired) validate() error {
 	if n.LANAddr.IsValid() && !n.LANAddr.Is4() {
 		return fmt.Errorf("LAN address %s is not IPv4", n.LANAddr)
 	}
+	if n.LinkLocal.IsValid() && !n.LinkLocal.IsLinkLocalUnicast() || n.LinkLocal.Zone() != "" {
+		return fmt.Errorf("link-local address %s is not an IPv6 link-local address without zone", n.LinkLocal)
+	}
+	if n.VIP.IsValid() && !n.VIP.Is4() {
+		return fmt.Errorf("VIP %s is not IPv4", n.VIP)
+	}
 	for _, c := range n.LocalCIDRs {
 		if !c.IsValid() || !c.Addr().Is4() {
 			return fmt.Errorf("local CIDR %s is not an IPv4 prefix", c)
@@ -62,6 +68,7 @@ func (n *Desired) validate() error {
 	cidrs := make(map[uint64]string, 2*len(n.Peers))
 	macs := make(map[[6]byte]string, len(n.Peers))
 	hops := make(map[uint32]string, len(n.Peers))
+	lls := make(map[netip.Addr]string)
 	gres := map[string]string{}
 	dup := func(other, peer, kind string, key any) error {
 		return fmt.Errorf("peers %q and %q have the same %s %v", other, peer, kind, key)
@@ -94,17 +101,29 @@ func (n *Desired) validate() error {
 			if !unicastMAC(p.MAC) {
 				return fmt.Errorf("peer %q: VTEP MAC %q is not a unicast Ethernet address", p.Name, p.MAC)
 			}
-			if !p.NextHop.Is4() {
-				return fmt.Errorf("peer %q: next hop %s is not IPv4", p.Name, p.NextHop)
-			}
 			if other, ok := macs[[6]byte(p.MAC)]; ok {
 				return dup(other, p.Name, "MAC", p.MAC)
 			}
 			macs[[6]byte(p.MAC)] = p.Name
-			if other, ok := hops[v4(p.NextHop)]; ok {
-				return dup(other, p.Name, "next hop", p.NextHop)
+			switch {
+			case !p.NextHop.IsValid() && len(p.CIDRs) == 0: // a plain peer: FDB entry only
+			case !p.NextHop.Is4():
+				return fmt.Errorf("peer %q: next hop %s is not IPv4", p.Name, p.NextHop)
+			default:
+				if other, ok := hops[v4(p.NextHop)]; ok {
+					return dup(other, p.Name, "next hop", p.NextHop)
+				}
+				hops[v4(p.NextHop)] = p.Name
 			}
-			hops[v4(p.NextHop)] = p.Name
+			if p.LinkLocal.IsValid() {
+				if !p.LinkLocal.IsLinkLocalUnicast() || p.LinkLocal.Zone() != "" {
+					return fmt.Errorf("peer %q: link-local address %s is not an IPv6 link-local address without zone", p.Name, p.LinkLocal)
+				}
+				if other, ok := lls[p.LinkLocal]; ok {
+					return dup(other, p.Name, "link-local address", p.LinkLocal)
+				}
+				lls[p.LinkLocal] = p.Name
+			}
 		case ModeGRE:
 			dev := greDevice(n.Device, p.Name)
 			if other, ok := gres[dev]; ok {

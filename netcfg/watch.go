@@ -14,13 +14,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Watch subscribes to link, route and neighbor events in the calling
-// thread's network namespace and calls notify with a short reason whenever
-// one of cframe's objects changes or disappears: a link with its alias is
-// deleted, loses the alias, goes down or changes MTU, address or name; a
-// main-table route with RouteProtocol is deleted; a neighbor or FDB entry on
-// one of its links is deleted or a neighbor stops being permanent. The caller
-// should then reconcile.
+// Watch subscribes to link, route, neighbor and address events in the
+// calling thread's network namespace and calls notify with a short reason
+// whenever one of cframe's objects changes or disappears: a link with its
+// alias is deleted, loses the alias, goes down or changes MTU, address or
+// name; a main-table route with RouteProtocol is deleted; a neighbor or FDB
+// entry on one of its links is deleted or a neighbor stops being permanent;
+// an address on one of its links, or an IPv4 /32 anywhere (a VIP, maybe),
+// is deleted. The caller should then reconcile.
 //
 // notify is called from one background goroutine, never concurrently, and
 // must not block: bursts (a deleted link takes all its entries along) call it
@@ -103,6 +104,7 @@ type subscription struct {
 	links chan netlink.LinkUpdate
 	route chan netlink.RouteUpdate
 	neigh chan netlink.NeighUpdate
+	addrs chan netlink.AddrUpdate
 	errs  chan error
 }
 
@@ -115,6 +117,7 @@ func (w *watcher) subscribe() (*subscription, error) {
 		links: make(chan netlink.LinkUpdate, 256),
 		route: make(chan netlink.RouteUpdate, 256),
 		neigh: make(chan netlink.NeighUpdate, 256),
+		addrs: make(chan netlink.AddrUpdate, 256),
 		errs:  make(chan error, 8),
 	}
 	onErr := func(err error) {
@@ -137,6 +140,9 @@ func (w *watcher) subscribe() (*subscription, error) {
 	} else if err = netlink.NeighSubscribeWithOptions(s.neigh, s.stop, netlink.NeighSubscribeOptions{
 		Namespace: &w.ns, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf}); err != nil {
 		err = fmt.Errorf("neighbor events: %w", err)
+	} else if err = netlink.AddrSubscribeWithOptions(s.addrs, s.stop, netlink.AddrSubscribeOptions{
+		Namespace: &w.ns, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf}); err != nil {
+		err = fmt.Errorf("address events: %w", err)
 	}
 	if err != nil {
 		s.close()
@@ -149,8 +155,8 @@ func (w *watcher) subscribe() (*subscription, error) {
 // close their channels once the sockets are closed, are done.
 func (s *subscription) close() {
 	close(s.stop)
-	links, route, neigh := s.links, s.route, s.neigh
-	for links != nil || route != nil || neigh != nil {
+	links, route, neigh, addrs := s.links, s.route, s.neigh, s.addrs
+	for links != nil || route != nil || neigh != nil || addrs != nil {
 		select {
 		case _, ok := <-links:
 			if !ok {
@@ -163,6 +169,10 @@ func (s *subscription) close() {
 		case _, ok := <-neigh:
 			if !ok {
 				neigh = nil
+			}
+		case _, ok := <-addrs:
+			if !ok {
+				addrs = nil
 			}
 		case <-time.After(5 * time.Second):
 			return // a subscription that never started has no goroutine
@@ -204,8 +214,28 @@ func (w *watcher) run(ctx context.Context, s *subscription) error {
 			if reason := w.neighEvent(u); reason != "" {
 				w.notify(reason)
 			}
+		case u, ok := <-s.addrs:
+			if !ok {
+				return closed
+			}
+			if reason := w.addrEvent(u); reason != "" {
+				w.notify(reason)
+			}
 		}
 	}
+}
+
+func (w *watcher) addrEvent(u netlink.AddrUpdate) string {
+	if u.NewAddr {
+		return ""
+	}
+	if l, mine := w.ours[u.LinkIndex]; mine {
+		return fmt.Sprintf("address %s on %s deleted", u.LinkAddress.String(), l.name)
+	}
+	if ones, bits := u.LinkAddress.Mask.Size(); ones == 32 && bits == 32 {
+		return fmt.Sprintf("address %s deleted", u.LinkAddress.String())
+	}
+	return ""
 }
 
 func (w *watcher) neighEvent(u netlink.NeighUpdate) string {

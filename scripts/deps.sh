@@ -4,7 +4,7 @@
 # etcd (for the etcd-store tests and `make demo ETCD=1`) and curl (the
 # walkthrough's API calls, verbatim, in the TLS end-to-end test).
 # Go modules come from the module proxy when `go` first builds.
-# Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels `make bench` compares against)
+# Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels and keepalived `make bench` compares against)
 set -euo pipefail
 
 need=()
@@ -21,6 +21,7 @@ if [ "${1:-}" = bench ]; then
   have wg      || need+=(wireguard-tools)
   have nebula  || need+=(nebula)
   have openvpn || need+=(openvpn)
+  have keepalived || need+=(keepalived)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -2,13 +2,17 @@
 // controller's HTTP API, audit events over the bus.
 //
 //	cframectl edge add --name sz-1 --hostaddr 198.51.100.10:58423 --cidr 172.18.0.0/16
+//	cframectl edge add --name sz-2 ... --site sz --priority 200 --vip 172.18.171.250
 //	cframectl edge del --name sz-1
 //	cframectl edge list [-o json]
 //	cframectl topology [-o json]
+//	cframectl cluster [-o json]
 //	cframectl events [-o json]
 //
 // Off the controller's host the API is HTTPS: --api https://HOST:12345
 // --token TOKEN and one of --secret, --ca, --fingerprint to verify it.
+// --api may list several controllers' URLs, separated by commas: cframectl
+// uses the first that answers.
 package main
 
 import (
@@ -40,7 +44,7 @@ func main() {
 		Usage:           "manage a cframe mesh through its controller",
 		HideHelpCommand: true,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:12345", EnvVars: []string{"CFRAME_API"}, Usage: "controller API URL"},
+			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:12345", EnvVars: []string{"CFRAME_API"}, Usage: "controller API URL; several, comma-separated, for a cluster (the first that answers is used)"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"CFRAME_API_TOKEN"}, Usage: "bearer token (needed unless the API is on loopback)"},
 			&cli.StringFlag{Name: "secret", EnvVars: []string{"CFRAME_SECRET"}, Usage: "https: trust the controller by its proof of this join secret"},
 			&cli.StringFlag{Name: "ca", EnvVars: []string{"CFRAME_CA"}, Usage: "https: trust the controller by this CA (PEM file) and its host name"},
@@ -64,6 +68,9 @@ func main() {
 							&cli.StringFlag{Name: "hostaddr", Usage: "public IP:tunnel port the other edges reach it at"},
 							&cli.StringSliceFlag{Name: "cidr", Usage: "network behind the edge; repeat for extra networks (k8s pod/service ranges)"},
 							&cli.StringFlag{Name: "comment"},
+							&cli.StringFlag{Name: "site", Usage: "the network this edge is one gateway of (gateways of a site carry the same CIDRs; one is active)"},
+							&cli.IntFlag{Name: "priority", Usage: "rank among the site's gateways, 1-255 (default 100; higher takes over)"},
+							&cli.StringFlag{Name: "vip", Usage: "the site's virtual IP inside its primary CIDR, held by the active gateway (the cloud's HaVip)"},
 						},
 						OnUsageError: usageError,
 						Action:       edgeAdd,
@@ -91,10 +98,11 @@ func main() {
 					{Name: "list", Usage: "list edges with their status", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: edgeList},
 				},
 			},
-			{Name: "topology", Usage: "show the mesh: edges, next hops and link states", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: topology},
+			{Name: "topology", Usage: "show the mesh: sites and their active gateways, edges, next hops and link states", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: topology},
+			{Name: "cluster", Usage: "show the controllers: which are reachable, quorum, leaders", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: clusterStatus},
 			{
 				Name:  "events",
-				Usage: "follow audit events live (edge added, updated, deleted, online, offline, key pinned/refused)",
+				Usage: "follow audit events live (edge added, updated, deleted, online, offline, key pinned/refused, role)",
 				Flags: []cli.Flag{
 					output,
 					&cli.StringFlag{Name: "nats", Usage: "bus URL (default: the API's host and the controller's NATS port)"},
@@ -163,7 +171,12 @@ func edgeAdd(cc *cli.Context) error {
 		return err
 	}
 	cidrs := cc.StringSlice("cidr")
-	s := edgeset.Spec{Name: cc.String("name"), HostAddr: cc.String("hostaddr"), CIDR: cidrs[0], ExtraCIDRs: cidrs[1:], Comment: cc.String("comment")}
+	s := edgeset.Spec{Name: cc.String("name"), HostAddr: cc.String("hostaddr"), CIDR: cidrs[0], ExtraCIDRs: cidrs[1:], Comment: cc.String("comment"),
+		Site: cc.String("site"), VIP: cc.String("vip")}
+	if cc.IsSet("priority") {
+		p := cc.Int("priority")
+		s.Priority = &p
+	}
 	c, err := client(cc)
 	if err != nil {
 		return err
@@ -194,13 +207,13 @@ func edgeList(cc *cli.Context) error {
 		return err
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "NAME\tHOSTADDR\tCIDRS\tSTATE\tAPPLIED\tREVISION\tERROR\tCOMMENT")
+	fmt.Fprintln(w, "NAME\tSITE\tROLE\tHOSTADDR\tCIDRS\tSTATE\tAPPLIED\tREVISION\tERROR\tCOMMENT")
 	for _, e := range edges {
 		errText := e.LastError
 		if errText == "" && len(e.Conflicts) > 0 {
 			errText = fmt.Sprintf("%d conflict(s): %s", len(e.Conflicts), strings.Join(e.Conflicts, "; "))
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Name, e.HostAddr, strings.Join(append([]string{e.CIDR}, e.ExtraCIDRs...), ","),
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Name, dash(e.Site), e.Role, e.HostAddr, strings.Join(append([]string{e.CIDR}, e.ExtraCIDRs...), ","),
 			e.State, e.AppliedRevision, e.Revision, dash(errText), dash(e.Comment))
 	}
 	return w.Flush()
@@ -227,9 +240,21 @@ func topology(cc *cli.Context) error {
 	}
 	fmt.Printf("revision %d\n\n", t.Revision)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "EDGE\tHOSTADDR\tCIDRS\tVTEP MAC\tNEXT HOP\tSTATE\tAPPLIED")
+	fmt.Fprintln(w, "SITE\tCIDRS\tVIP\tACTIVE\tGATEWAYS\tEPOCH\tSINCE\tREASON")
+	for _, s := range t.Sites {
+		since := "-"
+		if s.Since != nil {
+			since = s.Since.Local().Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, strings.Join(s.CIDRs, ","), dash(s.VIP), s.Active,
+			strings.Join(s.Gateways, ","), s.Epoch, since, dash(s.Reason))
+	}
+	w.Flush()
+	fmt.Println()
+	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "EDGE\tROLE\tHOSTADDR\tCIDRS\tVTEP MAC\tNEXT HOP\tSTATE\tAPPLIED")
 	for _, e := range t.Edges {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Name, e.HostAddr, strings.Join(e.CIDRs, ","), e.VTEPMAC, e.NextHop, e.State, e.AppliedRevision)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Name, e.Role, e.HostAddr, strings.Join(e.CIDRs, ","), e.VTEPMAC, e.NextHop, e.State, e.AppliedRevision)
 	}
 	w.Flush()
 	if len(t.Links) > 0 {
@@ -245,6 +270,33 @@ func topology(cc *cli.Context) error {
 		fmt.Printf("\nconnected but not added: %s\n", strings.Join(t.Pending, ", "))
 	}
 	return nil
+}
+
+func clusterStatus(cc *cli.Context) error {
+	c, err := client(cc)
+	if err != nil {
+		return err
+	}
+	cl, err := c.Cluster(cc.Context)
+	if err != nil || cc.String("output") == "json" {
+		if err == nil {
+			err = printJSON(cl)
+		}
+		return err
+	}
+	quorum := "yes: writes are accepted"
+	if !cl.Quorum {
+		quorum = "NO: writes are refused, reads answer from the last known state"
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "controller\t%s\n", cl.Name)
+	fmt.Fprintf(w, "reachable\t%d of %d: %s\n", len(cl.Reachable), cl.Controllers, strings.Join(cl.Reachable, ", "))
+	fmt.Fprintf(w, "quorum\t%s\n", quorum)
+	fmt.Fprintf(w, "store\t%s, revision %d\n", cl.Store, cl.Revision)
+	if cl.Controllers > 1 {
+		fmt.Fprintf(w, "leaders\tmetadata %s, store %s\n", dash(cl.MetaLeader), dash(cl.StoreLeader))
+	}
+	return w.Flush()
 }
 
 // events subscribes to the audit stream with the credentials the API hands
@@ -266,9 +318,9 @@ func events(cc *cli.Context) error {
 	}
 	natsURL := cc.String("nats")
 	if natsURL == "" {
-		u, err := url.Parse(cc.String("api"))
+		u, err := url.Parse(c.Answered())
 		if err != nil {
-			return fmt.Errorf("--api %q: %w", cc.String("api"), err)
+			return fmt.Errorf("--api %q: %w", c.Answered(), err)
 		}
 		natsURL = "nats://" + net.JoinHostPort(u.Hostname(), strconv.Itoa(creds.Port))
 	}

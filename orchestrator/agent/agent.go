@@ -1,9 +1,12 @@
 // Package agent is the edge agent: it joins the bus, follows the edge set
 // (snapshot, then revision-linked deltas), turns it into a desired kernel
 // state (package mesh) and has netcfg make the kernel match — on every
-// change, on netlink drift events, and every ResyncInterval. It reports
-// status to the controller and keeps the last edge set in its state_dir so a
-// gateway that reboots while the controller is down restores the mesh at once.
+// change, on netlink drift events, and every ResyncInterval. Beside it the
+// HA runner (ha.go) probes the data plane and takes part in the sites'
+// elections; each decision is one more change the kernel follows. It
+// reports status to the controller and keeps the last edge set and claims
+// in its state_dir so a gateway that reboots while the controller is down
+// restores the mesh at once.
 //
 // The agent never forwards a packet, and stopping it leaves the kernel state
 // in place: only Cleanup removes it.
@@ -29,6 +32,7 @@ import (
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/orchestrator/config"
+	"github.com/cframe/cframe/orchestrator/ha"
 	"github.com/cframe/cframe/orchestrator/mesh"
 )
 
@@ -54,6 +58,10 @@ type Agent struct {
 	// report fires when a changed status is due (see bus.StatusJitter).
 	report  *time.Timer
 	pending bool
+	// ha runs the prober and the sites' elections (nil in ReconcileOnce);
+	// roles is the view of it the kernel was last made to match.
+	ha    *haRunner
+	roles haView
 	// trust is how the controller's certificate is verified.
 	trust bus.Trust
 	// refusedMu guards refused: the last refusal logged, so a controller
@@ -100,17 +108,21 @@ func (a *Agent) refuse(addr string, why error) {
 	}
 }
 
-// connected forgets the last refusal and logs the connection.
+// connected forgets the last refusal and logs the connection: the
+// controller's address and name, and the cluster's other controllers the
+// agent knows of.
 func (a *Agent) connected(nc *nats.Conn, what string) {
 	a.refusedMu.Lock()
 	a.refused = ""
 	a.refusedMu.Unlock()
-	a.log.Info(what, "controller", nc.ConnectedAddr())
+	a.log.Info(what, "controller", nc.ConnectedAddr(), "server", nc.ConnectedServerName(), "cluster", nc.DiscoveredServers())
 }
 
 // connect joins the bus as this edge and subscribes to the edge set. With
 // retry, it returns at once and keeps trying in the background (the
-// controller may be down or start later).
+// controller may be down or start later). With several controllers the
+// client connects to one at random, learns the cluster's other servers
+// from it, and moves to a survivor at once when its controller is lost.
 func (a *Agent) connect(retry bool, extra ...nats.Option) error {
 	id, err := bus.LoadIdentity(filepath.Join(a.cfg.StateDir, "edge.nk"), a.cfg.Name)
 	if err != nil {
@@ -125,7 +137,7 @@ func (a *Agent) connect(retry bool, extra ...nats.Option) error {
 	if retry {
 		opts = append(opts, nats.RetryOnFailedConnect(true))
 	}
-	url := bus.ControllerURL(a.cfg.Controller)
+	url := bus.ControllerURLs(a.cfg.Controller)
 	if a.nc, err = nats.Connect(url, opts...); err != nil {
 		return fmt.Errorf("controller %s: %w", url, err)
 	}
@@ -149,6 +161,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	err := a.connect(true,
 		nats.ConnectHandler(func(nc *nats.Conn) { a.connected(nc, "connected to controller"); poke() }),
 		nats.ReconnectHandler(func(nc *nats.Conn) { a.connected(nc, "reconnected to controller"); poke() }),
+		nats.DiscoveredServersHandler(func(nc *nats.Conn) {
+			a.log.Info("learned the cluster's controllers", "servers", nc.DiscoveredServers())
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			a.log.Warn("lost the controller; kernel state stays as applied", "err", err)
 		}),
@@ -158,10 +173,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer a.nc.Close()
+	a.ha = startHA(a.cfg.Name, a.device(), a.cfg.Secret, a.claimsPath(), a.log)
+	go a.ha.run(ctx)
+	if _, err := a.nc.Subscribe(bus.SubjectClaims, func(m *nats.Msg) {
+		var cs bus.Claims
+		if err := bus.Decode(m, &cs); err != nil {
+			a.log.Warn("ignored malformed claims", "err", err)
+			return
+		}
+		a.ha.Relay(cs.Claims)
+	}); err != nil {
+		return fmt.Errorf("subscribe %s: %w", bus.SubjectClaims, err)
+	}
 	if snap, err := a.loadState(); err != nil {
 		a.log.Warn("ignoring saved edge set", "err", err)
 	} else if snap != nil {
 		a.follow.Restore(*snap)
+		a.setEdges()
 		a.reconcile(fmt.Sprintf("restore saved edge set (revision %d)", snap.Revision))
 	}
 	if a.nc.IsConnected() {
@@ -194,6 +222,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.followChange(a.follow.Handle(m))
 		case <-resync:
 			a.followChange(a.follow.Resync("connected"))
+			a.publishStatus() // a restarted controller learns the roles at once
 		case r := <-drift:
 			if driftReason == "" {
 				settle.Reset(driftSettle)
@@ -204,6 +233,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			driftReason = ""
 		case <-tick.C:
 			a.reconcile("periodic resync")
+		case <-a.ha.Changed():
+			a.rolesChanged()
 		case <-heartbeat.C:
 			a.publishStatus()
 		case <-a.report.C:
@@ -224,7 +255,34 @@ func (a *Agent) followChange(change string, err error) {
 		return
 	}
 	a.saveState()
+	a.setEdges()
 	a.converge(change, a.kernel.Update)
+}
+
+// setEdges hands the held set to the HA runner.
+func (a *Agent) setEdges() {
+	if set, _, ok := a.follow.Set(); ok && a.ha != nil {
+		a.ha.SetEdges(set)
+	}
+}
+
+// rolesChanged has the kernel follow a new decision of the HA runner — on
+// remote edges one neighbor's change, read and applied as a targeted
+// update — and reports a change of this gateway's role at once.
+func (a *Agent) rolesChanged() {
+	old, v := a.roles, a.ha.View()
+	reason := describeRoles(old, v)
+	a.converge(reason, a.kernel.Update)
+	if !sameSite(old.Site, v.Site) {
+		a.publishStatus()
+	}
+}
+
+func (a *Agent) device() string {
+	if a.local.Device != "" {
+		return a.local.Device
+	}
+	return netcfg.DefaultDevice
 }
 
 // reconcile makes the whole kernel state match the held set.
@@ -239,8 +297,15 @@ func (a *Agent) converge(reason string, kernelCall func(*netcfg.Desired) (netcfg
 	if !ok {
 		return
 	}
-	d, registered := mesh.Desired(a.local, set)
+	var roles haView
+	if a.ha != nil {
+		roles = a.ha.View()
+	}
+	d, registered := a.desired(set, roles)
 	res, err := kernelCall(&d)
+	if err == nil {
+		a.roles = roles
+	}
 	read := "everything"
 	if res.Targeted {
 		read = "changed peers"
@@ -284,6 +349,9 @@ func (a *Agent) publishStatus() {
 		return
 	}
 	a.status.Time = time.Now().UTC()
+	if a.ha != nil {
+		a.status.Site, a.status.Probes = a.ha.View().Site, a.ha.Probes()
+	}
 	if err := bus.Publish(a.nc, bus.StatusSubject(a.cfg.Name), a.status); err != nil {
 		a.log.Warn("publish status", "err", err)
 	}
@@ -361,7 +429,31 @@ func (a *Agent) ReconcileOnce() (Reconciled, error) {
 	}
 	a.saveState()
 	set, rev, _ := a.follow.Set()
-	d, registered := mesh.Desired(a.local, set)
+	// The saved claims; the VIP as it is (the running agent decides it).
+	roles := haView{VIPState: ha.VIPKeep}
+	if saved, err := loadClaims(a.claimsPath()); err != nil {
+		a.log.Warn("ignoring saved claims", "err", err)
+	} else {
+		roles.Claims = map[string]bus.Claim{}
+		for _, c := range saved {
+			roles.Claims[c.Site] = c
+		}
+	}
+	d, registered := a.desired(set, roles)
 	res, err := a.kernel.Reconcile(&d)
 	return Reconciled{Result: res, Revision: rev, Registered: registered}, err
 }
+
+// desired is the kernel state for set under the HA decisions roles.
+func (a *Agent) desired(set map[string]bus.Edge, roles haView) (netcfg.Desired, bool) {
+	d, registered := mesh.Desired(a.local, set, roles.Claims)
+	switch roles.VIPState {
+	case ha.VIPHeld:
+		d.VIP = roles.VIP
+	case ha.VIPKeep:
+		d.KeepVIP = true
+	}
+	return d, registered
+}
+
+func (a *Agent) claimsPath() string { return filepath.Join(a.cfg.StateDir, "claims.json") }

@@ -1,17 +1,19 @@
 // Package api is the controller's HTTP API, byte-compatible with the
 // reference walkthrough in paths and JSON field names:
 //
-//	POST /api-service/v1/edge/add   {"name","hostaddr","cidr"[,"comment","extra_cidrs"]}
+//	POST /api-service/v1/edge/add   {"name","hostaddr","cidr"[,"comment","extra_cidrs","site","priority","vip"]}
 //	POST /api-service/v1/edge/del   {"name"}
 //	GET  /api-service/v1/edge/list  [{"name","comment","cidr","host_addr","status",...}]
 //	GET  /api-service/v1/topology
 //	GET  /api-service/v1/events/credentials  (NATS credentials for `cframectl events`)
+//	GET  /api-service/v1/cluster    (the controllers this one reaches, quorum, leaders)
 //
 // Requests from loopback need no credentials (the walkthrough curls
 // 127.0.0.1, in plain HTTP); every other request must come over HTTPS (the
 // same address, see Listen) with "Authorization: Bearer <api_token>".
-// Errors are JSON {"error": "..."} with a 4xx status; nothing is stored for
-// a refused request.
+// Errors are JSON {"error": "..."} with a 4xx status (503 when the store
+// cannot take a write: no quorum of controllers); nothing is stored for a
+// refused request.
 package api
 
 import (
@@ -27,6 +29,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 )
 
@@ -37,10 +40,15 @@ const (
 	PathList        = "/api-service/v1/edge/list"
 	PathTopology    = "/api-service/v1/topology"
 	PathCredentials = "/api-service/v1/events/credentials"
+	PathCluster     = "/api-service/v1/cluster"
 )
 
 // ErrNotFound marks a request for an edge that does not exist (HTTP 404).
 var ErrNotFound = errors.New("not found")
+
+// ErrUnavailable marks a write the store cannot take now, such as one made
+// without a quorum of controllers (HTTP 503). Nothing was changed.
+var ErrUnavailable = errors.New("store unavailable")
 
 // Service is what the controller offers the API.
 type Service interface {
@@ -49,6 +57,27 @@ type Service interface {
 	ListEdges() []EdgeView
 	Topology() Topology
 	EventCredentials() Credentials
+	Cluster() Cluster
+}
+
+// Cluster is the control plane as one controller sees it.
+type Cluster struct {
+	// Name is this controller's server_name.
+	Name string `json:"name"`
+	// Controllers is the number of controllers (1 when alone); Reachable
+	// names those this one reaches, itself included.
+	Controllers int      `json:"controllers"`
+	Reachable   []string `json:"reachable"`
+	// Quorum is true when this controller can take writes.
+	Quorum bool `json:"quorum"`
+	// MetaLeader and StoreLeader name the controllers leading JetStream's
+	// metadata and the embedded store's replicas (empty when alone, with
+	// etcd, or during an election).
+	MetaLeader  string `json:"meta_leader,omitempty"`
+	StoreLeader string `json:"store_leader,omitempty"`
+	// Store is "embedded" or "etcd"; Revision is the edge set's.
+	Store    string `json:"store"`
+	Revision uint64 `json:"revision"`
 }
 
 // EdgeView is one element of the edge list. The first five fields are the
@@ -60,6 +89,14 @@ type EdgeView struct {
 	HostAddr   string   `json:"host_addr"`
 	Status     int      `json:"status"`
 	ExtraCIDRs []string `json:"extra_cidrs,omitempty"`
+	// Site, Priority and VIP are the edge's site fields (empty without a
+	// site: the edge is a site of its own).
+	Site     string `json:"site,omitempty"`
+	Priority int    `json:"priority,omitempty"`
+	VIP      string `json:"vip,omitempty"`
+	// Role is "active" for the gateway carrying its site's traffic (every
+	// edge without a site), else "standby".
+	Role string `json:"role"`
 	// State is "online" or "offline" (no heartbeat for bus.OfflineAfter).
 	State string `json:"state"`
 	// Revision is the store revision of the edge's last change.
@@ -69,6 +106,9 @@ type EdgeView struct {
 	LastError       string     `json:"last_error,omitempty"`
 	Conflicts       []string   `json:"conflicts,omitempty"`
 	LastSeen        *time.Time `json:"last_seen,omitempty"`
+	// Probes is the data plane as the edge measures it: every remote
+	// gateway's reachability and round-trip time through the tunnel.
+	Probes []bus.PeerProbe `json:"probes,omitempty"`
 	// Key is the public key pinned for the edge, once it has connected.
 	Key string `json:"key,omitempty"`
 }
@@ -95,11 +135,31 @@ type Topology struct {
 	Links []Link `json:"links"`
 	// Pending are edges connected to the bus but not added yet.
 	Pending []string `json:"pending"`
+	// Sites are the networks with their gateways, sorted by name (an edge
+	// without a site is a site of its own).
+	Sites []TopologySite `json:"sites"`
+}
+
+// TopologySite is one network and the gateway carrying its traffic.
+type TopologySite struct {
+	Name     string   `json:"name"`
+	CIDRs    []string `json:"cidrs"`
+	VIP      string   `json:"vip,omitempty"`
+	Gateways []string `json:"gateways"`
+	Active   string   `json:"active"`
+	// Epoch, Reason and Since describe the claim that made Active the
+	// active gateway, as its gateways reported it (Epoch 0: none yet, the
+	// preferred gateway is active).
+	Epoch  uint64     `json:"epoch,omitempty"`
+	Reason string     `json:"reason,omitempty"`
+	Since  *time.Time `json:"since,omitempty"`
 }
 
 // TopologyEdge is one edge with the values its peers program for it.
 type TopologyEdge struct {
 	Name            string   `json:"name"`
+	Site            string   `json:"site,omitempty"`
+	Role            string   `json:"role"`
 	HostAddr        string   `json:"host_addr"`
 	CIDRs           []string `json:"cidrs"`
 	VTEPMAC         string   `json:"vtep_mac"`
@@ -192,6 +252,7 @@ func Handler(svc Service, token string, log *slog.Logger) http.Handler {
 	route(PathList, http.MethodGet, func(*http.Request) (any, error) { return svc.ListEdges(), nil })
 	route(PathTopology, http.MethodGet, func(*http.Request) (any, error) { return svc.Topology(), nil })
 	route(PathCredentials, http.MethodGet, func(*http.Request) (any, error) { return svc.EventCredentials(), nil })
+	route(PathCluster, http.MethodGet, func(*http.Request) (any, error) { return svc.Cluster(), nil })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusNotFound, ErrorBody{fmt.Sprintf("no such API path %s", r.URL.Path)})
 	})
@@ -253,6 +314,8 @@ func status(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
 }

@@ -3,6 +3,8 @@ package api
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -25,6 +27,9 @@ func (emptyService) DeleteEdge(context.Context, string) (ChangeResult, error) {
 func (emptyService) ListEdges() []EdgeView         { return []EdgeView{} }
 func (emptyService) Topology() Topology            { return Topology{} }
 func (emptyService) EventCredentials() Credentials { return Credentials{} }
+func (emptyService) Cluster() Cluster {
+	return Cluster{Name: "c1", Controllers: 1, Reachable: []string{"c1"}, Quorum: true}
+}
 
 func TestAuthorization(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -82,5 +87,45 @@ func TestClientReportsAPIErrors(t *testing.T) {
 	}
 	if list, err := c.List(context.Background()); err != nil || len(list) != 0 {
 		t.Fatalf("List = %v, %v", list, err)
+	}
+}
+
+// unavailableService refuses writes as a controller without a quorum does.
+type unavailableService struct{ emptyService }
+
+func (unavailableService) AddEdge(context.Context, edgeset.Spec) (ChangeResult, error) {
+	return ChangeResult{}, fmt.Errorf("%w: no quorum", ErrUnavailable)
+}
+
+// A client given several controllers uses the first that answers: past a
+// dead one and past one without a quorum (503), and keeps to it.
+func TestClientFallsBack(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	down := httptest.NewServer(Handler(unavailableService{}, "", log))
+	defer down.Close()
+	up := httptest.NewServer(Handler(emptyService{}, "", log))
+	defer up.Close()
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close() // nothing listens there now
+
+	c := NewClient(dead.URL+", "+down.URL+"/,"+up.URL, "")
+	if c.Base != dead.URL || len(c.Fallbacks) != 2 || c.Fallbacks[0] != down.URL {
+		t.Fatalf("client = %+v", c)
+	}
+	if _, err := c.Add(context.Background(), edgeset.Spec{Name: "x"}); err != nil {
+		t.Fatalf("Add = %v, want the third controller's answer", err)
+	}
+	if c.Answered() != up.URL {
+		t.Fatalf("answered by %s, want %s", c.Answered(), up.URL)
+	}
+	if cl, err := c.Cluster(context.Background()); err != nil || cl.Name != "c1" {
+		t.Fatalf("Cluster = %+v, %v", cl, err)
+	}
+	// Only the controller without a quorum left: its 503 comes back.
+	c = NewClient(dead.URL+","+down.URL, "")
+	_, err := c.Add(context.Background(), edgeset.Spec{Name: "x"})
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable || !strings.Contains(se.Msg, "no quorum") {
+		t.Fatalf("Add = %v, want the 503", err)
 	}
 }

@@ -4,29 +4,56 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 )
 
-// Client calls the API (used by cframectl and tests).
+// Client calls the API (used by cframectl and tests). With several
+// controllers it calls the first that answers: Base, then each of
+// Fallbacks, and keeps using the one that answered.
 type Client struct {
 	// Base is the controller's API URL, like "http://127.0.0.1:12345".
 	Base string
+	// Fallbacks are further controllers' API URLs.
+	Fallbacks []string
 	// Token is sent as a bearer token when set.
 	Token string
 	HTTP  *http.Client
+
+	cur atomic.Int32 // index into urls() of the controller that answered last
 }
 
-// NewClient returns a client with a request timeout.
+// NewClient returns a client with a request timeout. base may list several
+// controllers' URLs, separated by commas.
 func NewClient(base, token string) *Client {
-	return &Client{Base: strings.TrimRight(base, "/"), Token: token, HTTP: &http.Client{Timeout: 15 * time.Second}}
+	var urls []string
+	for _, u := range strings.Split(base, ",") {
+		if u = strings.TrimRight(strings.TrimSpace(u), "/"); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	if len(urls) == 0 {
+		urls = []string{""}
+	}
+	return &Client{Base: urls[0], Fallbacks: urls[1:], Token: token, HTTP: &http.Client{Timeout: 15 * time.Second}}
+}
+
+func (c *Client) urls() []string { return append([]string{c.Base}, c.Fallbacks...) }
+
+// Answered is the URL of the controller that answered the last call (Base
+// before any call).
+func (c *Client) Answered() string {
+	urls := c.urls()
+	return urls[int(c.cur.Load())%len(urls)]
 }
 
 // Trust makes the client's HTTPS calls trust the controller as t says and
@@ -38,7 +65,11 @@ func (c *Client) Trust(t bus.Trust, d bus.Dialer) {
 	c.HTTP.Transport = &http.Transport{
 		DialContext: d.DialContext,
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return t.DialTLS(ctx, d, network, addr)
+			conn, err := t.DialTLS(ctx, d, network, addr)
+			if err != nil {
+				return nil, err // not a nil *tls.Conn in a non-nil net.Conn
+			}
+			return conn, nil
 		},
 	}
 }
@@ -73,6 +104,12 @@ func (c *Client) Credentials(ctx context.Context) (Credentials, error) {
 	return r, c.do(ctx, http.MethodGet, PathCredentials, nil, &r)
 }
 
+// Cluster returns the control plane as the answering controller sees it.
+func (c *Client) Cluster(ctx context.Context) (Cluster, error) {
+	var r Cluster
+	return r, c.do(ctx, http.MethodGet, PathCluster, nil, &r)
+}
+
 // StatusError is an API error response.
 type StatusError struct {
 	Code int
@@ -81,16 +118,40 @@ type StatusError struct {
 
 func (e *StatusError) Error() string { return e.Msg }
 
+// do calls the controller that answered last, then the others in order,
+// until one answers with anything but 503 (a controller without a quorum,
+// when another may have one).
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, body)
+	urls := c.urls()
+	first := int(c.cur.Load()) % len(urls)
+	var err error
+	for i := range urls {
+		n := (first + i) % len(urls)
+		err = c.call(ctx, urls[n], method, path, body, out)
+		var se *StatusError
+		if err == nil || (errors.As(err, &se) && se.Code != http.StatusServiceUnavailable) || ctx.Err() != nil {
+			c.cur.Store(int32(n))
+			return err
+		}
+	}
+	return err
+}
+
+// call makes one request to the controller at base.
+func (c *Client) call(ctx context.Context, base, method, path string, in []byte, out any) error {
+	var body io.Reader
+	if in != nil {
+		body = bytes.NewReader(in)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
 		return err
 	}
@@ -100,12 +161,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("controller API %s: %w", c.Base, err)
+		return fmt.Errorf("controller API %s: %w", base, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("controller API %s: %w", c.Base, err)
+		return fmt.Errorf("controller API %s: %w", base, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e ErrorBody

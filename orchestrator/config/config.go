@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,11 +45,27 @@ type Controller struct {
 	// the HTTPS API; without them one is generated into data_dir/tls.
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
+	// ServerName names this controller in its cluster (default: the host
+	// name); ClusterAddr is its cluster port and ClusterPeers every
+	// controller's cluster address, its own included. Without them the
+	// controller runs alone.
+	ServerName   string   `toml:"server_name"`
+	ClusterAddr  string   `toml:"cluster_addr"`
+	ClusterPeers []string `toml:"cluster_peers"`
+	// ClusterSecret is what the controllers of a cluster prove to each
+	// other on the cluster port (default: derived from the join secret,
+	// which every edge holds too).
+	ClusterSecret string `toml:"cluster_secret"`
 }
+
+// Clustered reports whether the controller is one of a cluster.
+func (c Controller) Clustered() bool { return len(c.ClusterPeers) > 0 }
 
 // Edge is edge.toml.
 type Edge struct {
-	Controller string `toml:"controller"`
+	// Controller is the controllers' bus addresses: one string as in the
+	// walkthrough, or a list.
+	Controller Addrs  `toml:"controller"`
 	Name       string `toml:"name"`
 	ListenAddr string `toml:"listen_addr"`
 	Secret     string `toml:"secret"`
@@ -61,11 +80,39 @@ type Edge struct {
 	ControllerCA string `toml:"controller_ca"`
 }
 
+// Addrs is a list of addresses that TOML may give as one string or as an
+// array of strings.
+type Addrs []string
+
+// UnmarshalTOML implements toml.Unmarshaler.
+func (a *Addrs) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		*a = Addrs{v}
+		return nil
+	case []any:
+		out := make(Addrs, 0, len(v))
+		for _, x := range v {
+			s, ok := x.(string)
+			if !ok {
+				return fmt.Errorf("want addresses as strings, got %v", x)
+			}
+			out = append(out, s)
+		}
+		*a = out
+		return nil
+	}
+	return fmt.Errorf("want an address or a list of addresses, got %v", v)
+}
+
 // LoadController reads and checks a controller config, filling defaults.
 func LoadController(path string) (Controller, error) {
 	c := Controller{ListenAddr: ":58422", APIAddr: ":12345", DataDir: "/var/lib/cframe"}
 	if err := decode(path, &c); err != nil {
 		return c, err
+	}
+	if c.ServerName == "" {
+		c.ServerName, _ = os.Hostname()
 	}
 	return c, c.check(path)
 }
@@ -95,7 +142,92 @@ func (c Controller) check(path string) error {
 			return fmt.Errorf("%s: previous_secrets repeats secret", path)
 		}
 	}
+	if !serverNameRE.MatchString(c.ServerName) {
+		return fmt.Errorf("%s: server_name %q is invalid: use 1-64 letters, digits, dots, hyphens and underscores", path, c.ServerName)
+	}
+	if err := c.checkCluster(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
 	return nil
+}
+
+var serverNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// MinClusterSize is the smallest cluster of controllers: with two, losing
+// either one stops every write, which is worse than one controller.
+const MinClusterSize = 3
+
+// checkCluster checks cluster_addr and cluster_peers: both or neither, at
+// least MinClusterSize distinct peers, and this controller among them.
+func (c Controller) checkCluster() error {
+	switch {
+	case c.ClusterAddr == "" && len(c.ClusterPeers) == 0 && c.ClusterSecret != "":
+		return fmt.Errorf("cluster_secret needs cluster_addr and cluster_peers")
+	case c.ClusterAddr == "" && len(c.ClusterPeers) == 0:
+		return nil
+	case c.ClusterSecret != "" && c.ClusterSecret == c.Secret:
+		return fmt.Errorf("cluster_secret is the join secret, which every edge holds: leave it out, or make it another")
+	case c.ClusterAddr == "":
+		return fmt.Errorf("cluster_peers needs cluster_addr (this controller's cluster port, like \":58424\")")
+	case len(c.ClusterPeers) == 0:
+		return fmt.Errorf("cluster_addr needs cluster_peers (every controller's cluster address, this one's included)")
+	}
+	port, err := ListenPort(c.ClusterAddr)
+	if err != nil {
+		return fmt.Errorf("cluster_addr: %w", err)
+	}
+	if p, _ := ListenPort(c.ListenAddr); p == port {
+		return fmt.Errorf("cluster_addr %q uses listen_addr's port", c.ClusterAddr)
+	}
+	if n := len(c.ClusterPeers); n < MinClusterSize {
+		return fmt.Errorf("cluster_peers lists %d controller(s): a cluster needs at least %d (with two, losing either one stops every write)", n, MinClusterSize)
+	}
+	self := false
+	seen := map[string]bool{}
+	for _, p := range c.ClusterPeers {
+		host, ps, err := net.SplitHostPort(p)
+		if n, perr := strconv.ParseUint(ps, 10, 16); err != nil || perr != nil || n == 0 || host == "" {
+			return fmt.Errorf("cluster_peers: %q is not host:port (like \"172.18.171.245:58424\")", p)
+		}
+		if seen[p] {
+			return fmt.Errorf("cluster_peers lists %s twice", p)
+		}
+		seen[p] = true
+		if ps == strconv.Itoa(int(port)) && isSelf(host, c.ClusterAddr) {
+			self = true
+		}
+	}
+	if !self {
+		return fmt.Errorf("cluster_peers %s does not contain this controller: list its own cluster address too (an address of this host with port %d)",
+			strings.Join(c.ClusterPeers, ", "), port)
+	}
+	return nil
+}
+
+// isSelf reports whether host names this machine: cluster_addr's own
+// host, or an address of one of its interfaces.
+func isSelf(host, clusterAddr string) bool {
+	if h, _, _ := net.SplitHostPort(clusterAddr); h != "" && h == host {
+		return true
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return false
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			for _, ip := range ips {
+				if n.IP.Equal(ip) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // LoadEdge reads and checks an edge config, filling defaults.
@@ -109,8 +241,16 @@ func LoadEdge(path string) (Edge, error) {
 
 func (e Edge) check(path string) error {
 	fail := func(format string, a ...any) error { return fmt.Errorf("%s: "+format, append([]any{path}, a...)...) }
-	if e.Controller == "" {
-		return fail("controller is required (the controller's address, like \"203.0.113.1:58422\")")
+	if len(e.Controller) == 0 {
+		return fail("controller is required (the controller's address, like \"203.0.113.1:58422\", or a list of them)")
+	}
+	for i, a := range e.Controller {
+		if strings.TrimSpace(a) == "" {
+			return fail("controller: empty address")
+		}
+		if slices.Contains(e.Controller[:i], a) {
+			return fail("controller lists %s twice", a)
+		}
 	}
 	if err := bus.CheckName(e.Name); err != nil {
 		return fail("%v", err)

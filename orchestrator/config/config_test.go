@@ -1,8 +1,11 @@
 package config
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -22,7 +25,9 @@ func TestWalkthroughConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ListenAddr != ":58422" || c.APIAddr != ":12345" || len(c.Etcd) != 1 || c.Etcd[0] != "127.0.0.1:2379" || c.DataDir != "/var/lib/cframe" {
+	host, _ := os.Hostname()
+	if c.ListenAddr != ":58422" || c.APIAddr != ":12345" || len(c.Etcd) != 1 || c.Etcd[0] != "127.0.0.1:2379" || c.DataDir != "/var/lib/cframe" ||
+		c.ServerName != host || c.Clustered() {
 		t.Fatalf("controller config = %+v", c)
 	}
 	// The walkthrough's edge file plus the required join secret.
@@ -30,7 +35,7 @@ func TestWalkthroughConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Controller != "203.0.113.1:58422" || e.Name != "sz-1" || e.Mode != "vxlan" || e.Device != "cframe0" || e.StateDir != "/var/lib/cframe-edge" {
+	if !slices.Equal(e.Controller, Addrs{"203.0.113.1:58422"}) || e.Name != "sz-1" || e.Mode != "vxlan" || e.Device != "cframe0" || e.StateDir != "/var/lib/cframe-edge" {
 		t.Fatalf("edge config = %+v", e)
 	}
 }
@@ -59,6 +64,9 @@ func TestEdgeErrors(t *testing.T) {
 		{base + "mtu=100\n", "out of range"},
 		{base + "local_addr=\"nope\"\n", "not an IPv4 address"},
 		{base + "name=", "config"},
+		{"controller=[]\nname=\"sz-1\"\nsecret=\"s\"\n", "controller is required"},
+		{"controller=[\"1.2.3.4:58422\", \"1.2.3.4:58422\"]\nname=\"sz-1\"\nsecret=\"s\"\n", "controller lists 1.2.3.4:58422 twice"},
+		{"controller=58422\nname=\"sz-1\"\nsecret=\"s\"\n", "want an address"},
 	}
 	for _, tt := range tests {
 		_, err := LoadEdge(write(t, tt.body))
@@ -68,19 +76,89 @@ func TestEdgeErrors(t *testing.T) {
 	}
 }
 
+// An edge names one controller (the walkthrough) or several.
+func TestEdgeControllerList(t *testing.T) {
+	e, err := LoadEdge(write(t, "controller=[\"198.51.100.10:58422\", \"203.0.113.10:58422\", \"192.0.2.10:58422\"]\nname=\"sz-1\"\nsecret=\"s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Addrs{"198.51.100.10:58422", "203.0.113.10:58422", "192.0.2.10:58422"}); !slices.Equal(e.Controller, want) {
+		t.Fatalf("controller = %q, want %q", e.Controller, want)
+	}
+}
+
+// A three-controller cluster on this host's loopback loads; cluster_addr's
+// explicit host or an interface address identifies the controller itself.
+func TestControllerCluster(t *testing.T) {
+	r := remotes(t)
+	for _, body := range []string{
+		"server_name=\"c1\"\ncluster_addr=\":58424\"\ncluster_peers=[\"127.0.0.1:58424\", \"REMOTE2:58424\", \"REMOTE3:58424\"]\n",
+		"server_name=\"c2\"\ncluster_addr=\"REMOTE2:58424\"\ncluster_peers=[\"REMOTE1:58424\", \"REMOTE2:58424\", \"REMOTE3:58424\"]\n",
+	} {
+		c, err := LoadController(write(t, r.Replace(body)))
+		if err != nil {
+			t.Fatalf("%s: %v", body, err)
+		}
+		if !c.Clustered() || len(c.ClusterPeers) != 3 || !strings.HasPrefix(c.ServerName, "c") {
+			t.Fatalf("config = %+v", c)
+		}
+	}
+}
+
+// The validation table of the cluster keys: each mistake is one line naming the key.
 func TestControllerErrors(t *testing.T) {
+	peers := func(p ...string) string { return "cluster_peers=[\"" + strings.Join(p, "\", \"") + "\"]\n" }
+	cluster := "cluster_addr=\":58424\"\n"
 	tests := []struct{ body, want string }{
 		{"api_adr=\":1\"\n", "unknown key api_adr"},
 		{"api_addr=\"12345\"\n", "api_addr"},
 		{"etcd=[\"\"]\n", "empty endpoint"},
+		{cluster + peers("127.0.0.1:58424", "REMOTE2:58424", "REMOTE3:58424") + "cluster_port=1\n", "unknown key cluster_port"},
+		{cluster + peers("127.0.0.1:58424", "REMOTE2:58424"), "cluster_peers lists 2 controller(s): a cluster needs at least 3"},
+		{cluster + peers("127.0.0.1:58424"), "a cluster needs at least 3"},
+		{cluster + peers("REMOTE1:58424", "REMOTE2:58424", "REMOTE3:58424"), "does not contain this controller"},
+		{cluster + peers("127.0.0.1:58425", "REMOTE2:58424", "REMOTE3:58424"), "does not contain this controller"},
+		{cluster + peers("127.0.0.1:58424", "REMOTE2:58424", "REMOTE2:58424"), "lists REMOTE2:58424 twice"},
+		{cluster + peers("127.0.0.1:58424", "REMOTE2", "REMOTE3:58424"), "\"REMOTE2\" is not host:port"},
+		{cluster, "cluster_addr needs cluster_peers"},
+		{peers("127.0.0.1:58424", "REMOTE2:58424", "REMOTE3:58424"), "cluster_peers needs cluster_addr"},
+		{"cluster_addr=\":58422\"\n" + peers("127.0.0.1:58422", "REMOTE2:58422", "REMOTE3:58422"), "uses listen_addr's port"},
+		{"server_name=\"my controller\"\n", "server_name \"my controller\" is invalid"},
+		{"secret=\"s\"\ncluster_secret=\"s\"\n" + cluster + peers("127.0.0.1:58424", "REMOTE2:58424", "REMOTE3:58424"), "cluster_secret is the join secret"},
+		{"cluster_secret=\"c\"\n", "cluster_secret needs cluster_addr and cluster_peers"},
 		{"tls_cert=\"/etc/cframe/c.pem\"\n", "tls_cert and tls_key go together"},
 		{"previous_secrets=[\"\"]\n", "previous_secrets: empty secret"},
 		{"secret=\"a\"\nprevious_secrets=[\"a\"]\n", "repeats secret"},
 	}
+	r := remotes(t)
 	for _, tt := range tests {
+		tt.body, tt.want = r.Replace(tt.body), r.Replace(tt.want)
 		_, err := LoadController(write(t, tt.body))
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("LoadController(%q) = %v, want error containing %q", tt.body, err, tt.want)
+		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("LoadController(%q) = %v, want one line containing %q", tt.body, err, tt.want)
 		}
 	}
+}
+
+// remotes replaces REMOTE1..3 with addresses no interface of this host holds
+// (the controller's peers on other hosts).
+func remotes(t *testing.T) *strings.Replacer {
+	t.Helper()
+	local := map[string]bool{}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			local[n.IP.String()] = true
+		}
+	}
+	var pairs []string
+	for i := 1; len(pairs) < 6 && i < 255; i++ {
+		if ip := fmt.Sprintf("203.0.113.%d", i); !local[ip] {
+			pairs = append(pairs, fmt.Sprintf("REMOTE%d", len(pairs)/2+1), ip)
+		}
+	}
+	return strings.NewReplacer(pairs...)
 }

@@ -3,6 +3,13 @@
 // publishes every accepted change as a revisioned delta and an audit event,
 // answers snapshot requests, pins edge keys, and turns edge heartbeats into
 // online/offline status.
+//
+// Several controllers form one control plane (a cluster): their NATS
+// servers are one NATS cluster, the store is shared (replicated JetStream
+// or etcd), and each serves the whole API from its view of the store,
+// which follows every controller's writes. Writes are conditional on the
+// revision they were validated against, so validation holds across
+// controllers.
 package controller
 
 import (
@@ -31,8 +38,11 @@ import (
 	"github.com/cframe/cframe/orchestrator/store"
 )
 
-// storeTimeout bounds one store operation.
+// storeTimeout bounds one store operation, and a write with its retries.
 const storeTimeout = 5 * time.Second
+
+// bucket is the embedded store's key-value bucket.
+const bucket = "cframe_v1"
 
 // Controller is a running control plane.
 type Controller struct {
@@ -48,26 +58,33 @@ type Controller struct {
 	apiLn net.Listener
 	http  *http.Server
 	ready atomic.Bool
+	// ctx ends when the controller closes (stop): it bounds background work.
+	ctx  context.Context
+	stop context.CancelFunc
 
-	// mu serialises changes to the edge set: validation, store write and
-	// publication happen as one step, so concurrent adds cannot both pass
-	// the overlap check.
+	// write serialises this controller's edge writes (other controllers'
+	// are kept apart by the store's conditional writes); pinWrite its pin
+	// writes.
+	write    sync.Mutex
+	pinWrite sync.Mutex
+
+	// mu guards the view: the store as this controller last saw it.
 	mu       sync.RWMutex
-	edges    map[string]bus.Edge
-	rev      uint64 // revision of the published edge set
-	snapshot []byte // cached encoded Snapshot at rev, nil when stale
-
-	pinMu sync.Mutex
-	pins  map[string]string
+	view     view
+	snapshot []byte // cached encoded Snapshot at view.rev, nil when stale
 
 	statusMu sync.Mutex
 	status   map[string]*edgeStatus
+
+	// claimMu guards claims: the newest claim reported per site (sites.go).
+	claimMu sync.Mutex
+	claims  map[string]bus.Claim
 }
 
 // New opens the store, starts the embedded NATS server and binds the API
 // listener. Run serves until its context ends.
 func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
-	c := &Controller{cfg: cfg, log: log, started: time.Now(), status: map[string]*edgeStatus{}}
+	c := &Controller{cfg: cfg, log: log, started: time.Now(), status: map[string]*edgeStatus{}, claims: map[string]bus.Claim{}}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
@@ -85,31 +102,47 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	for _, s := range append([]string{c.secret}, cfg.PreviousSecrets...) {
 		proofs = append(proofs, bus.Proof{Secret: s, Purpose: bus.PurposeController})
 	}
+	routes := clusterSecrets(cfg, c.secret)
+	for _, s := range routes {
+		proofs = append(proofs, bus.Proof{Secret: s, Purpose: bus.PurposeRoute})
+	}
 	if c.certs, err = bus.LoadCerts(certSource(cfg, proofs, log)); err != nil {
 		return nil, err
 	}
-	c.srv, err = bus.StartServer(bus.ServerConfig{
+	scfg := bus.ServerConfig{
 		ListenAddr:      cfg.ListenAddr,
+		Name:            cfg.ServerName,
 		StoreDir:        filepath.Join(cfg.DataDir, "jetstream"),
 		Secret:          c.secret,
 		PreviousSecrets: cfg.PreviousSecrets,
 		TLS:             c.certs.ServerTLS(),
 		Pins:            c,
 		Log:             log,
-	})
-	if err != nil {
+	}
+	if cfg.Clustered() {
+		// A cluster's JetStream files live apart from a lone controller's,
+		// which importStandalone carries over.
+		scfg.StoreDir = filepath.Join(cfg.DataDir, "cluster")
+		scfg.Cluster = &bus.ClusterConfig{Addr: cfg.ClusterAddr, Peers: cfg.ClusterPeers, TLS: c.certs.RouteTLS(routes...)}
+	}
+	if c.srv, err = bus.StartServer(scfg); err != nil {
 		return nil, err
 	}
 	if c.nc, err = c.srv.Connect(); err != nil {
 		return nil, fmt.Errorf("bus: %w", err)
 	}
+	c.ctx, c.stop = context.WithCancel(context.Background())
 	if err := c.openStore(); err != nil {
 		return nil, err
 	}
-	if err := c.load(); err != nil {
+	if err := c.sync(c.ctx); err != nil {
 		return nil, err
 	}
-	if _, err := c.nc.Subscribe(bus.SubjectSnapshot, c.onSnapshotRequest); err != nil {
+	if err := c.importStandalone(); err != nil {
+		return nil, err
+	}
+	// One controller answers each snapshot request, the edge's own first.
+	if _, err := c.nc.QueueSubscribe(bus.SubjectSnapshot, "controllers", c.onSnapshotRequest); err != nil {
 		return nil, err
 	}
 	if _, err := c.nc.Subscribe(bus.SubjectStatusAll, c.onStatus); err != nil {
@@ -124,7 +157,10 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 		ErrorLog: slog.NewLogLogger(log.With("component", "api").Handler(), slog.LevelWarn)}
 	ok = true
 	c.ready.Store(true)
-	log.Info("controller ready", "nats", c.srv.Addr(), "api", c.apiLn.Addr(), "store", c.storeName(), "revision", c.rev, "edges", len(c.edges),
+	c.mu.RLock()
+	rev, edges := c.view.rev, len(c.view.edges)
+	c.mu.RUnlock()
+	log.Info("controller ready", "name", cfg.ServerName, "nats", c.srv.Addr(), "api", c.apiLn.Addr(), "store", c.storeName(), "revision", rev, "edges", edges,
 		"fingerprint", bus.Fingerprint(c.certs.Current()))
 	return c, nil
 }
@@ -133,6 +169,24 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 // operator's files, or generated into data_dir/tls proving proofs.
 func certSource(cfg config.Controller, proofs []bus.Proof, log *slog.Logger) bus.CertSource {
 	return bus.CertSource{Dir: filepath.Join(cfg.DataDir, "tls"), CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey, Proofs: proofs, Log: log}
+}
+
+// clusterSecrets are the secrets a controller of a cluster proves to its
+// peers, and accepts from them, on the cluster port: cluster_secret, or the
+// one derived from the join secret (and from the previous join secrets,
+// while they are rotated). None for a lone controller.
+func clusterSecrets(cfg config.Controller, secret string) []string {
+	switch {
+	case !cfg.Clustered():
+		return nil
+	case cfg.ClusterSecret != "":
+		return []string{cfg.ClusterSecret}
+	}
+	out := []string{bus.ClusterSecret(secret)}
+	for _, p := range cfg.PreviousSecrets {
+		out = append(out, bus.ClusterSecret(p))
+	}
+	return out
 }
 
 // Fingerprint is the key fingerprint of the certificate a controller with
@@ -150,19 +204,32 @@ func Fingerprint(cfg config.Controller) (string, error) {
 // certificate; established ones keep theirs.
 func (c *Controller) ReloadTLS() error { return c.certs.Reload() }
 
+// openStore opens etcd, or the embedded bucket — in a cluster once enough
+// controllers are up to hold its replicas, however long that takes.
 func (c *Controller) openStore() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	var err error
 	if len(c.cfg.Etcd) > 0 {
-		c.store, err = store.OpenEtcd(ctx, c.cfg.Etcd, "", storeTimeout)
-	} else {
-		var js jetstream.JetStream
-		if js, err = jetstream.New(c.nc); err == nil {
-			c.store, err = store.OpenJetStream(ctx, js, "cframe_v1")
+		ctx, cancel := context.WithTimeout(c.ctx, 15*time.Second)
+		defer cancel()
+		var err error
+		if c.store, err = store.OpenEtcd(ctx, c.cfg.Etcd, "", storeTimeout); err != nil {
+			return fmt.Errorf("store %s: %w", c.storeName(), err)
 		}
+		return nil
 	}
+	js, err := jetstream.New(c.nc)
 	if err != nil {
+		return err
+	}
+	open := func(timeout time.Duration) (store.Store, error) {
+		ctx, cancel := context.WithTimeout(c.ctx, timeout)
+		defer cancel()
+		return store.OpenJetStream(ctx, js, bucket, replicas(c.cfg))
+	}
+	if c.cfg.Clustered() {
+		c.store, err = c.awaitCluster(open)
+		return err
+	}
+	if c.store, err = open(15 * time.Second); err != nil {
 		return fmt.Errorf("store %s: %w", c.storeName(), err)
 	}
 	return nil
@@ -175,19 +242,9 @@ func (c *Controller) storeName() string {
 	return "embedded " + c.cfg.DataDir
 }
 
-func (c *Controller) load() error {
-	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	defer cancel()
-	st, err := c.store.Load(ctx)
-	if err != nil {
-		return fmt.Errorf("load store: %w", err)
-	}
-	c.edges, c.pins, c.rev = st.Edges, st.Pins, st.Revision
-	return nil
-}
-
 // loadSecret returns the configured join secret, or the one in
-// <data_dir>/secret, generating it on first start.
+// <data_dir>/secret, generating it on first start of a lone controller.
+// The controllers of a cluster share one secret, so there it must be given.
 func loadSecret(cfg config.Controller, log *slog.Logger) (string, error) {
 	if cfg.Secret != "" {
 		return cfg.Secret, nil
@@ -203,6 +260,9 @@ func loadSecret(cfg config.Controller, log *slog.Logger) (string, error) {
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("join secret: %w", err)
+	}
+	if cfg.Clustered() {
+		return "", fmt.Errorf("the controllers of a cluster share one join secret: set secret in controller.toml (the same on every controller), or copy %s from the first controller", path)
 	}
 	raw := make([]byte, 24)
 	if _, err := rand.Read(raw); err != nil {
@@ -247,6 +307,7 @@ loop:
 			break loop
 		case <-hello.C:
 			c.publishHello()
+			c.publishClaims()
 		case now := <-sweep.C:
 			c.sweepOffline(now)
 		case <-renew.C:
@@ -268,6 +329,9 @@ loop:
 
 func (c *Controller) close() {
 	c.ready.Store(false)
+	if c.stop != nil {
+		c.stop() // ends the store's change feed
+	}
 	if c.apiLn != nil {
 		c.apiLn.Close()
 	}
@@ -285,7 +349,7 @@ func (c *Controller) close() {
 
 func (c *Controller) publishHello() {
 	c.mu.RLock()
-	h := bus.Hello{Revision: c.rev, Started: c.started}
+	h := bus.Hello{Revision: c.view.rev, Started: c.started}
 	c.mu.RUnlock()
 	c.publish(bus.SubjectHello, h)
 }

@@ -441,3 +441,45 @@ func testRestart(t *testing.T, cfg config.Controller) {
 		return nil
 	})
 }
+
+// Deleting an edge forgets its pinned key, also for an edge that connected
+// but was never added: the next key is pinned afresh.
+func TestDeleteForgetsPinnedKey(t *testing.T) {
+	r := start(t, testConfig(t))
+	addAll(t, r, walkthrough[0])
+	connect := func(name string) error {
+		id, err := bus.LoadIdentity(filepath.Join(t.TempDir(), name+".nk"), name)
+		if err != nil {
+			return err
+		}
+		nc, err := nats.Connect("nats://"+r.NATSAddr().String(), append(id.EdgeOptions(r.Secret()), nats.MaxReconnects(0))...)
+		if err == nil {
+			nc.Close()
+		}
+		return err
+	}
+	ctx := context.Background()
+	for _, name := range []string{"sz-1", "bj-4"} { // added, and only connected
+		if err := connect(name); err != nil {
+			t.Fatalf("first key for %s: %v", name, err)
+		}
+		if err := connect(name); err == nil {
+			t.Fatalf("a second key for %s was accepted", name)
+		}
+	}
+	if res, err := r.api.Del(ctx, "bj-4"); err != nil || res.Message != "edge bj-4 was not added; removed its pinned key" {
+		t.Fatalf("del bj-4 = %+v, %v", res, err)
+	}
+	if res, err := r.api.Del(ctx, "sz-1"); err != nil || res.Message != "edge sz-1 deleted" {
+		t.Fatalf("del sz-1 = %+v, %v", res, err)
+	}
+	for _, name := range []string{"sz-1", "bj-4"} {
+		if err := connect(name); err != nil {
+			t.Fatalf("a new key for %s after the delete: %v", name, err)
+		}
+	}
+	var se *api.StatusError
+	if _, err := r.api.Del(ctx, "gz-3"); !errors.As(err, &se) || se.Code != http.StatusNotFound {
+		t.Fatalf("del of an unknown edge = %v, want not found", err)
+	}
+}

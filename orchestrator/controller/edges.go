@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -25,82 +26,180 @@ func (c *Controller) AddEdge(ctx context.Context, s edgeset.Spec) (api.ChangeRes
 	if err != nil {
 		return api.ChangeResult{}, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := edgeset.CheckConflicts(c.edges, e); err != nil {
+	return c.change(ctx, func(edges map[string]bus.Edge, rev uint64) (edgeWrite, error) {
+		if err := edgeset.CheckConflicts(edges, e); err != nil {
+			return edgeWrite{}, err
+		}
+		old, exists := edges[e.Name]
+		if exists && sameEdge(old, e) {
+			return edgeWrite{done: &api.ChangeResult{Revision: rev, Message: fmt.Sprintf("edge %s unchanged", e.Name)}}, nil
+		}
+		return edgeWrite{name: e.Name, put: &e, replaces: exists}, nil
+	})
+}
+
+// DeleteEdge removes an edge and then the key pinned for it, so the next
+// key that connects under that name is pinned afresh. (In that order: a
+// store failure in between leaves a pin without an edge, which refuses
+// keys as before and goes with the next delete — never an edge whose key
+// anyone could pin.)
+func (c *Controller) DeleteEdge(ctx context.Context, name string) (api.ChangeResult, error) {
+	if err := bus.CheckName(name); err != nil {
+		return api.ChangeResult{}, &edgeset.InvalidError{Msg: err.Error()}
+	}
+	deleted := true
+	res, err := c.change(ctx, func(edges map[string]bus.Edge, rev uint64) (edgeWrite, error) {
+		if _, ok := edges[name]; ok {
+			return edgeWrite{name: name}, nil
+		}
+		deleted = false
+		return edgeWrite{done: &api.ChangeResult{Revision: rev}}, nil
+	})
+	if err != nil {
+		return res, err
+	}
+	unpinned, err := c.unpin(ctx, name)
+	switch {
+	case err != nil && deleted:
+		return api.ChangeResult{}, fmt.Errorf("edge %s deleted, but its pinned key is still there (delete again to remove it): %w", name, err)
+	case err != nil:
+		return api.ChangeResult{}, err
+	case !deleted && unpinned:
+		res.Message = fmt.Sprintf("edge %s was not added; removed its pinned key", name)
+	case !deleted:
+		return api.ChangeResult{}, fmt.Errorf("edge %s: %w", name, api.ErrNotFound)
+	}
+	return res, nil
+}
+
+// edgeWrite is what a write plans after validating against the view: put
+// an edge (replacing one or not), delete the edge name, or nothing (done).
+type edgeWrite struct {
+	name     string
+	put      *bus.Edge
+	replaces bool
+	done     *api.ChangeResult
+}
+
+// storeRetry is the pause before retrying a write the store could not
+// take (a replicated store electing a leader); storeAttempt bounds one
+// attempt, so a write whose store leader died on the way is retried on the
+// next leader well within storeTimeout.
+const (
+	storeRetry   = 100 * time.Millisecond
+	storeAttempt = time.Second
+)
+
+// change runs one edge write: plan validates against the view at some
+// revision and says what to write; the write is conditional on that
+// revision. When another write came first — through this controller or
+// another one — the view catches up and plan runs again, so what is stored
+// was validated against exactly the set it joins. A store that cannot take
+// the write now (electing a leader) is retried within storeTimeout.
+func (c *Controller) change(ctx context.Context, plan func(edges map[string]bus.Edge, rev uint64) (edgeWrite, error)) (api.ChangeResult, error) {
+	if err := c.writable(); err != nil {
 		return api.ChangeResult{}, err
 	}
-	old, exists := c.edges[e.Name]
-	if exists && sameEdge(old, e) {
-		return api.ChangeResult{Revision: c.rev, Updated: false, Message: fmt.Sprintf("edge %s unchanged", e.Name)}, nil
-	}
+	c.write.Lock()
+	defer c.write.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	rev, err := c.store.PutEdge(ctx, e)
-	if err != nil {
-		return api.ChangeResult{}, fmt.Errorf("store edge %s: %w", e.Name, err)
+	for {
+		c.mu.RLock()
+		rev := c.view.rev
+		w, err := plan(c.view.edges, rev)
+		c.mu.RUnlock()
+		if err != nil || w.done != nil {
+			return deref(w.done), err
+		}
+		var at uint64
+		actx, acancel := context.WithTimeout(ctx, storeAttempt)
+		if w.put != nil {
+			at, err = c.store.PutEdge(actx, *w.put, rev)
+		} else {
+			at, err = c.store.DeleteEdge(actx, w.name, rev)
+		}
+		acancel()
+		switch {
+		case err == nil:
+			return c.committed(w, rev, at), nil
+		case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
+			c.catchUp(ctx, rev)
+		default:
+			if werr := c.writable(); werr != nil {
+				return api.ChangeResult{}, werr
+			}
+			select {
+			case <-ctx.Done():
+				return api.ChangeResult{}, fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+			case <-time.After(storeRetry):
+			}
+		}
 	}
-	e.Revision = rev
-	c.edges[e.Name] = e
-	c.commit(bus.Delta{Revision: rev, Op: bus.OpPut, Edge: e})
+}
 
+// catchUp waits for the view to move past rev after a write conditional on
+// rev was refused; if the feed brings nothing within a moment (it is being
+// re-established), the view is loaded afresh.
+func (c *Controller) catchUp(ctx context.Context, rev uint64) {
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if c.awaitRevision(wctx, rev+1) || ctx.Err() != nil {
+		return
+	}
+	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	if st, err := c.store.Load(lctx); err == nil {
+		c.replace(st)
+	}
+}
+
+// committed applies a stored write to the view, publishes the delta
+// (linked to the revision the write was conditional on) and the audit
+// event, and describes the change.
+func (c *Controller) committed(w edgeWrite, prev, rev uint64) api.ChangeResult {
+	if w.put == nil {
+		c.wrote(w.name, nil, rev)
+		c.publish(bus.SubjectDelta, bus.Delta{Revision: rev, Prev: prev, Op: bus.OpDelete, Edge: bus.Edge{Name: w.name}})
+		c.log.Info("edge deleted", "edge", w.name, "revision", rev)
+		c.event(bus.EventEdgeDeleted, w.name, rev, "")
+		return api.ChangeResult{Revision: rev, Message: fmt.Sprintf("edge %s deleted", w.name)}
+	}
+	e := *w.put
+	e.Revision = rev
+	c.wrote(e.Name, &e, rev)
+	c.publish(bus.SubjectDelta, bus.Delta{Revision: rev, Prev: prev, Op: bus.OpPut, Edge: e})
 	kind, verb := bus.EventEdgeAdded, "added"
-	if exists {
+	if w.replaces {
 		kind, verb = bus.EventEdgeUpdated, "updated"
 	}
 	detail := describe(e)
 	c.log.Info("edge "+verb, "edge", e.Name, "revision", rev, "detail", detail)
 	c.event(kind, e.Name, rev, detail)
-	return api.ChangeResult{Revision: rev, Updated: exists, Message: fmt.Sprintf("edge %s %s", e.Name, verb)}, nil
+	return api.ChangeResult{Revision: rev, Updated: w.replaces, Message: fmt.Sprintf("edge %s %s", e.Name, verb)}
 }
 
-// DeleteEdge removes an edge and the key pinned for it, so the next key
-// that connects under that name is pinned afresh.
-func (c *Controller) DeleteEdge(ctx context.Context, name string) (api.ChangeResult, error) {
-	if err := bus.CheckName(name); err != nil {
-		return api.ChangeResult{}, &edgeset.InvalidError{Msg: err.Error()}
+func deref(r *api.ChangeResult) api.ChangeResult {
+	if r == nil {
+		return api.ChangeResult{}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	unpinned, err := c.unpin(ctx, name)
-	if err != nil {
-		return api.ChangeResult{}, err
-	}
-	if _, ok := c.edges[name]; !ok {
-		if unpinned {
-			return api.ChangeResult{Revision: c.rev, Message: fmt.Sprintf("edge %s was not added; removed its pinned key", name)}, nil
-		}
-		return api.ChangeResult{}, fmt.Errorf("edge %s: %w", name, api.ErrNotFound)
-	}
-	rev, err := c.store.DeleteEdge(ctx, name)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return api.ChangeResult{}, fmt.Errorf("delete edge %s: %w", name, err)
-	}
-	delete(c.edges, name)
-	c.commit(bus.Delta{Revision: rev, Op: bus.OpDelete, Edge: bus.Edge{Name: name}})
-	c.log.Info("edge deleted", "edge", name, "revision", rev)
-	c.event(bus.EventEdgeDeleted, name, rev, "")
-	return api.ChangeResult{Revision: rev, Message: fmt.Sprintf("edge %s deleted", name)}, nil
-}
-
-// commit publishes a delta linked to the previous revision and moves the
-// published revision forward. Callers hold c.mu, so deltas leave in order.
-func (c *Controller) commit(d bus.Delta) {
-	d.Prev = c.rev
-	c.rev = d.Revision
-	c.snapshot = nil
-	c.publish(bus.SubjectDelta, d)
+	return *r
 }
 
 func sameEdge(a, b bus.Edge) bool {
 	return a.Name == b.Name && a.Comment == b.Comment && a.CIDR == b.CIDR && a.HostAddr == b.HostAddr &&
-		slices.Equal(a.ExtraCIDRs, b.ExtraCIDRs)
+		slices.Equal(a.ExtraCIDRs, b.ExtraCIDRs) && a.Site == b.Site && a.Priority == b.Priority && a.VIP == b.VIP
 }
 
 func describe(e bus.Edge) string {
-	return fmt.Sprintf("hostaddr %s cidr %s", e.HostAddr, strings.Join(prefixStrings(e.Prefixes()), ","))
+	d := fmt.Sprintf("hostaddr %s cidr %s", e.HostAddr, strings.Join(prefixStrings(e.Prefixes()), ","))
+	if e.Site != "" {
+		d += fmt.Sprintf(" site %s priority %d", e.Site, e.Priority)
+	}
+	if e.VIP.IsValid() {
+		d += " vip " + e.VIP.String()
+	}
+	return d
 }
 
 func prefixStrings(ps []netip.Prefix) []string {
@@ -111,8 +210,14 @@ func prefixStrings(ps []netip.Prefix) []string {
 	return out
 }
 
+// snapshotCatchUp bounds how long a controller that has not yet seen the
+// revision a requester heard of waits before answering with what it has.
+const snapshotCatchUp = time.Second
+
 // onSnapshotRequest answers an edge's request for the whole set, or says
-// that the revision the edge holds is current.
+// that the revision the edge holds is current. A controller behind the
+// revision the edge heard of (another controller's write on its way here)
+// waits for it first, so the edge is not sent back to an older set.
 func (c *Controller) onSnapshotRequest(m *nats.Msg) {
 	var req bus.SnapshotRequest
 	if len(m.Data) > 0 {
@@ -122,7 +227,23 @@ func (c *Controller) onSnapshotRequest(m *nats.Msg) {
 		}
 	}
 	c.mu.RLock()
-	rev := c.rev
+	behind := req.Want > c.view.rev
+	c.mu.RUnlock()
+	if !behind {
+		c.answerSnapshot(m, req)
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(c.ctx, snapshotCatchUp)
+		defer cancel()
+		c.awaitRevision(ctx, req.Want)
+		c.answerSnapshot(m, req)
+	}()
+}
+
+func (c *Controller) answerSnapshot(m *nats.Msg, req bus.SnapshotRequest) {
+	c.mu.RLock()
+	rev := c.view.rev
 	c.mu.RUnlock()
 	if req.Have != 0 && req.Have == rev {
 		if err := bus.Publish(c.nc, m.Reply, bus.Snapshot{Revision: rev, Unchanged: true}); err != nil {
@@ -151,7 +272,7 @@ func (c *Controller) snapshotBytes() ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.snapshot == nil {
-		s := bus.Snapshot{Revision: c.rev, Edges: sortedEdges(c.edges)}
+		s := bus.Snapshot{Revision: c.view.rev, Edges: sortedEdges(c.view.edges)}
 		var err error
 		if c.snapshot, err = json.Marshal(s); err != nil {
 			return nil, err
@@ -169,43 +290,74 @@ func sortedEdges(m map[string]bus.Edge) []bus.Edge {
 	return out
 }
 
+// pinTimeout bounds the store write that pins a new key: the server is
+// holding the edge's connection meanwhile.
+const pinTimeout = 3 * time.Second
+
 // Pin implements bus.Pinner: the first key an edge name connects with is
-// stored; any other key is refused until the edge is deleted.
+// stored; any other key is refused until the edge is deleted. The store
+// decides which key is first, so two controllers that see two keys for one
+// name at once pin only one of them.
 func (c *Controller) Pin(name, key string) error {
 	if !c.ready.Load() {
 		return errors.New("controller is starting")
 	}
-	c.pinMu.Lock()
-	defer c.pinMu.Unlock()
-	if pinned, ok := c.pins[name]; ok {
-		if pinned == key {
-			return nil
-		}
-		c.event(bus.EventKeyRefused, name, 0, "presented key "+key)
-		return fmt.Errorf("edge %s is pinned to key %s, not %s: delete and re-add the edge to accept a new key", name, pinned, key)
+	c.mu.RLock()
+	pinned, ok := c.view.pins[name]
+	c.mu.RUnlock()
+	if ok && pinned != key {
+		return c.refuseKey(name, pinned, key)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	if ok {
+		return nil
+	}
+	if err := c.writable(); err != nil {
+		return fmt.Errorf("cannot pin a new key now: %w", err)
+	}
+	c.pinWrite.Lock()
+	defer c.pinWrite.Unlock()
+	ctx, cancel := context.WithTimeout(c.ctx, pinTimeout)
 	defer cancel()
-	if err := c.store.PutPin(ctx, name, key); err != nil {
+	p, err := c.store.PinKey(ctx, name, key)
+	if err != nil {
 		return fmt.Errorf("store key pin: %w", err)
 	}
-	c.pins[name] = key
-	c.log.Info("pinned edge key", "edge", name, "key", key)
-	c.event(bus.EventKeyPinned, name, 0, key)
+	c.mu.Lock()
+	c.pinLocked(name, p.Key, p.Revision)
+	c.mu.Unlock()
+	if p.Key != key {
+		return c.refuseKey(name, p.Key, key)
+	}
+	if p.Created {
+		c.log.Info("pinned edge key", "edge", name, "key", key)
+		c.event(bus.EventKeyPinned, name, 0, key)
+	}
 	return nil
 }
 
-// unpin removes an edge's pinned key, reporting whether there was one.
+func (c *Controller) refuseKey(name, pinned, key string) error {
+	c.event(bus.EventKeyRefused, name, 0, "presented key "+key)
+	return fmt.Errorf("edge %s is pinned to key %s, not %s: delete and re-add the edge to accept a new key", name, pinned, key)
+}
+
+// unpin removes an edge's pinned key from the store, reporting whether
+// there was one. It asks the store even when the view has no pin: another
+// controller may have pinned a key a moment ago.
 func (c *Controller) unpin(ctx context.Context, name string) (bool, error) {
-	c.pinMu.Lock()
-	defer c.pinMu.Unlock()
-	if _, ok := c.pins[name]; !ok {
+	c.pinWrite.Lock()
+	defer c.pinWrite.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	rev, err := c.store.DeletePin(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
 		return false, nil
 	}
-	if err := c.store.DeletePin(ctx, name); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return false, fmt.Errorf("delete key pin of %s: %w", name, err)
+	if err != nil {
+		return false, fmt.Errorf("%w: delete key pin of %s: %v", api.ErrUnavailable, name, err)
 	}
-	delete(c.pins, name)
+	c.mu.Lock()
+	c.pinLocked(name, "", rev)
+	c.mu.Unlock()
 	return true, nil
 }
 

@@ -41,11 +41,18 @@ func (c *Controller) onStatus(m *nats.Msg) {
 	c.statusMu.Unlock()
 	if !wasOnline {
 		c.log.Info("edge online", "edge", name, "state", st.State, "applied_revision", st.AppliedRevision)
-		c.event(bus.EventEdgeOnline, name, st.AppliedRevision, st.State)
+		if c.reporter() {
+			c.event(bus.EventEdgeOnline, name, st.AppliedRevision, st.State)
+		}
+	}
+	if st.Site != nil {
+		c.observeClaim(st.Site.Claim)
 	}
 }
 
-// sweepOffline marks edges whose heartbeats stopped as offline.
+// sweepOffline marks edges whose heartbeats stopped as offline. Every
+// controller of a cluster follows every heartbeat, so all of them list the
+// same edges online; one of them (reporter) publishes the audit events.
 func (c *Controller) sweepOffline(now time.Time) {
 	var gone []string
 	c.statusMu.Lock()
@@ -56,9 +63,12 @@ func (c *Controller) sweepOffline(now time.Time) {
 		}
 	}
 	c.statusMu.Unlock()
+	report := len(gone) > 0 && c.reporter()
 	for _, name := range gone {
 		c.log.Warn("edge offline: no heartbeat", "edge", name, "after", bus.OfflineAfter)
-		c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
+		if report {
+			c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
+		}
 	}
 }
 
@@ -76,22 +86,25 @@ func (c *Controller) statusOf(name string) (edgeStatus, bool) {
 // ListEdges is the edge list with each edge's live status.
 func (c *Controller) ListEdges() []api.EdgeView {
 	c.mu.RLock()
-	edges := sortedEdges(c.edges)
-	c.mu.RUnlock()
-	c.pinMu.Lock()
-	pins := make(map[string]string, len(c.pins))
-	for k, v := range c.pins {
+	edges := sortedEdges(c.view.edges)
+	roles := c.roles(c.view.edges)
+	pins := make(map[string]string, len(c.view.pins))
+	for k, v := range c.view.pins {
 		pins[k] = v
 	}
-	c.pinMu.Unlock()
+	c.mu.RUnlock()
 	out := make([]api.EdgeView, 0, len(edges))
 	for _, e := range edges {
 		v := api.EdgeView{
 			Name: e.Name, Comment: e.Comment, CIDR: e.CIDR.String(), HostAddr: e.HostAddr.String(),
 			State: api.StateOffline, Revision: e.Revision, Key: pins[e.Name],
+			Site: e.Site, Priority: e.Priority, Role: roles[e.Name],
 		}
 		if len(e.ExtraCIDRs) > 0 {
 			v.ExtraCIDRs = prefixStrings(e.ExtraCIDRs)
+		}
+		if e.VIP.IsValid() {
+			v.VIP = e.VIP.String()
 		}
 		if s, ok := c.statusOf(e.Name); ok {
 			if s.online {
@@ -99,7 +112,7 @@ func (c *Controller) ListEdges() []api.EdgeView {
 			}
 			seen := s.seen.UTC()
 			v.LastSeen = &seen
-			v.AppliedRevision, v.LastError, v.Conflicts = s.last.AppliedRevision, s.last.Error, s.last.Conflicts
+			v.AppliedRevision, v.LastError, v.Conflicts, v.Probes = s.last.AppliedRevision, s.last.Error, s.last.Conflicts, s.last.Probes
 		}
 		out = append(out, v)
 	}
@@ -110,15 +123,17 @@ func (c *Controller) ListEdges() []api.EdgeView {
 // state of every link, and agents waiting to be added.
 func (c *Controller) Topology() api.Topology {
 	c.mu.RLock()
-	edges, rev := sortedEdges(c.edges), c.rev
+	edges, rev, sites := sortedEdges(c.view.edges), c.view.rev, mesh.Sites(c.view.edges)
+	roles := c.roles(c.view.edges)
 	c.mu.RUnlock()
-	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}}
+	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}, Sites: []api.TopologySite{}}
 	current := map[string]bool{}
 	online := map[string]bool{}
 	for _, e := range edges {
 		te := api.TopologyEdge{
 			Name: e.Name, HostAddr: e.HostAddr.String(), CIDRs: prefixStrings(e.Prefixes()),
 			VTEPMAC: mesh.VTEPMAC(e.Name).String(), NextHop: mesh.NextHop(e).String(), State: api.StateOffline,
+			Site: e.Site, Role: roles[e.Name],
 		}
 		if s, ok := c.statusOf(e.Name); ok {
 			te.AppliedRevision = s.last.AppliedRevision
@@ -142,6 +157,10 @@ func (c *Controller) Topology() api.Topology {
 			t.Links = append(t.Links, l)
 		}
 	}
+	for _, s := range sites {
+		t.Sites = append(t.Sites, c.topologySite(s))
+	}
+	sort.Slice(t.Sites, func(i, j int) bool { return t.Sites[i].Name < t.Sites[j].Name })
 	c.statusMu.Lock()
 	for name, s := range c.status {
 		if s.online && s.last.State == bus.StateNotRegistered {
@@ -151,4 +170,24 @@ func (c *Controller) Topology() api.Topology {
 	c.statusMu.Unlock()
 	sort.Strings(t.Pending)
 	return t
+}
+
+// topologySite is one site with its active gateway and the claim behind it.
+func (c *Controller) topologySite(s *mesh.Site) api.TopologySite {
+	cl := c.claimOf(s.Name)
+	ts := api.TopologySite{Name: s.Name, CIDRs: prefixStrings(s.Gateways[0].Prefixes()), Active: s.Active(cl).Name}
+	for _, g := range s.Gateways {
+		ts.Gateways = append(ts.Gateways, g.Name)
+	}
+	if vip := s.VIP(); vip.IsValid() {
+		ts.VIP = vip.String()
+	}
+	if cl.Gateway == ts.Active && cl.Epoch > 0 {
+		ts.Epoch, ts.Reason = cl.Epoch, cl.Reason
+		if !cl.Time.IsZero() {
+			since := cl.Time.UTC()
+			ts.Since = &since
+		}
+	}
+	return ts
 }

@@ -1,6 +1,8 @@
 // Package edgeset holds the rules an edge must satisfy to join the mesh: a
-// well-formed name, underlay address and CIDRs (Validate), and no overlap
-// with any other edge (CheckConflicts). It is pure: no I/O, no locking.
+// well-formed name, underlay address, CIDRs and site fields (Validate), and
+// no overlap with any other site, and agreement with the other gateways of
+// its own site (CheckConflicts, sites.go). It is pure: no I/O, no locking,
+// so a store's compare-and-swap loop can run it on every attempt.
 package edgeset
 
 import (
@@ -23,6 +25,11 @@ type Spec struct {
 	// ExtraCIDRs are further networks behind the same edge (k8s pod and
 	// service ranges).
 	ExtraCIDRs []string `json:"extra_cidrs,omitempty"`
+	// Site, Priority and VIP make the edge one gateway of a site (gateway
+	// HA, see sites.go); all optional.
+	Site     string `json:"site,omitempty"`
+	Priority *int   `json:"priority,omitempty"`
+	VIP      string `json:"vip,omitempty"`
 }
 
 // InvalidError is a malformed Spec (HTTP 400).
@@ -100,7 +107,7 @@ func Validate(s Spec) (bus.Edge, error) {
 			e.ExtraCIDRs = append(e.ExtraCIDRs, p)
 		}
 	}
-	return e, nil
+	return e, validateSite(s, &e)
 }
 
 func parseHostAddr(raw string) (netip.AddrPort, error) {
@@ -146,9 +153,10 @@ func parseCIDR(raw string) (netip.Prefix, error) {
 }
 
 // CheckConflicts reports how e clashes with the other edges of set (an edge
-// of the same name is the one being replaced and is ignored): overlapping
-// CIDRs, an underlay address inside another edge's network, or an underlay
-// address and port already taken.
+// of the same name is the one being replaced and is ignored): CIDRs
+// overlapping another site's, an underlay address inside another site's
+// network, an underlay address and port already taken, or disagreement with
+// the other gateways of its own site (sites.go).
 func CheckConflicts(set map[string]bus.Edge, e bus.Edge) error {
 	names := make([]string, 0, len(set))
 	for n := range set {
@@ -159,6 +167,15 @@ func CheckConflicts(set map[string]bus.Edge, e bus.Edge) error {
 	for _, n := range names {
 		o := set[n]
 		if o.Name == e.Name {
+			continue
+		}
+		if msg, same := siteConflict(e, o); same || msg != "" {
+			if msg != "" {
+				msgs = append(msgs, msg)
+			}
+			if o.HostAddr == e.HostAddr {
+				msgs = append(msgs, fmt.Sprintf("hostaddr %s of edge %s is already used by edge %s", e.HostAddr, e.Name, o.Name))
+			}
 			continue
 		}
 		for _, p := range e.Prefixes() {

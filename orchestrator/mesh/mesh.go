@@ -42,10 +42,19 @@ type Local struct {
 	Masquerade bool
 }
 
-// Desired returns the kernel state edge l should have for the edge set, and
-// whether l is registered in it. An unregistered edge gets its device and
-// chains but no peers.
-func Desired(l Local, set map[string]bus.Edge) (netcfg.Desired, bool) {
+// Desired returns the kernel state edge l should have for the edge set and
+// the claims in force per site (see Site.Active), and whether l is
+// registered in it. An unregistered edge gets its device and chains but no
+// peers.
+//
+// Every other gateway is a peer with its FDB entry (and, in VXLAN mode,
+// the permanent IPv6 neighbor of its link-local address: its identity in
+// the tunnel), but only a remote site's active gateway carries the site's
+// next hop and routes: its standby gateways, and l's own site's other
+// gateways, are reachable through the tunnel (for probes and HA messages)
+// and nothing is routed to them. A new active gateway is therefore one
+// neighbor entry's change. The VIP is the agent's to set (package ha).
+func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (netcfg.Desired, bool) {
 	d := netcfg.Desired{
 		Mode:       l.Mode,
 		Device:     l.Device,
@@ -60,18 +69,26 @@ func Desired(l Local, set map[string]bus.Edge) (netcfg.Desired, bool) {
 	if !ok {
 		return d, false
 	}
+	vxlan := l.Mode == netcfg.ModeVXLAN || l.Mode == ""
+	if vxlan {
+		d.LinkLocal = LinkLocal(l.Name)
+	}
 	d.LocalCIDRs = self.Prefixes()
-	for name, e := range set {
-		if name == l.Name {
-			continue
+	for _, s := range Sites(set) {
+		active := s.Active(claims[s.Name]).Name
+		for _, e := range s.Gateways {
+			if e.Name == l.Name {
+				continue
+			}
+			p := netcfg.Peer{Name: e.Name, Underlay: e.HostAddr, MAC: VTEPMAC(e.Name)}
+			if vxlan {
+				p.LinkLocal = LinkLocal(e.Name)
+			}
+			if e.Name == active && s.Name != self.SiteName() {
+				p.NextHop, p.CIDRs = NextHop(e), e.Prefixes()
+			}
+			d.Peers = append(d.Peers, p)
 		}
-		d.Peers = append(d.Peers, netcfg.Peer{
-			Name:     name,
-			Underlay: e.HostAddr,
-			MAC:      VTEPMAC(name),
-			NextHop:  NextHop(e),
-			CIDRs:    e.Prefixes(),
-		})
 	}
 	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].Name < d.Peers[j].Name })
 	return d, true

@@ -66,6 +66,7 @@ func (s *etcdStore) Load(ctx context.Context) (State, error) {
 		return State{}, fmt.Errorf("store: %w", err)
 	}
 	st := newState(0)
+	st.Latest = uint64(resp.Header.Revision)
 	for _, kv := range resp.Kvs {
 		if string(kv.Key) == s.revKey {
 			st.Revision = uint64(kv.ModRevision)
@@ -79,46 +80,104 @@ func (s *etcdStore) Load(ctx context.Context) (State, error) {
 	return st, nil
 }
 
-func (s *etcdStore) PutEdge(ctx context.Context, e bus.Edge) (uint64, error) {
+// Watch follows the prefix from etcd revision after+1. The client moves
+// the watch to another endpoint by itself; a watch that etcd cancels (its
+// history compacted) closes the feed.
+func (s *etcdStore) Watch(ctx context.Context, after uint64) (<-chan Change, error) {
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wc := s.cli.Watch(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(int64(after)+1))
+	out := make(chan Change, 256)
+	go func() {
+		defer close(out)
+		defer cancel()
+		for resp := range wc {
+			if resp.Canceled || resp.Err() != nil {
+				return
+			}
+			for _, ev := range resp.Events {
+				kind, name, ok := strings.Cut(strings.TrimPrefix(string(ev.Kv.Key), s.prefix), "/")
+				if !ok || (kind != KindEdge && kind != KindPin) {
+					continue // the revision marker
+				}
+				ch, err := newChange(kind, name, ev.Kv.Value, uint64(ev.Kv.ModRevision), ev.Type == clientv3.EventTypeDelete)
+				if err != nil {
+					return
+				}
+				select {
+				case out <- ch:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// PutEdge writes the edge and the revision marker in one transaction that
+// first checks the marker's revision: the edge set's.
+func (s *etcdStore) PutEdge(ctx context.Context, e bus.Edge, expect uint64) (uint64, error) {
 	v, err := encodeEdge(e)
 	if err != nil {
 		return 0, err
 	}
-	key := s.key(kindEdges, e.Name)
-	resp, err := s.cli.Txn(ctx).Then(clientv3.OpPut(key, string(v)), clientv3.OpPut(s.revKey, e.Name)).Commit()
+	key := s.key(KindEdge, e.Name)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(s.revKey), "=", int64(expect))).
+		Then(clientv3.OpPut(key, string(v)), clientv3.OpPut(s.revKey, e.Name)).
+		Commit()
 	if err != nil {
 		return 0, fmt.Errorf("store: put %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("store: put %s: %w", key, ErrConflict)
 	}
 	return uint64(resp.Header.Revision), nil
 }
 
-func (s *etcdStore) PutPin(ctx context.Context, name, key string) error {
-	k := s.key(kindPins, name)
-	if _, err := s.cli.Put(ctx, k, key); err != nil {
-		return fmt.Errorf("store: put %s: %w", k, err)
+func (s *etcdStore) DeleteEdge(ctx context.Context, name string, expect uint64) (uint64, error) {
+	key := s.key(KindEdge, name)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0), clientv3.Compare(clientv3.ModRevision(s.revKey), "=", int64(expect))).
+		Then(clientv3.OpDelete(key), clientv3.OpPut(s.revKey, name)).
+		Else(clientv3.OpGet(key, clientv3.WithCountOnly())).
+		Commit()
+	if err != nil {
+		return 0, fmt.Errorf("store: delete %s: %w", key, err)
 	}
-	return nil
+	if !resp.Succeeded {
+		if resp.Responses[0].GetResponseRange().Count == 0 {
+			return 0, fmt.Errorf("store: %s: %w", key, ErrNotFound)
+		}
+		return 0, fmt.Errorf("store: delete %s: %w", key, ErrConflict)
+	}
+	return uint64(resp.Header.Revision), nil
 }
 
-func (s *etcdStore) DeleteEdge(ctx context.Context, name string) (uint64, error) {
-	return s.delete(ctx, s.key(kindEdges, name), clientv3.OpPut(s.revKey, name))
+// PinKey creates the pin in a transaction that checks it is absent, and
+// reads the pinned key otherwise.
+func (s *etcdStore) PinKey(ctx context.Context, name, key string) (Pin, error) {
+	k := s.key(KindPin, name)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, key)).
+		Else(clientv3.OpGet(k)).
+		Commit()
+	if err != nil {
+		return Pin{}, fmt.Errorf("store: pin %s: %w", k, err)
+	}
+	if resp.Succeeded {
+		return Pin{Key: key, Created: true, Revision: uint64(resp.Header.Revision)}, nil
+	}
+	kv := resp.Responses[0].GetResponseRange().Kvs[0]
+	return Pin{Key: string(kv.Value), Revision: uint64(kv.ModRevision)}, nil
 }
 
-func (s *etcdStore) DeletePin(ctx context.Context, name string) error {
-	_, err := s.delete(ctx, s.key(kindPins, name))
-	return err
-}
-
-func (s *etcdStore) Close() error { return s.cli.Close() }
-
-func (s *etcdStore) key(kind, name string) string { return s.prefix + kind + "/" + name }
-
-// delete removes key, and runs also, in a transaction that first checks the
-// key exists.
-func (s *etcdStore) delete(ctx context.Context, key string, also ...clientv3.Op) (uint64, error) {
+func (s *etcdStore) DeletePin(ctx context.Context, name string) (uint64, error) {
+	key := s.key(KindPin, name)
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0)).
-		Then(append([]clientv3.Op{clientv3.OpDelete(key)}, also...)...).
+		Then(clientv3.OpDelete(key)).
 		Commit()
 	if err != nil {
 		return 0, fmt.Errorf("store: delete %s: %w", key, err)
@@ -128,3 +187,7 @@ func (s *etcdStore) delete(ctx context.Context, key string, also ...clientv3.Op)
 	}
 	return uint64(resp.Header.Revision), nil
 }
+
+func (s *etcdStore) Close() error { return s.cli.Close() }
+
+func (s *etcdStore) key(kind, name string) string { return s.prefix + kind + "/" + name }

@@ -32,19 +32,15 @@ func TestEtcdRestart(t *testing.T) {
 	srv := etcdtest.New(t)
 	s := openEtcd(t, srv.Endpoint, "")
 	ctx := t.Context()
-	rev, err := s.PutEdge(ctx, edge("sz-1", "172.18.0.0/16"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rev := putEdge(t, s, edge("sz-1", "172.18.0.0/16"), 0)
+	last := rev
 	for _, e := range []bus.Edge{edge("hz-1", "172.31.0.0/16"), edge("bj-1", "172.20.0.0/16")} {
-		if _, err := s.PutEdge(ctx, e); err != nil {
-			t.Fatal(err)
-		}
+		last = putEdge(t, s, e, last)
 	}
-	if err := s.PutPin(ctx, "sz-1", "key-sz"); err != nil {
+	if err := pinKey(ctx, s, "sz-1", "key-sz"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.DeleteEdge(ctx, "bj-1"); err != nil {
+	if _, err := s.DeleteEdge(ctx, "bj-1", last); err != nil {
 		t.Fatal(err)
 	}
 
@@ -79,13 +75,7 @@ func TestEtcdRestart(t *testing.T) {
 	if after := load(t, s); !reflect.DeepEqual(after, before) {
 		t.Fatalf("after restart:\n%+v\nbefore:\n%+v", after, before)
 	}
-	rev, err = s.PutEdge(ctx, edge("bj-1", "172.20.0.0/16"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rev <= before.Revision {
-		t.Fatalf("first write after restart got revision %d, not above %d", rev, before.Revision)
-	}
+	putEdge(t, s, edge("bj-1", "172.20.0.0/16"), before.Revision)
 }
 
 func TestEtcdUnreachable(t *testing.T) {

@@ -29,15 +29,14 @@ func TestJetStreamRestart(t *testing.T) {
 	srv, js := runNATS(t, dir)
 	s := openJS(t, js)
 	ctx := t.Context()
+	var rev uint64
 	for _, e := range []bus.Edge{edge("sz-1", "172.18.0.0/16"), edge("hz-1", "172.31.0.0/16"), edge("bj-1", "172.20.0.0/16")} {
-		if _, err := s.PutEdge(ctx, e); err != nil {
-			t.Fatal(err)
-		}
+		rev = putEdge(t, s, e, rev)
 	}
-	if err := s.PutPin(ctx, "sz-1", "key-sz"); err != nil {
+	if err := pinKey(ctx, s, "sz-1", "key-sz"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.DeleteEdge(ctx, "bj-1"); err != nil {
+	if _, err := s.DeleteEdge(ctx, "bj-1", rev); err != nil {
 		t.Fatal(err)
 	}
 	before := load(t, s)
@@ -49,16 +48,10 @@ func TestJetStreamRestart(t *testing.T) {
 	if after := load(t, s); !reflect.DeepEqual(after, before) {
 		t.Fatalf("after restart:\n%+v\nbefore:\n%+v", after, before)
 	}
-	if _, err := s.DeleteEdge(ctx, "bj-1"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.DeleteEdge(ctx, "bj-1", before.Revision); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("deleted edge came back: DeleteEdge = %v", err)
 	}
-	rev, err := s.PutEdge(ctx, edge("bj-1", "172.20.0.0/16"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rev <= before.Revision {
-		t.Fatalf("first write after restart got revision %d, not above %d", rev, before.Revision)
-	}
+	putEdge(t, s, edge("bj-1", "172.20.0.0/16"), before.Revision)
 }
 
 // TestJetStreamLayout checks the bucket's configuration and key layout,
@@ -67,11 +60,8 @@ func TestJetStreamLayout(t *testing.T) {
 	_, js := runNATS(t, t.TempDir())
 	s := openJS(t, js)
 	ctx := t.Context()
-	rev, err := s.PutEdge(ctx, edge("sz-1", "172.18.0.0/16"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutPin(ctx, "sz-1", "key-sz"); err != nil {
+	rev := putEdge(t, s, edge("sz-1", "172.18.0.0/16"), 0)
+	if err := pinKey(ctx, s, "sz-1", "key-sz"); err != nil {
 		t.Fatal(err)
 	}
 	kv, err := js.KeyValue(ctx, "cframe")
@@ -133,7 +123,7 @@ func runNATS(t *testing.T, dir string) (*server.Server, jetstream.JetStream) {
 
 func openJS(t *testing.T, js jetstream.JetStream) store.Store {
 	t.Helper()
-	s, err := store.OpenJetStream(t.Context(), js, "cframe")
+	s, err := store.OpenJetStream(t.Context(), js, "cframe", 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,8 @@ type Section struct {
 	Verdicts []string
 	// Figures are the same numbers for the JSON report.
 	Figures any
-	// Err is set when the part could not run (reported, not fatal).
+	// Err is set when the part could not complete: the report says so and
+	// the run exits non-zero once the report is written.
 	Err string
 }
 
@@ -64,7 +65,7 @@ func main() {
 	quick := flag.Bool("quick", false, "fewer repetitions: the whole run in under two minutes")
 	bin := flag.String("bin", "dist", "directory with the built programs (make build)")
 	out := flag.String("out", "bench-out", "directory for bench.md and bench.json")
-	only := flag.String("only", "", "run only the parts whose name contains this (dataplane, convergence, scale, reconcile)")
+	only := flag.String("only", "", "run only the parts whose name contains this (dataplane, convergence, scale, reconcile, failover)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fail("the benchmark builds network namespaces: run it as root")
@@ -85,6 +86,7 @@ func main() {
 
 	started := time.Now()
 	var sections []Section
+	var failed []string
 	for _, p := range parts {
 		if *only != "" && !strings.Contains(p.name, *only) {
 			continue
@@ -94,6 +96,7 @@ func main() {
 		s, err := p.run(o)
 		if err != nil {
 			s.Err = err.Error()
+			failed = append(failed, p.name)
 			fmt.Fprintf(os.Stderr, "  %s failed: %v\n", p.name, err)
 		}
 		if s.Title == "" {
@@ -114,6 +117,9 @@ func main() {
 	}
 	fmt.Print(md)
 	fmt.Fprintf(os.Stderr, "\nreport: %s/bench.md, figures: %s/bench.json\n", *out, *out)
+	if len(failed) > 0 {
+		fail("%d part(s) did not complete: %s (see \"Not completed\" in the report)", len(failed), strings.Join(failed, ", "))
+	}
 }
 
 func fail(format string, a ...any) {

@@ -6,4 +6,5 @@ var parts = []part{
 	{"convergence", convergence},
 	{"scale", busScale},
 	{"reconcile", reconcileScale},
+	{"failover", failover},
 }

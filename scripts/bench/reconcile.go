@@ -57,7 +57,7 @@ func rcDesired(peers int) (netcfg.Desired, error) {
 		}
 		set[e.Name] = e
 	}
-	d, _ := mesh.Desired(mesh.Local{Name: rcSelf.Name, Port: cluster.TunnelPort}, set)
+	d, _ := mesh.Desired(mesh.Local{Name: rcSelf.Name, Port: cluster.TunnelPort}, set, nil)
 	return d, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -33,14 +34,18 @@ const scaleFloorRatio = 2.0
 // scaleTargetEdges is the mesh size the floor-ratio aim is set for.
 const scaleTargetEdges = 1000
 
-// scaleFigures are the bus-scale part's numbers (times in milliseconds).
+// scaleFigures are the bus-scale part's numbers (times in milliseconds):
+// each fleet size with one controller and with a cluster of three, and the
+// cluster's failover.
 type scaleFigures struct {
-	Sizes []scaleSize `json:"sizes"`
+	Sizes    []scaleSize                `json:"sizes"`
+	Failover *controllerFailoverFigures `json:"failover,omitempty"`
 }
 
-// scaleSize is one fleet size.
+// scaleSize is one fleet size on one or three controllers.
 type scaleSize struct {
-	Edges int `json:"edges"`
+	Edges       int `json:"edges"`
+	Controllers int `json:"controllers"`
 	// AddEdgesMs registers every edge through the API (one call each, 8
 	// in parallel) before any of them connects.
 	AddEdgesMs float64 `json:"add_edges_ms"`
@@ -65,7 +70,8 @@ type scaleSize struct {
 	PeakRSSBytes   int64   `json:"peak_rss_bytes"`
 	// StopMs: SIGTERM -> the old controller exited; RestartMs: SIGTERM ->
 	// the restarted controller's API answers; ResyncMs: SIGTERM -> every
-	// edge reconnected and fetched a snapshot of the current revision.
+	// edge reconnected and fetched a snapshot of the current revision
+	// (one controller only).
 	StopMs    float64 `json:"stop_ms"`
 	RestartMs float64 `json:"restart_ms"`
 	ResyncMs  float64 `json:"resync_ms"`
@@ -126,14 +132,18 @@ func percentiles(s Sample) Percentiles { return Percentiles{s.Median(), s.P99(),
 // busScale runs the real controller in its own namespace with N simulated
 // edges: NATS clients in this process that join exactly as agents do (key
 // pair, join proof, pinned key), follow the edge set and heartbeat, with no
-// kernel work. Beside it, the floor: a plain embedded NATS server in this
-// process with N bare subscribers and one bare publish per round, once over
-// TLS as cframe's bus is (TLS first, the join-secret proof checked) and once
-// without.
+// kernel work — then the same with a cluster of three controllers, one in
+// each of three namespaces, the edges spread over them. Beside both, the
+// floor: a plain embedded NATS server in this process with N bare
+// subscribers and one bare publish per round, once over TLS as cframe's bus
+// is (TLS first, the join-secret proof checked) and once without. The
+// cluster's first size also measures failover: kill -9 of the store's
+// leader, and the time until a write is accepted again. (--quick runs the
+// cluster for the first size only, with one kill.)
 func busScale(o Options) (Section, error) {
-	sizes, reps, idle := []int{100, 1000}, 100, 4*time.Second
+	sizes, clustered, reps, idle, kills := []int{100, 1000}, 2, 100, 4*time.Second, 5
 	if o.Quick {
-		sizes, reps, idle = []int{100, 300}, 20, 2*time.Second
+		sizes, clustered, reps, idle, kills = []int{100, 300}, 1, 20, 2*time.Second, 1
 	}
 	// Three sockets per edge here (a simulated edge and two floor
 	// subscribers); the controller, a Go program, raises its own soft limit.
@@ -145,7 +155,7 @@ func busScale(o Options) (Section, error) {
 		return Section{}, err
 	}
 	defer n.Close()
-	tp, err := topo.Build(n, topo.Walkthrough()[0])
+	tp, err := topo.Build(n, topo.Walkthrough()...)
 	if err != nil {
 		return Section{}, err
 	}
@@ -167,13 +177,26 @@ func busScale(o Options) (Section, error) {
 
 	var figs scaleFigures
 	var runErr error
-	for _, size := range sizes {
-		s, err := scaleRun(o, tp, plain, tlsFloor, size, reps, idle)
-		if err != nil {
-			runErr = fmt.Errorf("%d edges: %w", size, err)
-			break
+sizes:
+	for i, size := range sizes {
+		for _, controllers := range []int{1, 3} {
+			if controllers > 1 && i >= clustered {
+				continue
+			}
+			failover := 0
+			if controllers > 1 && i == 0 {
+				failover = kills
+			}
+			s, fo, err := scaleRun(o, tp, plain, tlsFloor, size, reps, idle, controllers, failover)
+			if err != nil {
+				runErr = fmt.Errorf("%d edges, %d controller(s): %w", size, controllers, err)
+				break sizes
+			}
+			figs.Sizes = append(figs.Sizes, s)
+			if fo != nil {
+				figs.Failover = fo
+			}
 		}
-		figs.Sizes = append(figs.Sizes, s)
 	}
 	sec := scaleSection(figs, reps)
 	return sec, runErr
@@ -203,8 +226,9 @@ func startFloor(tlsCfg *tls.Config, opts ...nats.Option) (floor, error) {
 
 func scaleSection(f scaleFigures, reps int) Section {
 	var md strings.Builder
-	fmt.Fprintf(&md, "The real `cframe-controller` (embedded store, in its own namespace) with N simulated edges: NATS clients that join as agents do (TLS from the first byte with the controller's certificate checked against the join secret, own key pair, join proof, key pinned by the controller), follow the edge set (snapshot, then revision-linked deltas) and heartbeat every %s, without kernel work. The floor is measured in the same run: a plain embedded NATS server without our authentication, N bare subscribers and one bare publish of a message of the same size as a delta — once with every subscriber connected over TLS as edges are (TLS first, the certificate's proof checked; the reference for the ratios), once without TLS (what TLS itself costs NATS). Every edge and subscriber lives in this one benchmark process and shares the machine's CPUs with the controller. %d rounds per size of each kind, interleaved: a change is an edge update through the API, timed from the call until every edge holds it — once with the edges silent (delivery alone, like for like with the floor), once with every edge publishing its status within %s of applying the change (a random delay, as agents do, so N status messages do not all hit the controller while it is still delivering).\n\n", bus.HeartbeatInterval, reps, bus.StatusJitter)
-	md.WriteString("| edges | round | → all, median | p99 | spread | ratio to TLS floor, median / p99 | → first | API call | per-client arrival p50 / p99 / max | controller CPU per change |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&md, "The real `cframe-controller` (embedded store, in its own namespace) with N simulated edges: NATS clients that join as agents do (TLS from the first byte with the controller's certificate checked against the join secret, own key pair, join proof, key pinned by the controller), follow the edge set (snapshot, then revision-linked deltas) and heartbeat every %s, without kernel work. Then the same with three controllers, one in each of three namespaces behind the underlay router, forming one cluster (TLS routes, the store replicated on all three, Raft heartbeat %s, election timeout %s-%s): the edges are given the three addresses and spread over them at random, and the change goes through one controller's API. The floor is measured in the same runs: a plain embedded NATS server without our authentication, N bare subscribers and one bare publish of a message of the same size as a delta — once with every subscriber connected over TLS as edges are (TLS first, the certificate's proof checked; the reference for the ratios), once without TLS (what TLS itself costs NATS). Every edge and subscriber lives in this one benchmark process and shares the machine's CPUs with the controllers. %d rounds per size of each kind, interleaved: a change is an edge update through the API, timed from the call until every edge holds it — once with the edges silent (delivery alone, like for like with the floor), once with every edge publishing its status within %s of applying the change (a random delay, as agents do, so N status messages do not all hit the controller while it is still delivering).\n\n",
+		bus.HeartbeatInterval, bus.RaftHeartbeat, bus.RaftElectionMin, bus.RaftElectionMax, reps, bus.StatusJitter)
+	md.WriteString("| edges | controllers | round | → all, median | p99 | spread | ratio to TLS floor, median / p99 | → first | API call | per-client arrival p50 / p99 / max | controllers' CPU per change |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range f.Sizes {
 		for _, r := range []struct {
 			name string
@@ -214,26 +238,37 @@ func scaleSection(f scaleFigures, reps int) Section {
 			if r.r.APICall.N > 0 {
 				api, cpu = fmt.Sprintf("%.1f ms", r.r.APICall.Median), fmt.Sprintf("%.1f ms", r.r.CPUMs)
 			}
-			fmt.Fprintf(&md, "| %d | %s | %.1f ms | %.1f ms | %.2f | %s / %s | %.1f ms | %s | %.1f / %.1f / %.1f ms | %s |\n",
-				s.Edges, r.name, r.r.All.Median, r.r.All.P99, r.r.All.Spread, Ratio(r.r.All.Median, s.FloorTLS.All.Median), Ratio(r.r.All.P99, s.FloorTLS.All.P99),
+			fmt.Fprintf(&md, "| %d | %d | %s | %.1f ms | %.1f ms | %.2f | %s / %s | %.1f ms | %s | %.1f / %.1f / %.1f ms | %s |\n",
+				s.Edges, s.Controllers, r.name, r.r.All.Median, r.r.All.P99, r.r.All.Spread, Ratio(r.r.All.Median, s.FloorTLS.All.Median), Ratio(r.r.All.P99, s.FloorTLS.All.P99),
 				r.r.First.Median, api, r.r.Arrivals.P50, r.r.Arrivals.P99, r.r.Arrivals.Max, cpu)
 		}
 	}
-	md.WriteString("\n| edges | register N edges (API) | first join of N new keys: connected / first snapshot | controller restart: stopped / API up | all N reconnected and resynced | snapshot fetches failed (join / resync) | controller RSS (idle / peak) | controller CPU idle |\n|---|---|---|---|---|---|---|---|\n")
+	md.WriteString("\n| edges | controllers | register N edges (API) | first join of N new keys: connected / first snapshot | controller restart: stopped / API up | all N reconnected and resynced | snapshot fetches failed (join / resync) | controllers' RSS (idle / peak) | controllers' CPU idle |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range f.Sizes {
-		fmt.Fprintf(&md, "| %d | %.0f ms | %.0f / %.0f ms | %.0f / %.0f ms | %.0f ms | %d / %d | %.1f / %.1f MiB | %.1f %% |\n",
-			s.Edges, s.AddEdgesMs, s.ConnectedMs, s.FirstJoinMs, s.StopMs, s.RestartMs, s.ResyncMs, s.JoinSnapshotFailures, s.ResyncSnapshotFailures,
+		restart, resync := "-", "-"
+		if s.Controllers == 1 {
+			restart, resync = fmt.Sprintf("%.0f / %.0f ms", s.StopMs, s.RestartMs), fmt.Sprintf("%.0f ms", s.ResyncMs)
+		}
+		fmt.Fprintf(&md, "| %d | %d | %.0f ms | %.0f / %.0f ms | %s | %s | %d / %d | %.1f / %.1f MiB | %.1f %% |\n",
+			s.Edges, s.Controllers, s.AddEdgesMs, s.ConnectedMs, s.FirstJoinMs, restart, resync, s.JoinSnapshotFailures, s.ResyncSnapshotFailures,
 			mib(s.RSSBytes), mib(s.PeakRSSBytes), s.IdleCPUPercent)
 	}
-	fmt.Fprintf(&md, "\nRestart and resync run from the SIGTERM to the old controller; edges reconnect on their own (every 0.5 s ± 0.25 s, as agents do) and fetch a snapshot on reconnecting (an edge whose fetch times out, after %s, keeps its set and counts as resynced when the controller's next hello, every %s, confirms its revision). The first join pins N new keys, one store write each.\n", bus.SnapshotTimeout, bus.HelloInterval)
+	fmt.Fprintf(&md, "\nRestart and resync (one controller) run from the SIGTERM to the old controller; edges reconnect on their own (every 0.5 s ± 0.25 s, as agents do) and fetch a snapshot on reconnecting (an edge whose fetch times out, after %s, keeps its set and counts as resynced when the controller's next hello, every %s, confirms its revision). The first join pins N new keys, one store write each (replicated on three controllers in the cluster). With three controllers, memory and CPU are the sum of the three processes.\n", bus.SnapshotTimeout, bus.HelloInterval)
+	if fo := f.Failover; fo != nil {
+		md.WriteString(fo.markdown())
+	}
 	var verdicts []string
+	byKey := map[[2]int]scaleSize{}
+	for _, s := range f.Sizes {
+		byKey[[2]int{s.Edges, s.Controllers}] = s
+	}
 	for _, s := range f.Sizes {
 		for _, r := range []struct {
 			name string
 			r    rounds
 		}{{"edges silent", s.Delivery}, {"edges reporting status", s.Reported}} {
-			line := fmt.Sprintf("%d edges, %s: one change reaches all of them in p99 %.1f ms vs %.1f ms for the raw NATS floor over TLS (%s, %s is faster)",
-				s.Edges, r.name, r.r.All.P99, s.FloorTLS.All.P99, Ratio(r.r.All.P99, s.FloorTLS.All.P99),
+			line := fmt.Sprintf("%d edges, %d controller(s), %s: one change reaches all of them in p99 %.1f ms vs %.1f ms for the raw NATS floor over TLS (%s, %s is faster)",
+				s.Edges, s.Controllers, r.name, r.r.All.P99, s.FloorTLS.All.P99, Ratio(r.r.All.P99, s.FloorTLS.All.P99),
 				Better("cframe", r.r.All.P99, "the floor", s.FloorTLS.All.P99, false))
 			if s.Edges >= scaleTargetEdges {
 				line += fmt.Sprintf("; %s the %.0fx-floor target", metOrMissed(r.r.All.P99 <= scaleFloorRatio*s.FloorTLS.All.P99), scaleFloorRatio)
@@ -242,8 +277,22 @@ func scaleSection(f scaleFigures, reps int) Section {
 			}
 			verdicts = append(verdicts, line)
 		}
-		verdicts = append(verdicts, fmt.Sprintf("%d edges, what TLS costs NATS itself: the bare publish reaches all subscribers in p99 %.1f ms over TLS vs %.1f ms without (%s, %s is faster)",
-			s.Edges, s.FloorTLS.All.P99, s.Floor.All.P99, Ratio(s.FloorTLS.All.P99, s.Floor.All.P99), Better("TLS", s.FloorTLS.All.P99, "no TLS", s.Floor.All.P99, false)))
+		if s.Controllers == 1 {
+			verdicts = append(verdicts, fmt.Sprintf("%d edges, what TLS costs NATS itself: the bare publish reaches all subscribers in p99 %.1f ms over TLS vs %.1f ms without (%s, %s is faster)",
+				s.Edges, s.FloorTLS.All.P99, s.Floor.All.P99, Ratio(s.FloorTLS.All.P99, s.Floor.All.P99), Better("TLS", s.FloorTLS.All.P99, "no TLS", s.Floor.All.P99, false)))
+		}
+		if one, ok := byKey[[2]int{s.Edges, 1}]; ok && s.Controllers > 1 {
+			verdicts = append(verdicts,
+				fmt.Sprintf("%d edges: one change reaches all of them through three controllers in p99 %.1f ms vs %.1f ms through one (%s, %s is faster)",
+					s.Edges, s.Delivery.All.P99, one.Delivery.All.P99, Ratio(s.Delivery.All.P99, one.Delivery.All.P99),
+					Better("the cluster", s.Delivery.All.P99, "one controller", one.Delivery.All.P99, false)),
+				fmt.Sprintf("%d edges: an API write takes median %.1f ms with the store on three controllers (R3) vs %.1f ms on one (R1) (%s, %s is faster)",
+					s.Edges, s.Delivery.APICall.Median, one.Delivery.APICall.Median, Ratio(s.Delivery.APICall.Median, one.Delivery.APICall.Median),
+					Better("R3", s.Delivery.APICall.Median, "R1", one.Delivery.APICall.Median, false)))
+		}
+	}
+	if fo := f.Failover; fo != nil {
+		verdicts = append(verdicts, fo.verdict())
 	}
 	return Section{Title: "Controller and bus scale", Markdown: md.String(), Verdicts: verdicts, Figures: f}
 }
@@ -266,21 +315,33 @@ func raiseNoFile(want uint64) error {
 	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
 }
 
-// scaleRun measures one fleet size on a fresh controller.
-func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps int, idle time.Duration) (scaleSize, error) {
-	s := scaleSize{Edges: size}
-	home := tp.Sites()[0]
-	c, err := cluster.Start(tp, home, cluster.Options{Bin: o.Bin, Dir: filepath.Join(o.Work, fmt.Sprintf("scale-%d", size))})
-	if err != nil {
-		return s, err
+// scaleRun measures one fleet size on a fresh controller, or a fresh
+// cluster of three; with failover > 0, it then kills the cluster's store
+// leader that many times.
+func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps int, idle time.Duration, controllers, failover int) (scaleSize, *controllerFailoverFigures, error) {
+	s := scaleSize{Edges: size, Controllers: controllers}
+	sites := tp.Sites()
+	home := sites[0]
+	dir := filepath.Join(o.Work, fmt.Sprintf("scale-%d-%d", size, controllers))
+	copts := cluster.Options{Bin: o.Bin, Dir: dir}
+	if controllers > 1 {
+		copts.Peers = sites[1:controllers]
 	}
-	defer c.StopController()
+	c, err := cluster.Start(tp, home, copts)
+	if err != nil {
+		return s, nil, err
+	}
+	defer func() {
+		for _, ct := range c.Controllers {
+			ct.Stop()
+		}
+	}()
 	ctx := context.Background()
 
 	t0 := time.Now()
 	rev, err := addSims(ctx, c.API, size)
 	if err != nil {
-		return s, err
+		return s, nil, err
 	}
 	s.AddEdgesMs = ms(time.Since(t0))
 	o.Logf("%d edges: registered in %s", size, time.Since(t0).Round(time.Millisecond))
@@ -288,7 +349,14 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 	fl := newFleet(size)
 	defer fl.close()
 	join := fl.arm(0, true)
-	url, keys := fmt.Sprintf("nats://127.0.0.1:%d", cluster.NATSPort), filepath.Join(o.Work, fmt.Sprintf("scale-%d", size), "keys")
+	url, keys := fmt.Sprintf("nats://127.0.0.1:%d", cluster.NATSPort), filepath.Join(dir, "keys")
+	if controllers > 1 {
+		var urls []string
+		for _, ct := range c.Controllers {
+			urls = append(urls, "nats://"+ct.BusAddr())
+		}
+		url = strings.Join(urls, ",")
+	}
 	t0 = time.Now()
 	fl.t0 = t0
 	// All at once, as after a power cut; each start returns once its
@@ -302,10 +370,10 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 		startErr = cmp.Or(startErr, <-errs)
 	}
 	if startErr != nil {
-		return s, startErr
+		return s, nil, startErr
 	}
 	if _, err := join.wait(t0, time.Minute); err != nil {
-		return s, fmt.Errorf("first join: %w", err)
+		return s, nil, fmt.Errorf("first join: %w", err)
 	}
 	s.FirstJoinMs = ms(time.Since(t0))
 	s.ConnectedMs = ms(time.Duration(fl.lastConnect.Load()))
@@ -324,7 +392,7 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 	}{{tlsFloor, &s.FloorTLS}, {plain, &s.Floor}} {
 		subs, pub, err := floorFleet(fl.f, size)
 		if err != nil {
-			return s, err
+			return s, nil, err
 		}
 		defer func() {
 			pub.Close()
@@ -335,16 +403,19 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 		floors = append(floors, floorRun{subs, pub, fl.into})
 	}
 
-	pid := c.Controller().Pid()
+	var pids []int
+	for _, ct := range c.Controllers {
+		pids = append(pids, ct.Proc().Pid())
+	}
 	time.Sleep(bus.HeartbeatInterval)
-	u0, err := topo.ProcUsage(pid)
+	u0, err := usage(pids)
 	if err != nil {
-		return s, err
+		return s, nil, exited(c, err)
 	}
 	time.Sleep(idle)
-	u1, err := topo.ProcUsage(pid)
+	u1, err := usage(pids)
 	if err != nil {
-		return s, err
+		return s, nil, exited(c, err)
 	}
 	idleRate := float64(u1.CPU-u0.CPU) / float64(idle)
 	s.IdleCPUPercent = 100 * idleRate
@@ -355,11 +426,11 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 	spec.Comment = "change 000"
 	edge, err := edgeset.Validate(spec)
 	if err != nil {
-		return s, err
+		return s, nil, err
 	}
 	payload, err := json.Marshal(bus.Delta{Revision: rev + 1, Prev: rev, Op: bus.OpPut, Edge: edge})
 	if err != nil {
-		return s, err
+		return s, nil, err
 	}
 	// A change round: the API call, every edge holding the change, then a
 	// pause before the controller's CPU is read, so that what the change
@@ -370,7 +441,7 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 		changes++
 		spec.Comment = fmt.Sprintf("change %03d", changes)
 		r := fl.arm(rev+1, false)
-		u0, err := topo.ProcUsage(pid)
+		u0, err := usage(pids)
 		if err != nil {
 			return err
 		}
@@ -386,7 +457,7 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 			return fmt.Errorf("change: %w", err)
 		}
 		pause()
-		u1, err := topo.ProcUsage(pid)
+		u1, err := usage(pids)
 		if err != nil {
 			return err
 		}
@@ -398,48 +469,86 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 			r := f.subs.arm(1, false)
 			t0 := time.Now()
 			if err := f.pub.Publish("bench.floor", payload); err != nil {
-				return s, err
+				return s, nil, err
 			}
 			arr, err := r.wait(t0, 10*time.Second)
 			if err != nil {
-				return s, fmt.Errorf("floor: %w", err)
+				return s, nil, fmt.Errorf("floor: %w", err)
 			}
 			f.into.add(arr, 0, 0)
 			pause()
 		}
 		if err := change(true, &s.Delivery); err != nil {
-			return s, err
+			return s, nil, err
 		}
 		if err := change(false, &s.Reported); err != nil {
-			return s, err
+			return s, nil, err
 		}
 	}
 	fl.silent.Store(false)
 	for _, r := range []*rounds{&s.Delivery, &s.Reported, &s.FloorTLS, &s.Floor} {
 		r.sum()
 	}
-	u2, err := topo.ProcUsage(pid)
+	u2, err := usage(pids)
 	if err != nil {
-		return s, err
+		return s, nil, exited(c, err)
 	}
 	s.PeakRSSBytes = u2.PeakRSS
-	o.Logf("%d edges: p99 change %.1f ms (edges silent), %.1f ms (edges reporting), floor %.1f ms over TLS, %.1f ms without", size, s.Delivery.All.P99, s.Reported.All.P99, s.FloorTLS.All.P99, s.Floor.All.P99)
+	o.Logf("%d edges, %d controller(s): p99 change %.1f ms (edges silent), %.1f ms (edges reporting), floor %.1f ms over TLS, %.1f ms without; API call median %.1f ms",
+		size, controllers, s.Delivery.All.P99, s.Reported.All.P99, s.FloorTLS.All.P99, s.Floor.All.P99, s.Delivery.APICall.Median)
+
+	if controllers > 1 {
+		if failover == 0 {
+			return s, nil, nil
+		}
+		fo, err := measureControllerFailover(o, c, fl, spec, failover)
+		return s, fo, err
+	}
 
 	resync, failedBefore := fl.arm(0, true), fl.failed.Load()
 	t0 = time.Now()
 	c.StopController()
 	s.StopMs = ms(time.Since(t0))
 	if err := c.StartController(); err != nil {
-		return s, fmt.Errorf("restart: %w", err)
+		return s, nil, fmt.Errorf("restart: %w", err)
 	}
 	s.RestartMs = ms(time.Since(t0))
 	if _, err := resync.wait(t0, time.Minute); err != nil {
-		return s, fmt.Errorf("resync after restart: %w", err)
+		return s, nil, fmt.Errorf("resync after restart: %w", err)
 	}
 	s.ResyncMs = ms(time.Since(t0))
 	s.ResyncSnapshotFailures = fl.failed.Load() - failedBefore
 	o.Logf("%d edges: restart %.0f ms, all resynced %.0f ms", size, s.RestartMs, s.ResyncMs)
-	return s, nil
+	return s, nil, nil
+}
+
+// exited adds the log of a controller that has exited to err.
+func exited(c *cluster.Cluster, err error) error {
+	for _, ct := range c.Controllers {
+		select {
+		case <-ct.Proc().Done():
+			b, _ := os.ReadFile(ct.Log)
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			return fmt.Errorf("%w: controller %s exited: %s", err, ct.Name, strings.Join(lines[max(0, len(lines)-5):], " | "))
+		default:
+		}
+	}
+	return err
+}
+
+// usage sums the usage of several processes (CPU, RSS and peak RSS).
+func usage(pids []int) (topo.Usage, error) {
+	var sum topo.Usage
+	for _, pid := range pids {
+		u, err := topo.ProcUsage(pid)
+		if err != nil {
+			return sum, err
+		}
+		sum.CPU += u.CPU
+		sum.RSS += u.RSS
+		sum.PeakRSS += u.PeakRSS
+	}
+	return sum, nil
 }
 
 // pause waits a random 30-60 ms between rounds, so that they do not fall
@@ -561,13 +670,15 @@ type fleet struct {
 	// lastConnect is the latest first connection, in nanoseconds since t0.
 	t0          time.Time
 	lastConnect atomic.Int64
+	// reconnected is each edge's last reconnection (Unix nanoseconds).
+	reconnected []atomic.Int64
 	ctx         context.Context
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup
 }
 
 func newFleet(n int) *fleet {
-	f := &fleet{clients: clients{conns: make([]*nats.Conn, n)}}
+	f := &fleet{clients: clients{conns: make([]*nats.Conn, n)}, reconnected: make([]atomic.Int64, n)}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	return f
 }
@@ -610,8 +721,15 @@ func (f *fleet) start(i int, ns, url, secret, keyDir string) error {
 		kick(nc)
 	}
 	opts := append(id.EdgeOptions(secret), bus.ClientOptions(bus.Trust{Secret: secret}, topo.Dialer{NS: ns})...)
-	opts = append(opts, nats.RetryOnFailedConnect(true),
-		nats.ConnectHandler(connected), nats.ReconnectHandler(kick), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	// The servers a cluster announces are its controllers' interface
+	// addresses, which real edges reach through the mesh they build; the
+	// simulated edges build none and use only the addresses they are given.
+	opts = append(opts, nats.RetryOnFailedConnect(true), nats.IgnoreDiscoveredServers(),
+		nats.ConnectHandler(connected), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			f.reconnected[i].Store(time.Now().UnixNano())
+			kick(nc)
+		}))
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return err

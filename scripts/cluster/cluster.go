@@ -1,12 +1,16 @@
 // Package cluster runs cframe's real programs on a topo.Topology: the
 // controller (optionally on a real etcd) inside one edge's namespace — where
-// the walkthrough runs it, on sz-1 — and one cframe-edge per site, each from
-// a config file written the walkthrough's way. make demo, the end-to-end
-// tests and make bench share it.
+// the walkthrough runs it, on sz-1 — or a cluster of controllers, one on
+// each of several edges, and one cframe-edge per site, each from a config
+// file written the walkthrough's way. make demo, the end-to-end tests and
+// make bench share it.
 package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -22,43 +26,63 @@ import (
 	"github.com/cframe/cframe/scripts/topo"
 )
 
-// The walkthrough's ports.
+// The walkthrough's ports, and the controllers' cluster port.
 const (
-	NATSPort   = 58422
-	APIPort    = 12345
-	TunnelPort = 58423
-	etcdClient = "127.0.0.1:2379"
+	NATSPort    = 58422
+	APIPort     = 12345
+	TunnelPort  = 58423
+	ClusterPort = 58424
+	etcdClient  = "127.0.0.1:2379"
 )
 
 // Options configure a Cluster.
 type Options struct {
 	// Bin is the directory holding cframe-controller, cframe-edge and cframectl.
 	Bin string
-	// Dir receives configs, logs, the controller's data and the edges' state.
+	// Dir receives configs, logs, the controllers' data and the edges' state.
 	Dir string
-	// Etcd runs the controller on a real etcd (started in the controller's
-	// namespace) instead of its embedded store.
+	// Etcd runs the controllers on a real etcd (started in the home
+	// controller's namespace) instead of their embedded store.
 	Etcd bool
-	// APIToken, when set, is the controller's api_token (the API off
+	// Peers are further sites that run a controller each: with them, the
+	// controllers form one cluster (named c1, c2, ... from home on).
+	Peers []*topo.Site
+	// APIToken, when set, is the controllers' api_token (the API off
 	// loopback, over HTTPS).
 	APIToken string
 }
 
-// Cluster is a controller and its edges running on a topology.
+// Cluster is the controllers and their edges running on a topology.
 type Cluster struct {
 	Topo *topo.Topology
-	// Home is the site whose edge namespace runs the controller.
+	// Home is the site whose edge namespace runs the (first) controller.
 	Home *topo.Site
-	// API calls the controller from inside Home's namespace, like the
+	// API calls the first controller from inside Home's namespace, like the
 	// walkthrough's curl to 127.0.0.1.
 	API *api.Client
+	// Controllers are the controllers, Home's first.
+	Controllers []*Controller
 
 	opts Options
 	etcd *topo.Proc
 
-	mu         sync.Mutex
-	controller *topo.Proc
-	secret     string
+	mu     sync.Mutex
+	secret string
+}
+
+// Controller is one cframe-controller process.
+type Controller struct {
+	// Name is its server_name ("c1"; "controller" when alone).
+	Name string
+	Site *topo.Site
+	// API calls it from inside its own namespace, on loopback.
+	API *api.Client
+	// Config, DataDir and Log are its files.
+	Config, DataDir, Log string
+
+	c    *Cluster
+	mu   sync.Mutex
+	proc *topo.Proc
 }
 
 // Edge is one cframe-edge agent.
@@ -86,21 +110,55 @@ func Build(dir string) error {
 	return nil
 }
 
-// Start starts the controller (and etcd) in home's edge namespace and waits
-// until its API answers.
+// Start starts the controller (and etcd) in home's edge namespace — or the
+// cluster of controllers on home and opts.Peers — and waits until every
+// controller's API answers.
 func Start(t *topo.Topology, home *topo.Site, opts Options) (*Cluster, error) {
 	c := &Cluster{Topo: t, Home: home, opts: opts}
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	c.API = api.NewClient(fmt.Sprintf("http://127.0.0.1:%d", APIPort), "")
-	c.API.HTTP.Transport = &http.Transport{DialContext: topo.Dialer{NS: home.Edge}.DialContext}
+	for i, s := range append([]*topo.Site{home}, opts.Peers...) {
+		name := "controller"
+		if len(opts.Peers) > 0 {
+			name = fmt.Sprintf("c%d", i+1)
+		}
+		ct := &Controller{Name: name, Site: s, c: c,
+			Config: c.path(name + ".toml"), DataDir: c.path(name), Log: c.path(name + ".log")}
+		ct.API = api.NewClient(fmt.Sprintf("http://127.0.0.1:%d", APIPort), "")
+		ct.API.HTTP.Transport = &http.Transport{DialContext: topo.Dialer{NS: s.Edge}.DialContext}
+		c.Controllers = append(c.Controllers, ct)
+	}
+	c.API = c.Controllers[0].API
+	if len(opts.Peers) > 0 {
+		raw := make([]byte, 24)
+		rand.Read(raw)
+		c.secret = hex.EncodeToString(raw)
+	}
 	if opts.Etcd {
 		if err := c.startEtcd(); err != nil {
 			return nil, err
 		}
 	}
-	if err := c.StartController(); err != nil {
+	// The walkthrough's ports lie in Linux's ephemeral range: keep outgoing
+	// connections (the routes between controllers, the agents') from taking
+	// them, or a restarting controller may find its port in use.
+	for _, ct := range c.Controllers {
+		if _, err := t.Net.Exec(ct.Site.Edge, "sysctl", "-q", "-w", fmt.Sprintf("net.ipv4.ip_local_reserved_ports=%d-%d", NATSPort, ClusterPort)); err != nil {
+			return nil, err
+		}
+	}
+	// A controller of a cluster waits for the others: start all, then wait.
+	for _, ct := range c.Controllers {
+		if err := ct.launch(); err != nil {
+			return nil, err
+		}
+	}
+	var errs []error
+	for _, ct := range c.Controllers {
+		errs = append(errs, ct.await())
+	}
+	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -119,7 +177,7 @@ func (c *Cluster) startEtcd() error {
 	}
 	c.etcd = p
 	hc := &http.Client{Transport: c.API.HTTP.Transport, Timeout: time.Second}
-	return c.waitFor(p, "etcd.log", func() error {
+	return waitFor(p, c.path("etcd.log"), func() error {
 		resp, err := hc.Get("http://" + etcdClient + "/health")
 		if err != nil {
 			return err
@@ -134,11 +192,11 @@ func (c *Cluster) startEtcd() error {
 
 // waitFor polls ready until it succeeds, failing early with the log's tail
 // if the process exits.
-func (c *Cluster) waitFor(p *topo.Proc, log string, ready func() error) error {
-	return topo.Eventually(20*time.Second, func() error {
+func waitFor(p *topo.Proc, log string, ready func() error) error {
+	return topo.Eventually(30*time.Second, func() error {
 		select {
 		case <-p.Done():
-			return fmt.Errorf("%s exited: %s", p, tail(c.path(log)))
+			return fmt.Errorf("%s exited: %s", p, tail(log))
 		default:
 		}
 		return ready()
@@ -154,91 +212,153 @@ func tail(path string) string {
 	return strings.Join(lines, "\n")
 }
 
-// ControllerConfig is the controller.toml the cluster writes: the
-// walkthrough's keys plus a data_dir inside Dir.
-func (c *Cluster) ControllerConfig() string {
-	cfg := fmt.Sprintf("listen_addr=\":%d\"\napi_addr=\":%d\"\ndata_dir = %q\n", NATSPort, APIPort, c.path("controller"))
+// clustered reports whether the controllers form a cluster.
+func (c *Cluster) clustered() bool { return len(c.Controllers) > 1 }
+
+// ConfigText is the controller.toml the cluster writes: the walkthrough's
+// keys plus a data_dir inside Dir — and for a cluster the server name, the
+// cluster port, every controller's cluster address and the shared secret.
+func (ct *Controller) ConfigText() string {
+	c := ct.c
+	cfg := fmt.Sprintf("listen_addr=\":%d\"\napi_addr=\":%d\"\ndata_dir = %q\n", NATSPort, APIPort, ct.DataDir)
 	if c.opts.Etcd {
 		cfg += fmt.Sprintf("\netcd = [\n    %q\n]\n", etcdClient)
 	}
 	if c.opts.APIToken != "" {
 		cfg += fmt.Sprintf("api_token = %q\n", c.opts.APIToken)
 	}
+	if c.clustered() {
+		var peers []string
+		for _, o := range c.Controllers {
+			peers = append(peers, fmt.Sprintf("%q", fmt.Sprintf("%s:%d", o.Site.Underlay(), ClusterPort)))
+		}
+		cfg += fmt.Sprintf("\nserver_name = %q\ncluster_addr = \":%d\"\ncluster_peers = [%s]\nsecret = %q\n",
+			ct.Name, ClusterPort, strings.Join(peers, ", "), c.secret)
+	}
 	return cfg
 }
 
-// ControllerDir is the controller's data_dir (its secret, its generated
-// TLS key and certificate in tls/).
-func (c *Cluster) ControllerDir() string { return c.path("controller") }
+// ControllerDir is the first controller's data_dir (its secret, its
+// generated TLS key and certificate in tls/).
+func (c *Cluster) ControllerDir() string { return c.Controllers[0].DataDir }
 
-// APIAddr is the API's address off loopback: the home edge's public
-// address, where the API answers HTTPS.
+// APIAddr is the first controller's API address off loopback: the home
+// edge's public address, where the API answers HTTPS.
 func (c *Cluster) APIAddr() string { return fmt.Sprintf("%s:%d", c.Home.Underlay(), APIPort) }
 
-// RemoteAPI calls the API over HTTPS from namespace ns with the cluster's
-// api_token, verifying the controller as t says.
+// RemoteAPI calls the first controller's API over HTTPS from namespace ns
+// with the cluster's api_token, verifying the controller as t says.
 func (c *Cluster) RemoteAPI(ns string, t bus.Trust) *api.Client {
 	cl := api.NewClient("https://"+c.APIAddr(), c.opts.APIToken)
 	cl.Trust(t, topo.Dialer{NS: ns})
 	return cl
 }
 
-// StartController (re)starts the controller and waits for its API.
-func (c *Cluster) StartController() error {
-	cfgPath := c.path("controller.toml")
-	if err := os.WriteFile(cfgPath, []byte(c.ControllerConfig()), 0o644); err != nil {
+// Start (re)starts the controller and waits for its API.
+func (ct *Controller) Start() error {
+	if err := ct.launch(); err != nil {
 		return err
 	}
-	p, err := c.Topo.Net.Start(c.Home.Edge, c.path("controller.log"), filepath.Join(c.opts.Bin, "cframe-controller"), "-c", cfgPath)
+	return ct.await()
+}
+
+// launch writes the config and starts the process.
+func (ct *Controller) launch() error {
+	if err := os.WriteFile(ct.Config, []byte(ct.ConfigText()), 0o644); err != nil {
+		return err
+	}
+	p, err := ct.c.Topo.Net.Start(ct.Site.Edge, ct.Log, filepath.Join(ct.c.opts.Bin, "cframe-controller"), "-c", ct.Config)
 	if err != nil {
 		return err
 	}
-	if err := c.waitFor(p, "controller.log", func() error {
-		_, err := c.API.List(context.Background())
+	ct.mu.Lock()
+	ct.proc = p
+	ct.mu.Unlock()
+	return nil
+}
+
+// await waits until the launched controller's API answers, and reads the
+// join secret a lone controller generated.
+func (ct *Controller) await() error {
+	p := ct.Proc()
+	if err := waitFor(p, ct.Log, func() error {
+		_, err := ct.API.List(context.Background())
 		return err
 	}); err != nil {
 		p.Kill()
 		return err
 	}
-	secret, err := os.ReadFile(filepath.Join(c.path("controller"), "secret"))
+	if ct.c.clustered() {
+		return nil
+	}
+	secret, err := os.ReadFile(filepath.Join(ct.DataDir, "secret"))
 	if err != nil {
 		p.Kill()
 		return err
 	}
-	c.mu.Lock()
-	c.controller, c.secret = p, strings.TrimSpace(string(secret))
-	c.mu.Unlock()
+	ct.c.mu.Lock()
+	ct.c.secret = strings.TrimSpace(string(secret))
+	ct.c.mu.Unlock()
 	return nil
 }
 
-// StopController stops the controller with SIGTERM.
-func (c *Cluster) StopController() {
-	c.mu.Lock()
-	p := c.controller
-	c.mu.Unlock()
-	if p != nil {
+// Stop stops the controller with SIGTERM.
+func (ct *Controller) Stop() {
+	if p := ct.Proc(); p != nil {
 		p.Stop(5 * time.Second)
 	}
 }
 
-// Controller is the running controller process, or nil.
-func (c *Cluster) Controller() *topo.Proc {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.controller
+// Kill kills the controller with SIGKILL, as a crash would.
+func (ct *Controller) Kill() {
+	if p := ct.Proc(); p != nil {
+		p.Kill()
+	}
 }
 
-// Secret is the controller's join secret (from <data_dir>/secret).
+// Proc is the controller's process (running or exited), or nil.
+func (ct *Controller) Proc() *topo.Proc {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	return ct.proc
+}
+
+// BusAddr is the address edges reach the controller at: its edge's public
+// address, as $CONTROLLER_PIP in the walkthrough.
+func (ct *Controller) BusAddr() string {
+	return fmt.Sprintf("%s:%d", ct.Site.Underlay(), NATSPort)
+}
+
+// StartController (re)starts the first controller and waits for its API.
+func (c *Cluster) StartController() error { return c.Controllers[0].Start() }
+
+// StopController stops the first controller with SIGTERM.
+func (c *Cluster) StopController() { c.Controllers[0].Stop() }
+
+// Controller is the first controller's process, or nil.
+func (c *Cluster) Controller() *topo.Proc { return c.Controllers[0].Proc() }
+
+// Secret is the join secret (from a lone controller's <data_dir>/secret).
 func (c *Cluster) Secret() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.secret
 }
 
-// ControllerAddr is the address edges reach the controller at: the home
-// edge's public address, as $CONTROLLER_PIP in the walkthrough.
-func (c *Cluster) ControllerAddr() string {
-	return fmt.Sprintf("%s:%d", c.Home.Underlay(), NATSPort)
+// ControllerAddr is the address edges reach the first controller at.
+func (c *Cluster) ControllerAddr() string { return c.Controllers[0].BusAddr() }
+
+// ControllerTOML is the controller key of edge.toml: the walkthrough's
+// single address, or the list of a cluster's controllers.
+func (c *Cluster) ControllerTOML() string {
+	if !c.clustered() {
+		return fmt.Sprintf("%q", c.ControllerAddr())
+	}
+	var addrs []string
+	for _, ct := range c.Controllers {
+		addrs = append(addrs, fmt.Sprintf("%q", ct.BusAddr()))
+	}
+	return "[" + strings.Join(addrs, ", ") + "]"
 }
 
 // NewEdge writes the config of an edge agent for site (not started yet).
@@ -249,8 +369,8 @@ func (c *Cluster) NewEdge(name string, site *topo.Site, extra ...string) (*Edge,
 	c.mu.Lock()
 	secret := c.secret
 	c.mu.Unlock()
-	cfg := fmt.Sprintf("controller=%q\nname = %q\nlisten_addr=\":%d\"\n\nsecret = %q\nstate_dir = %q\n",
-		c.ControllerAddr(), name, TunnelPort, secret, e.StateDir)
+	cfg := fmt.Sprintf("controller=%s\nname = %q\nlisten_addr=\":%d\"\n\nsecret = %q\nstate_dir = %q\n",
+		c.ControllerTOML(), name, TunnelPort, secret, e.StateDir)
 	for _, x := range extra {
 		cfg += x + "\n"
 	}
@@ -298,7 +418,7 @@ func (e *Edge) Run(sub string) (string, error) {
 	return e.c.Topo.Net.Exec(e.Site.Edge, filepath.Join(e.c.opts.Bin, "cframe-edge"), sub, "-c", e.Config)
 }
 
-// Ctl runs cframectl in the controller's namespace and returns its output.
+// Ctl runs cframectl in the (first) controller's namespace and returns its output.
 func (c *Cluster) Ctl(args ...string) (string, error) {
 	return c.Topo.Net.Exec(c.Home.Edge, append([]string{filepath.Join(c.opts.Bin, "cframectl")}, args...)...)
 }

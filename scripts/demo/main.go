@@ -120,7 +120,7 @@ func run(ctx context.Context, bin string, etcd, hold, cloud bool) error {
 	if err != nil {
 		return err
 	}
-	fmt.Print(indent(c.ControllerConfig()))
+	fmt.Print(indent(c.Controllers[0].ConfigText()))
 
 	step("starting the three edges (they wait, unregistered, until they are added)")
 	var edges []*cluster.Edge

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -172,4 +173,91 @@ func (s *stream) finish() (int64, time.Duration, error) {
 		s.err = fmt.Errorf("stream: sent %d bytes, received %d", s.sent, s.received)
 	}
 	return s.received, s.maxGap, s.err
+}
+
+// udpFlow sends numbered datagrams from one namespace to a listener in
+// another at a steady pace and counts those that arrive.
+type udpFlow struct {
+	conn, peer net.Conn
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	sent       int
+	mu         sync.Mutex
+	seen       map[uint32]bool
+}
+
+// startUDP sends a datagram every interval from fromNS to addr (an address
+// of toNS).
+func startUDP(fromNS, toNS string, addr netip.Addr, interval time.Duration) (*udpFlow, error) {
+	u := &udpFlow{stop: make(chan struct{}), seen: map[uint32]bool{}}
+	var ln net.PacketConn
+	if err := topo.Do(toNS, func() (err error) {
+		ln, err = net.ListenPacket("udp", netip.AddrPortFrom(addr, 0).String())
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	u.peer = ln.(*net.UDPConn)
+	c, err := (topo.Dialer{NS: fromNS}).Dial("udp", ln.LocalAddr().String())
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	u.conn = c
+	u.wg.Add(2)
+	go func() {
+		defer u.wg.Done()
+		buf := make([]byte, 64)
+		for {
+			n, err := u.peer.Read(buf)
+			if err != nil {
+				return
+			}
+			if n == 4 {
+				u.mu.Lock()
+				u.seen[binary.BigEndian.Uint32(buf)] = true
+				u.mu.Unlock()
+			}
+		}
+	}()
+	go func() {
+		defer u.wg.Done()
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		var b [4]byte
+		for {
+			select {
+			case <-u.stop:
+				return
+			case <-tick.C:
+				u.mu.Lock()
+				binary.BigEndian.PutUint32(b[:], uint32(u.sent))
+				if _, err := u.conn.Write(b[:]); err == nil {
+					u.sent++
+				}
+				u.mu.Unlock()
+			}
+		}
+	}()
+	return u, nil
+}
+
+// finish stops sending, waits (up to a second) for the datagrams in flight
+// and returns how many were sent and received.
+func (u *udpFlow) finish() (sent, received int) {
+	close(u.stop)
+	topo.Eventually(time.Second, func() error {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if len(u.seen) < u.sent {
+			return fmt.Errorf("%d of %d arrived", len(u.seen), u.sent)
+		}
+		return nil
+	})
+	u.conn.Close()
+	u.peer.Close()
+	u.wg.Wait()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.sent, len(u.seen)
 }

@@ -65,6 +65,8 @@ type Topology struct {
 	cloud bool
 	mu    sync.Mutex
 	sites []*Site
+	// extraGateways counts the gateways MakeHA added (ha.go).
+	extraGateways int
 }
 
 // Site is one built VPC: its namespaces and underlay addressing.

@@ -1,0 +1,294 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/ha"
+	"github.com/cframe/cframe/orchestrator/probe"
+)
+
+// haTick is how often the HA engine looks at the probes and its timers.
+const haTick = 10 * time.Millisecond
+
+// haRunner runs the data-plane prober and the HA engine (package ha) on
+// their own goroutines, so that detection and elections keep their timing
+// while the agent's loop programs the kernel. The loop learns of new
+// decisions on Changed and reads them with View.
+type haRunner struct {
+	self, dev string
+	log       *slog.Logger
+	e         *ha.Engine
+	tr        *ha.Transport // nil: messages cannot be sent (see startHA)
+	pr        *probe.Prober // nil: nothing is probed
+	savePath  string
+
+	edges   chan map[string]bus.Edge
+	relay   chan []bus.Claim
+	changed chan struct{}
+
+	mu   sync.Mutex
+	view haView
+}
+
+// haView is what the agent applies: the claims in force and what to do
+// with the own site's VIP.
+type haView struct {
+	Claims   map[string]bus.Claim
+	VIP      netip.Addr
+	VIPState ha.VIPState
+	Site     *bus.SiteStatus
+}
+
+// startHA opens the prober and the HA socket in the agent's namespace and
+// restores the claims saved by an earlier run. Without raw sockets or IPv6
+// it still runs, on the claims the controller relays, and says why.
+func startHA(self, dev, secret, savePath string, log *slog.Logger) *haRunner {
+	h := &haRunner{self: self, dev: dev, log: log, savePath: savePath,
+		edges: make(chan map[string]bus.Edge, 1), relay: make(chan []bus.Claim, 16), changed: make(chan struct{}, 1)}
+	var probes ha.Probes = noProbes{}
+	if pr, err := probe.Open(); err != nil {
+		log.Error("data-plane probes disabled (cframe-edge needs CAP_NET_RAW): gateway failover cannot detect failures", "err", err)
+	} else {
+		h.pr, probes = pr, pr
+	}
+	if tr, err := ha.Listen(dev, secret, log); err != nil {
+		log.Error("HA messages through the tunnel disabled (IPv6 is needed on the tunnel device): failover follows the controller only", "err", err)
+	} else {
+		h.tr = tr
+	}
+	h.e = ha.New(self, ha.DefaultTiming(), probes, log, time.Now())
+	if saved, err := loadClaims(savePath); err != nil {
+		log.Warn("ignoring saved claims", "err", err)
+	} else if len(saved) > 0 {
+		h.e.Restore(saved)
+	}
+	h.publish()
+	return h
+}
+
+type noProbes struct{}
+
+func (noProbes) State(string) (probe.State, bool) { return probe.State{}, false }
+func (noProbes) Urgent(string, time.Duration)     {}
+
+// SetEdges hands the runner a new edge set (the latest wins).
+func (h *haRunner) SetEdges(set map[string]bus.Edge) {
+	select {
+	case <-h.edges:
+	default:
+	}
+	h.edges <- set
+}
+
+// Relay hands the runner the claims the controller relayed.
+func (h *haRunner) Relay(cs []bus.Claim) {
+	select {
+	case h.relay <- cs:
+	default:
+	}
+}
+
+// Changed fires when View may have changed.
+func (h *haRunner) Changed() <-chan struct{} { return h.changed }
+
+// View returns the current decisions.
+func (h *haRunner) View() haView {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.view
+}
+
+// Probes returns the data-plane health of every remote gateway, sorted.
+func (h *haRunner) Probes() []bus.PeerProbe {
+	if h.pr == nil {
+		return nil
+	}
+	var out []bus.PeerProbe
+	states := h.pr.States()
+	for _, name := range h.pr.Names() {
+		if st := states[name]; !strings.HasPrefix(name, ha.LANTarget("")) {
+			out = append(out, bus.PeerProbe{Name: name, Up: st.Up, RTT: st.RTT, Since: st.Since.UTC()})
+		}
+	}
+	return out
+}
+
+// run drives the engine until ctx ends.
+func (h *haRunner) run(ctx context.Context) {
+	if h.pr != nil {
+		go h.pr.Run(ctx.Done())
+	}
+	if h.tr != nil {
+		defer h.tr.Close()
+	}
+	var msgs <-chan ha.Message
+	if h.tr != nil {
+		msgs = h.tr.Messages()
+	}
+	tick := time.NewTicker(haTick)
+	defer tick.Stop()
+	version := h.e.Version() - 1
+	var set map[string]bus.Edge
+	lanCheck := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case set = <-h.edges:
+			h.e.SetEdges(set)
+			h.e.SetLAN(lanAddr(set, h.self))
+		case cs := <-h.relay:
+			h.e.Relay(cs)
+		case m := <-msgs:
+			h.e.Receive(m, time.Now())
+		case now := <-tick.C:
+			if lanCheck++; lanCheck%200 == 0 { // every 2 s: the LAN address may change
+				h.e.SetLAN(lanAddr(set, h.self))
+			}
+			h.e.Tick(now)
+		}
+		for _, env := range h.e.Outbox() {
+			if h.tr == nil {
+				break
+			}
+			if err := h.tr.Send(env); err != nil {
+				h.log.Debug("HA message not sent", "to", env.To, "kind", env.Msg.Kind, "err", err)
+			}
+		}
+		if v := h.e.Version(); v != version {
+			version = v
+			if h.pr != nil {
+				h.pr.SetTargets(h.e.Targets(h.dev))
+			}
+			h.publish()
+		}
+	}
+}
+
+// publish makes the engine's decisions the view, saves changed claims and
+// tells the agent.
+func (h *haRunner) publish() {
+	vip, state := h.e.VIP()
+	v := haView{Claims: h.e.Claims(), VIP: vip, VIPState: state, Site: h.e.Status()}
+	h.mu.Lock()
+	old := h.view
+	h.view = v
+	h.mu.Unlock()
+	if !sameClaims(old.Claims, v.Claims) {
+		h.save()
+	}
+	if !sameClaims(old.Claims, v.Claims) || old.VIP != v.VIP || old.VIPState != v.VIPState || !sameSite(old.Site, v.Site) {
+		select {
+		case h.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func sameClaims(a, b map[string]bus.Claim) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func sameSite(a, b *bus.SiteStatus) bool {
+	return a == nil && b == nil || a != nil && b != nil && *a == *b
+}
+
+// lanAddr is this host's address inside its own networks (primary first),
+// never the site's VIP.
+func lanAddr(set map[string]bus.Edge, self string) netip.Addr {
+	e, ok := set[self]
+	if !ok {
+		return netip.Addr{}
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return netip.Addr{}
+	}
+	for _, p := range e.Prefixes() {
+		for _, a := range addrs {
+			n, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(n.IP)
+			if ip = ip.Unmap(); ok && p.Contains(ip) && ip != e.VIP {
+				return ip
+			}
+		}
+	}
+	return netip.Addr{}
+}
+
+// loadClaims reads the claims an earlier run saved at path.
+func loadClaims(path string) ([]bus.Claim, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var cs []bus.Claim
+	return cs, json.Unmarshal(b, &cs)
+}
+
+// save writes the claims in force, for a restart without the controller.
+func (h *haRunner) save() {
+	b, err := json.Marshal(h.e.SavedClaims())
+	if err == nil {
+		err = writeFileAtomic(h.savePath, b)
+	}
+	if err != nil {
+		h.log.Error("save claims", "path", h.savePath, "err", err)
+	}
+}
+
+// describeRoles says what changed from old to v, for the kernel change log:
+// each site's new active gateway with the claim's epoch and reason, and
+// this gateway's VIP.
+func describeRoles(old, v haView) string {
+	var parts []string
+	for _, site := range sortedSites(v.Claims) {
+		c := v.Claims[site]
+		if o := old.Claims[site]; o != c {
+			parts = append(parts, fmt.Sprintf("site %s: %s active at epoch %d (%s)", site, c.Gateway, c.Epoch, c.Reason))
+		}
+	}
+	if old.VIPState != v.VIPState || old.VIP != v.VIP {
+		parts = append(parts, fmt.Sprintf("VIP %s: %s", v.VIP, v.VIPState))
+	}
+	if len(parts) == 0 {
+		return "site roles unchanged"
+	}
+	return strings.Join(parts, "; ")
+}
+
+func sortedSites(m map[string]bus.Claim) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
