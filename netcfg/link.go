@@ -152,7 +152,7 @@ func (s *session) readLinks(r *reading) error {
 func (p *planner) wantLinks() []link {
 	if p.d.Mode == ModeVXLAN {
 		return []link{{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, UDPCsum: true, RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
+			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, UDPCsum: true, TxCsum: p.d.ChecksumOffload, RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
 	}
 	var out []link
 	for _, peer := range p.d.Peers {

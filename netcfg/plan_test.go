@@ -303,6 +303,12 @@ func TestPlan(t *testing.T) {
 			wantChanges: []string{"link set cframe0 rps_cpus all (receive packet steering)"},
 		},
 		{
+			name:        "checksum offload wanted (checksum_offload = true): switched on",
+			desired:     func(d *Desired) { d.ChecksumOffload = true },
+			actual:      convergedActual,
+			wantChanges: []string{"link set cframe0 tx-checksumming on"},
+		},
+		{
 			name:        "transmit checksum offload switched on by someone: switched off again",
 			actual:      func() *actual { a := convergedActual(); a.Links[0].TxCsum = true; return a },
 			wantChanges: []string{"link set cframe0 tx-checksumming off"},

@@ -75,6 +75,10 @@ type Edge struct {
 	MTU        int    `toml:"mtu"`
 	Masquerade bool   `toml:"masquerade"`
 	LocalAddr  string `toml:"local_addr"`
+	// ChecksumOffload keeps the tunnel device's transmit checksum offload
+	// on (faster; only where no Linux NAT in this kernel rewrites the
+	// tunnel's packets).
+	ChecksumOffload bool `toml:"checksum_offload"`
 	// ControllerCA pins the CA the controller's certificate must chain to
 	// (with its host name checked) instead of the join-secret proof.
 	ControllerCA string `toml:"controller_ca"`
