@@ -1,8 +1,10 @@
-# cframe: `make demo` runs the walkthrough in network namespaces, `make test`
+# cframe: `make demo` runs the walkthrough in network namespaces (CLOUD=1: in
+# the shape it has in a cloud, single-NIC edges behind 1:1 NAT), `make test`
 # runs every test (as root: the kernel tests build their own namespaces).
 GO ?= go
 ETCD ?=
 HOLD ?=
+CLOUD ?=
 
 .PHONY: all build test demo demo-clean bench bench-quick deps vet
 
@@ -24,7 +26,7 @@ test: deps vet
 	$(GO) test -count=1 -timeout 15m -artifacts -outputdir=$(CURDIR)/test-out ./...
 
 demo: deps build
-	$(GO) run ./scripts/demo $(if $(ETCD),-etcd) $(if $(HOLD),-hold)
+	$(GO) run ./scripts/demo $(if $(ETCD),-etcd) $(if $(HOLD),-hold) $(if $(CLOUD),-cloud)
 
 demo-clean:
 	$(GO) run ./scripts/demo -clean

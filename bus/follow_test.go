@@ -36,6 +36,10 @@ func newFakeController(t *testing.T, s *Server) *fakeController {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// The server has the subscription before anyone asks.
+	if err := f.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	return f
 }
 

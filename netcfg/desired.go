@@ -58,6 +58,11 @@ type Desired struct {
 	LANAddr netip.Addr
 	// Masquerade SNATs tunnel traffic entering the LAN to LANAddr.
 	Masquerade bool
+	// ChecksumOffload keeps the VXLAN device's transmit checksum offload
+	// on: faster, but TCP and UDP through the tunnel break when a Linux
+	// NAT in the same kernel rewrites the tunnel's packets (ethtool.go).
+	// Off by default: correct through any NAT.
+	ChecksumOffload bool
 	// LinkLocal, when valid, is this edge's IPv6 link-local address on the
 	// VXLAN device (lladdr.go): the identity through the tunnel that the
 	// peers probe and send HA messages to. VXLAN mode only.

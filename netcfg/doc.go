@@ -53,8 +53,10 @@
 //   - chains.go: the iptables chains and rules, and iptables.go the
 //     iptables programs that read and write them
 //   - sysctl.go: net.ipv4.ip_forward
-//   - sysfs.go: receive packet steering of the tunnel device (ethtool.go:
-//     the ethtool ioctl it needs)
+//   - sysfs.go: receive packet steering of the tunnel device
+//   - ethtool.go: the ethtool ioctl (for the underlay's GRO state) and the
+//     VXLAN device's transmit checksum offload, off so that TCP and UDP
+//     survive a NAT on the path
 //   - underlay.go: the foreign facts the plan takes defaults from — the
 //     underlay device and its MTU, the LAN address
 //

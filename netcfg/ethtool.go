@@ -8,21 +8,76 @@ import (
 )
 
 // Device settings that only the ethtool ioctl reaches (netlink has no
-// attribute for them).
+// attribute for them): the GRO state of the underlay (sysfs.go) and the
+// transmit checksum offload of the VXLAN device.
+//
+// Checksums through NAT. With transmit checksum offload on, the kernel
+// hands the VXLAN device packets whose inner TCP or UDP checksum is not yet
+// computed (CHECKSUM_PARTIAL: "fill in the checksum at csum_start"). The
+// device then computes the outer UDP checksum from the headers alone
+// (local checksum offload), a complete checksum, while the packet stays
+// marked partial for its inner header. A Linux NAT that rewrites the outer
+// addresses before the packet leaves the kernel — in the edge's own
+// namespace (a gateway masquerading its uplink, kube-proxy) or in another
+// one on the same host (a container's published port, a lab's namespaces
+// standing in for a cloud's EIPs) — updates the outer checksum the way a
+// partial one is updated, which is wrong for a complete one: the receiving
+// edge drops every such packet (UdpInCsumErrors). Pings pass (ICMP is
+// checksummed in software), TCP and UDP through the tunnel stall
+// (calico#3145, flannel#1279). The same happens to the segments that
+// software GSO cuts from a large packet before such a NAT.
+//
+// So cframe switches transmit checksum offload off on its VXLAN device:
+// inner checksums are computed before encapsulation, the outer checksum is
+// the only one left to offload, and any NAT updates it correctly. The
+// outer UDP checksum stays on (udpcsum, link.go): a zero checksum would
+// survive a correct NAT too, but not NATs that update it anyway, nor the
+// same-kernel NAT of kernels before 5.7. Measured on veth namespaces, the
+// setting costs most where 64 KB packets otherwise cross the whole path
+// unsegmented; `make bench` (kernel-vxlan against kernel-vxlan+csum) says
+// how much.
+
+// readTxCsum reads whether the desired VXLAN device offloads transmit
+// checksums: one ioctl, on every read, an Update's too.
+func (s *session) readTxCsum(r *reading) error {
+	if r.tunnel == nil {
+		return nil
+	}
+	on, err := ethtoolValue(r.tunnel.Name, unix.ETHTOOL_GTXCSUM, 0)
+	if err != nil {
+		return fmt.Errorf("netcfg: ethtool get tx-checksumming of %s: %w", r.tunnel.Name, err)
+	}
+	r.tunnel.TxCsum = on != 0
+	return nil
+}
+
+// setTxCsum switches transmit checksum offload of dev on or off, like
+// "ethtool -K dev tx on|off".
+func setTxCsum(dev string, on bool) error {
+	var v uint32
+	if on {
+		v = 1
+	}
+	if _, err := ethtoolValue(dev, unix.ETHTOOL_STXCSUM, v); err != nil {
+		return fmt.Errorf("ethtool set tx-checksumming of %s %s: %w", dev, onOff(on), err)
+	}
+	return nil
+}
 
 // ethtoolGRO reports whether generic receive offload is on for dev in the
 // calling thread's namespace.
 func ethtoolGRO(dev string) (bool, error) {
-	on, err := ethtoolValue(dev, unix.ETHTOOL_GGRO)
+	on, err := ethtoolValue(dev, unix.ETHTOOL_GGRO, 0)
 	if err != nil {
 		return false, fmt.Errorf("ethtool get GRO of %s: %w", dev, err)
 	}
 	return on != 0, nil
 }
 
-// ethtoolValue runs the ethtool command cmd, one that gets a value (struct
-// ethtool_value), on dev in the calling thread's namespace.
-func ethtoolValue(dev string, cmd uint32) (uint32, error) {
+// ethtoolValue runs the ethtool command cmd, one that gets or sets a value
+// (struct ethtool_value), with data on dev in the calling thread's
+// namespace, and returns the value the kernel left in it.
+func ethtoolValue(dev string, cmd, data uint32) (uint32, error) {
 	if len(dev) >= unix.IFNAMSIZ {
 		return 0, fmt.Errorf("device name %q too long", dev)
 	}
@@ -31,7 +86,7 @@ func ethtoolValue(dev string, cmd uint32) (uint32, error) {
 		return 0, err
 	}
 	defer unix.Close(fd)
-	value := struct{ cmd, data uint32 }{cmd: cmd}
+	value := struct{ cmd, data uint32 }{cmd: cmd, data: data}
 	// struct ifreq: the name, then a union whose member here is a pointer.
 	var req struct {
 		name [unix.IFNAMSIZ]byte

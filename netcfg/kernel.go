@@ -185,6 +185,7 @@ func (s *session) read(d *Desired, sc *scope) (*actual, error) {
 		s.readUnderlay,
 		s.readVIP,
 		s.readSteering,
+		s.readTxCsum,
 		s.readIPForward,
 		s.readSets,
 		s.readChains,

@@ -44,6 +44,13 @@ func newMesh(t *testing.T, vpcs ...topo.VPC) *mesh {
 // ipt ("iptables-legacy", say).
 func newMeshOn(t *testing.T, ipt string, vpcs ...topo.VPC) *mesh {
 	t.Helper()
+	return newMeshShaped(t, ipt, topo.Build, vpcs)
+}
+
+// newMeshShaped is newMeshOn on a topology built by build (topo.Build or
+// topo.BuildCloud).
+func newMeshShaped(t *testing.T, ipt string, build func(*topo.Net, ...topo.VPC) (*topo.Topology, error), vpcs []topo.VPC) *mesh {
+	t.Helper()
 	requireRoot(t)
 	n, err := topo.New(topo.UniquePrefix("nc"))
 	if err != nil {
@@ -54,7 +61,7 @@ func newMeshOn(t *testing.T, ipt string, vpcs ...topo.VPC) *mesh {
 			t.Errorf("topology cleanup: %v", err)
 		}
 	})
-	tp, err := topo.Build(n, vpcs...)
+	tp, err := build(n, vpcs...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -766,7 +773,7 @@ func TestKernelRepair(t *testing.T) {
 	waitFor("link cframe0 deleted")
 	m.expectUnreachable(s1, s2.HostAddr)
 	repair("ip link del", []string{
-		`link add cframe0 type vxlan id 1 dstport 58423 nolearning address 02:cf:00:00:00:01 mtu 1450 alias "cframe"`,
+		`link add cframe0 type vxlan id 1 dstport 58423 nolearning udpcsum address 02:cf:00:00:00:01 mtu 1450 alias "cframe" tx-checksumming off`,
 		fdb, neigh, route,
 	})
 
@@ -1087,4 +1094,81 @@ func nsExec(t *testing.T, n *topo.Net, ns string, args ...string) string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestKernelThroughNAT is the regression test of the checksum trap (see
+// ethtool.go): two edges in the cloud shape, each behind a VPC router that
+// maps its EIP 1:1 onto it — a Linux NAT in the same kernel on both ends
+// of the tunnel. Pings pass either way; TCP and UDP between the hosts pass
+// only with transmit checksum offload off on the VXLAN devices. Switched
+// on again by hand, it is switched off by the next reconcile. The EIP as
+// the local address is refused.
+func TestKernelThroughNAT(t *testing.T) {
+	t.Parallel()
+	topo.SkipUnlessRoot(t, "ethtool")
+	m := newMeshShaped(t, "iptables", topo.BuildCloud, topo.Walkthrough()[:2])
+	m.reconcileAll()
+	m.expectNoChanges()
+	s1, s2 := m.site("vpc1"), m.site("vpc2")
+	for _, s := range []*topo.Site{s1, s2} {
+		if link := m.sh(s.Edge, "ip", "-d", "link", "show", "cframe0"); !strings.Contains(link, " udpcsum ") {
+			t.Errorf("%s: cframe0 without the outer UDP checksum:\n%s", s.Name, link)
+		}
+		if k := m.sh(s.Edge, "ethtool", "-k", "cframe0"); !strings.Contains(k, "tx-checksumming: off") {
+			t.Errorf("%s: cframe0 offloads transmit checksums:\n%s", s.Name, k)
+		}
+	}
+	traffic := func() {
+		t.Helper()
+		errs0 := [2]int64{}
+		for i, s := range []*topo.Site{s1, s2} {
+			errs0[i] = m.csumErrors(s)
+		}
+		for _, p := range [][2]*topo.Site{{s1, s2}, {s2, s1}} {
+			from, to := p[0], p[1]
+			if err := m.ping(from, to.HostAddr); err != nil {
+				t.Fatalf("ping %s -> %s: %v", from.Name, to.Name, err)
+			}
+			if err := topo.TCPTransfer(from.Host, to.Host, to.HostAddr, 1<<20, 10*time.Second); err != nil {
+				t.Fatalf("%v (UdpInCsumErrors of %s's edge: %d -> %d)", err, to.Name, errs0[to.Index], m.csumErrors(to))
+			}
+			if err := topo.UDPTransfer(from.Host, to.Host, to.HostAddr, 10, 1400, 10*time.Second); err != nil {
+				t.Fatalf("%v (UdpInCsumErrors of %s's edge: %d -> %d)", err, to.Name, errs0[to.Index], m.csumErrors(to))
+			}
+		}
+		for i, s := range []*topo.Site{s1, s2} {
+			if n := m.csumErrors(s); n != errs0[i] {
+				t.Errorf("%s's edge: UdpInCsumErrors %d -> %d", s.Name, errs0[i], n)
+			}
+		}
+	}
+	traffic()
+
+	// The EIP is no address of the edge: as the local address it is refused
+	// before anything changes.
+	bad := *m.desired["vpc1"]
+	bad.LocalAddr = s1.Underlay()
+	m.in("vpc1", func() error {
+		res, err := m.k.Reconcile(&bad)
+		if err == nil || !strings.Contains(err.Error(), "not an address of this host") || len(res.Changes) > 0 {
+			t.Errorf("reconcile with the EIP as local address: %v, changes %q", err, res.Changes)
+		}
+		return nil
+	})
+
+	m.sh(s1.Edge, "ethtool", "-K", "cframe0", "tx", "on")
+	res := m.reconcile("vpc1")
+	m.expectSet("reconcile after tx-checksumming was switched on", res.Changes, []string{"link set cframe0 tx-checksumming off"})
+	m.expectNoChanges()
+	traffic()
+}
+
+// csumErrors reads UdpInCsumErrors of s's edge.
+func (m *mesh) csumErrors(s *topo.Site) int64 {
+	m.t.Helper()
+	n, err := m.net.Counter(s.Edge, "UdpInCsumErrors")
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return n
 }

@@ -30,6 +30,11 @@ type link struct {
 	VNI      int
 	Port     uint16
 	Learning bool
+	// UDPCsum: the outer UDP checksum is computed (IFLA_VXLAN_UDP_CSUM,
+	// fixed at creation); TxCsum: the device offloads transmit checksums
+	// (ethtool "tx", read for the desired VXLAN device only). cframe wants
+	// the first on and the second off, see ethtool.go.
+	UDPCsum, TxCsum bool
 	// RPS: received packets are steered to other CPUs after
 	// decapsulation (a non-zero rps_cpus, see sysfs.go). Read for the
 	// desired VXLAN device only; desired for it when the underlay has
@@ -68,6 +73,11 @@ func (l link) String() string {
 		} else {
 			b.WriteString(" nolearning")
 		}
+		if l.UDPCsum {
+			b.WriteString(" udpcsum")
+		} else {
+			b.WriteString(" noudpcsum")
+		}
 	case "gre":
 		if l.Local.IsValid() {
 			fmt.Fprintf(&b, " local %s", l.Local)
@@ -81,6 +91,9 @@ func (l link) String() string {
 	if l.IPv6 {
 		b.WriteString(" addrgenmode none")
 	}
+	if l.Kind == "vxlan" && !l.TxCsum {
+		b.WriteString(" tx-checksumming off")
+	}
 	return b.String()
 }
 
@@ -92,6 +105,7 @@ func linkFrom(l netlink.Link) link {
 	switch v := l.(type) {
 	case *netlink.Vxlan:
 		out.VNI, out.Port, out.Learning, out.Local = v.VxlanId, uint16(v.Port), v.Learning, addrFromIP(v.SrcAddr)
+		out.UDPCsum = v.UDPCSum
 	case *netlink.Gretun:
 		out.Local, out.Remote = addrFromIP(v.Local), addrFromIP(v.Remote)
 		out.MAC = nil // the "hardware address" of a GRE device is its local IP
@@ -138,7 +152,7 @@ func (s *session) readLinks(r *reading) error {
 func (p *planner) wantLinks() []link {
 	if p.d.Mode == ModeVXLAN {
 		return []link{{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
+			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, UDPCsum: true, TxCsum: p.d.ChecksumOffload, RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
 	}
 	var out []link
 	for _, peer := range p.d.Peers {
@@ -195,6 +209,9 @@ func (p *planner) planLinks() {
 			if w.RPS && !h.RPS {
 				p.add(stageLinks, linkSetRPS(w.Name))
 			}
+			if h.TxCsum != w.TxCsum {
+				p.add(stageLinks, linkSetTxCsum(w.Name, w.TxCsum))
+			}
 		}
 		p.usable[w.Name] = true
 		p.tunnels = append(p.tunnels, w.Name)
@@ -221,6 +238,9 @@ func recreateReason(have, want link) string {
 		if have.Learning {
 			why = append(why, "learning -> nolearning")
 		}
+		if have.UDPCsum != want.UDPCsum {
+			why = append(why, fmt.Sprintf("udpcsum %s -> %s", onOff(have.UDPCsum), onOff(want.UDPCsum)))
+		}
 	} else if have.Remote != want.Remote {
 		why = append(why, fmt.Sprintf("remote %s -> %s", addrOrAny(have.Remote), addrOrAny(want.Remote)))
 	}
@@ -228,6 +248,13 @@ func recreateReason(have, want link) string {
 		why = append(why, fmt.Sprintf("local %s -> %s", addrOrAny(have.Local), addrOrAny(want.Local)))
 	}
 	return strings.Join(why, ", ")
+}
+
+func onOff(on bool) string {
+	if on {
+		return "on"
+	}
+	return "off"
 }
 
 func addrOrAny(a netip.Addr) string {
@@ -243,7 +270,8 @@ func addrOrAny(a netip.Addr) string {
 // so the link is created under a temporary name, given its alias and only
 // then renamed: a link with cframe's name never lacks cframe's alias. With
 // l.RPS it gets receive packet steering, with l.IPv6 its IPv6 settings
-// (lladdr.go) before it comes up.
+// (lladdr.go), and a VXLAN device its transmit checksum setting, before it
+// comes up.
 func linkAdd(l link) change {
 	return change{desc: "link add " + l.String(), do: func(s *session) error {
 		attrs := netlink.NewLinkAttrs()
@@ -254,7 +282,7 @@ func linkAdd(l link) change {
 		var dev netlink.Link
 		switch l.Kind {
 		case "vxlan":
-			dev = &netlink.Vxlan{LinkAttrs: attrs, VxlanId: l.VNI, Port: int(l.Port), SrcAddr: ipOrNil(l.Local)}
+			dev = &netlink.Vxlan{LinkAttrs: attrs, VxlanId: l.VNI, Port: int(l.Port), SrcAddr: ipOrNil(l.Local), UDPCSum: l.UDPCsum}
 		case "gre":
 			dev = &netlink.Gretun{LinkAttrs: attrs, Local: ipOrNil(l.Local), Remote: ipOrNil(l.Remote), Ttl: greTTL, PMtuDisc: 1}
 		default:
@@ -279,6 +307,11 @@ func linkAdd(l link) change {
 		}
 		if l.IPv6 {
 			if err := prepareIPv6(s, dev, l.Name); err != nil {
+				return err
+			}
+		}
+		if l.Kind == "vxlan" {
+			if err := setTxCsum(l.Name, l.TxCsum); err != nil {
 				return err
 			}
 		}
@@ -324,6 +357,11 @@ func linkSetUp(name string) change {
 // linkSetRPS steers the packets link name receives over every online CPU.
 func linkSetRPS(name string) change {
 	return change{desc: fmt.Sprintf("link set %s rps_cpus all (receive packet steering)", name), do: func(*session) error { return setRPS(name) }}
+}
+
+// linkSetTxCsum switches transmit checksum offload of link name on or off.
+func linkSetTxCsum(name string, on bool) change {
+	return change{desc: fmt.Sprintf("link set %s tx-checksumming %s", name, onOff(on)), do: func(*session) error { return setTxCsum(name, on) }}
 }
 
 // onLink calls f with link name, known by its index.

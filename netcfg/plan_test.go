@@ -67,7 +67,7 @@ const (
 func convergedActual() *actual {
 	a := scratchActual()
 	a.IPForward = true
-	a.Links = []link{{Name: "cframe0", Kind: "vxlan", Index: 7, Alias: "cframe", MTU: 1450, MAC: mac(3), Up: true, VNI: 1, Port: 58425, RPS: true}}
+	a.Links = []link{{Name: "cframe0", Kind: "vxlan", Index: 7, Alias: "cframe", MTU: 1450, MAC: mac(3), Up: true, VNI: 1, Port: 58425, UDPCsum: true, RPS: true}}
 	a.FDB = []fdbEntry{
 		{Device: "cframe0", MAC: mac(1), Dst: ip("198.51.100.10"), Port: 58423},
 		{Device: "cframe0", MAC: mac(2), Dst: ip("203.0.113.10"), Port: 58424},
@@ -92,7 +92,7 @@ func convergedActual() *actual {
 
 var scratchChanges = []string{
 	"sysctl net.ipv4.ip_forward=1",
-	`link add cframe0 type vxlan id 1 dstport 58425 nolearning address 02:cf:00:00:00:03 mtu 1450 alias "cframe"`,
+	`link add cframe0 type vxlan id 1 dstport 58425 nolearning udpcsum address 02:cf:00:00:00:03 mtu 1450 alias "cframe" tx-checksumming off`,
 	"ipset create cframe-peers hash:ip family inet",
 	"ipset add cframe-peers 198.51.100.10",
 	"ipset add cframe-peers 203.0.113.10",
@@ -191,7 +191,7 @@ func TestPlan(t *testing.T) {
 			actual:  convergedActual,
 			wantChanges: []string{
 				"link del cframe0 (recreate: dstport 58425 -> 58500)",
-				`link add cframe0 type vxlan id 1 dstport 58500 nolearning address 02:cf:00:00:00:03 mtu 1450 alias "cframe"`,
+				`link add cframe0 type vxlan id 1 dstport 58500 nolearning udpcsum address 02:cf:00:00:00:03 mtu 1450 alias "cframe" tx-checksumming off`,
 				"iptables -t filter -I CFRAME-INPUT 1 -p udp -m udp --dport 58500 -m set --match-set cframe-peers src -j ACCEPT",
 				"iptables -t filter -A CFRAME-INPUT -p udp -m udp --dport 58500 -j DROP",
 				"fdb add 02:cf:00:00:00:01 dst 198.51.100.10 port 58423 dev cframe0",
@@ -303,6 +303,37 @@ func TestPlan(t *testing.T) {
 			wantChanges: []string{"link set cframe0 rps_cpus all (receive packet steering)"},
 		},
 		{
+			name:        "checksum offload wanted (checksum_offload = true): switched on",
+			desired:     func(d *Desired) { d.ChecksumOffload = true },
+			actual:      convergedActual,
+			wantChanges: []string{"link set cframe0 tx-checksumming on"},
+		},
+		{
+			name:        "transmit checksum offload switched on by someone: switched off again",
+			actual:      func() *actual { a := convergedActual(); a.Links[0].TxCsum = true; return a },
+			wantChanges: []string{"link set cframe0 tx-checksumming off"},
+		},
+		{
+			name: "outer UDP checksum off (a device of an older kernel's default): recreated",
+			actual: func() *actual {
+				a := convergedActual()
+				a.Links[0].UDPCsum = false
+				a.FDB, a.Neighbors = nil, nil
+				return a
+			},
+			wantChanges: []string{
+				"link del cframe0 (recreate: udpcsum off -> on)",
+				`link add cframe0 type vxlan id 1 dstport 58425 nolearning udpcsum address 02:cf:00:00:00:03 mtu 1450 alias "cframe" tx-checksumming off`,
+				"fdb add 02:cf:00:00:00:01 dst 198.51.100.10 port 58423 dev cframe0",
+				"fdb add 02:cf:00:00:00:02 dst 203.0.113.10 port 58424 dev cframe0",
+				"neigh add 172.18.0.0 lladdr 02:cf:00:00:00:01 dev cframe0 nud permanent",
+				"neigh add 172.31.0.0 lladdr 02:cf:00:00:00:02 dev cframe0 nud permanent",
+				"route add 172.18.0.0/16 via 172.18.0.0 dev cframe0 onlink src 172.20.0.9 proto 207",
+				"route add 10.244.1.0/24 via 172.18.0.0 dev cframe0 onlink src 172.20.0.9 proto 207",
+				"route add 172.31.0.0/16 via 172.31.0.0 dev cframe0 onlink src 172.20.0.9 proto 207",
+			},
+		},
+		{
 			name: "underlay NIC with a receive queue per CPU: no receive packet steering wanted, none removed",
 			actual: func() *actual {
 				a := convergedActual()
@@ -329,7 +360,7 @@ func TestPlan(t *testing.T) {
 			},
 			wantChanges: []string{
 				"link del cframe0 (recreate: learning -> nolearning)",
-				`link add cframe0 type vxlan id 1 dstport 58425 nolearning address 02:cf:00:00:00:03 mtu 1450 alias "cframe"`,
+				`link add cframe0 type vxlan id 1 dstport 58425 nolearning udpcsum address 02:cf:00:00:00:03 mtu 1450 alias "cframe" tx-checksumming off`,
 				"fdb add 02:cf:00:00:00:01 dst 198.51.100.10 port 58423 dev cframe0",
 				"fdb add 02:cf:00:00:00:02 dst 203.0.113.10 port 58424 dev cframe0",
 				"neigh add 172.18.0.0 lladdr 02:cf:00:00:00:01 dev cframe0 nud permanent",

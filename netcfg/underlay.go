@@ -1,6 +1,7 @@
 package netcfg
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -12,10 +13,10 @@ import (
 // and, in GRE mode, the source address toward each peer.
 
 // readUnderlay finds the underlay device — the one holding
-// Desired.LocalAddr, else the default route's — and its MTU, the LAN
-// address when Desired.LANAddr does not give it, and in GRE mode the source
-// address toward each peer. None of it depends on the peers: an Update
-// takes it from its baseline.
+// Desired.LocalAddr (an error when no device holds it), else the default
+// route's — and its MTU, the LAN address when Desired.LANAddr does not give
+// it, and in GRE mode the source address toward each peer. None of it
+// depends on the peers: an Update takes it from its baseline.
 func (s *session) readUnderlay(r *reading) error {
 	if r.keys != nil {
 		return nil
@@ -25,10 +26,15 @@ func (s *session) readUnderlay(r *reading) error {
 		return err
 	}
 	r.addrs, r.underlay = addrs, r.defaultDev
+	held := false
 	for _, ad := range addrs {
 		if ip := addrFromIP(ad.IP); r.d.LocalAddr.IsValid() && ip == r.d.LocalAddr {
-			r.underlay = ad.LinkIndex
+			r.underlay, held = ad.LinkIndex, true
 		}
+	}
+	if r.d.LocalAddr.IsValid() && !held {
+		// The kernel would drop every tunnel packet sent from it.
+		return fmt.Errorf("netcfg: local address %s is not an address of this host (behind 1:1 NAT the public address is hostaddr; the local address, if set, is the private one)", r.d.LocalAddr)
 	}
 	if l, ok := r.links[r.underlay]; ok && l.Attrs().MTU > 0 {
 		r.a.UnderlayMTU = l.Attrs().MTU

@@ -79,7 +79,7 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 	if err := netcfg.Supported(mode); err != nil {
 		return nil, err
 	}
-	local := mesh.Local{Name: cfg.Name, Mode: mode, Device: cfg.Device, MTU: cfg.MTU, Port: port, Masquerade: cfg.Masquerade}
+	local := mesh.Local{Name: cfg.Name, Mode: mode, Device: cfg.Device, MTU: cfg.MTU, Port: port, Masquerade: cfg.Masquerade, ChecksumOffload: cfg.ChecksumOffload}
 	if cfg.LocalAddr != "" {
 		local.LocalAddr = netip.MustParseAddr(cfg.LocalAddr) // checked by config.LoadEdge
 	}

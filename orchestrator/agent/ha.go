@@ -119,7 +119,7 @@ func (h *haRunner) Probes() []bus.PeerProbe {
 	var out []bus.PeerProbe
 	states := h.pr.States()
 	for _, name := range h.pr.Names() {
-		if st := states[name]; !strings.HasPrefix(name, ha.LANTarget("")) {
+		if st := states[name]; ha.PeerTarget(name) {
 			out = append(out, bus.PeerProbe{Name: name, Up: st.Up, RTT: st.RTT, Since: st.Since.UTC()})
 		}
 	}

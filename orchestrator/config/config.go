@@ -97,6 +97,10 @@ type Edge struct {
 	MTU        int    `toml:"mtu"`
 	Masquerade bool   `toml:"masquerade"`
 	LocalAddr  string `toml:"local_addr"`
+	// ChecksumOffload keeps the tunnel device's transmit checksum offload
+	// on (faster; only where no Linux NAT in this kernel rewrites the
+	// tunnel's packets).
+	ChecksumOffload bool `toml:"checksum_offload"`
 	// MetricsAddr is where the agent serves Prometheus metrics; empty: off.
 	MetricsAddr string `toml:"metrics_addr"`
 	// ControllerCA pins the CA the controller's certificate must chain to

@@ -74,16 +74,35 @@ func (e *Engine) best(own *mesh.Site, except string, now time.Time) bool {
 	return true
 }
 
+// Evidence a takeover rests on, weakest first: the LAN alone (a
+// partitioned site looks the same), the remote gateways' reports that the
+// active gateway does not forward, their reports that it is unreachable.
+const (
+	evidenceLAN        = "lan"
+	evidenceForwarding = "forwarding"
+	evidenceReported   = "reported"
+)
+
+func evidenceRank(evidence string) int {
+	return map[string]int{evidenceLAN: 1, evidenceForwarding: 2, evidenceReported: 3}[evidence]
+}
+
 // consider starts a takeover when there is a reason to. After a refusal
 // it waits (backoff) unless the evidence changed: the active gateway
-// answers on the LAN again (the backoff is forgotten), or the remote
-// gateways now report it down where the refused proposal only had the LAN.
+// answers on the LAN again and nobody reports it (the backoff is
+// forgotten), or the evidence is stronger than the refused proposal's.
 func (e *Engine) consider(now time.Time, own *mesh.Site, cur bus.Claim) {
 	if now.Sub(e.started) < e.t.Rejoin || cur.Gateway == e.self && cur.Epoch > 0 {
 		return
 	}
-	reporters := e.reported(cur.Gateway, now)
-	if st, ok := e.probes.State(LANTarget(cur.Gateway)); ok && st.Up && reporters == "" {
+	reporters := e.reported(cur.Gateway, WhyDown, e.reachable(), time.Time{}, now)
+	// Reports that the active gateway does not forward count when this
+	// gateway reached it on the LAN all along the silence they report:
+	// else a LAN partition explains them.
+	lan, _ := e.probes.State(LANTarget(cur.Gateway))
+	lanUp := lan.Up
+	notForwarding := e.reported(cur.Gateway, WhyForwarding, e.forwardWitnesses(), lan.Since.Add(e.t.ForwardDownAfter), now)
+	if lanUp && reporters == "" && notForwarding == "" {
 		e.backoff, e.retryAt = 0, time.Time{}
 	}
 	e.suspect(now, cur.Gateway)
@@ -95,16 +114,22 @@ func (e *Engine) consider(now time.Time, own *mesh.Site, cur bus.Claim) {
 	case !member:
 		why, reason = WhyDeleted, cur.Gateway+" is no longer a gateway of the site"
 	case reporters != "":
-		why, reason, evidence = WhyDown, cur.Gateway+" unreachable through the tunnel from "+reporters, "reported"
+		why, reason, evidence = WhyDown, cur.Gateway+" unreachable through the tunnel from "+reporters, evidenceReported
 	case e.lanDown(cur.Gateway, now) > 0:
-		why, evidence = WhyDown, "lan"
+		why, evidence = WhyDown, evidenceLAN
 		reason = fmt.Sprintf("%s unreachable on the LAN for %s", cur.Gateway, e.lanDown(cur.Gateway, now).Round(time.Millisecond))
+	case notForwarding != "" && lanUp:
+		// This gateway reaches the active one on the LAN, and the
+		// remote gateways reach both through the tunnel: what fails is
+		// the active gateway's forwarding.
+		why, evidence = WhyForwarding, evidenceForwarding
+		reason = fmt.Sprintf("%s does not forward: probes through it to %s unanswered from %s", cur.Gateway, e.self, notForwarding)
 	case e.me.Priority > active.Priority && now.Sub(e.started) >= e.t.PreemptDelay && e.healthy():
 		why, reason = WhyPriority, fmt.Sprintf("priority %d above %d of %s", e.me.Priority, active.Priority, cur.Gateway)
 	default:
 		return
 	}
-	if now.Before(e.retryAt) && !(evidence == "reported" && e.refusedOn == "lan") {
+	if now.Before(e.retryAt) && evidenceRank(evidence) <= evidenceRank(e.refusedOn) {
 		return
 	}
 	if !e.best(own, cur.Gateway, now) {
@@ -137,17 +162,17 @@ func (e *Engine) suspect(now time.Time, active string) {
 }
 
 // reported returns the remote gateways (comma-separated) that reported
-// prev down recently, when they are a majority of those this gateway
-// reaches; "" otherwise.
-func (e *Engine) reported(prev string, now time.Time) string {
+// prev recently (down, or not forwarding: why), but not before after,
+// when they are a majority of the witnesses of that; "" otherwise.
+func (e *Engine) reported(prev, why string, witnesses []string, after, now time.Time) string {
 	var from []string
-	for _, r := range sortedKeys(e.notices) {
-		n := e.notices[r]
-		if n.prev == prev && now.Sub(n.at) <= e.t.NoticeTTL {
-			from = append(from, r)
+	for _, k := range sortedKeys(e.notices) {
+		n := e.notices[k]
+		if n.prev == prev && n.why == why && now.Sub(n.at) <= e.t.NoticeTTL && !n.at.Before(after) {
+			from = append(from, n.from)
 		}
 	}
-	if len(from) == 0 || 2*len(from) <= len(e.reachable()) {
+	if len(from) == 0 || 2*len(from) <= len(witnesses) {
 		return ""
 	}
 	return strings.Join(from, ", ")
@@ -165,6 +190,9 @@ func (e *Engine) propose(now time.Time, own *mesh.Site, cur bus.Claim, why, reas
 	e.cand = &candidacy{claim: c, why: why, prev: cur.Gateway, witnesses: map[string]bool{},
 		accepted: map[string]bool{}, refused: map[string]string{}, started: now}
 	w := e.reachable()
+	if why == WhyForwarding {
+		w = e.forwardWitnesses()
+	}
 	switch {
 	case len(w) == 0 && len(e.remoteGateways()) == 0:
 		e.log.Info("claiming the site with no remote gateway to ask", "site", own.Name, "epoch", c.Epoch, "reason", reason)

@@ -21,13 +21,28 @@
 // gateway whose agent died, restarts or is upgraded still answers, and
 // nothing fails over.
 //
+// Forwarding is the kernel's too, and is probed through the data path: a
+// remote gateway that is its own site's active gateway (its probes' answers
+// come back to it through no other gateway) probes, for every site with
+// several gateways, each standby's LAN address — which the standbys
+// announce in hellos — with the echo requests routed through the site's
+// active gateway, which must forward them from the tunnel into its LAN.
+// When those stop being answered while the active gateway and the standby
+// both still answer through the tunnel, the active gateway is up but not
+// forwarding (ip_forward off, a DROP in FORWARD, ...): the remote gateway
+// tells that standby, which, if it still reaches the active gateway on its
+// LAN, proposes to take over; each witness agrees only when its own probes
+// through the active gateway to the candidate go unanswered. A probe that
+// never was answered (a standby with strict rp_filter, say) is no
+// evidence: it is warned about, never acted on.
+//
 // Reasons to take over: the active gateway does not answer on the LAN
 // (host death: fastest), the remote gateways report that it stopped
-// answering through the tunnel (lost its path to the other sites), it was
-// deleted, the site has no claim yet, or the candidate has a higher
-// priority and has been stable for long enough (a returning gateway with
-// equal priority stays standby; one that keeps failing waits longer each
-// time).
+// answering through the tunnel (lost its path to the other sites) or that
+// it stopped forwarding into its LAN, it was deleted, the site has no claim
+// yet, or the candidate has a higher priority and has been stable for long
+// enough (a returning gateway with equal priority stays standby; one that
+// keeps failing waits longer each time).
 //
 // The Engine is a state machine driven by its caller: messages in
 // (Receive, Relay), time in (Tick), messages out (Outbox), decisions out
@@ -39,6 +54,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/cframe/cframe/bus"
@@ -61,6 +77,9 @@ type Timing struct {
 	// reported. The gateways of sites with several, whose failures this
 	// agent may have to report or witness, get the prober's defaults.
 	PeerInterval, PeerDownAfter time.Duration
+	// ForwardInterval and ForwardDownAfter time the probes through a
+	// remote site's active gateway to its standbys' LAN addresses.
+	ForwardInterval, ForwardDownAfter time.Duration
 	// WitnessAge: a witness agrees that a gateway is down when it has not
 	// answered for this long, nor to the urgent probes the witness sent
 	// for at least ConfirmWait (and two round trips) since it was asked.
@@ -91,6 +110,7 @@ func DefaultTiming() Timing {
 		Hello: 100 * time.Millisecond, SiblingLive: 350 * time.Millisecond,
 		LANInterval: 20 * time.Millisecond, LANDownAfter: 100 * time.Millisecond, LANSuspect: 50 * time.Millisecond,
 		PeerInterval: 500 * time.Millisecond, PeerDownAfter: 1750 * time.Millisecond,
+		ForwardInterval: probe.DefaultInterval, ForwardDownAfter: probe.DefaultDownAfter,
 		WitnessAge: 100 * time.Millisecond, ConfirmWait: 20 * time.Millisecond, VoteWait: 300 * time.Millisecond,
 		Refresh: time.Second, Backoff: time.Second, MaxBackoff: 30 * time.Second,
 		PreemptDelay: 3 * time.Second, MaxHold: 5 * time.Minute, FlapWindow: 10 * time.Minute,
@@ -107,6 +127,15 @@ type Probes interface {
 // LANTarget is the probe target name of a sibling gateway's LAN address
 // (a remote gateway's target is its edge name).
 func LANTarget(gateway string) string { return "lan:" + gateway }
+
+// ForwardTarget is the probe target name of a remote standby gateway's LAN
+// address probed through its site's active gateway via.
+func ForwardTarget(via, gateway string) string { return "fwd:" + via + ":" + gateway }
+
+// PeerTarget reports whether a probe target name is a remote gateway's
+// (its link-local address through the tunnel), not a LAN or forwarding
+// target: edge names never contain a colon.
+func PeerTarget(name string) bool { return !strings.Contains(name, ":") }
 
 // VIPState is what this gateway does with its site's VIP.
 type VIPState int
@@ -157,7 +186,7 @@ type Engine struct {
 	// suspected is the active gateway the witnesses were warned about
 	// (until it answers on the LAN again).
 	suspected   string
-	notices     map[string]notice // by reporting remote gateway
+	notices     map[string]notice // by reporting remote gateway and why
 	lastHello   time.Time
 	lastRefresh time.Time
 	unacked     map[string]*resend
@@ -168,6 +197,12 @@ type Engine struct {
 	flaps    map[string][]time.Time
 	noticed  map[string]time.Time
 	suspects map[string]time.Time // gateway -> when a standby warned about it
+	// remoteLAN are the LAN addresses the gateways of remote sites with
+	// several announced (forwarding targets); silentWarned the forwarding
+	// targets warned about as never answered.
+	remoteLAN    map[string]netip.Addr
+	silentWarned map[string]bool
+	lastAnnounce time.Time
 
 	out []Envelope
 }
@@ -187,9 +222,11 @@ type candidacy struct {
 	started   time.Time
 }
 
+// notice is a remote gateway's report (KindDown) about the active
+// gateway prev.
 type notice struct {
-	prev string
-	at   time.Time
+	from, prev, why string
+	at              time.Time
 }
 
 type resend struct {
@@ -201,7 +238,9 @@ type check struct {
 	from   string
 	claim  bus.Claim
 	target string
-	asked  time.Time
+	// what names the target in a refusal ("sz-1", "sz-2 through sz-1").
+	what  string
+	asked time.Time
 }
 
 // New returns the engine of edge self, started at now.
@@ -209,7 +248,8 @@ func New(self string, t Timing, probes Probes, log *slog.Logger, now time.Time) 
 	return &Engine{self: self, t: t, probes: probes, log: log, started: now,
 		sites: map[string]*mesh.Site{}, claims: map[string]bus.Claim{}, sibs: map[string]*sibling{},
 		notices: map[string]notice{}, unacked: map[string]*resend{}, wasUp: map[string]bool{},
-		flaps: map[string][]time.Time{}, noticed: map[string]time.Time{}, suspects: map[string]time.Time{}}
+		flaps: map[string][]time.Time{}, noticed: map[string]time.Time{}, suspects: map[string]time.Time{},
+		remoteLAN: map[string]netip.Addr{}, silentWarned: map[string]bool{}}
 }
 
 // Restore seeds the engine with the claims an earlier run saved. A claim
@@ -245,11 +285,21 @@ func (e *Engine) SetEdges(set map[string]bus.Edge) {
 			delete(e.sibs, name)
 		}
 	}
+	for name, a := range e.remoteLAN {
+		if !e.forwardTarget(name, a) {
+			delete(e.remoteLAN, name)
+		}
+	}
 	e.version++
 }
 
 // SetLAN tells the engine this gateway's LAN address (sent in hellos).
-func (e *Engine) SetLAN(a netip.Addr) { e.lan = a }
+func (e *Engine) SetLAN(a netip.Addr) {
+	if a != e.lan {
+		e.lan = a
+		e.version++ // forwarding targets are probed with a LAN address only
+	}
+}
 
 // Version changes whenever Claims, VIP or Status may have changed.
 func (e *Engine) Version() uint64 { return e.version }
@@ -311,8 +361,11 @@ func (e *Engine) Status() *bus.SiteStatus {
 // Targets are the probe targets the engine needs: every remote gateway's
 // link-local address on the tunnel device dev (gateways of sites with
 // several at the prober's default interval, the others every
-// PeerInterval), and the LAN address of every other gateway of the own
-// site that announced it (every LANInterval).
+// PeerInterval), the LAN address of every other gateway of the own site
+// that announced it (every LANInterval) and, when this gateway witnesses
+// forwarding, the LAN address of every standby of a remote site with
+// several gateways that announced it, routed through that site's active
+// gateway (every ForwardInterval).
 func (e *Engine) Targets(dev string) []probe.Target {
 	var out []probe.Target
 	own := e.ownSite()
@@ -322,6 +375,9 @@ func (e *Engine) Targets(dev string) []probe.Target {
 			t.Interval, t.DownAfter = e.t.PeerInterval, e.t.PeerDownAfter
 		}
 		out = append(out, t)
+	}
+	for _, f := range e.forwardTargets() {
+		out = append(out, probe.Target{Name: f.name, Addr: f.addr, Interval: e.t.ForwardInterval, DownAfter: e.t.ForwardDownAfter})
 	}
 	if own != nil {
 		for _, g := range own.Gateways {
@@ -467,7 +523,11 @@ func (e *Engine) Receive(m Message, now time.Time) {
 		e.onVote(m, now)
 	case KindDown:
 		if own := e.ownSite(); own != nil && m.Claim.Site == own.Name && !isGateway(own, m.From) {
-			e.notices[m.From] = notice{prev: m.Prev, at: now}
+			why := m.Why
+			if why != WhyForwarding {
+				why = WhyDown
+			}
+			e.notices[m.From+" "+why] = notice{from: m.From, prev: m.Prev, why: why, at: now}
 		}
 	case KindSuspect:
 		e.onSuspect(m, now)
@@ -477,6 +537,7 @@ func (e *Engine) Receive(m Message, now time.Time) {
 func (e *Engine) onHello(m Message, now time.Time) {
 	own := e.ownSite()
 	if own == nil || !isGateway(own, m.From) {
+		e.onAnnounce(m)
 		return
 	}
 	sb := e.sibs[m.From]
@@ -512,6 +573,7 @@ func (e *Engine) Tick(now time.Time) {
 			}
 		}
 	}
+	e.announce(now, own)
 	if cur.Gateway == e.self {
 		if now.Sub(e.lastRefresh) >= e.t.Refresh {
 			e.lastRefresh = now

@@ -15,6 +15,9 @@ import (
 const (
 	// KindHello: a gateway to the other gateways of its site, every
 	// Timing.Hello: its LAN address and the claim in force as it knows it.
+	// A gateway of a site with several also sends its LAN address to the
+	// remote gateways every Timing.Refresh: the address they probe
+	// through the site's active gateway (WhyForwarding).
 	KindHello = "hello"
 	// KindClaim: a candidate asks the witnesses (the remote gateways) to
 	// agree that it takes over; Claim is the proposal, Prev the gateway
@@ -29,7 +32,10 @@ const (
 	// receiver: an acknowledgement, or news for a gateway that is behind.
 	KindCurrent = "current"
 	// KindDown: a remote gateway tells a site's other gateways that the
-	// site's active gateway (Prev) stopped answering its probes.
+	// site's active gateway (Prev) stopped answering its probes; with Why
+	// WhyForwarding it tells one standby that its probes through the
+	// active gateway to that standby's LAN address stopped being answered
+	// while both answer through the tunnel.
 	KindDown = "down"
 	// KindSuspect: a standby tells the witnesses that the active gateway
 	// (Prev) went quiet on the LAN, before it is sure: they start probing
@@ -52,6 +58,12 @@ const (
 	// healthy one; a witness agrees only when it has been stable long
 	// enough (no flapping gateway is re-elected in a loop).
 	WhyPriority = "priority"
+	// WhyForwarding: the active gateway answers but does not forward —
+	// the remote gateways' probes through it to the candidate's LAN
+	// address go unanswered while both answer through the tunnel, and the
+	// candidate reaches it on the LAN; a witness agrees only when its own
+	// probes through it to the candidate went unanswered too.
+	WhyForwarding = "forwarding"
 )
 
 // Message is one HA message between agents, carried through the tunnel
@@ -61,9 +73,10 @@ type Message struct {
 	From  string    `json:"from"`
 	Claim bus.Claim `json:"claim"`
 	// Prev is the gateway a claim replaces (KindClaim), or the one that
-	// stopped answering (KindDown).
+	// stopped answering or forwarding (KindDown).
 	Prev string `json:"prev,omitempty"`
-	// Why is the trigger of a KindClaim.
+	// Why is the trigger of a KindClaim, and what a KindDown reports
+	// (empty: WhyDown).
 	Why string `json:"why,omitempty"`
 	// Accept and Note answer a KindClaim.
 	Accept bool   `json:"accept,omitempty"`

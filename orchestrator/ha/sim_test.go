@@ -44,6 +44,10 @@ type node struct {
 	probes  *simProbes
 	hostUp  bool
 	agentUp bool
+	// forwards: the kernel forwards between the tunnel and the LAN;
+	// strictRP: it drops what arrives on the LAN from a network it
+	// routes through the tunnel (rp_filter=1).
+	forwards, strictRP bool
 	// proposals counts the takeovers the node proposed.
 	proposals int
 }
@@ -87,7 +91,7 @@ func newSim(t *testing.T, edges ...bus.Edge) *sim {
 	}
 	sort.Strings(s.names)
 	for _, n := range s.names {
-		s.nodes[n] = &node{name: n, hostUp: true}
+		s.nodes[n] = &node{name: n, hostUp: true, forwards: true}
 		s.startAgent(n, nil)
 	}
 	return s
@@ -102,8 +106,15 @@ func (s *sim) startAgent(name string, saved []bus.Claim) {
 		n.e.Restore(saved)
 	}
 	n.e.SetEdges(s.set)
-	n.e.SetLAN(netip.MustParseAddr("172.18.0.1"))
+	n.e.SetLAN(s.lanAddr(name))
 	n.agentUp = true
+}
+
+// lanAddr is a node's LAN address: in its primary CIDR, numbered by name.
+func (s *sim) lanAddr(name string) netip.Addr {
+	a := s.set[name].CIDR.Addr().As4()
+	a[3] = byte(sort.SearchStrings(s.names, name) + 1)
+	return netip.AddrFrom4(a)
 }
 
 func (s *sim) setEdges(set map[string]bus.Edge) {
@@ -185,7 +196,7 @@ func (s *sim) probe(n *node) {
 			}
 			p.next[tg.Name] = s.now.Add(interval)
 			st.Sent++
-			if s.through(n.name, strings.TrimPrefix(tg.Name, "lan:"), strings.HasPrefix(tg.Name, "lan:")) {
+			if s.answers(n.name, tg.Name) {
 				st.Received++
 				st.LastReply, st.RTT = s.now, 2*s.latency
 				if !st.Up {
@@ -202,6 +213,23 @@ func (s *sim) probe(n *node) {
 		}
 		p.states[tg.Name] = st
 	}
+}
+
+// answers reports whether target's probe from node from is answered: a
+// sibling's LAN address over the LAN, a remote standby's LAN address
+// through its site's active gateway (which must forward it into its LAN;
+// the answer comes back through the standby's own tunnel), a remote
+// gateway through the tunnel.
+func (s *sim) answers(from, target string) bool {
+	switch {
+	case strings.HasPrefix(target, "lan:"):
+		return s.through(from, strings.TrimPrefix(target, "lan:"), true)
+	case strings.HasPrefix(target, "fwd:"):
+		via, to, _ := strings.Cut(strings.TrimPrefix(target, "fwd:"), ":")
+		return s.through(from, via, false) && s.nodes[via].forwards && s.through(via, to, true) &&
+			!s.nodes[to].strictRP && s.through(to, from, false)
+	}
+	return s.through(from, target, false)
 }
 
 // holders are the live gateways that hold their site's VIP.

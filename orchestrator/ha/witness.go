@@ -10,7 +10,8 @@ import (
 
 // The witness's side: every agent answers the takeover proposals of other
 // sites' gateways from what its own probes see, and reports when the
-// active gateway of a site it routes to stops answering.
+// active gateway of a site it routes to stops answering (or forwarding:
+// forward.go).
 
 // onClaim answers a proposal, at once or after probing the gateway the
 // proposal would replace (a pending check).
@@ -75,7 +76,16 @@ func (e *Engine) onClaim(m Message, now time.Time) {
 				asked = t
 			}
 			e.probes.Urgent(active.Name, e.t.WitnessAge)
-			e.checks = append(e.checks, &check{from: m.From, claim: p, target: active.Name, asked: asked})
+			e.checks = append(e.checks, &check{from: m.From, claim: p, target: active.Name, what: active.Name, asked: asked})
+			return
+		}
+	case WhyForwarding:
+		if active.Name != p.Gateway {
+			// Probe through it urgently and decide in Tick, like a
+			// WhyDown; refuse at once what this witness cannot check.
+			if why := e.checkForwarding(m.From, p, active.Name, now); why != "" {
+				refuse("%s", why)
+			}
 			return
 		}
 	default:
@@ -139,9 +149,18 @@ func (e *Engine) hold(name string, now time.Time) time.Duration {
 	return h
 }
 
+// flap counts a failure of the named gateway (the last 32 are kept).
+func (e *Engine) flap(name string, now time.Time) {
+	e.flaps[name] = append(e.flaps[name], now)
+	if n := len(e.flaps[name]); n > 32 {
+		e.flaps[name] = e.flaps[name][n-32:]
+	}
+}
+
 // observe follows the probes: pending checks are decided, down
 // transitions of remote gateways are counted (flaps) and, for the active
-// gateway of a site with standbys, reported to the standbys.
+// gateway of a site with standbys, reported to the standbys, and so are
+// its failures to forward (observeForwarding).
 func (e *Engine) observe(now time.Time) {
 	kept := e.checks[:0]
 	for _, c := range e.checks {
@@ -150,7 +169,7 @@ func (e *Engine) observe(now time.Time) {
 		confirm := max(e.t.ConfirmWait, 2*st.RTT)
 		switch {
 		case st.LastReply.After(c.asked):
-			e.send(c.from, Message{Kind: KindVote, Claim: c.claim, Note: fmt.Sprintf("%s answers from %s (rtt %s)", c.target, e.self, st.RTT.Round(time.Microsecond))})
+			e.send(c.from, Message{Kind: KindVote, Claim: c.claim, Note: fmt.Sprintf("%s answers from %s (rtt %s)", c.what, e.self, st.RTT.Round(time.Microsecond))})
 		case now.Sub(c.asked) >= confirm && e.silentFor(c.target, now) >= e.t.WitnessAge:
 			e.send(c.from, Message{Kind: KindVote, Claim: c.claim, Accept: true})
 		default:
@@ -158,6 +177,7 @@ func (e *Engine) observe(now time.Time) {
 		}
 	}
 	e.checks = kept
+	e.observeForwarding(now)
 
 	for _, s := range e.sites {
 		if !s.Explicit() || s.Name == e.me.SiteName() || !e.known {
@@ -172,10 +192,7 @@ func (e *Engine) observe(now time.Time) {
 			was := e.wasUp[g.Name]
 			e.wasUp[g.Name] = st.Up
 			if was && !st.Up {
-				e.flaps[g.Name] = append(e.flaps[g.Name], now)
-				if n := len(e.flaps[g.Name]); n > 32 {
-					e.flaps[g.Name] = e.flaps[g.Name][n-32:]
-				}
+				e.flap(g.Name, now)
 			}
 			// Report the active gateway going down, and again every
 			// NoticeRepeat while it stays down.

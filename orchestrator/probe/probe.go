@@ -1,12 +1,16 @@
 // Package probe measures the data plane: it sends ICMP echo requests to a
 // set of targets — every remote gateway's link-local address through the
-// tunnel, the other gateways of the own site on the LAN — and keeps, per
-// target, whether it answers, the round-trip time and since when.
+// tunnel, the other gateways of the own site on the LAN, remote standby
+// gateways' LAN addresses routed through their site's active gateway — and
+// keeps, per target, whether it answers, the round-trip time and since
+// when.
 //
 // The targets' kernels answer the probes, not their agents: a gateway whose
 // agent died or restarts still answers, a gateway whose host or path died
-// does not. That is the health gateway HA acts on (orchestrator/ha), the
-// agent reports in its status, and metrics and the topology view show.
+// does not, and a probe routed through a gateway is answered only while
+// that gateway forwards. That is the health gateway HA acts on
+// (orchestrator/ha), the agent reports in its status, and metrics and the
+// topology view show.
 //
 // One Prober runs per agent, on one pair of raw sockets (ICMPv4, ICMPv6)
 // with kernel filters that pass echo replies only; a probe is one small

@@ -62,7 +62,8 @@ func dataPlaneModes() []*dpMode {
 	ovpn := &openvpnMode{}
 	return []*dpMode{
 		{name: "direct", up: upDirect},
-		{name: "kernel-vxlan", prepare: prepareKernelVXLAN, up: upKernelVXLAN},
+		{name: "kernel-vxlan", prepare: prepareKernelVXLAN, up: upKernelVXLAN(false)},
+		{name: kernelVXLANCsum, prepare: prepareKernelVXLANCsum, up: upKernelVXLAN(true)},
 		{name: "cframe", prepare: prepareCframe, up: upCframe},
 		{name: "wireguard-go", userspace: true, prepare: wg.prepare, up: wg.up},
 		{name: "nebula", userspace: true, prepare: neb.prepare, up: neb.up},
@@ -120,56 +121,79 @@ func prepareCframe(o Options) (string, error) {
 		}
 	}
 	return fmt.Sprintf("the controller and two cframe-edge agents from %s, walkthrough configs: kernel VXLAN, MTU 1450, MSS clamping, "+
+		"transmit checksum offload off and the outer UDP checksum on (as kernel-vxlan+csum), "+
 		"receive packet steering on cframe0 where the underlay calls for it (one receive queue for %d CPUs, here on the wire-like underlay; "+
 		"a veth without GRO receives on the sending CPUs and gets none)", o.Bin, runtime.NumCPU()), nil
 }
 
-// kernelVXLANDevice is the device of the kernel-vxlan mode.
+// kernelVXLANDevice is the device of the kernel-vxlan modes.
 const kernelVXLANDevice = "cfbvx0"
+
+// kernelVXLANCsum names the kernel-vxlan mode with cframe's checksum
+// setting.
+const kernelVXLANCsum = "kernel-vxlan+csum"
 
 // prepareKernelVXLAN describes the reference mode.
 func prepareKernelVXLAN(Options) (string, error) {
-	return "the kernel's VXLAN configured by hand with ip and bridge, none of cframe's settings (no receive steering, no firewall, no MSS clamping: " +
-		"TCP finds the 1450-byte path MTU by discovery): what the kernel's VXLAN itself costs, the reference for cframe", nil
+	return "the kernel's VXLAN configured by hand with ip and bridge, none of cframe's settings (no receive steering, no firewall, no MSS clamping, " +
+		"the kernel's checksum defaults: TCP finds the 1450-byte path MTU by discovery; a Linux NAT in the same kernel breaks its TCP and UDP): " +
+		"what the kernel's VXLAN itself costs", nil
 }
 
-// upKernelVXLAN gives each edge a VXLAN device with an address in
-// 10.97.0.0/24, one all-zeros FDB entry toward the other edge (ARP works
-// through it) and a route to the other VPC via the other edge's address.
-func upKernelVXLAN(b *bed) (func() error, error) {
-	var made []string
-	down := func() error {
-		var errs []error
-		for _, ns := range made {
-			_, err := b.t.Net.Exec(ns, "ip", "link", "del", kernelVXLANDevice)
-			errs = append(errs, err)
-		}
-		return errors.Join(errs...)
-	}
-	addr := func(s *topo.Site) string {
-		if s == b.a {
-			return "10.97.0.1"
-		}
-		return "10.97.0.2"
-	}
-	for _, s := range b.sites() {
-		p := b.peer(s)
-		for i, args := range [][]string{
-			{"ip", "link", "add", kernelVXLANDevice, "type", "vxlan", "id", "97", "dstport", "4797", "local", s.Underlay().String(), "nolearning"},
-			{"ip", "addr", "add", addr(s) + "/24", "dev", kernelVXLANDevice},
-			{"ip", "link", "set", kernelVXLANDevice, "mtu", "1450", "up"},
-			{"bridge", "fdb", "append", "00:00:00:00:00:00", "dev", kernelVXLANDevice, "dst", p.Underlay().String()},
-			{"ip", "route", "add", p.CIDR.String(), "via", addr(p), "dev", kernelVXLANDevice},
-		} {
-			if _, err := b.t.Net.Exec(s.Edge, args...); err != nil {
-				return nil, errors.Join(err, down())
+// prepareKernelVXLANCsum describes the reference mode with the checksum
+// setting.
+func prepareKernelVXLANCsum(Options) (string, error) {
+	return "kernel-vxlan plus the one setting cframe needs for NAT on the path: transmit checksum offload off on the VXLAN device and the outer UDP checksum on " +
+		"(ethtool -K cfbvx0 tx off, udpcsum), nothing else; the reference for cframe, and beside kernel-vxlan what the setting costs", nil
+}
+
+// upKernelVXLAN returns the kernel-vxlan modes' start: each edge gets a
+// VXLAN device with an address in 10.97.0.0/24, one all-zeros FDB entry
+// toward the other edge's public address (ARP works through it) and a
+// route to the other VPC via the other edge's address. The device has no
+// fixed local address (an edge behind 1:1 NAT does not hold its public
+// one); natSafe applies cframe's checksum setting.
+func upKernelVXLAN(natSafe bool) func(b *bed) (func() error, error) {
+	return func(b *bed) (func() error, error) {
+		var made []string
+		down := func() error {
+			var errs []error
+			for _, ns := range made {
+				_, err := b.t.Net.Exec(ns, "ip", "link", "del", kernelVXLANDevice)
+				errs = append(errs, err)
 			}
-			if i == 0 {
-				made = append(made, s.Edge)
+			return errors.Join(errs...)
+		}
+		addr := func(s *topo.Site) string {
+			if s == b.a {
+				return "10.97.0.1"
+			}
+			return "10.97.0.2"
+		}
+		for _, s := range b.sites() {
+			p := b.peer(s)
+			add := []string{"ip", "link", "add", kernelVXLANDevice, "type", "vxlan", "id", "97", "dstport", "4797", "nolearning"}
+			cmds := [][]string{
+				{"ip", "addr", "add", addr(s) + "/24", "dev", kernelVXLANDevice},
+				{"ip", "link", "set", kernelVXLANDevice, "mtu", "1450", "up"},
+				{"bridge", "fdb", "append", "00:00:00:00:00:00", "dev", kernelVXLANDevice, "dst", p.Underlay().String()},
+				{"ip", "route", "add", p.CIDR.String(), "via", addr(p), "dev", kernelVXLANDevice},
+			}
+			if natSafe {
+				add = append(add, "udpcsum")
+				cmds = append(cmds, []string{"ethtool", "-K", kernelVXLANDevice, "tx", "off"})
+			}
+			for i, args := range append([][]string{add}, cmds...) {
+				if _, err := b.t.Net.Exec(s.Edge, args...); err != nil {
+					return nil, errors.Join(err, down())
+				}
+				if i == 0 {
+					made = append(made, s.Edge)
+				}
 			}
 		}
+		return down, nil
 	}
-	return down, nil
 }
 
 // upCframe runs the real controller and two cframe-edge agents, adds both

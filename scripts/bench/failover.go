@@ -24,7 +24,10 @@ import (
 // it, in the same run, keepalived moves the same VIP between two hosts on
 // the same kind of LAN with its fastest advertisement interval: the local
 // half only, the floor cframe must approach while it also moves the remote
-// ends. The per-peer prober's CPU cost is measured here too.
+// ends. Then, a few times, the active gateway stops forwarding
+// (ip_forward off, its agent frozen so that nothing repairs it) while its
+// host answers every probe: detected only by the probes through it. The
+// per-peer prober's CPU cost is measured here too.
 
 // flowInterval is the probes' resolution.
 const flowInterval = 5 * time.Millisecond
@@ -44,6 +47,10 @@ type failoverFigures struct {
 	// VPC2's hosts, both directions; CframeVIP: VPC1's host to the VIP.
 	CframeEndToEnd Summary `json:"cframe_end_to_end_ms"`
 	CframeVIP      Summary `json:"cframe_vip_ms"`
+	// CframeForwarding: the end-to-end blackout when the active gateway
+	// stops forwarding, over ForwardingReps rounds.
+	ForwardingReps   int     `json:"forwarding_reps"`
+	CframeForwarding Summary `json:"cframe_forwarding_ms"`
 	// KeepalivedVIP: a host to the VIP keepalived moves.
 	KeepalivedVIP      Summary `json:"keepalived_vip_ms"`
 	KeepalivedAdvertMs float64 `json:"keepalived_advert_ms"`
@@ -62,16 +69,16 @@ type probeLoad struct {
 }
 
 func failover(o Options) (Section, error) {
-	reps := 15
+	reps, fwdReps := 15, 5
 	if o.Quick {
-		reps = 4
+		reps, fwdReps = 4, 2
 	}
-	f := failoverFigures{Reps: reps, KeepalivedAdvertMs: ms(keepalivedAdvert), FlowIntervalMs: ms(flowInterval), ProbeTargets: 300}
-	e2e, local, err := cframeFailovers(o, reps)
+	f := failoverFigures{Reps: reps, ForwardingReps: fwdReps, KeepalivedAdvertMs: ms(keepalivedAdvert), FlowIntervalMs: ms(flowInterval), ProbeTargets: 300}
+	e2e, local, fwd, err := cframeFailovers(o, reps, fwdReps)
 	if err != nil {
 		return Section{Figures: f}, fmt.Errorf("cframe: %w", err)
 	}
-	f.CframeEndToEnd, f.CframeVIP = Millis(e2e).Summarize(), Millis(local).Summarize()
+	f.CframeEndToEnd, f.CframeVIP, f.CframeForwarding = Millis(e2e).Summarize(), Millis(local).Summarize(), Millis(fwd).Summarize()
 	ka, err := keepalivedFailovers(o, reps)
 	if err != nil {
 		return Section{Figures: f}, fmt.Errorf("keepalived: %w", err)
@@ -101,6 +108,8 @@ func failover(o Options) (Section, error) {
 	}{{"cframe, VPC1 host <-> VPC2 host (both ends move)", f.CframeEndToEnd}, {"cframe, VPC1 host -> VIP (local half)", f.CframeVIP}, {"keepalived, host -> VIP (local half)", f.KeepalivedVIP}} {
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.2f |\n", r.name, r.s.Median, r.s.P99, r.s.Spread)
 	}
+	fmt.Fprintf(&b, "\nThe active gateway stops forwarding (ip_forward=0, its agent frozen), its host answering every probe, %d times: VPC1 host <-> VPC2 host blackout p50 %.0f ms, p99 %.0f ms (detected by VPC2's gateway's probes through it to the standby's LAN address: %s without an answer).\n",
+		fwdReps, f.CframeForwarding.Median, f.CframeForwarding.P99, ha.DefaultTiming().ForwardDownAfter)
 	fmt.Fprintf(&b, "\nThe prober, %d targets (another namespace's kernel answering over a veth), in %% of one CPU:\n\n| interval | user | system | total |\n|---|---|---|---|\n", f.ProbeTargets)
 	for _, l := range f.ProbeCost {
 		fmt.Fprintf(&b, "| %.0f ms | %.2f | %.2f | %.2f |\n", l.IntervalMs, l.UserPct, l.SystemPct, l.UserPct+l.SystemPct)
@@ -112,6 +121,7 @@ func failover(o Options) (Section, error) {
 			Better("cframe", f.CframeVIP.Median, "keepalived", f.KeepalivedVIP.Median, false)),
 		fmt.Sprintf("end to end (cframe also moves the remote ends) against keepalived's local floor: p50 %s, p99 %s; under the 1 s contract: %v, under the 300 ms aim: %v",
 			Ratio(f.CframeEndToEnd.Median, f.KeepalivedVIP.Median), Ratio(f.CframeEndToEnd.P99, f.KeepalivedVIP.P99), f.CframeEndToEnd.P99 < 1000, f.CframeEndToEnd.P99 < 300),
+		fmt.Sprintf("an active gateway that stops forwarding: end to end p50 %.0f ms, p99 %.0f ms; under 1 s: %v", f.CframeForwarding.Median, f.CframeForwarding.P99, f.CframeForwarding.P99 < 1000),
 		fmt.Sprintf("prober cost for %d peers: %.2f%% of a CPU (user %.2f%%) at 100 ms, %.2f%% at 500 ms (target: a few %%)", f.ProbeTargets,
 			f.ProbeCost[0].UserPct+f.ProbeCost[0].SystemPct, f.ProbeCost[0].UserPct, f.ProbeCost[1].UserPct+f.ProbeCost[1].SystemPct))
 	return s, nil
@@ -127,35 +137,35 @@ func keepalivedVersion() string {
 
 // cframeFailovers runs VPC1 with two gateways (sz-1, sz-2) and VPC2 with
 // one, and kills the active gateway's host reps times, the other one each
-// time.
-func cframeFailovers(o Options, reps int) (e2e, local []time.Duration, err error) {
+// time; then, fwdReps times, turns the active gateway's forwarding off.
+func cframeFailovers(o Options, reps, fwdReps int) (e2e, local, fwd []time.Duration, err error) {
 	n, err := topo.New(nsPrefix + "fo")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	defer n.Close()
 	tp, err := topo.Build(n, topo.Walkthrough()[:2]...)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	sz, hk := tp.Sites()[0], tp.Sites()[1]
 	h, err := tp.MakeHA(sz, foVIP, foStandby)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	c, err := cluster.Start(tp, hk, cluster.Options{Bin: o.Bin, Dir: filepath.Join(o.Work, "failover")})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	ctx := context.Background()
 	agents := map[*topo.Gateway]*cluster.Edge{}
 	for i, site := range []*topo.Site{h.SiteOf(h.Gateways[0]), h.SiteOf(h.Gateways[1]), hk} {
 		e, err := c.NewEdge([]string{"sz-1", "sz-2", "hk-1"}[i], site)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if err := e.Start(); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		spec := e.Spec()
 		if i < 2 {
@@ -163,7 +173,7 @@ func cframeFailovers(o Options, reps int) (e2e, local []time.Duration, err error
 			agents[h.Gateways[i]] = e
 		}
 		if _, err := c.API.Add(ctx, spec); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	holder := func() *topo.Gateway {
@@ -180,11 +190,18 @@ func cframeFailovers(o Options, reps int) (e2e, local []time.Duration, err error
 		}
 		return n.Ping(sz.Host, hk.HostAddr, 1, time.Second)
 	}); err != nil {
-		return nil, nil, fmt.Errorf("the HA mesh did not converge: %w", err)
+		return nil, nil, nil, fmt.Errorf("the HA mesh did not converge: %w", err)
 	}
 	time.Sleep(2 * time.Second) // the standby's hellos and probes settle
-	o.Logf("HA mesh up; %d host deaths", reps)
-	for rep := 0; rep < reps; rep++ {
+	o.Logf("HA mesh up; %d host deaths, %d forwarding failures", reps, fwdReps)
+	// A failure of the active gateway: its agent frozen, and its host
+	// dead (links down) or its forwarding off; and the repair.
+	hostDeath := func(g *topo.Gateway, down bool) error { return h.SetDown(tp, g, down) }
+	noForwarding := func(g *topo.Gateway, off bool) error {
+		_, err := n.Exec(g.NS, "sysctl", "-qw", fmt.Sprintf("net.ipv4.ip_forward=%d", map[bool]int{true: 0, false: 1}[off]))
+		return err
+	}
+	round := func(rep int, what string, fail func(*topo.Gateway, bool) error) (e2e, local time.Duration, err error) {
 		var dead *topo.Gateway
 		if err := topo.Eventually(10*time.Second, func() error {
 			if dead = holder(); dead == nil {
@@ -192,7 +209,7 @@ func cframeFailovers(o Options, reps int) (e2e, local []time.Duration, err error
 			}
 			return nil
 		}); err != nil {
-			return nil, nil, err
+			return 0, 0, err
 		}
 		var next *topo.Gateway
 		for _, g := range h.Gateways {
@@ -202,13 +219,13 @@ func cframeFailovers(o Options, reps int) (e2e, local []time.Duration, err error
 		}
 		flows, err := startFlows([][2]any{{sz.Host, hk.HostAddr}, {hk.Host, sz.HostAddr}, {sz.Host, foVIP}})
 		if err != nil {
-			return nil, nil, err
+			return 0, 0, err
 		}
 		time.Sleep(300 * time.Millisecond)
 		pid := agents[dead].Proc().Pid()
 		syscall.Kill(pid, syscall.SIGSTOP)
-		if err := h.SetDown(tp, dead, true); err != nil {
-			return nil, nil, err
+		if err := fail(dead, true); err != nil {
+			return 0, 0, err
 		}
 		want := mesh.VTEPMAC(agents[next].Name).String()
 		err = topo.Eventually(10*time.Second, func() error {
@@ -222,19 +239,33 @@ func cframeFailovers(o Options, reps int) (e2e, local []time.Duration, err error
 		time.Sleep(500 * time.Millisecond)
 		st := stopFlows(flows)
 		if err != nil {
-			return nil, nil, fmt.Errorf("failover %d: %w", rep, err)
+			return 0, 0, fmt.Errorf("failover %d (%s): %w", rep, what, err)
 		}
-		e2e = append(e2e, max(st[0].Blackout, st[1].Blackout))
-		local = append(local, st[2].Blackout)
-		o.Logf("cframe failover %d (%s dies): end to end %s, VIP %s", rep+1, agents[dead].Name,
-			e2e[rep].Round(time.Millisecond), local[rep].Round(time.Millisecond))
-		if err := h.SetDown(tp, dead, false); err != nil {
-			return nil, nil, err
+		e2e, local = max(st[0].Blackout, st[1].Blackout), st[2].Blackout
+		o.Logf("cframe failover %d (%s %s): end to end %s, VIP %s", rep+1, agents[dead].Name, what,
+			e2e.Round(time.Millisecond), local.Round(time.Millisecond))
+		if err := fail(dead, false); err != nil {
+			return 0, 0, err
 		}
 		syscall.Kill(pid, syscall.SIGCONT)
 		time.Sleep(3 * time.Second) // back as a standby
+		return e2e, local, nil
 	}
-	return e2e, local, nil
+	for rep := range reps {
+		a, b, err := round(rep, "dies", hostDeath)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		e2e, local = append(e2e, a), append(local, b)
+	}
+	for rep := range fwdReps {
+		a, _, err := round(rep, "stops forwarding", noForwarding)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		fwd = append(fwd, a)
+	}
+	return e2e, local, fwd, nil
 }
 
 // startFlows starts an echo flow per (namespace, address) pair.

@@ -234,7 +234,7 @@ func reconcileSize1(o Options, k *netcfg.Kernel, ns string, peers, reps int) (re
 func floorBatches(d *netcfg.Desired) (ipBatch, bridgeBatch string) {
 	var ip, br strings.Builder
 	dev := netcfg.DefaultDevice
-	fmt.Fprintf(&ip, "link add %s address %s mtu 1450 type vxlan id %d dstport %d nolearning\n", dev, d.DeviceMAC, mesh.VNI, d.Port)
+	fmt.Fprintf(&ip, "link add %s address %s mtu 1450 type vxlan id %d dstport %d nolearning udpcsum\n", dev, d.DeviceMAC, mesh.VNI, d.Port)
 	fmt.Fprintf(&ip, "link set dev %s alias %s\nlink set dev %s up\n", dev, netcfg.OwnerAlias, dev)
 	for _, p := range d.Peers {
 		fmt.Fprintf(&ip, "neigh add %s lladdr %s dev %s nud permanent\n", p.NextHop, p.MAC, dev)

@@ -2,6 +2,9 @@
 // three VPCs in network namespaces with an "internet" between their edges,
 // the controller on sz-1's gateway, three edges, the walkthrough's three API
 // calls, and its ping test — then a full ping matrix and the edge list.
+// With -cloud (make demo CLOUD=1) the VPCs have the shape they have in a
+// cloud (topo.BuildCloud): single-NIC edges behind VPC routers that map an
+// EIP onto each, and the demo also moves bulk TCP between the VPCs.
 // Everything lives in namespaces named cfdemo-*; nothing touches the root
 // namespace, and all of it is removed on exit or Ctrl-C (make demo-clean
 // removes the leftovers of a killed run).
@@ -31,6 +34,7 @@ func main() {
 	bin := flag.String("bin", "dist", "directory with the built programs (make build)")
 	etcd := flag.Bool("etcd", false, "run the controller on a real etcd, as the walkthrough does")
 	hold := flag.Bool("hold", false, "keep the mesh running until Ctrl-C, to look inside")
+	cloud := flag.Bool("cloud", false, "the cloud shape: single-NIC edges behind VPC routers that map an EIP onto them")
 	clean := flag.Bool("clean", false, "only remove the leftovers of an interrupted demo")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -45,7 +49,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := run(ctx, *bin, *etcd, *hold)
+	err := run(ctx, *bin, *etcd, *hold, *cloud)
 	if err != nil {
 		fail("%v", err)
 	}
@@ -58,7 +62,7 @@ func fail(format string, a ...any) {
 
 func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
 
-func run(ctx context.Context, bin string, etcd, hold bool) error {
+func run(ctx context.Context, bin string, etcd, hold, cloud bool) error {
 	bin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -76,8 +80,12 @@ func run(ctx context.Context, bin string, etcd, hold bool) error {
 		n.Close()
 	}()
 
-	step("building the walkthrough's topology in network namespaces")
-	t, err := topo.Build(n, topo.Walkthrough()...)
+	build, shape := topo.Build, ""
+	if cloud {
+		build, shape = topo.BuildCloud, " (cloud shape)"
+	}
+	step("building the walkthrough's topology%s in network namespaces", shape)
+	t, err := build(n, topo.Walkthrough()...)
 	if err != nil {
 		return err
 	}
@@ -85,7 +93,23 @@ func run(ctx context.Context, bin string, etcd, hold bool) error {
 		fmt.Printf("    %s  %-15s edge %-15s (public %-13s ns %s)  host %-15s (ns %s)\n",
 			cluster.WalkthroughNames[i], s.CIDR, s.EdgeAddr, s.Underlay(), s.Edge, s.HostAddr, s.Host)
 	}
-	fmt.Printf("    the hosts route the other VPCs via their edge (the cloud route table step)\n")
+	if cloud {
+		fmt.Printf("    each edge has ONE NIC in its VPC; its public address is an EIP that the VPC router (ns %s-*-rt)\n", prefix)
+		fmt.Printf("    maps 1:1 onto the edge's private address: hostaddr is the EIP, the controller is reached at sz-1's EIP\n")
+		fmt.Printf("    each VPC router's route table sends the other VPCs' CIDRs to the edge (the walkthrough's step 5):\n")
+		for _, s := range t.Sites() {
+			out, _ := n.Exec(s.RouteTable, "ip", "route")
+			var via []string
+			for _, l := range strings.Split(out, "\n") {
+				if f := strings.Fields(l); len(f) >= 3 && f[1] == "via" && f[2] == s.EdgeAddr.String() {
+					via = append(via, strings.Join(f[:3], " "))
+				}
+			}
+			fmt.Printf("      %s: %s\n", s.VPCRouter, strings.Join(via, ", "))
+		}
+	} else {
+		fmt.Printf("    the hosts route the other VPCs via their edge (the cloud route table step)\n")
+	}
 
 	home := t.Sites()[0]
 	store := "embedded store"
@@ -150,6 +174,17 @@ func run(ctx context.Context, bin string, etcd, hold bool) error {
 		return err
 	}
 
+	if cloud {
+		step("bulk TCP between the VPCs' hosts, through both VPC routers' NAT")
+		for _, p := range [][2]*topo.Site{{vpc3, t.Sites()[0]}, {t.Sites()[0], t.Sites()[1]}} {
+			start := time.Now()
+			if err := topo.TCPTransfer(p[0].Host, p[1].Host, p[1].HostAddr, 16<<20, 20*time.Second); err != nil {
+				return err
+			}
+			fmt.Printf("    %s -> %s: 16 MiB echoed back in %s\n", p[0].HostAddr, p[1].HostAddr, time.Since(start).Round(time.Millisecond))
+		}
+	}
+
 	step("cframectl edge list")
 	out, err := c.Ctl("edge", "list")
 	fmt.Print(indent(out))
@@ -167,6 +202,10 @@ func run(ctx context.Context, bin string, etcd, hold bool) error {
 		"iptables -S CFRAME-FORWARD; iptables -S CFRAME-INPUT; iptables -t mangle -S CFRAME-MSS",
 	} {
 		fmt.Printf("    ip netns exec %s sh -c '%s'\n", e3, cmd)
+	}
+	if cloud {
+		fmt.Printf("    ip netns exec %s iptables -t nat -S     # the VPC router's EIP mapping and SNAT\n", vpc3.VPCRouter)
+		fmt.Printf("    ip netns exec %s ethtool -k cframe0     # tx-checksumming off: TCP and UDP survive those NATs\n", e3)
 	}
 	out, _ = n.Exec(e3, "ip", "route", "show", "proto", "207")
 	fmt.Printf("    for example, %s's routes:\n%s", cluster.WalkthroughNames[2], indent(out))

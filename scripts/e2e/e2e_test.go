@@ -64,15 +64,26 @@ func newFixture(t *testing.T) *fixture { return newFixtureWith(t, cluster.Option
 
 // newFixtureWith is newFixture with further cluster options.
 func newFixtureWith(t *testing.T, opts cluster.Options) *fixture {
+	vpcs := topo.Walkthrough()
+	vpcs[2].Extra = &podRange
+	f := buildFixture(t, topo.Build, vpcs, opts)
+	for i, s := range f.topo.Sites() {
+		f.startEdge(cluster.WalkthroughNames[i], s)
+	}
+	return f
+}
+
+// buildFixture builds vpcs in namespaces with build (topo.Build or
+// topo.BuildCloud) and starts the controller with opts on the first site's
+// edge; no edge runs yet.
+func buildFixture(t *testing.T, build func(*topo.Net, ...topo.VPC) (*topo.Topology, error), vpcs []topo.VPC, opts cluster.Options) *fixture {
 	topo.SkipUnlessRoot(t, "bridge", "iptables", "ping")
 	n, err := topo.New(topo.UniquePrefix("cfe"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
-	vpcs := topo.Walkthrough()
-	vpcs[2].Extra = &podRange
-	tp, err := topo.Build(n, vpcs...)
+	tp, err := build(n, vpcs...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,9 +99,6 @@ func newFixtureWith(t *testing.T, opts cluster.Options) *fixture {
 			f.dumpLogs(dir)
 		}
 	})
-	for i, s := range tp.Sites() {
-		f.startEdge(cluster.WalkthroughNames[i], s)
-	}
 	return f
 }
 

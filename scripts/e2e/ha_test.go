@@ -505,6 +505,55 @@ func TestGatewayHA(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+
+	t.Run("the active gateway stops forwarding while its agent is dead: the standby takes over", func(t *testing.T) {
+		// sz-1's kernel keeps answering every probe (and holds the VIP:
+		// nothing removes it), but forwards nothing; only probes through
+		// it show that.
+		ns, e := f.gw["sz-1"].NS, f.edges["sz-1"]
+		tr := f.startTraffic()
+		time.Sleep(300 * time.Millisecond)
+		e.Proc().Kill()
+		if _, err := f.net.Exec(ns, "sysctl", "-qw", "net.ipv4.ip_forward=0"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := topo.Eventually(10*time.Second, func() error {
+			if held, err := f.ha.Holds(f.topo, f.gw["sz-2"], f.vip); err != nil || !held {
+				return fmt.Errorf("sz-2 holds the VIP: %v (%v)", held, err)
+			}
+			dead := f.dead
+			f.dead = map[string]bool{"sz-1": true} // its kernel still holds the VIP
+			defer func() { f.dead = dead }()
+			return f.activeIs("sz-2", remotes...)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(start)
+		time.Sleep(time.Second)
+		worst, _, sum := tr.stop(t)
+		t.Logf("active stopped forwarding: switched %s after; %s", took.Round(time.Millisecond), sum)
+		if worst >= time.Second {
+			t.Errorf("blackout %s when the active stopped forwarding, want under a second", worst)
+		}
+		for _, name := range remotes {
+			if b, _ := os.ReadFile(f.edges[name].Log); !strings.Contains(string(b), "site sz: sz-2 active at epoch") ||
+				!strings.Contains(string(b), "sz-1 does not forward: probes through it to sz-2 unanswered from gz-3, hk-1") {
+				t.Errorf("%s did not switch for sz-1's forwarding", name)
+			}
+		}
+		// Its agent returns: forwarding repaired, the VIP removed, standby.
+		if err := e.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := topo.Eventually(10*time.Second, func() error { return f.activeIs("sz-2", remotes...) }); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := f.net.Exec(ns, "sysctl", "-n", "net.ipv4.ip_forward"); err != nil || strings.TrimSpace(out) != "1" {
+			t.Errorf("ip_forward on sz-1 after its agent returned: %q %v", out, err)
+		}
+		f.controllerShows("sz-2")
+	})
 }
 
 func siteOf(tp api.Topology, name string) api.TopologySite {

@@ -111,6 +111,61 @@ func TCPTransfer(fromNS, toNS string, addr netip.Addr, size int, timeout time.Du
 	return nil
 }
 
+// UDPTransfer starts a UDP echo server on addr (an address of namespace
+// toNS) and sends count datagrams of size random bytes to it from namespace
+// fromNS, one at a time; each must come back intact. A datagram whose echo
+// is late is sent again (a loaded machine may drop one), but all of them
+// must be echoed within timeout.
+func UDPTransfer(fromNS, toNS string, addr netip.Addr, count, size int, timeout time.Duration) error {
+	var srv net.PacketConn
+	if err := Do(toNS, func() (err error) {
+		srv, err = net.ListenPacket("udp", netip.AddrPortFrom(addr, 0).String())
+		return err
+	}); err != nil {
+		return err
+	}
+	defer srv.Close()
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteTo(buf[:n], from)
+		}
+	}()
+	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	c, err := Dialer{NS: fromNS}.DialContext(ctx, "udp", srv.LocalAddr().String())
+	if err != nil {
+		return fmt.Errorf("udp %s -> %s: %w", fromNS, srv.LocalAddr(), err)
+	}
+	defer c.Close()
+	payload, buf := make([]byte, size), make([]byte, size+1)
+	for i := 0; i < count; i++ {
+		rand.Read(payload)
+		for echoed := false; !echoed; {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("udp %s -> %s: %d of %d datagrams of %d bytes echoed within %s", fromNS, srv.LocalAddr(), i, count, size, timeout)
+			}
+			if _, err := c.Write(payload); err != nil {
+				return fmt.Errorf("udp %s -> %s: %w", fromNS, srv.LocalAddr(), err)
+			}
+			c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			for !echoed {
+				n, err := c.Read(buf)
+				if err != nil {
+					break // late: send again
+				}
+				echoed = bytes.Equal(buf[:n], payload) // else an echo of an earlier resend
+			}
+		}
+	}
+	return nil
+}
+
 // Dialer opens connections from inside network namespace NS. DialContext
 // fits http.Transport; Dial (5 s timeout) fits nats.CustomDialer.
 type Dialer struct{ NS string }

@@ -144,6 +144,29 @@ func (n *Net) Ping(ns string, addr netip.Addr, count int, timeout time.Duration)
 	return err
 }
 
+// Counter reads one counter of namespace ns's /proc/net/snmp, named as
+// nstat names it: "UdpInCsumErrors" is the InCsumErrors column of the Udp
+// lines.
+func (n *Net) Counter(ns, name string) (int64, error) {
+	out, err := n.Exec(ns, "cat", "/proc/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	lines := strings.Split(out, "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		head, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(head) == 0 || len(head) != len(vals) || head[0] != vals[0] || !strings.HasPrefix(name, strings.TrimSuffix(head[0], ":")) {
+			continue
+		}
+		for j, h := range head[1:] {
+			if strings.TrimSuffix(head[0], ":")+h == name {
+				return strconv.ParseInt(vals[j+1], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("topo: no counter %s in %s's /proc/net/snmp", name, ns)
+}
+
 // Start runs args inside namespace ns in the background, with stdout and
 // stderr appended to logfile (discarded when logfile is empty). The process is
 // tracked: Close stops it if it is still running.

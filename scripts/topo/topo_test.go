@@ -263,10 +263,11 @@ func TestWalkthroughTopology(t *testing.T) {
 }
 
 // TestDo: fn runs in the namespace, the caller's thread does not move, and
-// TCPTransfer moves bytes between two namespaces.
+// TCPTransfer and UDPTransfer move bytes between two namespaces.
 func TestDo(t *testing.T) {
 	t.Parallel()
 	n := newNet(t)
+	SkipUnlessRoot(t, "iptables")
 	a, _ := n.NS("a")
 	b, _ := n.NS("b")
 	if err := n.Veth(End{NS: a, Name: "x0", Addr: netip.MustParsePrefix("10.2.0.1/30")},
@@ -311,6 +312,24 @@ func TestDo(t *testing.T) {
 	}
 	if err := TCPTransfer(a, b, netip.MustParseAddr("10.2.0.1"), 1, time.Second); err == nil {
 		t.Error("TCPTransfer to an address the server namespace lacks succeeded")
+	}
+	datagrams, err := n.Counter(b, "UdpInDatagrams")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := UDPTransfer(a, b, netip.MustParseAddr("10.2.0.2"), 20, 1400, 10*time.Second); err != nil {
+		t.Error(err)
+	}
+	if after, err := n.Counter(b, "UdpInDatagrams"); err != nil || after-datagrams < 20 {
+		t.Errorf("UdpInDatagrams of the echo side: %d -> %d (%v), want 20 more", datagrams, after, err)
+	}
+	if _, err := n.Counter(b, "UdpNoSuchCounter"); err == nil {
+		t.Error("Counter found a counter that does not exist")
+	}
+	// Nobody echoes behind a drop: every send times out.
+	mustExec(t, n, b, "iptables", "-A", "INPUT", "-p", "udp", "-j", "DROP")
+	if err := UDPTransfer(a, b, netip.MustParseAddr("10.2.0.2"), 1, 100, time.Second); err == nil {
+		t.Error("UDPTransfer through a drop succeeded")
 	}
 }
 

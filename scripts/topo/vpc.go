@@ -27,9 +27,9 @@ type VPC struct {
 	CIDR     netip.Prefix
 	EdgeAddr netip.Addr
 	HostAddr netip.Addr
-	// NoRouteBack leaves the host without routes to the other VPCs, like a
-	// cloud route table that cannot point at the edge: only masquerading
-	// edges make such a VPC reachable.
+	// NoRouteBack leaves the VPC's route table without routes to the other
+	// VPCs, like a cloud route table that cannot point at the edge: only
+	// masquerading edges make such a VPC reachable.
 	NoRouteBack bool
 	// Extra optionally puts a second network behind the edge (the k8s pod
 	// range case) with one host in it.
@@ -55,12 +55,14 @@ func Walkthrough() []VPC {
 	}
 }
 
-// Topology is an "internet" router namespace plus one Site per VPC.
+// Topology is an "internet" router namespace plus one Site per VPC, all
+// in one shape: Build's (edges with two NICs) or BuildCloud's (see cloud.go).
 type Topology struct {
 	Net *Net
 	// Router is the namespace of the underlay router.
 	Router string
 
+	cloud bool
 	mu    sync.Mutex
 	sites []*Site
 	// extraGateways counts the gateways MakeHA added (ha.go).
@@ -75,15 +77,31 @@ type Site struct {
 	// Edge, Host and ExtraHost are namespace names (ExtraHost is empty
 	// without Extra).
 	Edge, Host, ExtraHost string
-	// Public is the edge's underlay address with its /24, e.g. 198.51.100.10/24.
+	// EdgeIf is the edge's underlay interface: EdgeWAN, or in the cloud
+	// shape its only NIC (HostIf), which is its LAN interface too.
+	EdgeIf string
+	// Public is the edge's public address with its /24, e.g.
+	// 198.51.100.10/24: an address of the edge itself, or in the cloud
+	// shape its EIP, held by the VPC router and mapped 1:1 onto EdgeAddr.
 	Public netip.Prefix
 	// Gateway is the router's address in Public's /24.
 	Gateway netip.Addr
 	// RouterIf is the router's interface toward this site.
 	RouterIf string
+	// RouteTable is the namespace whose routes stand in for the VPC's
+	// route table (the walkthrough's step 5): the host's, or in the cloud
+	// shape the VPC router's.
+	RouteTable string
+	// The cloud shape only (see cloud.go): VPCRouter is the VPC router's
+	// namespace, LANGateway its address in CIDR (every host's and the
+	// edge's default gateway) and SNAT the public address the rest of the
+	// VPC leaves by.
+	VPCRouter        string
+	LANGateway, SNAT netip.Addr
 }
 
-// Underlay returns the edge's public (underlay) address.
+// Underlay returns the edge's public (underlay) address: the address the
+// other edges reach it at.
 func (s *Site) Underlay() netip.Addr { return s.Public.Addr() }
 
 // CIDRs returns every network behind the site's edge, primary first.
@@ -111,16 +129,20 @@ func underlayNet(i int) (netip.Prefix, error) {
 	return netip.Prefix{}, fmt.Errorf("topo: too many sites (%d)", i+1)
 }
 
-// Build creates the router namespace and one site per VPC on n.
-func Build(n *Net, vpcs ...VPC) (*Topology, error) {
+// Build creates the router namespace and one site per VPC on n: each edge
+// has a WAN interface holding its public address and a LAN interface, and
+// each host routes the other VPCs via its edge.
+func Build(n *Net, vpcs ...VPC) (*Topology, error) { return build(n, false, vpcs) }
+
+func build(n *Net, cloud bool, vpcs []VPC) (*Topology, error) {
 	r, err := n.NS("inet")
 	if err != nil {
 		return nil, err
 	}
-	if _, err := n.Exec(r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
+	if err := forwarding(n, r); err != nil {
 		return nil, err
 	}
-	t := &Topology{Net: n, Router: r}
+	t := &Topology{Net: n, Router: r, cloud: cloud}
 	for _, v := range vpcs {
 		if _, err := t.AddVPC(v); err != nil {
 			return nil, err
@@ -146,9 +168,10 @@ func (t *Topology) Site(name string) *Site {
 	return nil
 }
 
-// AddVPC builds one more site and adds routes to its networks on the hosts
-// of the existing sites (the cloud route tables' part), so a VPC can join
-// while traffic between the others keeps running.
+// AddVPC builds one more site, in the topology's shape, and adds routes to
+// its networks to the route tables of the existing sites (the cloud route
+// tables' part), so a VPC can join while traffic between the others keeps
+// running.
 func (t *Topology) AddVPC(v VPC) (*Site, error) {
 	if v.Name == "" || !v.CIDR.IsValid() || !v.CIDR.Contains(v.EdgeAddr) || !v.CIDR.Contains(v.HostAddr) {
 		return nil, fmt.Errorf("topo: bad VPC %+v", v)
@@ -187,15 +210,12 @@ func (t *Topology) AddVPC(v VPC) (*Site, error) {
 	if s.Host, err = n.NS(v.Name + "-host"); err != nil {
 		return nil, err
 	}
-	if err := n.Veth(End{NS: t.Router, Name: s.RouterIf, Addr: netip.PrefixFrom(s.Gateway, 24)},
-		End{NS: s.Edge, Name: EdgeWAN, Addr: s.Public}); err != nil {
-		return nil, err
+	if t.cloud {
+		err = t.wireCloud(s)
+	} else {
+		err = t.wirePlain(s)
 	}
-	if _, err := n.Exec(s.Edge, "ip", "route", "add", "default", "via", s.Gateway.String()); err != nil {
-		return nil, err
-	}
-	if err := n.Veth(End{NS: s.Edge, Name: EdgeLAN, Addr: netip.PrefixFrom(v.EdgeAddr, v.CIDR.Bits())},
-		End{NS: s.Host, Name: HostIf, Addr: netip.PrefixFrom(v.HostAddr, v.CIDR.Bits())}); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	if v.Extra != nil {
@@ -224,14 +244,37 @@ func (t *Topology) AddVPC(v VPC) (*Site, error) {
 	return s, errors.Join(errs...)
 }
 
-// routeVia points host's routes for every network of dst at host's edge,
-// unless host's VPC is marked NoRouteBack.
+// wirePlain connects s's edge to the router by its WAN interface (holding
+// the public address) and its host by its LAN interface; the host's route
+// table is its own.
+func (t *Topology) wirePlain(s *Site) error {
+	n := t.Net
+	s.EdgeIf, s.RouteTable = EdgeWAN, s.Host
+	if err := n.Veth(End{NS: t.Router, Name: s.RouterIf, Addr: netip.PrefixFrom(s.Gateway, 24)},
+		End{NS: s.Edge, Name: EdgeWAN, Addr: s.Public}); err != nil {
+		return err
+	}
+	if _, err := n.Exec(s.Edge, "ip", "route", "add", "default", "via", s.Gateway.String()); err != nil {
+		return err
+	}
+	return n.Veth(End{NS: s.Edge, Name: EdgeLAN, Addr: netip.PrefixFrom(s.EdgeAddr, s.CIDR.Bits())},
+		End{NS: s.Host, Name: HostIf, Addr: netip.PrefixFrom(s.HostAddr, s.CIDR.Bits())})
+}
+
+// forwarding turns on IPv4 forwarding in namespace ns.
+func forwarding(n *Net, ns string) error {
+	_, err := n.Exec(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	return err
+}
+
+// routeVia points the route table of host's VPC at host's edge for every
+// network of dst, unless host's VPC is marked NoRouteBack.
 func (t *Topology) routeVia(host, dst *Site) error {
 	if host.NoRouteBack {
 		return nil
 	}
 	for _, c := range dst.CIDRs() {
-		if _, err := t.Net.Exec(host.Host, "ip", "route", "replace", c.String(), "via", host.EdgeAddr.String()); err != nil {
+		if _, err := t.Net.Exec(host.RouteTable, "ip", "route", "replace", c.String(), "via", host.EdgeAddr.String()); err != nil {
 			return err
 		}
 	}
