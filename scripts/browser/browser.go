@@ -222,18 +222,25 @@ func (b *Browser) call(session, method string, params any, out any) error {
 	}
 }
 
-// Navigate loads url in the page.
+// Navigate loads url in the page. A load that Chromium abandons because
+// the network changed under it (a namespace's addresses settling, IPv6
+// duplicate address detection ending) is tried again, as a user would.
 func (b *Browser) Navigate(url string) error {
-	var r struct {
-		ErrorText string `json:"errorText"`
+	for attempt := 1; ; attempt++ {
+		var r struct {
+			ErrorText string `json:"errorText"`
+		}
+		if err := b.call(b.session, "Page.navigate", map[string]any{"url": url}, &r); err != nil {
+			return err
+		}
+		switch {
+		case r.ErrorText == "":
+			return nil
+		case r.ErrorText != "net::ERR_NETWORK_CHANGED" || attempt == 5:
+			return fmt.Errorf("browser: navigate %s: %s", url, r.ErrorText)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	if err := b.call(b.session, "Page.navigate", map[string]any{"url": url}, &r); err != nil {
-		return err
-	}
-	if r.ErrorText != "" {
-		return fmt.Errorf("browser: navigate %s: %s", url, r.ErrorText)
-	}
-	return nil
 }
 
 // Eval evaluates a JavaScript expression in the page and decodes its
