@@ -186,6 +186,8 @@ func (c haCollector) Collect(ch chan<- prometheus.Metric) {
 			peer, path := name, "tunnel"
 			if gw, ok := strings.CutPrefix(name, ha.LANTarget("")); ok {
 				peer, path = gw, "lan"
+			} else if !ha.PeerTarget(name) {
+				continue // the HA engine's own checks (forwarding through a gateway)
 			}
 			up := 0.0
 			if st.Up {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -22,6 +23,14 @@ const replayTimeout = 5 * time.Second
 // stream.
 const auditOpenTimeout = time.Minute
 
+// auditQueue is how many events may wait for the stream (a replicated
+// stream electing a leader); auditDrain how long a stopping controller
+// goes on writing them.
+const (
+	auditQueue = 4096
+	auditDrain = 2 * time.Second
+)
+
 // audit is the kept audit trail: the JetStream stream that stores every
 // event the controller writes (bounded by audit_retention and
 // audit_max_bytes, the oldest dropped first) and republishes it on the
@@ -29,17 +38,26 @@ const auditOpenTimeout = time.Minute
 type audit struct {
 	stream jetstream.Stream
 	sub    *nats.Subscription
+	js     jetstream.JetStream
+	// queue holds the events on their way to the stream; the writer ends
+	// once stopping is closed and the queue is empty (or auditDrain is up),
+	// then closes done.
+	queue          chan bus.Event
+	stopping, done chan struct{}
+	stopOnce       sync.Once
 }
 
 // openAudit creates or updates the audit stream (a changed retention takes
 // effect at once; the controllers of a cluster should agree on it) with as
 // many replicas as the embedded store, and starts answering replay
-// requests. In a cluster it retries while JetStream is still forming.
+// requests and writing events. It retries while JetStream is slow to answer
+// (a cluster still forming, a loaded machine).
 func (c *Controller) openAudit() error {
 	js, err := jetstream.New(c.nc)
 	if err != nil {
 		return err
 	}
+	c.audit.js = js
 	cfg := jetstream.StreamConfig{
 		Name:        bus.AuditStream,
 		Description: "cframe audit events",
@@ -59,14 +77,81 @@ func (c *Controller) openAudit() error {
 		if err == nil {
 			break
 		}
-		if !c.cfg.Clustered() || time.Now().After(deadline) || c.ctx.Err() != nil {
+		if time.Now().After(deadline) || c.ctx.Err() != nil {
 			return fmt.Errorf("audit stream: %w", err)
 		}
-		c.log.Info("waiting for the cluster to hold the audit stream", "err", err)
+		c.log.Info("waiting for JetStream to hold the audit stream", "err", err)
 	}
 	// A queue group: with several controllers, one answers each request.
-	c.audit.sub, err = c.nc.QueueSubscribe(bus.SubjectAuditReplay, "cframe-controller", c.onReplay)
-	return err
+	if c.audit.sub, err = c.nc.QueueSubscribe(bus.SubjectAuditReplay, "cframe-controller", c.onReplay); err != nil {
+		return err
+	}
+	c.audit.queue, c.audit.stopping, c.audit.done = make(chan bus.Event, auditQueue), make(chan struct{}), make(chan struct{})
+	go c.writeAudit()
+	return nil
+}
+
+// writeAudit stores the queued events in order, each acknowledged by the
+// stream. Once the controller stops, it goes on for up to auditDrain with
+// what is queued.
+func (c *Controller) writeAudit() {
+	defer close(c.audit.done)
+	giveUp := make(chan struct{})
+	go func() {
+		<-c.audit.stopping
+		time.AfterFunc(auditDrain, func() { close(giveUp) })
+	}()
+	run := fmt.Sprintf("%s-%d", c.cfg.ServerName, time.Now().UnixNano())
+	for n := 1; ; n++ {
+		select {
+		case e := <-c.audit.queue:
+			if !c.keep(e, fmt.Sprintf("%s-%d", run, n), giveUp) {
+				c.log.Error("audit events not kept: the controller stopped before the stream took them", "events", len(c.audit.queue)+1)
+				return
+			}
+		case <-c.audit.stopping:
+			if len(c.audit.queue) == 0 {
+				return
+			}
+		}
+	}
+}
+
+// keep stores one event. A publish the stream cannot take now (a
+// replicated stream electing a leader) is tried again under the same id,
+// which the stream recognises: the event is kept once however often it is
+// sent. It reports false if giveUp closes first.
+func (c *Controller) keep(e bus.Event, id string, giveUp <-chan struct{}) bool {
+	body, err := json.Marshal(e)
+	if err != nil {
+		c.log.Error("audit event not kept", "kind", e.Kind, "edge", e.Edge, "err", err)
+		return true
+	}
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		ctx, cancel := context.WithTimeout(context.Background(), storeAttempt)
+		_, err = c.audit.js.Publish(ctx, bus.AuditInSubject(e.Kind, e.Edge), body, jetstream.WithMsgID(id))
+		cancel()
+		if err == nil {
+			return true
+		}
+		if wait == 50*time.Millisecond {
+			c.log.Warn("the audit stream does not take events now; retrying", "err", err)
+		}
+		select {
+		case <-giveUp:
+			return false
+		case <-time.After(wait):
+		}
+	}
+}
+
+// closeAudit lets the writer store what is queued, for up to auditDrain.
+func (c *Controller) closeAudit() {
+	if c.audit.done == nil {
+		return
+	}
+	c.audit.stopOnce.Do(func() { close(c.audit.stopping) })
+	<-c.audit.done
 }
 
 // event records what the controller saw by itself (heartbeats, key pins).
@@ -79,12 +164,17 @@ func (c *Controller) apiEvent(ctx context.Context, kind, edge string, rev uint64
 	c.record(bus.Event{Kind: kind, Edge: edge, Revision: rev, Detail: detail, Actor: api.ActorOf(ctx)})
 }
 
-// record writes an event into the audit stream, which keeps it and
-// publishes it to live readers.
+// record queues an event for the audit stream, which keeps it and
+// publishes it to live readers. It never blocks: a full queue (the stream
+// unavailable for long) drops the event, saying so.
 func (c *Controller) record(e bus.Event) {
 	e.Time = time.Now().UTC()
 	c.metrics.auditEvents.WithLabelValues(e.Kind).Inc()
-	c.publish(bus.AuditInSubject(e.Kind, e.Edge), e)
+	select {
+	case c.audit.queue <- e:
+	default:
+		c.log.Error("audit event dropped: the audit stream has not taken events for long", "kind", e.Kind, "edge", e.Edge)
+	}
 	c.changed()
 }
 

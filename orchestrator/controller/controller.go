@@ -346,6 +346,7 @@ loop:
 func (c *Controller) close() {
 	c.ready.Store(false)
 	if c.stop != nil {
+		c.closeAudit()
 		c.stop() // ends the store's change feed
 	}
 	if c.apiLn != nil {

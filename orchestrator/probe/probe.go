@@ -78,6 +78,10 @@ type State struct {
 	LastReply time.Time
 	// Sent and Received count probes and answers.
 	Sent, Received uint64
+	// Known: Up is a verdict — the target answered, or DownAfter has
+	// passed since probing began. Before that a target is neither up nor
+	// known to be down.
+	Known bool
 }
 
 // Conn sends echo requests and receives echo replies (raw ICMP sockets in
@@ -312,6 +316,9 @@ func (p *Prober) step(now time.Time) {
 		if t.state.Up && now.Sub(last) > t.DownAfter {
 			t.state.Up, t.state.Since = false, now
 		}
+		if !t.state.Known && now.Sub(t.start) > t.DownAfter {
+			t.state.Known = true
+		}
 		if now.Before(t.next) {
 			continue
 		}
@@ -364,4 +371,5 @@ func (p *Prober) reply(from netip.Addr, id, seq uint16, at time.Time) {
 	if !t.state.Up {
 		t.state.Up, t.state.Since = true, at
 	}
+	t.state.Known = true
 }

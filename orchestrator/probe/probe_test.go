@@ -209,3 +209,22 @@ func TestProberRelaxedSlots(t *testing.T) {
 		}
 	}
 }
+
+// A target has no verdict until it answers or DownAfter passes unanswered.
+func TestProberKnown(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	p, c, now := clocked(t0)
+	up, silent := netip.MustParseAddr("fe80::1%cframe0"), netip.MustParseAddr("fe80::2%cframe0")
+	p.SetTargets([]Target{{Name: "up", Addr: up}, {Name: "silent", Addr: silent}})
+	run(p, c, now, t0.Add(DefaultDownAfter/2), time.Millisecond, up)
+	if st, _ := p.State("up"); !st.Known || !st.Up {
+		t.Fatalf("answering target: %+v, want known and up", st)
+	}
+	if st, _ := p.State("silent"); st.Known {
+		t.Fatalf("silent target before DownAfter: %+v, want no verdict", st)
+	}
+	run(p, c, now, t0.Add(DefaultDownAfter+2*Tick), time.Millisecond, up)
+	if st, _ := p.State("silent"); !st.Known || st.Up {
+		t.Fatalf("silent target after DownAfter: %+v, want known and down", st)
+	}
+}
