@@ -69,8 +69,13 @@ func TestControllerMetricsScrape(t *testing.T) {
 		if s, err = metricstest.Get(nil, r.base+"/metrics"); err != nil {
 			return err
 		}
+		// Collectors run side by side within a scrape: wait for one that
+		// shows both the fan-out and the status that ended it.
 		if n, _ := s.Value("cframe_controller_delta_fanout_seconds"); n != 1 {
 			return fmt.Errorf("fan-out observations = %v, want 1", n)
+		}
+		if v, _ := s.Value("cframe_controller_edge_applied_revision", "edge", "sz-1"); v != float64(res.Revision) {
+			return fmt.Errorf("sz-1 applied %v, want %d", v, res.Revision)
 		}
 		return nil
 	})
