@@ -20,8 +20,10 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
+# Test artifacts (the topology page's screenshots) land in test-out/_artifacts/.
 test: deps vet
-	$(GO) test -count=1 -timeout 15m ./...
+	@mkdir -p test-out
+	$(GO) test -count=1 -timeout 15m -artifacts -outputdir=$(CURDIR)/test-out ./...
 
 demo: deps build
 	$(GO) run ./scripts/demo $(if $(ETCD),-etcd) $(if $(HOLD),-hold) $(if $(CLOUD),-cloud)

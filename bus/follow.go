@@ -50,6 +50,10 @@ func (f *Follower) Messages() <-chan *nats.Msg { return f.msgs }
 // whether the follower holds a set at all yet.
 func (f *Follower) Set() (map[string]Edge, uint64, bool) { return f.set, f.rev, f.have }
 
+// Latest is the controller's current revision as last heard of: what Set
+// lags behind when a fetch failed.
+func (f *Follower) Latest() uint64 { return f.heard }
+
 // Restore seeds the follower with a saved snapshot (taken over by the
 // follower) until the controller can be asked.
 func (f *Follower) Restore(s Snapshot) {
@@ -121,6 +125,7 @@ func (f *Follower) Resync(why string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("fetch edge set (%s): %w", why, err)
 	}
+	f.heard = max(f.heard, s.Revision)
 	if s.Unchanged {
 		if s.Revision != f.rev {
 			return "", fmt.Errorf("fetch edge set (%s): controller says revision %d is unchanged, held %d", why, s.Revision, f.rev)

@@ -93,8 +93,10 @@ const (
 type Status struct {
 	Name  string `json:"name"`
 	State string `json:"state"`
-	// AppliedRevision is the revision of the edge set the kernel matches.
-	AppliedRevision uint64 `json:"applied_revision"`
+	// AppliedRevision is the revision of the edge set the kernel matches;
+	// AppliedAt is when (the edge's clock) it first did.
+	AppliedRevision uint64    `json:"applied_revision"`
+	AppliedAt       time.Time `json:"applied_at,omitzero"`
 	// Changes is the number of kernel changes the last reconcile made.
 	Changes int `json:"changes"`
 	// Error is the last reconcile error, empty when it succeeded.
@@ -126,11 +128,26 @@ const (
 	EventRole = "role"
 )
 
-// Event is one audit record, published on EventSubject(kind, edge).
+// Event is one audit record, kept in AuditStream and published on
+// EventSubject(kind, edge).
 type Event struct {
 	Time     time.Time `json:"time"`
 	Kind     string    `json:"kind"`
 	Edge     string    `json:"edge"`
 	Revision uint64    `json:"revision,omitempty"`
 	Detail   string    `json:"detail,omitempty"`
+	// Actor is who asked for an API change; nil for what the controller
+	// saw by itself (heartbeats, key pins).
+	Actor *Actor `json:"actor,omitempty"`
+	// Seq is the event's sequence in AuditStream, filled in by readers.
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+// Actor names the client of an API change.
+type Actor struct {
+	// Remote is the client's address as the API saw it.
+	Remote string `json:"remote"`
+	// Token names the bearer token presented, by fingerprint (never the
+	// token itself); empty when none was presented (loopback).
+	Token string `json:"token,omitempty"`
 }

@@ -161,10 +161,7 @@ func (s *Server) Check(c server.ClientAuthentication) bool {
 		if !s.anySecret(AuditPassword, o.Password) {
 			return s.refuse(c, AuditUser, "bad audit password")
 		}
-		c.RegisterUser(&server.User{Username: AuditUser, Permissions: &server.Permissions{
-			Publish:   &server.SubjectPermission{Deny: []string{">"}},
-			Subscribe: &server.SubjectPermission{Allow: []string{SubjectEventsAll}},
-		}})
+		c.RegisterUser(&server.User{Username: AuditUser, Permissions: AuditPermissions()})
 		return true
 	}
 	name := o.Username
@@ -193,6 +190,16 @@ func EdgePermissions(name string) *server.Permissions {
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			SubjectDelta, SubjectHello, SubjectClaims, InboxPrefix(name) + ".>",
 		}},
+	}
+}
+
+// AuditPermissions let an audit reader follow live events, ask the
+// controller for kept ones and receive the answers in its own inbox —
+// nothing else: it cannot publish an event or touch the stream.
+func AuditPermissions() *server.Permissions {
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{SubjectAuditReplay}},
+		Subscribe: &server.SubjectPermission{Allow: []string{SubjectEventsAll, AuditInboxPrefix + ".>"}},
 	}
 }
 

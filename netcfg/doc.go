@@ -17,6 +17,9 @@
 //     the changed peers' objects, and falls back to Reconcile otherwise.
 //   - Kernel.Watch reports netlink events that call for a Reconcile.
 //   - Kernel.Cleanup removes everything cframe created.
+//   - Kernel.TunnelStats reads the traffic counters of cframe's tunnel
+//     devices (for the agent's metrics); Result.Kinds counts what a
+//     Reconcile or Update changed by kind of object.
 //
 // Ownership: cframe only ever touches objects it can recognise as its own —
 // links whose alias starts with OwnerAlias, routes with protocol
@@ -37,7 +40,7 @@
 // function for the full read and an Update's read by key), its plan step
 // and its operations (linkAdd, fdbDel, ruleInsert, ...):
 //
-//   - link.go: the tunnel devices (and Supported)
+//   - link.go: the tunnel devices (and Supported, TunnelStats)
 //   - fdb.go: the VXLAN FDB entries, one per peer
 //   - neigh.go: the permanent neighbors, one per peer, and the neighbor
 //     messages of both

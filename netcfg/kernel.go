@@ -52,6 +52,9 @@ type Result struct {
 	Conflicts []string
 	// Requests are the reads and writes it took.
 	Requests Requests
+	// Kinds counts the applied Changes by kind of kernel object (link,
+	// fdb, neigh, route, ipset, iptables, sysctl).
+	Kinds map[string]int
 	// Targeted: an Update read and planned only the changed peers' objects.
 	Targeted bool
 	// FallbackReason says why an Update did a full Reconcile instead, which
@@ -122,6 +125,12 @@ func (k *Kernel) Update(d *Desired) (Result, error) {
 	full.FallbackReason = fallback
 	full.Changes = append(res.Changes, full.Changes...)
 	full.Requests = full.Requests.plus(res.Requests)
+	for kind, n := range res.Kinds {
+		if full.Kinds == nil {
+			full.Kinds = map[string]int{}
+		}
+		full.Kinds[kind] += n
+	}
 	return full, err
 }
 
@@ -148,7 +157,7 @@ func (k *Kernel) pass(d Desired, sc *scope) (res Result, p plan, a *actual, err 
 	if err != nil {
 		return res, p, nil, err
 	}
-	defer func() { res.Requests = s.end() }()
+	defer func() { res.Requests, res.Kinds = s.end(), s.kinds }()
 	if a, err = s.read(&d, sc); err != nil {
 		return res, p, nil, err
 	}
@@ -191,7 +200,8 @@ func (s *session) read(d *Desired, sc *scope) (*actual, error) {
 // apply carries out changes in order; a failing change does not stop the
 // others (deleting what is already gone counts as done). A run of iptables
 // commands goes to iptables in one batch per table (see iptablesRun). It
-// returns the changes that succeeded and an error listing every failure.
+// returns the changes that succeeded, counted by kind in the session (the
+// one place changes are counted), and an error listing every failure.
 func (s *session) apply(changes []change) (applied []string, err error) {
 	var errs []error
 	for i := 0; i < len(changes); {
@@ -212,6 +222,10 @@ func (s *session) apply(changes []change) (applied []string, err error) {
 				continue
 			}
 			applied = append(applied, c.desc)
+			if s.kinds == nil {
+				s.kinds = map[string]int{}
+			}
+			s.kinds[c.kind()]++
 		}
 		i = j
 	}

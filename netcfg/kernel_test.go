@@ -132,6 +132,15 @@ func (m *mesh) reconcileAll() {
 		if len(res.Changes) == 0 {
 			m.t.Errorf("%s: first reconcile made no changes", s.Name)
 		}
+		// Counted by kind: one FDB entry and at least one neighbor per
+		// peer, and every change counted once.
+		peers, sum := len(m.topo.Sites())-1, 0
+		for _, n := range res.Kinds {
+			sum += n
+		}
+		if res.Kinds["fdb"] != peers || res.Kinds["neigh"] < peers || res.Kinds["link"] == 0 || sum != len(res.Changes) {
+			m.t.Errorf("%s: changes by kind %v for %d changes and %d peers", s.Name, res.Kinds, len(res.Changes), peers)
+		}
 		if len(res.Conflicts) > 0 {
 			m.t.Errorf("%s: unexpected conflicts %q", s.Name, res.Conflicts)
 		}
@@ -388,6 +397,14 @@ func TestKernelMesh(t *testing.T) {
 	e3rules := m.lines(m.site("vpc3").Edge, "iptables", "-S", "CFRAME-FORWARD")
 	if !slices.Contains(e3rules, "-A CFRAME-FORWARD -d 10.244.1.0/24 -i cframe0 -j ACCEPT") {
 		t.Errorf("edge 3 FORWARD rules lack the pod range: %q", e3rules)
+	}
+
+	// The tunnel device's counters, after the pings of checkAllPairs; the
+	// underlay and loopback are not cframe's and are not listed.
+	var stats []DeviceStats
+	m.in("vpc1", func() (err error) { stats, err = m.k.TunnelStats(); return err })
+	if len(stats) != 1 || stats[0].Name != "cframe0" || stats[0].TxPackets == 0 || stats[0].RxBytes == 0 {
+		t.Errorf("tunnel stats = %+v, want cframe0 with traffic both ways", stats)
 	}
 
 	// The tunnel port answers peers only: UDP from the underlay router (not

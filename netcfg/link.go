@@ -415,3 +415,39 @@ func Supported(mode Mode) error {
 	}
 	return nil
 }
+
+// DeviceStats are the traffic counters of one of cframe's tunnel devices,
+// as the kernel keeps them.
+type DeviceStats struct {
+	Name                 string
+	RxBytes, TxBytes     uint64
+	RxPackets, TxPackets uint64
+	RxDropped, TxDropped uint64
+	RxErrors, TxErrors   uint64
+}
+
+// TunnelStats returns the counters of every tunnel device cframe owns in
+// the calling thread's network namespace (one link dump). It does not
+// touch what Reconcile and Update keep, so it may run beside them.
+func (k *Kernel) TunnelStats() ([]DeviceStats, error) {
+	s, err := k.begin()
+	if err != nil {
+		return nil, err
+	}
+	defer s.end()
+	var all []netlink.Link
+	if err := retryDump("links", func() (err error) { all, err = s.nl.LinkList(); return err }); err != nil {
+		return nil, err
+	}
+	var out []DeviceStats
+	for _, x := range all {
+		st := x.Attrs().Statistics
+		if !linkFrom(x).Owned() || st == nil {
+			continue
+		}
+		out = append(out, DeviceStats{Name: x.Attrs().Name, RxBytes: st.RxBytes, TxBytes: st.TxBytes,
+			RxPackets: st.RxPackets, TxPackets: st.TxPackets, RxDropped: st.RxDropped, TxDropped: st.TxDropped,
+			RxErrors: st.RxErrors, TxErrors: st.TxErrors})
+	}
+	return out, nil
+}

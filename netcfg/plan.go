@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // change is one planned kernel modification, made by an operation of the
@@ -17,6 +18,13 @@ type change struct {
 	// to iptables together with the commands next to it.
 	do       func(s *session) error
 	iptables *iptablesCmd
+}
+
+// kind is the kind of kernel object the change is to: the first word of
+// its desc (link, fdb, neigh, route, ipset, iptables, sysctl).
+func (c change) kind() string {
+	k, _, _ := strings.Cut(c.desc, " ")
+	return k
 }
 
 // plan is the ordered list of changes that makes the kernel match a

@@ -44,6 +44,8 @@ type session struct {
 	index map[string]int
 	// sent counts the requests sent on socks and the programs run.
 	sent Requests
+	// kinds counts the applied changes by object kind (see apply).
+	kinds map[string]int
 }
 
 // begin starts a session in the calling thread's namespace.

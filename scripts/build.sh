@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 mkdir -p dist
 version=$(git describe --always --dirty 2>/dev/null || echo dev)
 for cmd in cframe-controller cframe-edge cframectl; do
-  go build -trimpath -ldflags "-s -w -X github.com/cframe/cframe/orchestrator/agent.Version=$version" -o "dist/$cmd" "./cmd/$cmd"
+  go build -trimpath -ldflags "-s -w -X github.com/cframe/cframe/orchestrator/metrics.Version=$version" -o "dist/$cmd" "./cmd/$cmd"
 done
 cp orchestrator/config/samples/controller.toml orchestrator/config/samples/edge.toml dist/
 echo "built dist/: cframe-controller cframe-edge cframectl controller.toml edge.toml ($version)"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks for cframe's tests and demo:
 # ping, iptables, iperf3, ethtool (the receive-steering test switches GRO on a veth),
-# etcd (for the etcd-store tests and `make demo ETCD=1`) and curl (the
-# walkthrough's API calls, verbatim, in the TLS end-to-end test).
+# etcd (for the etcd-store tests and `make demo ETCD=1`), curl (the
+# walkthrough's API calls, verbatim, in the TLS end-to-end test), promtool
+# (Debian's prometheus package: the metrics tests check both /metrics
+# endpoints with it) and chromium (the topology page's browser test drives it
+# headless).
 # Go modules come from the module proxy when `go` first builds.
 # Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels and keepalived `make bench` compares against)
 set -euo pipefail
@@ -17,6 +20,8 @@ have ethtool  || need+=(ethtool)
 have curl     || need+=(curl)
 have ip       || need+=(iproute2)
 have bridge   || need+=(iproute2)
+have promtool || need+=(prometheus)
+have chromium || need+=(chromium)
 if [ "${1:-}" = bench ]; then
   have wg      || need+=(wireguard-tools)
   have nebula  || need+=(nebula)
@@ -34,3 +39,8 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # --no-install-recommends: wireguard-tools would otherwise pull in a kernel image.
 apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+# Only promtool is wanted from the prometheus package: where systemd started
+# its server (scraping this machine), stop it.
+if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi

@@ -5,9 +5,9 @@
 //	cframectl edge add --name sz-2 ... --site sz --priority 200 --vip 172.18.171.250
 //	cframectl edge del --name sz-1
 //	cframectl edge list [-o json]
-//	cframectl topology [-o json]
+//	cframectl topology [-o json|dot]
 //	cframectl cluster [-o json]
-//	cframectl events [-o json]
+//	cframectl events [--since 1h] [-o json]
 //
 // Off the controller's host the API is HTTPS: --api https://HOST:12345
 // --token TOKEN and one of --secret, --ca, --fingerprint to verify it.
@@ -18,6 +18,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -98,13 +99,20 @@ func main() {
 					{Name: "list", Usage: "list edges with their status", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: edgeList},
 				},
 			},
-			{Name: "topology", Usage: "show the mesh: sites and their active gateways, edges, next hops and link states", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: topology},
+			{
+				Name:         "topology",
+				Usage:        "show the mesh: sites and their active gateways, edges, next hops, and each link's configuration and probe state",
+				Flags:        []cli.Flag{&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table, json or dot (Graphviz)"}},
+				OnUsageError: usageError,
+				Action:       topology,
+			},
 			{Name: "cluster", Usage: "show the controllers: which are reachable, quorum, leaders", Flags: []cli.Flag{output}, OnUsageError: usageError, Action: clusterStatus},
 			{
 				Name:  "events",
-				Usage: "follow audit events live (edge added, updated, deleted, online, offline, key pinned/refused, role)",
+				Usage: "audit events (edge added, updated, deleted, online, offline, key pinned/refused, role): the kept ones since a point, then live",
 				Flags: []cli.Flag{
 					output,
+					&cli.StringFlag{Name: "since", Usage: "replay the kept events since this long ago (1h, 30m, 7d) or this RFC 3339 time, then follow"},
 					&cli.StringFlag{Name: "nats", Usage: "bus URL (default: the API's host and the controller's NATS port)"},
 				},
 				OnUsageError: usageError,
@@ -227,16 +235,22 @@ func dash(s string) string {
 }
 
 func topology(cc *cli.Context) error {
+	format := cc.String("output")
+	if format != "table" && format != "json" && format != "dot" {
+		return fmt.Errorf("topology: --output %q: use table, json or dot", format)
+	}
 	c, err := client(cc)
 	if err != nil {
 		return err
 	}
 	t, err := c.Topology(cc.Context)
-	if err != nil || cc.String("output") == "json" {
-		if err == nil {
-			err = printJSON(t)
-		}
+	switch {
+	case err != nil:
 		return err
+	case format == "json":
+		return printJSON(t)
+	case format == "dot":
+		return api.WriteDOT(os.Stdout, t)
 	}
 	fmt.Printf("revision %d\n\n", t.Revision)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
@@ -260,9 +274,16 @@ func topology(cc *cli.Context) error {
 	if len(t.Links) > 0 {
 		fmt.Println()
 		w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "LINK\tSTATE")
+		fmt.Fprintln(w, "LINK\tSTATE\tCONFIG\tPROBE\tRTT\tSINCE\tREASON")
 		for _, l := range t.Links {
-			fmt.Fprintf(w, "%s <-> %s\t%s\n", l.A, l.B, l.State)
+			rtt, since := "-", "-"
+			if l.RTTMs > 0 {
+				rtt = fmt.Sprintf("%.2fms", l.RTTMs)
+			}
+			if l.Since != nil {
+				since = l.Since.Local().Format(time.RFC3339)
+			}
+			fmt.Fprintf(w, "%s <-> %s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.A, l.B, l.State, l.Config, l.Probe, rtt, since, dash(l.Reason))
 		}
 		w.Flush()
 	}
@@ -299,11 +320,18 @@ func clusterStatus(cc *cli.Context) error {
 	return w.Flush()
 }
 
-// events subscribes to the audit stream with the credentials the API hands
-// out and prints each event until interrupted. The bus is TLS: its
-// certificate is verified as the flags say, or else pinned to the
-// fingerprint the (loopback or verified) API reported.
+// events replays the kept audit events since --since, if given, then
+// follows the live ones, with the read-only credentials the API hands out.
+// The bus is TLS: its certificate is verified as the flags say, or else
+// pinned to the fingerprint the (loopback or verified) API reported.
 func events(cc *cli.Context) error {
+	var since time.Time
+	if v := cc.String("since"); v != "" {
+		var err error
+		if since, err = bus.ParseSince(v, time.Now()); err != nil {
+			return fmt.Errorf("events: --%v", err)
+		}
+	}
 	c, err := client(cc)
 	if err != nil {
 		return err
@@ -324,35 +352,35 @@ func events(cc *cli.Context) error {
 		}
 		natsURL = "nats://" + net.JoinHostPort(u.Hostname(), strconv.Itoa(creds.Port))
 	}
-	opts := append(bus.ClientOptions(t, nil), nats.UserInfo(creds.User, creds.Password), nats.Name("cframectl events"), nats.MaxReconnects(-1))
+	opts := append(bus.ClientOptions(t, nil), append(bus.AuditOptions(creds.Password), nats.Name("cframectl events"), nats.MaxReconnects(-1))...)
 	nc, err := nats.Connect(natsURL, opts...)
 	if err != nil {
 		return fmt.Errorf("bus %s: %w", natsURL, err)
 	}
 	defer nc.Close()
-	msgs := make(chan *nats.Msg, 256)
-	if _, err := nc.ChanSubscribe(creds.Subject, msgs); err != nil {
-		return err
+	if since.IsZero() {
+		fmt.Fprintf(os.Stderr, "following %s on %s (Ctrl-C to stop)\n", creds.Subject, natsURL)
+	} else {
+		fmt.Fprintf(os.Stderr, "replaying events since %s, then following %s on %s (Ctrl-C to stop)\n", since.Local().Format(time.RFC3339), creds.Subject, natsURL)
 	}
-	if err := nc.Flush(); err != nil {
-		return fmt.Errorf("bus %s: %w", natsURL, err)
-	}
-	fmt.Fprintf(os.Stderr, "following %s on %s (Ctrl-C to stop)\n", creds.Subject, natsURL)
-	for {
-		select {
-		case <-cc.Context.Done():
-			return nil
-		case m := <-msgs:
-			if cc.String("output") == "json" {
-				fmt.Println(string(m.Data))
-				continue
-			}
-			var e bus.Event
-			if err := bus.Decode(m, &e); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				continue
-			}
-			fmt.Printf("%s  %-10s %-16s rev=%-6d %s\n", e.Time.Local().Format(time.RFC3339), e.Kind, e.Edge, e.Revision, e.Detail)
+	asJSON := cc.String("output") == "json"
+	err = bus.FollowEvents(cc.Context, nc, since, func(e bus.Event) {
+		if asJSON {
+			b, _ := json.Marshal(e)
+			fmt.Println(string(b))
+			return
 		}
+		by := ""
+		if e.Actor != nil {
+			by = "  by " + e.Actor.Remote
+			if e.Actor.Token != "" {
+				by += " token " + e.Actor.Token
+			}
+		}
+		fmt.Printf("%s  %-11s %-16s rev=%-6d %s%s\n", e.Time.Local().Format(time.RFC3339), e.Kind, e.Edge, e.Revision, e.Detail, by)
+	})
+	if errors.Is(err, context.Canceled) {
+		return nil
 	}
+	return err
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/cframe/cframe/orchestrator/config"
 	"github.com/cframe/cframe/orchestrator/ha"
 	"github.com/cframe/cframe/orchestrator/mesh"
+	"github.com/cframe/cframe/orchestrator/metrics"
 )
 
 // ResyncInterval is how often the agent re-reads the kernel to repair drift
@@ -42,9 +43,6 @@ const ResyncInterval = 2 * time.Second
 
 // driftSettle coalesces a burst of netlink events into one reconcile.
 const driftSettle = 20 * time.Millisecond
-
-// Version is reported in the agent's status.
-var Version = "dev"
 
 // Agent is one edge's agent.
 type Agent struct {
@@ -60,8 +58,9 @@ type Agent struct {
 	pending bool
 	// ha runs the prober and the sites' elections (nil in ReconcileOnce);
 	// roles is the view of it the kernel was last made to match.
-	ha    *haRunner
-	roles haView
+	ha      *haRunner
+	roles   haView
+	metrics *agentMetrics
 	// trust is how the controller's certificate is verified.
 	trust bus.Trust
 	// refusedMu guards refused: the last refusal logged, so a controller
@@ -94,7 +93,8 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, local: local, kernel: k, trust: trust, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: Version}}, nil
+	return &Agent{cfg: cfg, log: log, local: local, kernel: k, trust: trust, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: metrics.Version},
+		metrics: newAgentMetrics(k)}, nil
 }
 
 // refuse logs a controller that failed verification — once per address and
@@ -115,6 +115,7 @@ func (a *Agent) connected(nc *nats.Conn, what string) {
 	a.refusedMu.Lock()
 	a.refused = ""
 	a.refusedMu.Unlock()
+	a.metrics.connected.Store(true)
 	a.log.Info(what, "controller", nc.ConnectedAddr(), "server", nc.ConnectedServerName(), "cluster", nc.DiscoveredServers())
 }
 
@@ -158,6 +159,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		default:
 		}
 	}
+	if a.cfg.MetricsAddr != "" {
+		if err := a.serveMetrics(ctx, a.cfg.MetricsAddr); err != nil {
+			return err
+		}
+	}
 	err := a.connect(true,
 		nats.ConnectHandler(func(nc *nats.Conn) { a.connected(nc, "connected to controller"); poke() }),
 		nats.ReconnectHandler(func(nc *nats.Conn) { a.connected(nc, "reconnected to controller"); poke() }),
@@ -165,6 +171,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("learned the cluster's controllers", "servers", nc.DiscoveredServers())
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			a.metrics.connected.Store(false)
 			a.log.Warn("lost the controller; kernel state stays as applied", "err", err)
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { a.log.Warn("bus error", "err", err) }),
@@ -174,6 +181,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer a.nc.Close()
 	a.ha = startHA(a.cfg.Name, a.device(), a.cfg.Secret, a.claimsPath(), a.log)
+	a.metrics.ha.Store(a.ha)
 	go a.ha.run(ctx)
 	if _, err := a.nc.Subscribe(bus.SubjectClaims, func(m *nats.Msg) {
 		var cs bus.Claims
@@ -193,6 +201,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.reconcile(fmt.Sprintf("restore saved edge set (revision %d)", snap.Revision))
 	}
 	if a.nc.IsConnected() {
+		a.metrics.connected.Store(true)
 		poke()
 	}
 
@@ -302,7 +311,12 @@ func (a *Agent) converge(reason string, kernelCall func(*netcfg.Desired) (netcfg
 		roles = a.ha.View()
 	}
 	d, registered := a.desired(set, roles)
+	began := time.Now()
 	res, err := kernelCall(&d)
+	// Drift: a full read found the kernel changed although the held set was
+	// the one already applied.
+	drift := !res.Targeted && a.status.State == bus.StateReady && a.status.AppliedRevision == rev
+	a.metrics.converged(res.Targeted, drift, time.Since(began), res, err)
 	if err == nil {
 		a.roles = roles
 	}
@@ -327,6 +341,10 @@ func (a *Agent) converge(reason string, kernelCall func(*netcfg.Desired) (netcfg
 	default:
 		st.State, st.AppliedRevision = bus.StateReady, rev
 	}
+	if st.AppliedRevision != a.status.AppliedRevision || st.AppliedAt.IsZero() {
+		st.AppliedAt = time.Now().UTC()
+	}
+	a.metrics.revisions(st.AppliedRevision, a.follow.Latest(), len(d.Peers))
 	if !slices.Equal(st.Conflicts, a.status.Conflicts) {
 		for _, c := range st.Conflicts {
 			a.log.Warn("conflict left alone", "object", c)

@@ -111,7 +111,8 @@ func (h *haRunner) View() haView {
 	return h.view
 }
 
-// Probes returns the data-plane health of every remote gateway, sorted.
+// Probes returns the data-plane health of every remote gateway with a
+// verdict yet (see probe.State.Known), sorted.
 func (h *haRunner) Probes() []bus.PeerProbe {
 	if h.pr == nil {
 		return nil
@@ -119,7 +120,7 @@ func (h *haRunner) Probes() []bus.PeerProbe {
 	var out []bus.PeerProbe
 	states := h.pr.States()
 	for _, name := range h.pr.Names() {
-		if st := states[name]; ha.PeerTarget(name) {
+		if st := states[name]; st.Known && ha.PeerTarget(name) {
 			out = append(out, bus.PeerProbe{Name: name, Up: st.Up, RTT: st.RTT, Since: st.Since.UTC()})
 		}
 	}

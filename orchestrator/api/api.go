@@ -5,15 +5,18 @@
 //	POST /api-service/v1/edge/del   {"name"}
 //	GET  /api-service/v1/edge/list  [{"name","comment","cidr","host_addr","status",...}]
 //	GET  /api-service/v1/topology
+//	GET  /api-service/v1/topology/stream     (server-sent events, for the page)
 //	GET  /api-service/v1/events/credentials  (NATS credentials for `cframectl events`)
 //	GET  /api-service/v1/cluster    (the controllers this one reaches, quorum, leaders)
 //
 // Requests from loopback need no credentials (the walkthrough curls
 // 127.0.0.1, in plain HTTP); every other request must come over HTTPS (the
-// same address, see Listen) with "Authorization: Bearer <api_token>".
+// same address, see Listen) with "Authorization: Bearer <api_token>" (or,
+// for reading only, the session cookie a browser gets at PathLogin).
 // Errors are JSON {"error": "..."} with a 4xx status (503 when the store
 // cannot take a write: no quorum of controllers); nothing is stored for a
-// refused request.
+// refused request. The controller mounts further read-only handlers (the
+// metrics, the topology page) under the same rules.
 package api
 
 import (
@@ -41,6 +44,10 @@ const (
 	PathTopology    = "/api-service/v1/topology"
 	PathCredentials = "/api-service/v1/events/credentials"
 	PathCluster     = "/api-service/v1/cluster"
+	// PathTopologyStream streams the topology as server-sent events: a
+	// "topology" event with the whole Topology when a client connects and
+	// whenever it changes.
+	PathTopologyStream = "/api-service/v1/topology/stream"
 )
 
 // ErrNotFound marks a request for an edge that does not exist (HTTP 404).
@@ -166,14 +173,35 @@ type TopologyEdge struct {
 	NextHop         string   `json:"next_hop"`
 	State           string   `json:"state"`
 	AppliedRevision uint64   `json:"applied_revision"`
+	// Since is when the agent went online or offline (unset before its
+	// first heartbeat).
+	Since     *time.Time `json:"since,omitempty"`
+	LastError string     `json:"last_error,omitempty"`
+	Conflicts []string   `json:"conflicts,omitempty"`
 }
 
-// Link states: "up" when both ends are online and have applied the current
-// revision, "pending" when both are online but one lags, else "down".
+// Link states. State combines both views of a link: "up" when both ends
+// run the current configuration and no probe fails, "pending" while an end
+// has not applied the current revision, "down" when an end is offline or
+// the probes through the tunnel fail although both ends applied it.
 const (
 	LinkUp      = "up"
 	LinkPending = "pending"
 	LinkDown    = "down"
+)
+
+// Configuration states of a link (Link.Config).
+const (
+	ConfigApplied = "applied" // both ends online and at the current revision
+	ConfigPending = "pending" // both online, one lags
+	ConfigOffline = "offline" // an end's agent is not heartbeating
+)
+
+// Probe states of a link (Link.Probe), from the ends' tunnel probes.
+const (
+	ProbeUp      = "up"      // both ends reach each other through the tunnel
+	ProbeDown    = "down"    // an end's probes of the other fail
+	ProbeUnknown = "unknown" // no probe result (yet) from either end
 )
 
 // Link is the tunnel between two edges.
@@ -181,6 +209,16 @@ type Link struct {
 	A     string `json:"a"`
 	B     string `json:"b"`
 	State string `json:"state"`
+	// Config is what the configuration says, Probe what the data plane says.
+	Config string `json:"config"`
+	Probe  string `json:"probe"`
+	// RTTMs is the round-trip time through the tunnel in milliseconds (the
+	// mean of what both ends measure), 0 when unknown.
+	RTTMs float64 `json:"rtt_ms,omitempty"`
+	// Since is when the link entered State, where known.
+	Since *time.Time `json:"since,omitempty"`
+	// Reason says why a link is not up.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Credentials let an audit subscriber follow events on the bus.
@@ -189,8 +227,12 @@ type Credentials struct {
 	Password string `json:"password"`
 	// Port is the controller's NATS port; the host is the API's host.
 	Port int `json:"port"`
-	// Subject matches every audit event.
+	// Subject matches every live audit event.
 	Subject string `json:"subject"`
+	// Replay is the request subject for kept events (bus.ReplayRequest),
+	// answered only into InboxPrefix.
+	Replay      string `json:"replay"`
+	InboxPrefix string `json:"inbox_prefix"`
 	// Fingerprint is the bus certificate's key fingerprint: a client that
 	// trusts this answer (loopback, or verified HTTPS) can pin it.
 	Fingerprint string `json:"fingerprint"`
@@ -209,9 +251,15 @@ type DelRequest struct {
 // maxBody bounds request bodies.
 const maxBody = 1 << 20
 
-// Handler serves the API. token is the bearer token non-loopback clients
-// must present; empty means loopback only.
-func Handler(svc Service, token string, log *slog.Logger) http.Handler {
+// Mount is a further handler served beside the API, under its rules.
+type Mount struct {
+	Pattern string
+	Handler http.Handler
+}
+
+// Handler serves the API and mounts. token is the bearer token non-loopback
+// clients must present; empty means loopback only.
+func Handler(svc Service, token string, log *slog.Logger, mounts ...Mount) http.Handler {
 	mux := http.NewServeMux()
 	route := func(path, method string, h func(r *http.Request) (any, error)) {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
@@ -237,7 +285,7 @@ func Handler(svc Service, token string, log *slog.Logger) http.Handler {
 		if err := decode(r, &s); err != nil {
 			return nil, err
 		}
-		return svc.AddEdge(r.Context(), s)
+		return svc.AddEdge(withActor(r), s)
 	})
 	route(PathDel, http.MethodPost, func(r *http.Request) (any, error) {
 		var d DelRequest
@@ -247,12 +295,16 @@ func Handler(svc Service, token string, log *slog.Logger) http.Handler {
 		if d.Name == "" {
 			return nil, &edgeset.InvalidError{Msg: "name is required"}
 		}
-		return svc.DeleteEdge(r.Context(), d.Name)
+		return svc.DeleteEdge(withActor(r), d.Name)
 	})
 	route(PathList, http.MethodGet, func(*http.Request) (any, error) { return svc.ListEdges(), nil })
 	route(PathTopology, http.MethodGet, func(*http.Request) (any, error) { return svc.Topology(), nil })
 	route(PathCredentials, http.MethodGet, func(*http.Request) (any, error) { return svc.EventCredentials(), nil })
 	route(PathCluster, http.MethodGet, func(*http.Request) (any, error) { return svc.Cluster(), nil })
+	mux.HandleFunc(PathLogin, login(token))
+	for _, m := range mounts {
+		mux.Handle(m.Pattern, m.Handler)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusNotFound, ErrorBody{fmt.Sprintf("no such API path %s", r.URL.Path)})
 	})
@@ -264,13 +316,17 @@ func Handler(svc Service, token string, log *slog.Logger) http.Handler {
 func authorize(next http.Handler, token string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !fromLoopback(r) {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			got, ok := bearer(r)
 			switch {
 			case r.TLS == nil:
 				reply(w, http.StatusBadRequest, ErrorBody{fmt.Sprintf("plain HTTP is answered on loopback only: use https://%s%s (the bus's certificate; cframectl verifies it with --secret, --ca or --fingerprint)", r.Host, r.URL.Path)})
 				return
 			case token == "":
 				reply(w, http.StatusForbidden, ErrorBody{"the API answers loopback only: set api_token in controller.toml to allow remote clients"})
+				return
+			case !ok && (r.URL.Path == PathLogin || validSession(r, token)):
+			case !ok && wantsPage(r):
+				http.Redirect(w, r, PathLogin, http.StatusSeeOther)
 				return
 			case !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1:
 				w.Header().Set("WWW-Authenticate", "Bearer")

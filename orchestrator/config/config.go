@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -38,6 +39,10 @@ type Controller struct {
 	DataDir    string   `toml:"data_dir"`
 	Secret     string   `toml:"secret"`
 	APIToken   string   `toml:"api_token"`
+	// AuditRetention is how long audit events are kept; AuditMaxBytes
+	// caps their total size (the oldest go first).
+	AuditRetention Duration `toml:"audit_retention"`
+	AuditMaxBytes  int64    `toml:"audit_max_bytes"`
 	// PreviousSecrets are join secrets still accepted while the secret is
 	// rotated (edges are moved to the new one, then the list is emptied).
 	PreviousSecrets []string `toml:"previous_secrets"`
@@ -61,6 +66,23 @@ type Controller struct {
 // Clustered reports whether the controller is one of a cluster.
 func (c Controller) Clustered() bool { return len(c.ClusterPeers) > 0 }
 
+// Audit trail defaults.
+const (
+	DefaultAuditRetention = 30 * 24 * time.Hour
+	DefaultAuditMaxBytes  = 256 << 20
+)
+
+// Duration is a duration in a config file: Go's syntax ("90m", "12h") or
+// days ("30d").
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := bus.ParseDuration(string(b))
+	d.Duration = v
+	return err
+}
+
 // Edge is edge.toml.
 type Edge struct {
 	// Controller is the controllers' bus addresses: one string as in the
@@ -79,6 +101,8 @@ type Edge struct {
 	// on (faster; only where no Linux NAT in this kernel rewrites the
 	// tunnel's packets).
 	ChecksumOffload bool `toml:"checksum_offload"`
+	// MetricsAddr is where the agent serves Prometheus metrics; empty: off.
+	MetricsAddr string `toml:"metrics_addr"`
 	// ControllerCA pins the CA the controller's certificate must chain to
 	// (with its host name checked) instead of the join-secret proof.
 	ControllerCA string `toml:"controller_ca"`
@@ -111,7 +135,8 @@ func (a *Addrs) UnmarshalTOML(v any) error {
 
 // LoadController reads and checks a controller config, filling defaults.
 func LoadController(path string) (Controller, error) {
-	c := Controller{ListenAddr: ":58422", APIAddr: ":12345", DataDir: "/var/lib/cframe"}
+	c := Controller{ListenAddr: ":58422", APIAddr: ":12345", DataDir: "/var/lib/cframe",
+		AuditRetention: Duration{DefaultAuditRetention}, AuditMaxBytes: DefaultAuditMaxBytes}
 	if err := decode(path, &c); err != nil {
 		return c, err
 	}
@@ -134,6 +159,12 @@ func (c Controller) check(path string) error {
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("%s: data_dir is empty", path)
+	}
+	if c.AuditRetention.Duration < time.Minute {
+		return fmt.Errorf("%s: audit_retention %s is too short (at least 1m; default 30d)", path, c.AuditRetention.Duration)
+	}
+	if c.AuditMaxBytes < 1<<20 {
+		return fmt.Errorf("%s: audit_max_bytes %d is too small (at least 1048576; default %d)", path, c.AuditMaxBytes, DefaultAuditMaxBytes)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return fmt.Errorf("%s: tls_cert and tls_key go together (the certificate and its private key, PEM)", path)
@@ -281,6 +312,11 @@ func (e Edge) check(path string) error {
 	}
 	if e.StateDir == "" {
 		return fail("state_dir is empty")
+	}
+	if e.MetricsAddr != "" {
+		if _, err := ListenPort(e.MetricsAddr); err != nil {
+			return fail("metrics_addr: %v", err)
+		}
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func write(t *testing.T, body string) string {
@@ -64,6 +65,7 @@ func TestEdgeErrors(t *testing.T) {
 		{base + "mtu=100\n", "out of range"},
 		{base + "local_addr=\"nope\"\n", "not an IPv4 address"},
 		{base + "name=", "config"},
+		{base + "metrics_addr=\"9474\"\n", "metrics_addr"},
 		{"controller=[]\nname=\"sz-1\"\nsecret=\"s\"\n", "controller is required"},
 		{"controller=[\"1.2.3.4:58422\", \"1.2.3.4:58422\"]\nname=\"sz-1\"\nsecret=\"s\"\n", "controller lists 1.2.3.4:58422 twice"},
 		{"controller=58422\nname=\"sz-1\"\nsecret=\"s\"\n", "want an address"},
@@ -113,6 +115,9 @@ func TestControllerErrors(t *testing.T) {
 		{"api_adr=\":1\"\n", "unknown key api_adr"},
 		{"api_addr=\"12345\"\n", "api_addr"},
 		{"etcd=[\"\"]\n", "empty endpoint"},
+		{"audit_retention=\"forever\"\n", "invalid duration"},
+		{"audit_retention=\"10s\"\n", "too short"},
+		{"audit_max_bytes=1000\n", "too small"},
 		{cluster + peers("127.0.0.1:58424", "REMOTE2:58424", "REMOTE3:58424") + "cluster_port=1\n", "unknown key cluster_port"},
 		{cluster + peers("127.0.0.1:58424", "REMOTE2:58424"), "cluster_peers lists 2 controller(s): a cluster needs at least 3"},
 		{cluster + peers("127.0.0.1:58424"), "a cluster needs at least 3"},
@@ -161,4 +166,21 @@ func remotes(t *testing.T) *strings.Replacer {
 		}
 	}
 	return strings.NewReplacer(pairs...)
+}
+
+func TestAuditDefaultsAndDays(t *testing.T) {
+	c, err := LoadController(write(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AuditRetention.Duration != 30*24*time.Hour || c.AuditMaxBytes != 256<<20 {
+		t.Fatalf("audit defaults = %v, %d", c.AuditRetention, c.AuditMaxBytes)
+	}
+	c, err = LoadController(write(t, "audit_retention = \"7d12h\"\naudit_max_bytes = 1048576\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AuditRetention.Duration != 7*24*time.Hour+12*time.Hour || c.AuditMaxBytes != 1<<20 {
+		t.Fatalf("audit settings = %v, %d", c.AuditRetention, c.AuditMaxBytes)
+	}
 }

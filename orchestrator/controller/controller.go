@@ -36,6 +36,7 @@ import (
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/config"
 	"github.com/cframe/cframe/orchestrator/store"
+	"github.com/cframe/cframe/orchestrator/ui"
 )
 
 // storeTimeout bounds one store operation, and a write with its retries.
@@ -79,12 +80,21 @@ type Controller struct {
 	// claimMu guards claims: the newest claim reported per site (sites.go).
 	claimMu sync.Mutex
 	claims  map[string]bus.Claim
+
+	metrics *controllerMetrics
+	fanout  *fanout
+	audit   audit
+	// page streams the topology to the topology page.
+	page *ui.Hub
 }
 
 // New opens the store, starts the embedded NATS server and binds the API
 // listener. Run serves until its context ends.
 func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	c := &Controller{cfg: cfg, log: log, started: time.Now(), status: map[string]*edgeStatus{}, claims: map[string]bus.Claim{}}
+	c.metrics = newControllerMetrics(c)
+	c.fanout = &fanout{m: c.metrics}
+	c.page = ui.NewHub("topology", func() any { return c.Topology() }, log)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
@@ -135,6 +145,10 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	if err := c.openStore(); err != nil {
 		return nil, err
 	}
+	c.store = timedStore{c.store, c.metrics.storeWrite}
+	if err := c.openAudit(); err != nil {
+		return nil, err
+	}
 	if err := c.sync(c.ctx); err != nil {
 		return nil, err
 	}
@@ -153,8 +167,9 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 		return nil, fmt.Errorf("api_addr: %w", err)
 	}
 	c.apiLn = api.Listen(ln, c.certs.ServerTLS())
-	c.http = &http.Server{Handler: api.Handler(c, cfg.APIToken, log), ReadHeaderTimeout: 10 * time.Second,
+	c.http = &http.Server{Handler: c.metrics.instrument(api.Handler(c, cfg.APIToken, log, c.mounts()...)), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.With("component", "api").Handler(), slog.LevelWarn)}
+	c.http.RegisterOnShutdown(c.page.Close)
 	ok = true
 	c.ready.Store(true)
 	c.mu.RLock()
@@ -297,6 +312,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	renew := time.NewTicker(time.Hour)
 	defer renew.Stop()
 	c.publishHello()
+	go c.page.Run(ctx)
 	var err error
 loop:
 	for {
@@ -330,10 +346,14 @@ loop:
 func (c *Controller) close() {
 	c.ready.Store(false)
 	if c.stop != nil {
+		c.closeAudit()
 		c.stop() // ends the store's change feed
 	}
 	if c.apiLn != nil {
 		c.apiLn.Close()
+	}
+	if c.page != nil {
+		c.page.Close()
 	}
 	if c.nc != nil {
 		_ = c.nc.FlushTimeout(time.Second)
@@ -358,8 +378,4 @@ func (c *Controller) publish(subject string, v any) {
 	if err := bus.Publish(c.nc, subject, v); err != nil {
 		c.log.Error("publish failed", "subject", subject, "err", err)
 	}
-}
-
-func (c *Controller) event(kind, edge string, rev uint64, detail string) {
-	c.publish(bus.EventSubject(kind, edge), bus.Event{Time: time.Now().UTC(), Kind: kind, Edge: edge, Revision: rev, Detail: detail})
 }

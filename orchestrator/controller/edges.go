@@ -122,7 +122,7 @@ func (c *Controller) change(ctx context.Context, plan func(edges map[string]bus.
 		acancel()
 		switch {
 		case err == nil:
-			return c.committed(w, rev, at), nil
+			return c.committed(ctx, w, rev, at), nil
 		case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
 			c.catchUp(ctx, rev)
 		default:
@@ -156,13 +156,15 @@ func (c *Controller) catchUp(ctx context.Context, rev uint64) {
 
 // committed applies a stored write to the view, publishes the delta
 // (linked to the revision the write was conditional on) and the audit
-// event, and describes the change.
-func (c *Controller) committed(w edgeWrite, prev, rev uint64) api.ChangeResult {
+// event naming the API client of ctx, starts timing the delta's fan-out,
+// and describes the change.
+func (c *Controller) committed(ctx context.Context, w edgeWrite, prev, rev uint64) api.ChangeResult {
+	c.fanout.begin(rev, time.Now(), c.onlineEdges())
 	if w.put == nil {
 		c.wrote(w.name, nil, rev)
 		c.publish(bus.SubjectDelta, bus.Delta{Revision: rev, Prev: prev, Op: bus.OpDelete, Edge: bus.Edge{Name: w.name}})
 		c.log.Info("edge deleted", "edge", w.name, "revision", rev)
-		c.event(bus.EventEdgeDeleted, w.name, rev, "")
+		c.apiEvent(ctx, bus.EventEdgeDeleted, w.name, rev, "")
 		return api.ChangeResult{Revision: rev, Message: fmt.Sprintf("edge %s deleted", w.name)}
 	}
 	e := *w.put
@@ -175,7 +177,7 @@ func (c *Controller) committed(w edgeWrite, prev, rev uint64) api.ChangeResult {
 	}
 	detail := describe(e)
 	c.log.Info("edge "+verb, "edge", e.Name, "revision", rev, "detail", detail)
-	c.event(kind, e.Name, rev, detail)
+	c.apiEvent(ctx, kind, e.Name, rev, detail)
 	return api.ChangeResult{Revision: rev, Updated: w.replaces, Message: fmt.Sprintf("edge %s %s", e.Name, verb)}
 }
 
@@ -368,5 +370,5 @@ func (c *Controller) EventCredentials() api.Credentials {
 		port = int(a.AddrPort().Port())
 	}
 	return api.Credentials{User: bus.AuditUser, Password: bus.AuditPassword(c.secret), Port: port, Subject: bus.SubjectEventsAll,
-		Fingerprint: bus.Fingerprint(c.certs.Current())}
+		Fingerprint: bus.Fingerprint(c.certs.Current()), Replay: bus.SubjectAuditReplay, InboxPrefix: bus.AuditInboxPrefix}
 }

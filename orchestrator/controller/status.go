@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -19,6 +20,10 @@ type edgeStatus struct {
 	last   bus.Status
 	seen   time.Time
 	online bool
+	// since is when online last changed.
+	since time.Time
+	// probes are the per-peer results of the edge's tunnel probe.
+	probes map[string]probe
 }
 
 // onStatus records a heartbeat. The bus only lets an edge publish on its own
@@ -36,9 +41,18 @@ func (c *Controller) onStatus(m *nats.Msg) {
 		s = &edgeStatus{}
 		c.status[name] = s
 	}
-	wasOnline := s.online
-	s.last, s.seen, s.online = st, time.Now(), true
+	now := time.Now()
+	probes := probesOf(st)
+	wasOnline, material := s.online, !s.online || materialChange(s.last, s.probes, st, probes)
+	if !wasOnline {
+		s.since = now
+	}
+	s.last, s.seen, s.online, s.probes = st, now, true, probes
 	c.statusMu.Unlock()
+	c.fanout.applied(name, st.AppliedRevision, appliedAt(st, now))
+	if material {
+		c.changed()
+	}
 	if !wasOnline {
 		c.log.Info("edge online", "edge", name, "state", st.State, "applied_revision", st.AppliedRevision)
 		if c.reporter() {
@@ -58,13 +72,18 @@ func (c *Controller) sweepOffline(now time.Time) {
 	c.statusMu.Lock()
 	for name, s := range c.status {
 		if s.online && now.Sub(s.seen) > bus.OfflineAfter {
-			s.online = false
+			s.online, s.since = false, now
 			gone = append(gone, name)
 		}
 	}
 	c.statusMu.Unlock()
+	c.fanout.expire(now)
 	report := len(gone) > 0 && c.reporter()
+	if len(gone) > 0 {
+		c.changed()
+	}
 	for _, name := range gone {
+		c.fanout.forget(name)
 		c.log.Warn("edge offline: no heartbeat", "edge", name, "after", bus.OfflineAfter)
 		if report {
 			c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
@@ -119,42 +138,62 @@ func (c *Controller) ListEdges() []api.EdgeView {
 	return out
 }
 
+// materialChange reports whether a heartbeat changes what the topology
+// shows, beyond round-trip times (those are picked up periodically).
+func materialChange(old bus.Status, oldProbes map[string]probe, st bus.Status, probes map[string]probe) bool {
+	if old.State != st.State || old.AppliedRevision != st.AppliedRevision || old.Error != st.Error || !slices.Equal(old.Conflicts, st.Conflicts) ||
+		len(oldProbes) != len(probes) || (old.Site == nil) != (st.Site == nil) || old.Site != nil && old.Site.Role != st.Site.Role {
+		return true
+	}
+	for peer, p := range probes {
+		if q, ok := oldProbes[peer]; !ok || q.up != p.up {
+			return true
+		}
+	}
+	return false
+}
+
+// appliedAt is when, by the controller's clock, the edge applied the
+// revision it reports: its own clock's difference between applying and
+// reporting, taken from the arrival.
+func appliedAt(st bus.Status, arrived time.Time) time.Time {
+	if st.AppliedAt.IsZero() || st.Time.Before(st.AppliedAt) {
+		return arrived
+	}
+	return arrived.Add(-st.Time.Sub(st.AppliedAt))
+}
+
 // Topology is the mesh: every edge with what its peers program for it, the
-// state of every link, and agents waiting to be added.
+// state of every link (configuration and data plane), the sites with their
+// active gateways, and agents waiting to be added.
 func (c *Controller) Topology() api.Topology {
 	c.mu.RLock()
-	edges, rev, sites := sortedEdges(c.view.edges), c.view.rev, mesh.Sites(c.view.edges)
+	edges, rev, revAt, sites := sortedEdges(c.view.edges), c.view.rev, c.view.revAt, mesh.Sites(c.view.edges)
 	roles := c.roles(c.view.edges)
 	c.mu.RUnlock()
 	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}, Sites: []api.TopologySite{}}
-	current := map[string]bool{}
-	online := map[string]bool{}
-	for _, e := range edges {
+	ends := make([]linkEnd, len(edges))
+	for i, e := range edges {
 		te := api.TopologyEdge{
 			Name: e.Name, HostAddr: e.HostAddr.String(), CIDRs: prefixStrings(e.Prefixes()),
 			VTEPMAC: mesh.VTEPMAC(e.Name).String(), NextHop: mesh.NextHop(e).String(), State: api.StateOffline,
 			Site: e.Site, Role: roles[e.Name],
 		}
+		ends[i].name = e.Name
 		if s, ok := c.statusOf(e.Name); ok {
-			te.AppliedRevision = s.last.AppliedRevision
+			ends[i].st = &s
+			te.AppliedRevision, te.LastError, te.Conflicts = s.last.AppliedRevision, s.last.Error, s.last.Conflicts
+			since := s.since.UTC()
+			te.Since = &since
 			if s.online {
 				te.State = api.StateOnline
-				online[e.Name] = true
-				current[e.Name] = s.last.AppliedRevision == rev && s.last.Error == ""
 			}
 		}
 		t.Edges = append(t.Edges, te)
 	}
-	for i, a := range edges {
-		for _, b := range edges[i+1:] {
-			l := api.Link{A: a.Name, B: b.Name, State: api.LinkDown}
-			if online[a.Name] && online[b.Name] {
-				l.State = api.LinkPending
-				if current[a.Name] && current[b.Name] {
-					l.State = api.LinkUp
-				}
-			}
-			t.Links = append(t.Links, l)
+	for i, a := range ends {
+		for _, b := range ends[i+1:] {
+			t.Links = append(t.Links, linkOf(a, b, rev, revAt))
 		}
 	}
 	for _, s := range sites {

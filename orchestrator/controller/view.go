@@ -23,8 +23,9 @@ type view struct {
 	// applied from the store (own writes excluded: a pin written by
 	// another controller just before may still be on its way).
 	latest uint64
-	// moved is closed, and replaced, whenever rev moves.
+	// moved is closed, and replaced, whenever rev moves; revAt is when.
 	moved chan struct{}
+	revAt time.Time
 }
 
 // feedRetry is the pause before following the store again after its change
@@ -163,7 +164,7 @@ func (c *Controller) movedLocked() {
 	if c.view.moved != nil {
 		close(c.view.moved)
 	}
-	c.view.moved = make(chan struct{})
+	c.view.moved, c.view.revAt = make(chan struct{}), time.Now()
 }
 
 // awaitRevision waits until the view holds revision rev or a later one,

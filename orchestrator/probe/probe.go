@@ -14,11 +14,13 @@
 //
 // One Prober runs per agent, on one pair of raw sockets (ICMPv4, ICMPv6)
 // with kernel filters that pass echo replies only; a probe is one small
-// packet per target and interval, and the scheduler wakes every Tick
-// whatever the number of targets, so hundreds of peers cost little CPU.
+// packet per target and interval, and the scheduler wakes every Tick —
+// every RelaxedTick while no target needs more — whatever the number of
+// targets, so hundreds of peers cost little CPU.
 package probe
 
 import (
+	"hash/fnv"
 	"math/rand/v2"
 	"net/netip"
 	"sort"
@@ -38,6 +40,18 @@ const (
 	UrgentInterval = 10 * time.Millisecond
 	// Tick is the scheduler's resolution.
 	Tick = 10 * time.Millisecond
+	// RelaxedTick is the scheduler's resolution while no target is probed
+	// urgently or more often than every RelaxedAbove (gateways alone in
+	// their site, probed every half second, as most are): their probes
+	// and down verdicts come up to RelaxedTick late, and the prober wakes
+	// five times less often.
+	RelaxedTick  = 50 * time.Millisecond
+	RelaxedAbove = 250 * time.Millisecond
+	// RelaxedBurst sizes the bursts those targets are probed in: they go
+	// in one slot per RelaxedBurst of them (a hash of the name picks the
+	// slot), so the prober wakes a few times per interval rather than once
+	// per target, and their answers arrive in bursts a socket buffer holds.
+	RelaxedBurst = 128
 )
 
 // Target is one address to probe.
@@ -64,6 +78,10 @@ type State struct {
 	LastReply time.Time
 	// Sent and Received count probes and answers.
 	Sent, Received uint64
+	// Known: Up is a verdict — the target answered, or DownAfter has
+	// passed since probing began. Before that a target is neither up nor
+	// known to be down.
+	Known bool
 }
 
 // Conn sends echo requests and receives echo replies (raw ICMP sockets in
@@ -89,6 +107,8 @@ type Prober struct {
 	conn Conn
 	id   uint16
 	now  func() time.Time
+	// epoch aligns the slots of relaxed targets (the first SetTargets).
+	epoch time.Time
 
 	mu      sync.Mutex
 	targets map[string]*target
@@ -96,6 +116,9 @@ type Prober struct {
 	byAddr  map[netip.Addr]*target // by address without zone
 	sendErr error
 	due     []Echo // reused by step (Run's goroutine only)
+	// wake makes Run step at once and look at its resolution again (new
+	// targets, an urgent one).
+	wake chan struct{}
 }
 
 type target struct {
@@ -116,7 +139,15 @@ type sentProbe struct {
 // New returns a Prober over conn with no targets.
 func New(conn Conn) *Prober {
 	return &Prober{conn: conn, id: uint16(rand.N(1 << 16)), now: time.Now,
-		targets: map[string]*target{}, byAddr: map[netip.Addr]*target{}}
+		targets: map[string]*target{}, byAddr: map[netip.Addr]*target{}, wake: make(chan struct{}, 1)}
+}
+
+// poke wakes Run.
+func (p *Prober) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
 }
 
 // SetTargets replaces the set of targets. A target whose name and address
@@ -127,6 +158,15 @@ func (p *Prober) SetTargets(ts []Target) {
 	defer p.mu.Unlock()
 	keep := make(map[string]*target, len(ts))
 	p.byAddr = make(map[netip.Addr]*target, len(ts))
+	if p.epoch.IsZero() {
+		p.epoch = now
+	}
+	relaxed := 0
+	for _, t := range ts {
+		if t.Interval >= RelaxedAbove {
+			relaxed++
+		}
+	}
 	for _, t := range ts {
 		if t.Interval <= 0 {
 			t.Interval = DefaultInterval
@@ -136,9 +176,7 @@ func (p *Prober) SetTargets(ts []Target) {
 		}
 		old, ok := p.targets[t.Name]
 		if !ok || old.Addr != t.Addr {
-			// The first probe at a random point of the first interval,
-			// so that targets spread over time.
-			old = &target{start: now, next: now.Add(rand.N(t.Interval)), state: State{Since: now}}
+			old = &target{start: now, next: p.firstProbe(t, relaxed, now), state: State{Since: now}}
 		}
 		old.Target = t
 		keep[t.Name] = old
@@ -149,6 +187,24 @@ func (p *Prober) SetTargets(ts []Target) {
 	for _, t := range keep {
 		p.list = append(p.list, t)
 	}
+	p.poke()
+}
+
+// firstProbe is when a new target is first probed: a random point of its
+// first interval, so that targets spread over time — or, for a relaxed
+// target (one of relaxed in the set), the next start of its slot.
+func (p *Prober) firstProbe(t Target, relaxed int, now time.Time) time.Time {
+	if t.Interval < RelaxedAbove {
+		return now.Add(rand.N(t.Interval))
+	}
+	slots := uint32(max((relaxed+RelaxedBurst-1)/RelaxedBurst, 1))
+	h := fnv.New32a()
+	h.Write([]byte(t.Name))
+	start := p.epoch.Add(t.Interval * time.Duration(h.Sum32()%slots) / time.Duration(slots))
+	if start.Before(now) {
+		start = start.Add((now.Sub(start) + t.Interval - 1) / t.Interval * t.Interval)
+	}
+	return start
 }
 
 // State returns the state of the named target.
@@ -195,24 +251,49 @@ func (p *Prober) Urgent(name string, d time.Duration) {
 	if t, ok := p.targets[name]; ok {
 		t.urgent = now.Add(d)
 		t.next = now
+		p.poke()
 	}
 }
 
-// Run probes until done is closed: it sends the due probes every Tick and
-// receives answers on another goroutine. It closes the Conn on return.
+// Run probes until done is closed: it sends the due probes every Tick (or
+// RelaxedTick, see period) and at once when the targets change or one turns
+// urgent, and receives answers on another goroutine. It closes the Conn on
+// return.
 func (p *Prober) Run(done <-chan struct{}) {
 	go p.conn.Receive(func(from netip.Addr, id, seq uint16) { p.reply(from, id, seq, p.now()) })
-	tick := time.NewTicker(Tick)
+	period := p.period(p.now())
+	tick := time.NewTicker(period)
 	defer tick.Stop()
 	defer p.conn.Close()
 	for {
 		select {
 		case <-done:
 			return
+		case <-p.wake:
 		case <-tick.C:
-			p.step(p.now())
+		}
+		now := p.now()
+		p.step(now)
+		if d := p.period(now); d != period {
+			period = d
+			tick.Reset(d)
 		}
 	}
+}
+
+// period is the scheduler's resolution for the targets at now: Tick while
+// any target is urgent or probed more often than every RelaxedAbove (the
+// own site's gateways on the LAN, the gateways of sites with a standby),
+// else RelaxedTick.
+func (p *Prober) period(now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, t := range p.list {
+		if t.Interval < RelaxedAbove || now.Before(t.urgent) {
+			return Tick
+		}
+	}
+	return RelaxedTick
 }
 
 // Err returns the last error sending a probe, nil after a success.
@@ -234,6 +315,9 @@ func (p *Prober) step(now time.Time) {
 		}
 		if t.state.Up && now.Sub(last) > t.DownAfter {
 			t.state.Up, t.state.Since = false, now
+		}
+		if !t.state.Known && now.Sub(t.start) > t.DownAfter {
+			t.state.Known = true
 		}
 		if now.Before(t.next) {
 			continue
@@ -287,4 +371,5 @@ func (p *Prober) reply(from netip.Addr, id, seq uint16, at time.Time) {
 	if !t.state.Up {
 		t.state.Up, t.state.Since = true, at
 	}
+	t.state.Known = true
 }

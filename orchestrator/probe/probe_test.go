@@ -2,6 +2,7 @@ package probe
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -144,3 +145,86 @@ func TestProberSendError(t *testing.T) {
 type failConn struct{ fakeConn }
 
 func (*failConn) Send([]Echo) error { return errors.New("network is unreachable") }
+
+// The prober wakes every Tick only while a target needs it: targets probed
+// every half second relax it to RelaxedTick; a LAN target or an urgent one
+// brings Tick back, and an urgent one wakes Run at once.
+func TestProberPeriod(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	p, _, now := clocked(t0)
+	peers := []Target{
+		{Name: "hk-1", Addr: netip.MustParseAddr("fe80::1%cframe0"), Interval: 500 * time.Millisecond},
+		{Name: "gz-3", Addr: netip.MustParseAddr("fe80::2%cframe0"), Interval: 500 * time.Millisecond},
+	}
+	p.SetTargets(peers)
+	if d := p.period(*now); d != RelaxedTick {
+		t.Fatalf("half-second peers: period %s, want %s", d, RelaxedTick)
+	}
+	<-p.wake // SetTargets woke Run
+	p.Urgent("hk-1", 100*time.Millisecond)
+	select {
+	case <-p.wake:
+	default:
+		t.Fatal("Urgent did not wake Run")
+	}
+	if d := p.period(*now); d != Tick {
+		t.Fatalf("urgent target: period %s, want %s", d, Tick)
+	}
+	if d := p.period(now.Add(101 * time.Millisecond)); d != RelaxedTick {
+		t.Fatalf("after the urgency: period %s, want %s", d, RelaxedTick)
+	}
+	p.SetTargets(append(peers, Target{Name: "lan:sz-2", Addr: netip.MustParseAddr("172.18.171.246"), Interval: 20 * time.Millisecond}))
+	if d := p.period(*now); d != Tick {
+		t.Fatalf("with a LAN target: period %s, want %s", d, Tick)
+	}
+}
+
+// Targets probed every half second go in slots, one per RelaxedBurst of
+// them: 300 are probed in three bursts per interval, each exactly once.
+func TestProberRelaxedSlots(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	p, c, now := clocked(t0)
+	var ts []Target
+	for i := range 300 {
+		ts = append(ts, Target{Name: fmt.Sprintf("peer-%03d", i), Addr: netip.AddrFrom4([4]byte{10, 0, byte(i / 250), byte(i%250 + 1)}), Interval: 500 * time.Millisecond})
+	}
+	p.SetTargets(ts)
+	bursts, probed := 0, map[netip.Addr]int{}
+	for end := t0.Add(500 * time.Millisecond); now.Before(end); *now = now.Add(Tick) {
+		c.sent = c.sent[:0]
+		p.step(*now)
+		if len(c.sent) > 0 {
+			bursts++
+		}
+		for _, e := range c.sent {
+			probed[e.Dst]++
+		}
+	}
+	if bursts != 3 || len(probed) != 300 {
+		t.Fatalf("%d bursts probing %d targets in one interval, want 3 and 300", bursts, len(probed))
+	}
+	for a, n := range probed {
+		if n != 1 {
+			t.Fatalf("%s probed %d times in one interval", a, n)
+		}
+	}
+}
+
+// A target has no verdict until it answers or DownAfter passes unanswered.
+func TestProberKnown(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	p, c, now := clocked(t0)
+	up, silent := netip.MustParseAddr("fe80::1%cframe0"), netip.MustParseAddr("fe80::2%cframe0")
+	p.SetTargets([]Target{{Name: "up", Addr: up}, {Name: "silent", Addr: silent}})
+	run(p, c, now, t0.Add(DefaultDownAfter/2), time.Millisecond, up)
+	if st, _ := p.State("up"); !st.Known || !st.Up {
+		t.Fatalf("answering target: %+v, want known and up", st)
+	}
+	if st, _ := p.State("silent"); st.Known {
+		t.Fatalf("silent target before DownAfter: %+v, want no verdict", st)
+	}
+	run(p, c, now, t0.Add(DefaultDownAfter+2*Tick), time.Millisecond, up)
+	if st, _ := p.State("silent"); !st.Known || st.Up {
+		t.Fatalf("silent target after DownAfter: %+v, want known and down", st)
+	}
+}

@@ -62,10 +62,14 @@ type part struct {
 const nsPrefix = "cfbench"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == probeChildArg {
+		probeChild(os.Args[2:])
+		return
+	}
 	quick := flag.Bool("quick", false, "fewer repetitions: the whole run in under two minutes")
 	bin := flag.String("bin", "dist", "directory with the built programs (make build)")
 	out := flag.String("out", "bench-out", "directory for bench.md and bench.json")
-	only := flag.String("only", "", "run only the parts whose name contains this (dataplane, convergence, scale, reconcile, failover)")
+	only := flag.String("only", "", "run only the parts whose name contains this (dataplane, convergence, scale, reconcile, failover, observability)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fail("the benchmark builds network namespaces: run it as root")

@@ -7,4 +7,5 @@ var parts = []part{
 	{"scale", busScale},
 	{"reconcile", reconcileScale},
 	{"failover", failover},
+	{"observability", observeCost},
 }

@@ -26,12 +26,14 @@ import (
 	"github.com/cframe/cframe/scripts/topo"
 )
 
-// The walkthrough's ports, and the controllers' cluster port.
+// The walkthrough's ports, the controllers' cluster port, and where every
+// agent serves its metrics (on its namespace's loopback).
 const (
 	NATSPort    = 58422
 	APIPort     = 12345
 	TunnelPort  = 58423
 	ClusterPort = 58424
+	MetricsPort = 9474
 	etcdClient  = "127.0.0.1:2379"
 )
 
@@ -369,8 +371,8 @@ func (c *Cluster) NewEdge(name string, site *topo.Site, extra ...string) (*Edge,
 	c.mu.Lock()
 	secret := c.secret
 	c.mu.Unlock()
-	cfg := fmt.Sprintf("controller=%s\nname = %q\nlisten_addr=\":%d\"\n\nsecret = %q\nstate_dir = %q\n",
-		c.ControllerTOML(), name, TunnelPort, secret, e.StateDir)
+	cfg := fmt.Sprintf("controller=%s\nname = %q\nlisten_addr=\":%d\"\n\nsecret = %q\nstate_dir = %q\nmetrics_addr = \"127.0.0.1:%d\"\n",
+		c.ControllerTOML(), name, TunnelPort, secret, e.StateDir, MetricsPort)
 	for _, x := range extra {
 		cfg += x + "\n"
 	}
@@ -388,6 +390,15 @@ func (e *Edge) Spec() edgeset.Spec {
 		s.ExtraCIDRs = append(s.ExtraCIDRs, p.String())
 	}
 	return s
+}
+
+// MetricsURL is the agent's metrics endpoint, inside its site's edge
+// namespace (reach it with HTTP from that namespace).
+func (e *Edge) MetricsURL() string { return fmt.Sprintf("http://127.0.0.1:%d/metrics", MetricsPort) }
+
+// HTTP is a client whose connections start in e's edge namespace.
+func (e *Edge) HTTP() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: topo.Dialer{NS: e.Site.Edge}.DialContext}}
 }
 
 // Add registers e with the controller through the API.

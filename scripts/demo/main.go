@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -209,9 +210,61 @@ func run(ctx context.Context, bin string, etcd, hold, cloud bool) error {
 	out, _ = n.Exec(e3, "ip", "route", "show", "proto", "207")
 	fmt.Printf("    for example, %s's routes:\n%s", cluster.WalkthroughNames[2], indent(out))
 
+	step("what an operator sees: the topology page, metrics, the audit trail")
+	if hold {
+		if err := forwardViews(ctx, c, edges); err != nil {
+			return err
+		}
+	} else {
+		fmt.Printf("    inside the controller's namespace (make demo HOLD=1 forwards them to this machine's loopback):\n")
+		fmt.Printf("      topology page:      http://127.0.0.1:%d/ui/\n", cluster.APIPort)
+		fmt.Printf("      controller metrics: ip netns exec %s curl -s http://127.0.0.1:%d/metrics\n", home.Edge, cluster.APIPort)
+		for _, e := range edges {
+			fmt.Printf("      %s metrics:      ip netns exec %s curl -s %s\n", e.Name, e.Site.Edge, e.MetricsURL())
+		}
+	}
+	ctl := filepath.Join(bin, "cframectl")
+	fmt.Printf("    audit trail (kept, then live): ip netns exec %s %s events --since 1h\n", home.Edge, ctl)
+	fmt.Printf("    Graphviz:                      ip netns exec %s %s topology -o dot | dot -Tsvg > mesh.svg\n", home.Edge, ctl)
+	out, err = c.Ctl("topology")
+	fmt.Print(indent(out))
+	if err != nil {
+		return err
+	}
+
 	if hold {
 		step("holding the mesh: press Ctrl-C to clean up")
 		<-ctx.Done()
+	}
+	return nil
+}
+
+// forwardViews makes the page and the metrics reachable from this machine's
+// loopback while the demo holds: each listener relays into the namespace
+// where the controller or the agent listens on its own loopback.
+func forwardViews(ctx context.Context, c *cluster.Cluster, edges []*cluster.Edge) error {
+	listen := func(port int) (net.Listener, error) {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil { // taken on this machine: any free port
+			ln, err = net.Listen("tcp", "127.0.0.1:0")
+		}
+		return ln, err
+	}
+	ln, err := listen(cluster.APIPort)
+	if err != nil {
+		return err
+	}
+	go topo.Forward(ctx, ln, c.Home.Edge, fmt.Sprintf("127.0.0.1:%d", cluster.APIPort))
+	fmt.Printf("    open in a browser on this machine (forwarded into %s while the demo holds):\n", c.Home.Edge)
+	fmt.Printf("      topology page:      http://%s/ui/\n", ln.Addr())
+	fmt.Printf("      controller metrics: http://%s/metrics\n", ln.Addr())
+	for i, e := range edges {
+		ln, err := listen(cluster.MetricsPort + i)
+		if err != nil {
+			return err
+		}
+		go topo.Forward(ctx, ln, e.Site.Edge, fmt.Sprintf("127.0.0.1:%d", cluster.MetricsPort))
+		fmt.Printf("      %s metrics:      http://%s/metrics\n", e.Name, ln.Addr())
 	}
 	return nil
 }

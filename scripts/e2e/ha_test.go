@@ -271,6 +271,11 @@ func TestGatewayHA(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		// The metrics say the same: each gateway's role, hk-1's probes of
+		// both gateways, the controller's view of the site.
+		if err := topo.Eventually(10*time.Second, func() error { return f.siteMetrics("sz-1", "sz-2") }); err != nil {
+			t.Fatal(err)
+		}
 		// A bad site field through cframectl: one line, nothing stored.
 		out, err = f.c.Ctl("edge", "add", "--name", "sz-3", "--hostaddr", "198.18.77.10:58423", "--cidr", "172.18.0.0/16", "--site", "sz", "--vip", "172.19.0.1")
 		if err == nil || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.Contains(out, "not inside the site's primary cidr") {
