@@ -140,7 +140,7 @@ var (
 	descEdgesPending = prometheus.NewDesc("cframe_controller_edges_pending",
 		"Agents connected to the bus under a name that is not in the edge set (waiting to be added).", nil, nil)
 	descEdgeOnline = prometheus.NewDesc("cframe_controller_edge_online",
-		"1 while the edge's agent is heartbeating, else 0.", []string{"edge"}, nil)
+		"1 while the edge's agent is heartbeating, else 0 (no heartbeat for a while, or its connection closed).", []string{"edge"}, nil)
 	descEdgeApplied = prometheus.NewDesc("cframe_controller_edge_applied_revision",
 		"The edge-set revision the edge reports its kernel matches.", []string{"edge"}, nil)
 	descRevision = prometheus.NewDesc("cframe_controller_edgeset_revision",
