@@ -12,12 +12,19 @@ import (
 // timeout, and the group accepts writes again when a new leader is elected.
 // nats-server's defaults (heartbeat 1 s, election timeout 4-9 s, a leader
 // gives up after 10 s without a quorum) put the first accepted write 4 to
-// 10 s after a controller dies. The server has no option for them: they
-// are package variables (its own test suite lowers them the same way), so
-// cframe sets them once, before the first clustered server starts. These
-// values suit controllers a few tens of milliseconds apart, as across
-// cloud regions; a build against a nats-server without these variables
-// fails to link rather than silently keeping the defaults.
+// 10 s after a controller dies. The server has no option for them (none in
+// v2.15): they are package variables (its own test suite lowers them the
+// same way), so cframe sets them through go:linkname once, before the first
+// clustered server starts. These values suit controllers a few tens of
+// milliseconds apart, as across cloud regions.
+//
+// go:linkname checks nothing: should a nats-server release rename one of
+// these variables, the build still succeeds and the name becomes a new
+// variable of its own, leaving the defaults in force; should one change
+// its type, the write corrupts memory. TestRaftTuningTakesEffect (kill -9
+// of the metadata leader of three servers, a new one elected sooner than
+// the defaults allow) fails in the first case; read these variables in
+// nats-server's raft.go on every upgrade for the second.
 const (
 	// RaftHeartbeat is how often a leader tells its followers it is alive.
 	RaftHeartbeat = 250 * time.Millisecond
