@@ -8,12 +8,13 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+
+	"github.com/cframe/cframe/internal/atomicfile"
 )
 
 // AuditUser is the NATS user name of read-only audit subscribers; its
@@ -42,10 +43,7 @@ func LoadIdentity(path, name string) (*Identity, error) {
 		if seed, err = kp.Seed(); err != nil {
 			return nil, err
 		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(path, seed, 0o600); err != nil {
+		if err := atomicfile.Write(path, seed, 0o600); err != nil {
 			return nil, fmt.Errorf("save edge key: %w", err)
 		}
 	} else if err != nil {

@@ -31,8 +31,17 @@ func TestRaftHelperProcess(t *testing.T) {
 	f := strings.Split(spec, "|")
 	s := startClustered(t, f[0], testSecret, f[1], strings.Split(f[2], ","), &syncBuffer{})
 	for range time.Tick(20 * time.Millisecond) {
-		meta, _ := s.Leaders("")
-		fmt.Printf("leader %q\n", meta)
+		var meta string
+		current := 0 // the other servers in the metadata group that are current
+		if jz, err := s.ns.Jsz(nil); err == nil && jz.Meta != nil {
+			meta = jz.Meta.Leader
+			for _, r := range jz.Meta.Replicas {
+				if r.Current {
+					current++
+				}
+			}
+		}
+		fmt.Printf("leader %q current %d\n", meta, current)
 	}
 }
 
@@ -49,6 +58,7 @@ func TestRaftTuningTakesEffect(t *testing.T) {
 	peers := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
 	var mu sync.Mutex
 	leader := map[string]string{} // as each server knows it
+	followed := map[string]int{}  // the others current in its metadata group
 	procs := map[string]*exec.Cmd{}
 	for i, name := range names {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestRaftHelperProcess$", "-test.v")
@@ -66,9 +76,10 @@ func TestRaftTuningTakesEffect(t *testing.T) {
 			sc := bufio.NewScanner(out)
 			for sc.Scan() {
 				var l string
-				if _, err := fmt.Sscanf(sc.Text(), "leader %q", &l); err == nil {
+				var current int
+				if _, err := fmt.Sscanf(sc.Text(), "leader %q current %d", &l, &current); err == nil {
 					mu.Lock()
-					leader[name] = l
+					leader[name], followed[name] = l, current
 					mu.Unlock()
 				}
 			}
@@ -91,6 +102,11 @@ func TestRaftTuningTakesEffect(t *testing.T) {
 		if old = agreed(names...); old == "" {
 			return fmt.Errorf("no metadata leader all three agree on")
 		}
+		mu.Lock()
+		defer mu.Unlock()
+		if followed[old] != len(names)-1 {
+			return fmt.Errorf("leader %s is followed by %d of the others", old, followed[old])
+		}
 		return nil
 	})
 	var survivors []string
@@ -105,7 +121,7 @@ func TestRaftTuningTakesEffect(t *testing.T) {
 	}
 	waitUntil(t, 30*time.Second, func() error {
 		if l := agreed(survivors...); l == "" || l == old {
-			return fmt.Errorf("%v have not elected a new metadata leader after %s was killed", survivors, old)
+			mu.Lock(); defer mu.Unlock(); return fmt.Errorf("%v have not elected a new metadata leader after %s was killed (they know %v)", survivors, old, leader)
 		}
 		return nil
 	})

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cframe/cframe/internal/atomicfile"
 )
 
 // Lifetime of a generated certificate; it is reissued (same key) once less
@@ -146,7 +148,7 @@ func (c *Certs) loadGenerated() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tls: issue certificate: %w", err)
 	}
-	if err := writeFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})); err != nil {
+	if err := atomicfile.Write(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
 	c.src.Log.Info("issued a TLS certificate", "path", certPath, "why", why)
@@ -186,7 +188,7 @@ func newKey(path string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
+	if err := atomicfile.Write(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
 	return k, nil
@@ -280,26 +282,4 @@ func (c *Certs) RouteTLS(secrets ...string) *tls.Config {
 			return nil
 		},
 	}
-}
-
-// writeFileAtomic writes b to path with mode 0600 through a temporary file
-// and a rename, so a reader never sees half a file.
-func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/internal/atomicfile"
 	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/orchestrator/config"
 	"github.com/cframe/cframe/orchestrator/ha"
@@ -416,7 +417,7 @@ func (a *Agent) statePath() string { return filepath.Join(a.cfg.StateDir, "edges
 func (a *Agent) saveState() {
 	b, err := json.Marshal(a.follow.Snapshot())
 	if err == nil {
-		err = writeFileAtomic(a.statePath(), b)
+		err = atomicfile.Write(a.statePath(), b, 0o600)
 	}
 	if err != nil {
 		a.log.Error("save edge set", "path", a.statePath(), "err", err)
@@ -437,29 +438,6 @@ func (a *Agent) loadState() (*bus.Snapshot, error) {
 		return nil, fmt.Errorf("%s: %w", a.statePath(), err)
 	}
 	return &s, nil
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".edgeset-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 // Reconciled is what ReconcileOnce did: the kernel's result, and the

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/internal/atomicfile"
 	"github.com/cframe/cframe/orchestrator/ha"
 	"github.com/cframe/cframe/orchestrator/probe"
 )
@@ -258,7 +259,7 @@ func loadClaims(path string) ([]bus.Claim, error) {
 func (h *haRunner) save() {
 	b, err := json.Marshal(h.e.SavedClaims())
 	if err == nil {
-		err = writeFileAtomic(h.savePath, b)
+		err = atomicfile.Write(h.savePath, b, 0o600)
 	}
 	if err != nil {
 		h.log.Error("save claims", "path", h.savePath, "err", err)

@@ -33,6 +33,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/internal/atomicfile"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/config"
 	"github.com/cframe/cframe/orchestrator/store"
@@ -291,7 +292,7 @@ func loadSecret(cfg config.Controller, log *slog.Logger) (string, error) {
 		return "", err
 	}
 	s := hex.EncodeToString(raw)
-	if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(s+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("join secret: %w", err)
 	}
 	log.Info("generated join secret: copy it into every edge.toml as secret", "path", path)
