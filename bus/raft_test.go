@@ -121,7 +121,9 @@ func TestRaftTuningTakesEffect(t *testing.T) {
 	}
 	waitUntil(t, 30*time.Second, func() error {
 		if l := agreed(survivors...); l == "" || l == old {
-			mu.Lock(); defer mu.Unlock(); return fmt.Errorf("%v have not elected a new metadata leader after %s was killed (they know %v)", survivors, old, leader)
+			mu.Lock()
+			defer mu.Unlock()
+			return fmt.Errorf("%v have not elected a new metadata leader after %s was killed (they know %v)", survivors, old, leader)
 		}
 		return nil
 	})
