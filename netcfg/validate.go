@@ -32,14 +32,16 @@ func (n *Desired) validate() error {
 	if n.Mode != ModeVXLAN && n.Mode != ModeGRE {
 		return fmt.Errorf("unknown mode %q (want %q or %q)", n.Mode, ModeVXLAN, ModeGRE)
 	}
-	if len(n.Device) > 15 || strings.ContainsAny(n.Device, " /:\t") {
-		return fmt.Errorf("bad device name %q (at most 15 characters, no spaces, '/' or ':')", n.Device)
+	if n.Device != "" {
+		if err := CheckDevice(n.Device); err != nil {
+			return err
+		}
 	}
 	if n.VNI < 0 || n.VNI >= 1<<24 {
 		return fmt.Errorf("VNI %d out of range", n.VNI)
 	}
-	if n.MTU != 0 && (n.MTU < 576 || n.MTU > 65535) {
-		return fmt.Errorf("MTU %d out of range (576-65535, or 0 for automatic)", n.MTU)
+	if err := CheckMTU(n.MTU); err != nil {
+		return err
 	}
 	if n.DeviceMAC != nil && !unicastMAC(n.DeviceMAC) {
 		return fmt.Errorf("device MAC %s is not a unicast Ethernet address", n.DeviceMAC)
@@ -190,4 +192,29 @@ func greDevice(prefix, peer string) string {
 	}
 	sum := sha256.Sum256([]byte(peer))
 	return prefix + "-" + hex.EncodeToString(sum[:3])
+}
+
+// The tunnel device's MTU range: IPv4's minimum, and the largest jumbo
+// frame underlays commonly carry less the encapsulation.
+const (
+	MinMTU = 576
+	MaxMTU = 9000
+)
+
+// CheckMTU reports whether mtu is a tunnel MTU cframe sets (0: automatic,
+// from the underlay's).
+func CheckMTU(mtu int) error {
+	if mtu != 0 && (mtu < MinMTU || mtu > MaxMTU) {
+		return fmt.Errorf("MTU %d is out of range (%d-%d, or 0 for automatic)", mtu, MinMTU, MaxMTU)
+	}
+	return nil
+}
+
+// CheckDevice reports whether name is a valid interface name for a tunnel
+// device.
+func CheckDevice(name string) error {
+	if name == "" || len(name) > 15 || strings.ContainsAny(name, " /:\t") {
+		return fmt.Errorf("bad device name %q: not a valid interface name (1-15 characters, no spaces, '/' or ':')", name)
+	}
+	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/netcfg"
 )
 
 // SampleController and SampleEdge are the commented sample files `make
@@ -299,11 +300,11 @@ func (e Edge) check(path string) error {
 	if e.Mode != "vxlan" && e.Mode != "gre" {
 		return fail("mode %q is unknown: use \"vxlan\" or \"gre\"", e.Mode)
 	}
-	if e.Device == "" || len(e.Device) > 15 || strings.ContainsAny(e.Device, "/ \t:") {
-		return fail("device %q is not a valid interface name (1-15 characters)", e.Device)
+	if err := netcfg.CheckDevice(e.Device); err != nil {
+		return fail("%v", err)
 	}
-	if e.MTU != 0 && (e.MTU < 576 || e.MTU > 9000) {
-		return fail("mtu %d is out of range (576-9000, or 0 for automatic)", e.MTU)
+	if err := netcfg.CheckMTU(e.MTU); err != nil {
+		return fail("%v", err)
 	}
 	if e.LocalAddr != "" {
 		if a, err := netip.ParseAddr(e.LocalAddr); err != nil || !a.Is4() {
