@@ -18,6 +18,10 @@ import "time"
 const (
 	prefix = "cframe.v1."
 
+	// QueueControllers is the queue group in which the controllers of a
+	// cluster answer requests (snapshots, audit replays): one answers each.
+	QueueControllers = "controllers"
+
 	// SubjectSnapshot is a request subject; the reply is a Snapshot.
 	SubjectSnapshot = prefix + "set.snapshot"
 	// SubjectDelta carries each Delta of the edge set.

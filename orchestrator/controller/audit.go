@@ -83,7 +83,7 @@ func (c *Controller) openAudit() error {
 		c.log.Info("waiting for JetStream to hold the audit stream", "err", err)
 	}
 	// A queue group: with several controllers, one answers each request.
-	if c.audit.sub, err = c.nc.QueueSubscribe(bus.SubjectAuditReplay, "cframe-controller", c.onReplay); err != nil {
+	if c.audit.sub, err = c.nc.QueueSubscribe(bus.SubjectAuditReplay, bus.QueueControllers, c.onReplay); err != nil {
 		return err
 	}
 	c.audit.queue, c.audit.stopping, c.audit.done = make(chan bus.Event, auditQueue), make(chan struct{}), make(chan struct{})

@@ -154,14 +154,14 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	if err := c.openAudit(); err != nil {
 		return nil, err
 	}
-	if err := c.sync(c.ctx); err != nil {
+	if err := c.loadAndFollow(c.ctx); err != nil {
 		return nil, err
 	}
 	if err := c.importStandalone(); err != nil {
 		return nil, err
 	}
 	// One controller answers each snapshot request, the edge's own first.
-	if _, err := c.nc.QueueSubscribe(bus.SubjectSnapshot, "controllers", c.onSnapshotRequest); err != nil {
+	if _, err := c.nc.QueueSubscribe(bus.SubjectSnapshot, bus.QueueControllers, c.onSnapshotRequest); err != nil {
 		return nil, err
 	}
 	if _, err := c.nc.Subscribe(bus.SubjectStatusAll, c.onStatus); err != nil {

@@ -12,8 +12,8 @@ import (
 // tunnel probes say. Both ends applying the current revision makes a link
 // configured; it is up only while neither end's probes of the other fail.
 
-// probe is one edge's latest tunnel-probe result for one peer.
-type probe struct {
+// peerProbe is one edge's latest tunnel-probe result for one peer.
+type peerProbe struct {
 	up    bool
 	rtt   time.Duration
 	since time.Time // when up last changed
@@ -22,13 +22,13 @@ type probe struct {
 // probesOf reads the per-peer probe results an edge reports in its status.
 // Agents without a probe (no CAP_NET_RAW) report none: their links' probe
 // state is unknown and their state follows the configuration alone.
-func probesOf(st bus.Status) map[string]probe {
+func probesOf(st bus.Status) map[string]peerProbe {
 	if len(st.Probes) == 0 {
 		return nil
 	}
-	out := make(map[string]probe, len(st.Probes))
+	out := make(map[string]peerProbe, len(st.Probes))
 	for _, p := range st.Probes {
-		out[p.Name] = probe{up: p.Up, rtt: p.RTT, since: p.Since}
+		out[p.Name] = peerProbe{up: p.Up, rtt: p.RTT, since: p.Since}
 	}
 	return out
 }
@@ -47,9 +47,9 @@ func (e linkEnd) current(rev uint64) bool {
 }
 
 // probeOf returns the end's probe result for peer.
-func (e linkEnd) probeOf(peer string) (probe, bool) {
+func (e linkEnd) probeOf(peer string) (peerProbe, bool) {
 	if e.st == nil {
-		return probe{}, false
+		return peerProbe{}, false
 	}
 	p, ok := e.st.probes[peer]
 	return p, ok

@@ -23,7 +23,7 @@ type edgeStatus struct {
 	// since is when online last changed.
 	since time.Time
 	// probes are the per-peer results of the edge's tunnel probe.
-	probes map[string]probe
+	probes map[string]peerProbe
 }
 
 // onStatus records a heartbeat. The bus only lets an edge publish on its own
@@ -196,7 +196,7 @@ func (c *Controller) ListEdges() []api.EdgeView {
 
 // materialChange reports whether a heartbeat changes what the topology
 // shows, beyond round-trip times (those are picked up periodically).
-func materialChange(old bus.Status, oldProbes map[string]probe, st bus.Status, probes map[string]probe) bool {
+func materialChange(old bus.Status, oldProbes map[string]peerProbe, st bus.Status, probes map[string]peerProbe) bool {
 	if old.State != st.State || old.AppliedRevision != st.AppliedRevision || old.Error != st.Error || !slices.Equal(old.Conflicts, st.Conflicts) ||
 		len(oldProbes) != len(probes) || (old.Site == nil) != (st.Site == nil) || old.Site != nil && old.Site.Role != st.Site.Role {
 		return true

@@ -32,9 +32,9 @@ type view struct {
 // feed failed.
 const feedRetry = time.Second
 
-// sync loads the whole store into the view and follows its change feed
+// loadAndFollow loads the whole store into the view and follows its change feed
 // from there, in the background until c.ctx ends.
-func (c *Controller) sync(ctx context.Context) error {
+func (c *Controller) loadAndFollow(ctx context.Context) error {
 	feed, err := c.reload(ctx)
 	if err != nil {
 		return err
