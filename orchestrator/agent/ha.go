@@ -21,8 +21,12 @@ import (
 	"github.com/cframe/cframe/orchestrator/probe"
 )
 
-// haTick is how often the HA engine looks at the probes and its timers.
-const haTick = 10 * time.Millisecond
+// haTick is how often the HA engine looks at the probes and its timers;
+// every lanCheck it also re-reads the host's LAN address (it may change).
+const (
+	haTick   = 10 * time.Millisecond
+	lanCheck = 2 * time.Second
+)
 
 // haRunner runs the data-plane prober and the HA engine (package ha) on
 // their own goroutines, so that detection and elections keep their timing
@@ -144,7 +148,7 @@ func (h *haRunner) run(ctx context.Context) {
 	defer tick.Stop()
 	version := h.e.Version() - 1
 	var set map[string]bus.Edge
-	lanCheck := 0
+	ticks := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -157,7 +161,7 @@ func (h *haRunner) run(ctx context.Context) {
 		case m := <-msgs:
 			h.e.Receive(m, time.Now())
 		case now := <-tick.C:
-			if lanCheck++; lanCheck%200 == 0 { // every 2 s: the LAN address may change
+			if ticks++; ticks%int(lanCheck/haTick) == 0 {
 				h.e.SetLAN(lanAddr(set, h.self))
 			}
 			h.e.Tick(now)
