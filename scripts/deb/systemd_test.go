@@ -308,6 +308,15 @@ func systemdRun(t *testing.T) {
 		}
 	}
 
+	// The agent reads and writes sysfs (receive steering): a unit joining
+	// a namespace sees that namespace's devices there, in a private sysfs.
+	ns := edges[1].ns
+	seen := h.run("systemd-run", "--quiet", "--wait", "--pipe", "-p", "NetworkNamespacePath=/run/netns/"+ns,
+		"-p", "ProtectSystem=strict", "-p", "PrivateMounts=yes", "cat", "/sys/class/net/"+topo.EdgeWAN+"/address")
+	if want := h.run("ip", "netns", "exec", ns, "cat", "/sys/class/net/"+topo.EdgeWAN+"/address"); seen != want {
+		t.Errorf("a unit joining %s reads %s's address %q in /sys, want %q (its namespace's)", ns, topo.EdgeWAN, seen, want)
+	}
+
 	hk, gz := sites[1], sites[2]
 	restartSec, err := time.ParseDuration(strings.ReplaceAll(h.show("cframe-edge.service", "RestartUSec"), "min", "m"))
 	if err != nil {
