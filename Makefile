@@ -26,9 +26,12 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # Test artifacts (the topology page's screenshots) land in test-out/_artifacts/.
+# Everything runs under the race detector, the controllers and agents the
+# end-to-end tests start included (scripts/cluster builds them with -race
+# when the tests run with it, and a race report in their logs fails the test).
 test: deps vet
 	@mkdir -p test-out
-	$(GO) test -count=1 -timeout 15m -artifacts -outputdir=$(CURDIR)/test-out ./...
+	$(GO) test -race -count=1 -timeout 15m -artifacts -outputdir=$(CURDIR)/test-out ./...
 
 demo: deps build
 	$(GO) run ./scripts/demo $(if $(ETCD),-etcd) $(if $(HOLD),-hold) $(if $(CLOUD),-cloud)

@@ -3,6 +3,7 @@ package bus
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -20,10 +21,13 @@ const SnapshotTimeout = 3 * time.Second
 // revision a moment before it has seen the latest write: a Hello behind the
 // held revision is ignored, and a snapshot request names the latest revision
 // the follower has heard of, which the answering controller waits for. It
-// is not safe for concurrent use: drive it from one goroutine.
+// is not safe for concurrent use: drive it from one goroutine. The sets it
+// hands out are immutable, so they may cross goroutines.
 type Follower struct {
 	nc   *nats.Conn
 	msgs chan *nats.Msg
+	// set is never modified once built: a delta builds the next one
+	// (copy-on-write), so a set returned by Set stays that revision's.
 	set  map[string]Edge
 	rev  uint64
 	have bool
@@ -46,8 +50,10 @@ func Follow(nc *nats.Conn) (*Follower, error) {
 // Messages delivers the deltas and hellos to pass to Handle.
 func (f *Follower) Messages() <-chan *nats.Msg { return f.msgs }
 
-// Set returns the held edge set (shared: do not modify), its revision, and
-// whether the follower holds a set at all yet.
+// Set returns the held edge set, its revision, and whether the follower
+// holds a set at all yet. The set is that revision's for good: the follower
+// never modifies it (nor may anyone else), so it can be handed to other
+// goroutines as it is.
 func (f *Follower) Set() (map[string]Edge, uint64, bool) { return f.set, f.rev, f.have }
 
 // Latest is the controller's current revision as last heard of: what Set
@@ -101,15 +107,16 @@ func (f *Follower) Handle(m *nats.Msg) (string, error) {
 	case d.Prev != f.rev:
 		return f.Resync(fmt.Sprintf("missed revisions %d..%d", f.rev+1, d.Prev))
 	}
+	next := maps.Clone(f.set)
 	switch d.Op {
 	case OpPut:
-		f.set[d.Edge.Name] = d.Edge
+		next[d.Edge.Name] = d.Edge
 	case OpDelete:
-		delete(f.set, d.Edge.Name)
+		delete(next, d.Edge.Name)
 	default:
 		return "", fmt.Errorf("delta %d: unknown op %q", d.Revision, d.Op)
 	}
-	f.rev = d.Revision
+	f.set, f.rev = next, d.Revision
 	return fmt.Sprintf("revision %d: %s edge %s", d.Revision, d.Op, d.Edge.Name), nil
 }
 

@@ -166,3 +166,64 @@ func mustPublish(t *testing.T, nc *nats.Conn, subj string, v any) {
 		t.Fatal(err)
 	}
 }
+
+// A set handed out by Set stays that revision's while later deltas are
+// applied: another goroutine (the agent's HA runner) reads it meanwhile.
+func TestFollowerSetsAreImmutable(t *testing.T) {
+	s := startServer(t)
+	ctl := newFakeController(t, s)
+	ctl.set(1, "a", "b")
+	nc, _, err := connectEdge(t, s, identity(t, t.TempDir(), "a"), testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := Follow(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fl.Resync("join"); err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := fl.Set()
+	stop := make(chan struct{})
+	read := make(chan int)
+	go func() { // iterates the handed-out set while the follower moves on
+		n := 0
+		for {
+			select {
+			case <-stop:
+				read <- n
+				return
+			default:
+			}
+			for range first {
+				n++
+			}
+		}
+	}()
+	for rev := uint64(2); rev < 40; rev++ {
+		op, edge := OpPut, Edge{Name: "c", CIDR: netip.MustParsePrefix("10.9.0.0/24")}
+		if rev%2 == 1 {
+			op = OpDelete
+		}
+		if rev%5 == 0 {
+			edge.Name = "b"
+		}
+		mustPublish(t, ctl.nc, SubjectDelta, Delta{Revision: rev, Prev: rev - 1, Op: op, Edge: edge})
+		next(t, fl)
+	}
+	close(stop)
+	if <-read == 0 {
+		t.Fatal("the reader never iterated the set")
+	}
+	if len(first) != 2 || first["a"].Name != "a" || first["b"].Name != "b" {
+		t.Fatalf("the set of revision 1 changed after it was handed out: %v", first)
+	}
+	// Revision 35 deleted b, 39 deleted c.
+	if latest, rev, _ := fl.Set(); rev != 39 || len(latest) != 1 || latest["a"].Name != "a" {
+		t.Fatalf("revision %d set %v, want 39 with a alone: the deltas were not applied", rev, latest)
+	}
+}

@@ -59,8 +59,11 @@ const TLSTimeout = 5 * time.Second
 type Server struct {
 	ns    *server.Server
 	token string
-	cfg   ServerConfig
-	dup   chan string
+	// sysToken is the in-process connection of WatchEdges, in the system
+	// account (where the servers publish connection events).
+	sysToken string
+	cfg      ServerConfig
+	dup      chan string
 }
 
 // StartServer starts the embedded NATS server with JetStream and waits until
@@ -79,11 +82,11 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	if cfg.TLS == nil {
 		return nil, fmt.Errorf("nats server: no TLS configuration")
 	}
-	tok := make([]byte, 32)
+	tok := make([]byte, 64)
 	if _, err := rand.Read(tok); err != nil {
 		return nil, err
 	}
-	s := &Server{token: hex.EncodeToString(tok), cfg: cfg, dup: make(chan string, 1)}
+	s := &Server{token: hex.EncodeToString(tok[:32]), sysToken: hex.EncodeToString(tok[32:]), cfg: cfg, dup: make(chan string, 1)}
 	opts := &server.Options{
 		ServerName:                 cmp.Or(cfg.Name, "cframe-controller"),
 		Host:                       host,
@@ -151,11 +154,14 @@ func (s *Server) Shutdown() {
 func (s *Server) Check(c server.ClientAuthentication) bool {
 	o := c.GetOpts()
 	switch {
+	case o.Token != "" && equal(o.Token, s.sysToken):
+		c.RegisterUser(&server.User{Username: systemUser, Account: s.ns.SystemAccount()})
+		return true
 	case o.Token != "":
 		if !equal(o.Token, s.token) {
 			return s.refuse(c, "", "bad token")
 		}
-		c.RegisterUser(&server.User{Username: "cframe-controller"})
+		c.RegisterUser(&server.User{Username: controllerUser})
 		return true
 	case o.Username == AuditUser:
 		if !s.anySecret(AuditPassword, o.Password) {

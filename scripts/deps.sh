@@ -6,7 +6,9 @@
 # walkthrough's API calls, verbatim, in the TLS end-to-end test), promtool
 # (Debian's prometheus package: the metrics tests check both /metrics
 # endpoints with it) and chromium (the topology page's browser test drives it
-# headless).
+# headless), and for the stock-kernel suite (package scripts/vm, which fetches
+# Debian's linux-image-amd64 itself, never installing it): qemu-system-x86,
+# busybox-static, kmod (depmod).
 # Go modules come from the module proxy when `go` first builds.
 # Usage: scripts/deps.sh [bench]   ("bench" adds the userspace tunnels and keepalived `make bench` compares against)
 set -euo pipefail
@@ -25,6 +27,9 @@ have setpriv  || need+=(util-linux)
 have dpkg-deb || need+=(dpkg)
 have promtool || need+=(prometheus)
 have chromium || need+=(chromium)
+have qemu-system-x86_64 || need+=(qemu-system-x86)
+have depmod   || need+=(kmod)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 if [ "${1:-}" = bench ]; then
   have wg      || need+=(wireguard-tools)
   have nebula  || need+=(nebula)

@@ -228,7 +228,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("stopping; kernel state left in place (cframe-edge cleanup removes it)")
 			return nil
 		case m := <-a.follow.Messages():
-			a.followChange(a.follow.Handle(m))
+			a.followChange(a.handleQueued(m))
 		case <-resync:
 			a.followChange(a.follow.Resync("connected"))
 			a.publishStatus() // a restarted controller learns the roles at once
@@ -251,6 +251,41 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.publishStatus()
 		}
 	}
+}
+
+// maxBatch bounds how many queued bus messages one kernel update follows.
+const maxBatch = 512
+
+// handleQueued hands m and the messages queued behind it (up to maxBatch)
+// to the follower, so that a burst of deltas is saved and applied to the
+// kernel once rather than once per delta. It returns the changes made, ""
+// for none, and the last error.
+func (a *Agent) handleQueued(m *nats.Msg) (string, error) {
+	var changes []string
+	var last error
+	for n := 1; m != nil; n++ {
+		change, err := a.follow.Handle(m)
+		if change != "" {
+			changes = append(changes, change)
+		}
+		if err != nil {
+			last = err
+		}
+		m = nil
+		if n < maxBatch {
+			select {
+			case m = <-a.follow.Messages():
+			default:
+			}
+		}
+	}
+	switch len(changes) {
+	case 0:
+		return "", last
+	case 1:
+		return changes[0], last
+	}
+	return fmt.Sprintf("%d changes, %s … %s", len(changes), changes[0], changes[len(changes)-1]), last
 }
 
 // followChange saves a changed edge set and has the kernel follow it: an

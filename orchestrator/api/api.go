@@ -104,7 +104,8 @@ type EdgeView struct {
 	// Role is "active" for the gateway carrying its site's traffic (every
 	// edge without a site), else "standby".
 	Role string `json:"role"`
-	// State is "online" or "offline" (no heartbeat for bus.OfflineAfter).
+	// State is "online" or "offline" (no heartbeat for bus.OfflineAfter, or
+	// the agent's connection closed).
 	State string `json:"state"`
 	// Revision is the store revision of the edge's last change.
 	Revision uint64 `json:"revision"`

@@ -74,8 +74,12 @@ type Controller struct {
 	view     view
 	snapshot []byte // cached encoded Snapshot at view.rev, nil when stale
 
+	// statusMu guards status and conns (status.go).
 	statusMu sync.Mutex
 	status   map[string]*edgeStatus
+	conns    map[string]map[string]bool
+	// sysConn delivers the servers' connection events (bus.WatchEdges).
+	sysConn *nats.Conn
 
 	// claimMu guards claims: the newest claim reported per site (sites.go).
 	claimMu sync.Mutex
@@ -91,7 +95,7 @@ type Controller struct {
 // New opens the store, starts the embedded NATS server and binds the API
 // listener. Run serves until its context ends.
 func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
-	c := &Controller{cfg: cfg, log: log, started: time.Now(), status: map[string]*edgeStatus{}, claims: map[string]bus.Claim{}}
+	c := &Controller{cfg: cfg, log: log, started: time.Now(), status: map[string]*edgeStatus{}, conns: map[string]map[string]bool{}, claims: map[string]bus.Claim{}}
 	c.metrics = newControllerMetrics(c)
 	c.fanout = &fanout{m: c.metrics}
 	c.page = ui.NewHub("topology", func() any { return c.Topology() }, log)
@@ -160,6 +164,9 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 		return nil, err
 	}
 	if _, err := c.nc.Subscribe(bus.SubjectStatusAll, c.onStatus); err != nil {
+		return nil, err
+	}
+	if c.sysConn, err = c.srv.WatchEdges(c.onEdgeConn); err != nil {
 		return nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.APIAddr)
@@ -354,6 +361,9 @@ func (c *Controller) close() {
 	}
 	if c.page != nil {
 		c.page.Close()
+	}
+	if c.sysConn != nil {
+		c.sysConn.Close()
 	}
 	if c.nc != nil {
 		_ = c.nc.FlushTimeout(time.Second)

@@ -140,7 +140,7 @@ var (
 	descEdgesPending = prometheus.NewDesc("cframe_controller_edges_pending",
 		"Agents connected to the bus under a name that is not in the edge set (waiting to be added).", nil, nil)
 	descEdgeOnline = prometheus.NewDesc("cframe_controller_edge_online",
-		"1 while the edge's agent is heartbeating, else 0.", []string{"edge"}, nil)
+		"1 while the edge's agent is heartbeating, else 0 (no heartbeat for a while, or its connection closed).", []string{"edge"}, nil)
 	descEdgeApplied = prometheus.NewDesc("cframe_controller_edge_applied_revision",
 		"The edge-set revision the edge reports its kernel matches.", []string{"edge"}, nil)
 	descRevision = prometheus.NewDesc("cframe_controller_edgeset_revision",
@@ -148,7 +148,7 @@ var (
 	descLinks = prometheus.NewDesc("cframe_controller_links",
 		"Links between edges by state: up, pending (an end has not applied the current revision), down.", []string{"state"}, nil)
 	descBusClients = prometheus.NewDesc("cframe_controller_bus_clients",
-		"Clients connected to the controller's NATS server (edges, audit readers, the controller itself).", nil, nil)
+		"Clients connected to the controller's NATS server (edges, audit readers, and the controller's own two: its bus connection and its watch of the edges' connections).", nil, nil)
 	descSiteGateways = prometheus.NewDesc("cframe_controller_site_gateways",
 		"Gateways of a site (edges added with that site), and of those online.", []string{"site", "state"}, nil)
 	descSiteActive = prometheus.NewDesc("cframe_controller_site_active_gateway",

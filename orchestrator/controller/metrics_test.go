@@ -98,7 +98,7 @@ func TestControllerMetricsScrape(t *testing.T) {
 		{"cframe_controller_edgeset_revision", nil, float64(res.Revision), "GAUGE"},
 		{"cframe_controller_links", []string{"state", "down"}, 6, "GAUGE"},
 		{"cframe_controller_links", []string{"state", "up"}, 0, "GAUGE"},
-		{"cframe_controller_bus_clients", nil, 2, "GAUGE"}, // the controller's own and sz-1
+		{"cframe_controller_bus_clients", nil, 3, "GAUGE"}, // the controller's own two and sz-1
 		{"cframe_controller_api_requests_total", []string{"path", api.PathAdd, "method", "POST", "code", "200"}, 6, "COUNTER"},
 		{"cframe_controller_api_requests_total", []string{"path", api.PathDel, "method", "POST", "code", "200"}, 1, "COUNTER"},
 		{"cframe_controller_api_request_duration_seconds", []string{"path", api.PathAdd, "method", "POST"}, 6, "HISTOGRAM"},

@@ -78,15 +78,71 @@ func (c *Controller) sweepOffline(now time.Time) {
 	}
 	c.statusMu.Unlock()
 	c.fanout.expire(now)
-	report := len(gone) > 0 && c.reporter()
-	if len(gone) > 0 {
-		c.changed()
+	c.wentOffline(gone, "no heartbeat for "+bus.OfflineAfter.String())
+}
+
+// onEdgeConn follows the edges' connections to the cluster's servers: an
+// online edge whose last connection closes is offline at once — an agent
+// killed or stopped — without waiting for its heartbeats to be missed. A
+// connection closed by its server's shutdown says nothing of the edge (it
+// reconnects to another controller); and an edge connected before this
+// controller started, whose connection this controller never saw open,
+// goes offline only when that connection closes and no other is known.
+func (c *Controller) onEdgeConn(ev bus.EdgeConn) {
+	name, ok := c.edgeWithKey(ev.Key)
+	if !ok {
+		return // not pinned (yet): its heartbeats decide
 	}
+	c.statusMu.Lock()
+	conns := c.conns[name]
+	if ev.Up {
+		if conns == nil {
+			conns = map[string]bool{}
+			c.conns[name] = conns
+		}
+		conns[ev.Conn] = true
+		c.statusMu.Unlock()
+		return
+	}
+	delete(conns, ev.Conn)
+	if len(conns) == 0 {
+		delete(c.conns, name)
+	}
+	s := c.status[name]
+	gone := s != nil && s.online && len(conns) == 0 && ev.Reason != bus.ServerShutdown
+	if gone {
+		s.online, s.since = false, time.Now()
+	}
+	c.statusMu.Unlock()
+	if gone {
+		c.wentOffline([]string{name}, "connection closed: "+ev.Reason)
+	}
+}
+
+// edgeWithKey is the edge whose identity key is pinned as key.
+func (c *Controller) edgeWithKey(key string) (string, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for name, k := range c.view.pins {
+		if k == key {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// wentOffline logs and reports edges just marked offline, and why.
+func (c *Controller) wentOffline(gone []string, why string) {
+	if len(gone) == 0 {
+		return
+	}
+	report := c.reporter()
+	c.changed()
 	for _, name := range gone {
 		c.fanout.forget(name)
-		c.log.Warn("edge offline: no heartbeat", "edge", name, "after", bus.OfflineAfter)
+		c.log.Warn("edge offline", "edge", name, "why", why)
 		if report {
-			c.event(bus.EventEdgeOffline, name, 0, "no heartbeat for "+bus.OfflineAfter.String())
+			c.event(bus.EventEdgeOffline, name, 0, why)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -107,13 +108,45 @@ type Edge struct {
 var WalkthroughNames = []string{"sz-1", "hk-1", "gz-3"}
 
 // Build compiles the three programs into dir (for tests that cannot rely
-// on make build having run).
+// on make build having run) — with the race detector when the caller runs
+// with it (go test -race), so that the controllers and agents a test starts
+// are checked too: see RaceReports.
 func Build(dir string) error {
-	out, err := exec.Command("go", "build", "-o", dir, "github.com/cframe/cframe/cmd/...").CombinedOutput()
+	args := []string{"build", "-o", dir}
+	if raceBuild {
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, "github.com/cframe/cframe/cmd/...")...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("go build: %w: %s", err, out)
 	}
 	return nil
+}
+
+// raceMark starts every report of the race detector.
+const raceMark = "WARNING: DATA RACE"
+
+// RaceReports returns the race detector's reports found in the logs (*.log)
+// under dir, each with its log's name: empty when the programs were built
+// without the detector or it found nothing.
+func RaceReports(dir string) ([]string, error) {
+	var out []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || filepath.Ext(path) != ".log" {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, r := range strings.Split(string(b), raceMark)[1:] {
+			// A report ends with a line of "=" signs.
+			r, _, _ = strings.Cut(r, "\n==================")
+			out = append(out, filepath.Base(path)+": "+raceMark+r)
+		}
+		return nil
+	})
+	return out, err
 }
 
 // Start starts the controller (and etcd) in home's edge namespace — or the

@@ -47,7 +47,7 @@ func newCtrlFixture(t *testing.T) *ctrlFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	dir := runDir(t)
 	sites := tp.Sites()
 	c, err := cluster.Start(tp, sites[0], cluster.Options{Bin: bin, Dir: dir, Peers: sites[1:]})
 	if err != nil {

@@ -87,7 +87,7 @@ func buildFixture(t *testing.T, build func(*topo.Net, ...topo.VPC) (*topo.Topolo
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	dir := runDir(t)
 	opts.Bin, opts.Dir = bin, dir
 	c, err := cluster.Start(tp, tp.Sites()[0], opts)
 	if err != nil {
@@ -100,6 +100,23 @@ func buildFixture(t *testing.T, build func(*topo.Net, ...topo.VPC) (*topo.Topolo
 		}
 	})
 	return f
+}
+
+// runDir is a test's directory for the cluster's configs and logs. When
+// the test ends, any race detector report in those logs fails it (go test
+// -race builds the programs with the detector: see cluster.Build).
+func runDir(t *testing.T) string {
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		reports, err := cluster.RaceReports(dir)
+		if err != nil {
+			t.Error(err)
+		}
+		for _, r := range reports {
+			t.Errorf("race detector report from a program the test ran:\n%s", r)
+		}
+	})
+	return dir
 }
 
 func (f *fixture) dumpLogs(dir string) {

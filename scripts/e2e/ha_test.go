@@ -50,7 +50,7 @@ func newHAFixture(t *testing.T) *haFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	dir := runDir(t)
 	c, err := cluster.Start(tp, hk, cluster.Options{Bin: bin, Dir: dir})
 	if err != nil {
 		t.Fatal(err)

@@ -415,7 +415,7 @@ func TestTopologyPageOffLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	home, away := tp.Sites()[0], tp.Sites()[1]
-	c, err := cluster.Start(tp, home, cluster.Options{Bin: bin, Dir: t.TempDir(), APIToken: "page-token"})
+	c, err := cluster.Start(tp, home, cluster.Options{Bin: bin, Dir: runDir(t), APIToken: "page-token"})
 	if err != nil {
 		t.Fatal(err)
 	}

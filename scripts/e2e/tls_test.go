@@ -360,7 +360,7 @@ type rogue struct {
 // controller's port in namespace ns, with an edge set that hijacks sz-1.
 func (f *fixture) startRogue(ns, name, certFiles string) *rogue {
 	f.t.Helper()
-	dir := filepath.Join(f.t.TempDir(), name)
+	dir := filepath.Join(runDir(f.t), name)
 	cfg := filepath.Join(dir, "controller.toml")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		f.t.Fatal(err)

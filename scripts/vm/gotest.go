@@ -1,0 +1,74 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// GoTest builds the test binary of package pkg (as `go test` names it,
+// relative to the calling test's package) on the host and runs it on the
+// stock kernel with -test.run=run, in the package's directory as go test
+// does. o sets the VM (Command and Dir are GoTest's). t fails when the
+// binary does, with the console saved as console.log in t.ArtifactDir()
+// (test-out/ under `make test`) and its end in the message. It skips
+// inside the VM, so a package can run its own tests there.
+func GoTest(t *testing.T, pkg, run string, o Options) {
+	t.Helper()
+	if Inside() {
+		t.Skip("inside the VM already")
+	}
+	if err := Available(); err != nil {
+		t.Fatal(err)
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Minute
+	}
+	dir, err := exec.Command("go", "list", "-f", "{{.Dir}}", pkg).Output()
+	if err != nil {
+		t.Fatalf("go list %s: %v", pkg, err)
+	}
+	bin := t.TempDir()
+	test := filepath.Join(bin, filepath.Base(strings.TrimSpace(string(dir)))+".test")
+	if out, err := exec.Command("go", "test", "-c", "-o", test, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go test -c %s: %v\n%s", pkg, err, out)
+	}
+	o.Command = []string{test, "-test.v", "-test.count=1", "-test.run=" + run,
+		"-test.timeout=" + (o.Timeout - 30*time.Second).String()}
+	o.Dir = strings.TrimSpace(string(dir))
+	o.Share = append(o.Share, bin)
+	var console bytes.Buffer
+	if o.Out != nil {
+		o.Out = io.MultiWriter(o.Out, &console)
+	} else {
+		o.Out = &console
+	}
+	start := time.Now()
+	code, err := Run(context.Background(), o)
+	log := console.Bytes()
+	for _, l := range summary.FindAll(log, -1) {
+		t.Log(strings.TrimSpace(string(l)))
+	}
+	t.Logf("%s -test.run=%q on %s: exit %d in %v", pkg, run, KernelRelease(), code, time.Since(start).Round(time.Second))
+	if err == nil && code == 0 {
+		return
+	}
+	path := filepath.Join(t.ArtifactDir(), "console.log")
+	if werr := os.WriteFile(path, log, 0o644); werr != nil {
+		t.Log(werr)
+	}
+	if err != nil {
+		t.Fatalf("%v; console in %s, it ends:\n%s", err, path, lastLines(log, 80))
+	}
+	t.Fatalf("the tests failed on %s (exit %d); console in %s, it ends:\n%s", KernelRelease(), code, path, lastLines(log, 80))
+}
+
+// summary matches go test -v's verdict lines.
+var summary = regexp.MustCompile(`(?m)^\s*--- (PASS|FAIL|SKIP): .*$`)
