@@ -284,6 +284,10 @@ func systemdRun(t *testing.T) {
 	step(fmt.Sprintf("a unit with NetworkNamespacePath= sees its namespace's devices in /sys: %v (systemd %s)", own,
 		strings.Fields(h.run("systemctl", "--version"))[1]))
 
+	for _, u := range []string{"cframe-controller.service", "cframe-edge.service"} {
+		step(strings.TrimSpace(tail(h.run("systemd-analyze", "security", "--no-pager", u), 1)))
+	}
+
 	hk, gz := sites[1], sites[2]
 	restartSec, err := time.ParseDuration(strings.ReplaceAll(h.show("cframe-edge.service", "RestartUSec"), "min", "m"))
 	if err != nil {
