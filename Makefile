@@ -1,12 +1,13 @@
 # cframe: `make demo` runs the walkthrough in network namespaces (CLOUD=1: in
 # the shape it has in a cloud, single-NIC edges behind 1:1 NAT), `make test`
-# runs every test (as root: the kernel tests build their own namespaces).
+# runs every test (as root: the kernel tests build their own namespaces),
+# `make package` builds the Debian package.
 GO ?= go
 ETCD ?=
 HOLD ?=
 CLOUD ?=
 
-.PHONY: all build test demo demo-clean bench bench-quick deps vet
+.PHONY: all build package test demo demo-clean bench bench-quick deps vet
 
 all: build
 
@@ -15,6 +16,10 @@ deps:
 
 build:
 	@scripts/build.sh
+
+# dist/cframe_<version>_amd64.deb (VERSION=... to name the version).
+package:
+	@scripts/package.sh
 
 vet:
 	$(GO) vet ./...

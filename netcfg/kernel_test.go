@@ -580,6 +580,28 @@ func TestKernelPeerChanges(t *testing.T) {
 	}
 }
 
+// TestForeignSysfs: a thread that entered a namespace sees the host's
+// devices in /sys — what a unit with NetworkNamespacePath= sees under
+// systemd 252 — and a sysfs mounted for its namespace shows its own; only
+// the latter is read or written for receive steering.
+func TestForeignSysfs(t *testing.T) {
+	t.Parallel()
+	m := newMesh(t, topo.Walkthrough()[:1]...)
+	m.in("vpc1", func() error {
+		if own, err := sysfsShowsOwnLinks("/sys"); err != nil || own {
+			return fmt.Errorf("the host's /sys from inside a namespace: own %v, %v; want another namespace's", own, err)
+		}
+		var own bool
+		if err := inNetSysfs(func(root string) (err error) {
+			own, err = sysfsShowsOwnLinks(root)
+			return err
+		}); err != nil || !own {
+			return fmt.Errorf("a sysfs mounted for the namespace: own %v, %v; want its own", own, err)
+		}
+		return nil
+	})
+}
+
 // TestKernelSteering: receive packet steering on cframe0 follows the
 // underlay: none over a veth that receives on the sending CPUs (GRO off,
 // veth's default), every online CPU once the veth has NAPI (GRO on) and

@@ -105,6 +105,9 @@ func steeringState(tunnel, underlay string) (rps bool, queues int, err error) {
 		rps = mask.Sign() != 0
 		return nil
 	})
+	if errors.Is(err, errForeignSysfs) {
+		return true, 0, nil // like a kernel without RPS: nothing to set
+	}
 	return rps, queues, err
 }
 
@@ -114,7 +117,7 @@ func setRPS(dev string) error {
 	if err != nil {
 		return err
 	}
-	return inNetSysfs(func(root string) error {
+	err = inNetSysfs(func(root string) error {
 		f, err := os.OpenFile(rpsFile(root, dev), os.O_WRONLY, 0)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil // a kernel without RPS (readSteering agrees)
@@ -125,6 +128,10 @@ func setRPS(dev string) error {
 		_, err = f.WriteString(mask + "\n")
 		return errors.Join(err, f.Close())
 	})
+	if errors.Is(err, errForeignSysfs) {
+		return nil // another namespace's device: never touched
+	}
+	return err
 }
 
 // receivesOnSender reports whether l receives every packet on the CPU that
@@ -180,8 +187,10 @@ func cpuListMask(list string) (string, error) {
 // a namespace on its own (Kernel's callers may, see Kernel). So fn runs on a
 // throwaway thread with a private mount namespace and a sysfs mounted for
 // the caller's network namespace. Without CAP_SYS_ADMIN (the agent's systemd
-// unit keeps only CAP_NET_ADMIN) that is refused, and fn gets /sys: such a
-// process runs in one namespace, the one its /sys was mounted for.
+// unit keeps only CAP_NET_ADMIN) that is refused, and fn gets /sys when it
+// shows the caller's namespace; when it does not — a unit that joins a
+// namespace with NetworkNamespacePath=, whose /sys systemd 252 leaves the
+// host's — inNetSysfs returns errForeignSysfs without calling fn.
 func inNetSysfs(fn func(root string) error) error {
 	ns, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
@@ -217,11 +226,57 @@ func inNetSysfs(fn func(root string) error) error {
 		}()
 	}()
 	err = <-errc
-	if err == errNoMountNS {
-		return fn("/sys")
+	if err != errNoMountNS {
+		return err
 	}
-	return err
+	own, err := sysfsShowsOwnLinks("/sys")
+	if err != nil {
+		return err
+	}
+	if !own {
+		return errForeignSysfs
+	}
+	return fn("/sys")
 }
 
 // errNoMountNS: the process may not create mount namespaces.
 var errNoMountNS = errors.New("no permission for a mount namespace")
+
+// errForeignSysfs: /sys shows another network namespace's devices and no
+// sysfs of the caller's own can be mounted.
+var errForeignSysfs = errors.New("sysfs shows another network namespace")
+
+// sysfsShowsOwnLinks reports whether the sysfs at root lists exactly the
+// links of the calling thread's namespace, each with its index and address:
+// two namespaces alike in all of them are not told apart, nor need to be.
+func sysfsShowsOwnLinks(root string) (bool, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return false, err
+	}
+	entries, err := os.ReadDir(filepath.Join(root, "class", "net"))
+	if err != nil {
+		return false, err
+	}
+	devices := 0
+	for _, e := range entries {
+		if e.Type()&os.ModeSymlink != 0 { // not bonding_masters
+			devices++
+		}
+	}
+	if devices != len(links) {
+		return false, nil
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		dir := filepath.Join(root, "class", "net", a.Name)
+		index, err1 := os.ReadFile(filepath.Join(dir, "ifindex"))
+		addr, err2 := os.ReadFile(filepath.Join(dir, "address"))
+		// Netlink omits an all-zero address (lo's); sysfs prints it.
+		if err1 != nil || err2 != nil || strings.TrimSpace(string(index)) != strconv.Itoa(a.Index) ||
+			len(a.HardwareAddr) > 0 && strings.TrimSpace(string(addr)) != a.HardwareAddr.String() {
+			return false, nil
+		}
+	}
+	return true, nil
+}

@@ -45,7 +45,7 @@ func (k *Kernel) Watch(ctx context.Context, notify func(reason string)) error {
 // watch implements Watch and returns a channel closed once the watch has
 // fully stopped after ctx is cancelled.
 func watch(ctx context.Context, notify func(string)) (<-chan struct{}, error) {
-	ns, err := netns.Get()
+	ns, err := foreignNamespace()
 	if err != nil {
 		return nil, fmt.Errorf("netcfg: watch: current namespace: %w", err)
 	}
@@ -82,8 +82,34 @@ func watch(ctx context.Context, notify func(string)) (<-chan struct{}, error) {
 	return done, nil
 }
 
+// foreignNamespace returns the calling thread's network namespace when it
+// is not the process's (a thread that entered one on its own), or
+// netns.None(): the process's own namespace, which every unlocked goroutine
+// runs in. Only a foreign namespace needs entering (setns, CAP_SYS_ADMIN)
+// to open a socket in it; the agent's systemd unit grants only
+// CAP_NET_ADMIN and CAP_NET_RAW and runs it in one namespace.
+func foreignNamespace() (netns.NsHandle, error) {
+	cur, err := netns.Get()
+	if err != nil {
+		return netns.None(), err
+	}
+	own, err := netns.GetFromPath("/proc/self/ns/net")
+	if err != nil {
+		cur.Close()
+		return netns.None(), err
+	}
+	defer own.Close()
+	if cur.Equal(own) {
+		cur.Close()
+		return netns.None(), nil
+	}
+	return cur, nil
+}
+
 // watcher holds the state of one Watch across resubscriptions.
 type watcher struct {
+	// ns is the watched namespace when it is not the process's own, or
+	// netns.None().
 	ns     netns.NsHandle
 	notify func(string)
 	// ours tracks cframe's links by index.
@@ -130,18 +156,22 @@ func (w *watcher) subscribe() (*subscription, error) {
 		}
 	}
 	const rcvbuf = 1 << 20
+	var at *netns.NsHandle // nil: the calling thread's namespace, the process's
+	if w.ns.IsOpen() {
+		at = &w.ns
+	}
 	var err error
 	if err = netlink.LinkSubscribeWithOptions(s.links, s.stop, netlink.LinkSubscribeOptions{
-		Namespace: &w.ns, ErrorCallback: onErr, ListExisting: true, ReceiveBufferSize: rcvbuf}); err != nil {
+		Namespace: at, ErrorCallback: onErr, ListExisting: true, ReceiveBufferSize: rcvbuf}); err != nil {
 		err = fmt.Errorf("link events: %w", err)
 	} else if err = netlink.RouteSubscribeWithOptions(s.route, s.stop, netlink.RouteSubscribeOptions{
-		Namespace: &w.ns, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf}); err != nil {
+		Namespace: at, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf}); err != nil {
 		err = fmt.Errorf("route events: %w", err)
 	} else if err = netlink.NeighSubscribeWithOptions(s.neigh, s.stop, netlink.NeighSubscribeOptions{
-		Namespace: &w.ns, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf}); err != nil {
+		Namespace: at, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf}); err != nil {
 		err = fmt.Errorf("neighbor events: %w", err)
 	} else if err = netlink.AddrSubscribeWithOptions(s.addrs, s.stop, netlink.AddrSubscribeOptions{
-		Namespace: &w.ns, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf}); err != nil {
+		Namespace: at, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf}); err != nil {
 		err = fmt.Errorf("address events: %w", err)
 	}
 	if err != nil {

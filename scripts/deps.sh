@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks for cframe's tests and demo:
-# ping, iptables, iperf3, ethtool (the receive-steering test switches GRO on a veth),
+# ping, iptables, setpriv (the edge runs with its unit's capabilities only),
+# dpkg-deb (make package), iperf3, ethtool (the receive-steering test switches GRO on a veth),
 # etcd (for the etcd-store tests and `make demo ETCD=1`), curl (the
 # walkthrough's API calls, verbatim, in the TLS end-to-end test), promtool
 # (Debian's prometheus package: the metrics tests check both /metrics
@@ -22,6 +23,8 @@ have ethtool  || need+=(ethtool)
 have curl     || need+=(curl)
 have ip       || need+=(iproute2)
 have bridge   || need+=(iproute2)
+have setpriv  || need+=(util-linux)
+have dpkg-deb || need+=(dpkg)
 have promtool || need+=(prometheus)
 have chromium || need+=(chromium)
 have qemu-system-x86_64 || need+=(qemu-system-x86)

@@ -53,6 +53,10 @@ type Options struct {
 	// APIToken, when set, is the controllers' api_token (the API off
 	// loopback, over HTTPS).
 	APIToken string
+	// EdgeWrap, when set, is a command the agents run under (its arguments
+	// followed by cframe-edge's), e.g. setpriv granting only the
+	// capabilities the edge's systemd unit does.
+	EdgeWrap []string
 }
 
 // Cluster is the controllers and their edges running on a topology.
@@ -439,7 +443,8 @@ func (e *Edge) Add(ctx context.Context) (api.ChangeResult, error) { return e.c.A
 
 // Start runs the agent in its site's edge namespace.
 func (e *Edge) Start() error {
-	p, err := e.c.Topo.Net.Start(e.Site.Edge, e.Log, filepath.Join(e.c.opts.Bin, "cframe-edge"), "-c", e.Config)
+	args := append(append([]string{}, e.c.opts.EdgeWrap...), filepath.Join(e.c.opts.Bin, "cframe-edge"), "-c", e.Config)
+	p, err := e.c.Topo.Net.Start(e.Site.Edge, e.Log, args...)
 	if err != nil {
 		return err
 	}

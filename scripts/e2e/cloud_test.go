@@ -153,7 +153,7 @@ func TestCloudWalkthrough(t *testing.T) {
 	t.Run("kill -9 an agent and restart it: no ping lost, no stream paused", func(t *testing.T) {
 		e := f.edges["gz-3"]
 		before := f.kernelState(gz.Edge)
-		ping := startPing(sz.Host, gz.HostAddr, 40, 100*time.Millisecond)
+		ping := topo.StartPing(sz.Host, gz.HostAddr, 40, 100*time.Millisecond)
 		s, err := startStream(hk.Host, gz.Host, gz.HostAddr)
 		if err != nil {
 			t.Fatal(err)
@@ -162,7 +162,7 @@ func TestCloudWalkthrough(t *testing.T) {
 		if err := e.Start(); err != nil {
 			t.Fatal(err)
 		}
-		sent, received, err := ping.wait()
+		sent, received, err := ping.Wait()
 		if err != nil || sent != received {
 			t.Errorf("ping across the restart: %d sent, %d received (%v)", sent, received, err)
 		}

@@ -270,7 +270,7 @@ func (r *reader) finish() (reads, failed int64, errs []string) {
 
 // traffic is ICMP, TCP and UDP between the VPCs, running across a test.
 type traffic struct {
-	ping   *pinger
+	ping   *topo.Ping
 	stream *stream
 	udp    *udpFlow
 }
@@ -278,7 +278,7 @@ type traffic struct {
 func (f *ctrlFixture) startTraffic(d time.Duration) *traffic {
 	f.t.Helper()
 	sz, hk, gz := f.site("sz-1"), f.site("hk-1"), f.site("gz-3")
-	tr := &traffic{ping: startPing(sz.Host, hk.HostAddr, int(d/(100*time.Millisecond)), 100*time.Millisecond)}
+	tr := &traffic{ping: topo.StartPing(sz.Host, hk.HostAddr, int(d/(100*time.Millisecond)), 100*time.Millisecond)}
 	var err error
 	if tr.stream, err = startStream(gz.Host, sz.Host, sz.HostAddr); err != nil {
 		f.t.Fatal(err)
@@ -292,7 +292,7 @@ func (f *ctrlFixture) startTraffic(d time.Duration) *traffic {
 // check waits for the ping to end and stops the streams: nothing may be lost.
 func (tr *traffic) check(t *testing.T) {
 	t.Helper()
-	sent, received, err := tr.ping.wait()
+	sent, received, err := tr.ping.Wait()
 	if err != nil || sent != received || sent == 0 {
 		t.Errorf("ping VPC1 -> VPC2: %d sent, %d received (%v)", sent, received, err)
 	}

@@ -405,12 +405,12 @@ func TestWalkthrough(t *testing.T) {
 	t.Run("kill -9 an agent and restart it: traffic uninterrupted, kernel unchanged", func(t *testing.T) {
 		e := f.edges["gz-3"]
 		before := f.kernelState(gz.Edge)
-		ping := startPing(sz.Host, gz.HostAddr, 40, 100*time.Millisecond)
+		ping := topo.StartPing(sz.Host, gz.HostAddr, 40, 100*time.Millisecond)
 		e.Proc().Kill()
 		if err := e.Start(); err != nil {
 			t.Fatal(err)
 		}
-		sent, received, err := ping.wait()
+		sent, received, err := ping.Wait()
 		if err != nil || sent != received {
 			t.Fatalf("ping across the restart: %d sent, %d received (%v)", sent, received, err)
 		}
@@ -517,7 +517,7 @@ func TestWalkthrough(t *testing.T) {
 	})
 
 	t.Run("controller down: no loss for 10 seconds, a rebooted edge restores its saved set", func(t *testing.T) {
-		ping := startPing(sz.Host, hk.HostAddr, 100, 100*time.Millisecond)
+		ping := topo.StartPing(sz.Host, hk.HostAddr, 100, 100*time.Millisecond)
 		s, err := startStream(hk.Host, sz.Host, sz.HostAddr)
 		if err != nil {
 			t.Fatal(err)
@@ -551,7 +551,7 @@ func TestWalkthrough(t *testing.T) {
 			t.Fatalf("gz-3 restored a different state:\nbefore:\n%s\nafter:\n%s", before, after)
 		}
 
-		sent, received, err := ping.wait()
+		sent, received, err := ping.Wait()
 		if err != nil || sent != received || sent < 100 {
 			t.Fatalf("ping with the controller down: %d sent, %d received (%v)", sent, received, err)
 		}
@@ -579,7 +579,7 @@ func TestWalkthrough(t *testing.T) {
 	})
 
 	t.Run("a fourth VPC joins while traffic runs", func(t *testing.T) {
-		ping := startPing(sz.Host, hk.HostAddr, 30, 100*time.Millisecond)
+		ping := topo.StartPing(sz.Host, hk.HostAddr, 30, 100*time.Millisecond)
 		s, err := startStream(gz.Host, sz.Host, sz.HostAddr)
 		if err != nil {
 			t.Fatal(err)
@@ -601,7 +601,7 @@ func TestWalkthrough(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.converge("branch office bj-4 joins", f.add("bj-4"), sz, hk, gz, bj)
-		sent, received, err := ping.wait()
+		sent, received, err := ping.Wait()
 		if err != nil || sent != received {
 			t.Fatalf("existing ping disturbed: %d sent, %d received (%v)", sent, received, err)
 		}

@@ -6,48 +6,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os/exec"
-	"regexp"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/cframe/cframe/scripts/topo"
 )
-
-// pinger is a ping running in the background.
-type pinger struct {
-	done chan struct{}
-	out  []byte
-	err  error
-}
-
-// startPing pings addr from ns count times, interval apart.
-func startPing(ns string, addr netip.Addr, count int, interval time.Duration) *pinger {
-	p := &pinger{done: make(chan struct{})}
-	secs := int(time.Duration(count)*interval/time.Second) + 5
-	cmd := exec.Command("ip", "netns", "exec", ns, "ping", "-n", "-q", "-i", fmt.Sprintf("%.2f", interval.Seconds()),
-		"-c", strconv.Itoa(count), "-w", strconv.Itoa(secs), addr.String())
-	go func() {
-		p.out, p.err = cmd.CombinedOutput()
-		close(p.done)
-	}()
-	return p
-}
-
-var pingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
-
-// wait returns how many echo requests were sent and answered.
-func (p *pinger) wait() (sent, received int, err error) {
-	<-p.done
-	m := pingStats.FindSubmatch(p.out)
-	if m == nil {
-		return 0, 0, fmt.Errorf("ping: %v: %s", p.err, p.out)
-	}
-	sent, _ = strconv.Atoi(string(m[1]))
-	received, _ = strconv.Atoi(string(m[2]))
-	return sent, received, nil
-}
 
 // stream is a paced TCP stream between two namespaces that records the
 // longest pause in delivery.
