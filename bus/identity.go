@@ -110,3 +110,9 @@ func ControllerURLs(addrs []string) string {
 	}
 	return strings.Join(urls, ",")
 }
+
+// ClusterSecret is the cluster's secret derived from a join secret, for
+// clusters configured without one of their own: the controllers share the
+// join secret, so they share this too. (So does every edge: a cluster whose
+// edge hosts must not pose as controllers is given its own secret.)
+func ClusterSecret(joinSecret string) string { return mac(joinSecret, "cluster") }

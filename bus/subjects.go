@@ -1,9 +1,11 @@
 // Package bus is the wire contract between the controller, the edge agents
 // and audit subscribers: every NATS subject and message type (versioned under
-// "cframe.v1"), the embedded NATS server with its authentication, its TLS
-// and how clients trust it (Trust: a certificate that proves the join
-// secret, a pinned CA or a fingerprint), and the client-side helpers edges
-// use to join.
+// "cframe.v1"), how clients trust the controller (Trust: a certificate that
+// proves the join secret, a pinned CA or a fingerprint), the edge's
+// identity and join proof, and the client-side helpers edges, cframectl and
+// audit readers use (Follow, FollowEvents, ClientOptions). The embedded NATS
+// server that the controller runs is package bus/embedded: the edge and
+// cframectl do not link it.
 //
 // Flow: the controller answers SubjectSnapshot requests with the whole edge
 // set, publishes each change on SubjectDelta (linked to the previous revision
@@ -57,3 +59,6 @@ const (
 	// HelloInterval is how often the controller announces its revision.
 	HelloInterval = 5 * time.Second
 )
+
+// TLSTimeout bounds a TLS handshake on the bus and the API.
+const TLSTimeout = 5 * time.Second

@@ -161,9 +161,9 @@ func certProofs(cert *x509.Certificate) ([][]byte, error) {
 	return macs, nil
 }
 
-// hasExactProofs reports whether cert carries exactly the proofs given (in
+// HasExactProofs reports whether cert carries exactly the proofs given (in
 // any order): a certificate that still proves a dropped secret is reissued.
-func hasExactProofs(cert *x509.Certificate, proofs []Proof) bool {
+func HasExactProofs(cert *x509.Certificate, proofs []Proof) bool {
 	macs, err := certProofs(cert)
 	if err != nil || len(macs) != len(proofs) {
 		return false

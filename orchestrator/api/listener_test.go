@@ -9,12 +9,13 @@ import (
 	"testing"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/bus/embedded"
 )
 
 // One address serves plain HTTP and HTTPS; a silent connection holds up
 // nobody.
 func TestListenServesHTTPAndHTTPS(t *testing.T) {
-	certs, err := bus.LoadCerts(bus.CertSource{Dir: filepath.Join(t.TempDir(), "tls"), Proofs: []bus.Proof{{Secret: "s", Purpose: bus.PurposeController}}})
+	certs, err := embedded.LoadCerts(embedded.CertSource{Dir: filepath.Join(t.TempDir(), "tls"), Proofs: []bus.Proof{{Secret: "s", Purpose: bus.PurposeController}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/bus/embedded"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/config"
 	"github.com/cframe/cframe/orchestrator/store"
@@ -110,7 +110,7 @@ func (c *Controller) writable() error {
 		return nil
 	}
 	reach, total := c.srv.Controllers()
-	if need := bus.Quorum(total); len(reach) < need {
+	if need := embedded.Quorum(total); len(reach) < need {
 		return fmt.Errorf("%w: no quorum: this controller reaches %d of %d controllers (%s) and a write needs %d; nothing was changed, and reads answer from the last known state",
 			api.ErrUnavailable, len(reach), total, strings.Join(reach, ", "), need)
 	}

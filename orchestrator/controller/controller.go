@@ -33,6 +33,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/bus/embedded"
 	"github.com/cframe/cframe/internal/atomicfile"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/config"
@@ -53,8 +54,8 @@ type Controller struct {
 	secret  string
 	started time.Time
 
-	certs *bus.Certs
-	srv   *bus.Server
+	certs *embedded.Certs
+	srv   *embedded.Server
 	nc    *nats.Conn
 	store store.Store
 	apiLn net.Listener
@@ -121,10 +122,10 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	for _, s := range routes {
 		proofs = append(proofs, bus.Proof{Secret: s, Purpose: bus.PurposeRoute})
 	}
-	if c.certs, err = bus.LoadCerts(certSource(cfg, proofs, log)); err != nil {
+	if c.certs, err = embedded.LoadCerts(certSource(cfg, proofs, log)); err != nil {
 		return nil, err
 	}
-	scfg := bus.ServerConfig{
+	scfg := embedded.ServerConfig{
 		ListenAddr:      cfg.ListenAddr,
 		Name:            cfg.ServerName,
 		StoreDir:        filepath.Join(cfg.DataDir, "jetstream"),
@@ -138,9 +139,9 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 		// A cluster's JetStream files live apart from a lone controller's,
 		// which importStandalone carries over.
 		scfg.StoreDir = filepath.Join(cfg.DataDir, "cluster")
-		scfg.Cluster = &bus.ClusterConfig{Addr: cfg.ClusterAddr, Peers: cfg.ClusterPeers, TLS: c.certs.RouteTLS(routes...)}
+		scfg.Cluster = &embedded.ClusterConfig{Addr: cfg.ClusterAddr, Peers: cfg.ClusterPeers, TLS: c.certs.RouteTLS(routes...)}
 	}
-	if c.srv, err = bus.StartServer(scfg); err != nil {
+	if c.srv, err = embedded.StartServer(scfg); err != nil {
 		return nil, err
 	}
 	if c.nc, err = c.srv.Connect(); err != nil {
@@ -190,8 +191,8 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 
 // certSource is where the controller's certificate comes from: the
 // operator's files, or generated into data_dir/tls proving proofs.
-func certSource(cfg config.Controller, proofs []bus.Proof, log *slog.Logger) bus.CertSource {
-	return bus.CertSource{Dir: filepath.Join(cfg.DataDir, "tls"), CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey, Proofs: proofs, Log: log}
+func certSource(cfg config.Controller, proofs []bus.Proof, log *slog.Logger) embedded.CertSource {
+	return embedded.CertSource{Dir: filepath.Join(cfg.DataDir, "tls"), CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey, Proofs: proofs, Log: log}
 }
 
 // clusterSecrets are the secrets a controller of a cluster proves to its
@@ -215,7 +216,7 @@ func clusterSecrets(cfg config.Controller, secret string) []string {
 // Fingerprint is the key fingerprint of the certificate a controller with
 // cfg serves (or would serve), for pinning it in cframectl --fingerprint.
 func Fingerprint(cfg config.Controller) (string, error) {
-	cert, err := bus.ReadCertificate(certSource(cfg, nil, nil))
+	cert, err := embedded.ReadCertificate(certSource(cfg, nil, nil))
 	if err != nil {
 		return "", err
 	}

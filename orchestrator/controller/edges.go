@@ -296,7 +296,7 @@ func sortedEdges(m map[string]bus.Edge) []bus.Edge {
 // holding the edge's connection meanwhile.
 const pinTimeout = 3 * time.Second
 
-// Pin implements bus.Pinner: the first key an edge name connects with is
+// Pin implements embedded.Pinner: the first key an edge name connects with is
 // stored; any other key is refused until the edge is deleted. The store
 // decides which key is first, so two controllers that see two keys for one
 // name at once pin only one of them.

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/bus/embedded"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/mesh"
 )
@@ -88,7 +89,7 @@ func (c *Controller) sweepOffline(now time.Time) {
 // reconnects to another controller); and an edge connected before this
 // controller started, whose connection this controller never saw open,
 // goes offline only when that connection closes and no other is known.
-func (c *Controller) onEdgeConn(ev bus.EdgeConn) {
+func (c *Controller) onEdgeConn(ev embedded.EdgeConn) {
 	name, ok := c.edgeWithKey(ev.Key)
 	if !ok {
 		return // not pinned (yet): its heartbeats decide
@@ -109,7 +110,7 @@ func (c *Controller) onEdgeConn(ev bus.EdgeConn) {
 		delete(c.conns, name)
 	}
 	s := c.status[name]
-	gone := s != nil && s.online && len(conns) == 0 && ev.Reason != bus.ServerShutdown
+	gone := s != nil && s.online && len(conns) == 0 && ev.Reason != embedded.ServerShutdown
 	if gone {
 		s.online, s.since = false, time.Now()
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/bus/embedded"
 	"github.com/cframe/cframe/orchestrator/store"
 )
 
@@ -36,14 +37,14 @@ func runCluster(t *testing.T) []jetstream.JetStream {
 	route := bus.ClusterSecret(secret)
 	var out []jetstream.JetStream
 	for i, addr := range peers {
-		certs, err := bus.LoadCerts(bus.CertSource{Dir: t.TempDir(), Proofs: []bus.Proof{{Secret: secret, Purpose: bus.PurposeController}, {Secret: route, Purpose: bus.PurposeRoute}}})
+		certs, err := embedded.LoadCerts(embedded.CertSource{Dir: t.TempDir(), Proofs: []bus.Proof{{Secret: secret, Purpose: bus.PurposeController}, {Secret: route, Purpose: bus.PurposeRoute}}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv, err := bus.StartServer(bus.ServerConfig{
+		srv, err := embedded.StartServer(embedded.ServerConfig{
 			ListenAddr: "127.0.0.1:0", Name: fmt.Sprintf("c%d", i+1), StoreDir: t.TempDir(), Secret: secret,
 			TLS: certs.ServerTLS(), Pins: allowAll{},
-			Cluster: &bus.ClusterConfig{Addr: addr, Peers: peers, TLS: certs.RouteTLS(route)},
+			Cluster: &embedded.ClusterConfig{Addr: addr, Peers: peers, TLS: certs.RouteTLS(route)},
 		})
 		if err != nil {
 			t.Fatal(err)

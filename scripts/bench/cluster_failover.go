@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/bus/embedded"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/scripts/cluster"
 )
@@ -146,7 +146,7 @@ func waitUntil(timeout time.Duration, cond func() error) error {
 func (f *controllerFailoverFigures) markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nFailover of the three-controller cluster with %d edges: kill -9 of the controller leading the store's replicas (whichever it is, %d times), while a survivor's API is asked to update an edge back to back from the moment of the kill; then the killed controller is restarted and rejoins. Raft timings: heartbeat %s, election timeout %s-%s (nats-server's defaults are 1 s and 4-9 s).\n\n",
-		f.Edges, len(f.Victims), bus.RaftHeartbeat, bus.RaftElectionMin, bus.RaftElectionMax)
+		f.Edges, len(f.Victims), embedded.RaftHeartbeat, embedded.RaftElectionMin, embedded.RaftElectionMax)
 	b.WriteString("| kill | controller killed | edges on it | first accepted write | its edges on a survivor | restart → rejoined at the cluster's revision |\n|---|---|---|---|---|---|\n")
 	for i, v := range f.Victims {
 		fmt.Fprintf(&b, "| %d | %s | %d | %.0f ms | %.0f ms | %.0f ms |\n", i+1, v, f.MovedEdges[i], f.FirstWrite.Values[i], f.Moved.Values[i], f.Rejoin.Values[i])

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/bus/embedded"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/scripts/cluster"
@@ -165,7 +166,7 @@ func busScale(o Options) (Section, error) {
 	}
 	defer plain.srv.Shutdown()
 	const floorSecret = "bench-floor-secret"
-	certs, err := bus.LoadCerts(bus.CertSource{Dir: filepath.Join(o.Work, "floor-tls"), Proofs: []bus.Proof{{Secret: floorSecret, Purpose: bus.PurposeController}}})
+	certs, err := embedded.LoadCerts(embedded.CertSource{Dir: filepath.Join(o.Work, "floor-tls"), Proofs: []bus.Proof{{Secret: floorSecret, Purpose: bus.PurposeController}}})
 	if err != nil {
 		return Section{}, err
 	}
@@ -227,7 +228,7 @@ func startFloor(tlsCfg *tls.Config, opts ...nats.Option) (floor, error) {
 func scaleSection(f scaleFigures, reps int) Section {
 	var md strings.Builder
 	fmt.Fprintf(&md, "The real `cframe-controller` (embedded store, in its own namespace) with N simulated edges: NATS clients that join as agents do (TLS from the first byte with the controller's certificate checked against the join secret, own key pair, join proof, key pinned by the controller), follow the edge set (snapshot, then revision-linked deltas) and heartbeat every %s, without kernel work. Then the same with three controllers, one in each of three namespaces behind the underlay router, forming one cluster (TLS routes, the store replicated on all three, Raft heartbeat %s, election timeout %s-%s): the edges are given the three addresses and spread over them at random, and the change goes through one controller's API. The floor is measured in the same runs: a plain embedded NATS server without our authentication, N bare subscribers and one bare publish of a message of the same size as a delta — once with every subscriber connected over TLS as edges are (TLS first, the certificate's proof checked; the reference for the ratios), once without TLS (what TLS itself costs NATS). Every edge and subscriber lives in this one benchmark process and shares the machine's CPUs with the controllers. %d rounds per size of each kind, interleaved: a change is an edge update through the API, timed from the call until every edge holds it — once with the edges silent (delivery alone, like for like with the floor), once with every edge publishing its status within %s of applying the change (a random delay, as agents do, so N status messages do not all hit the controller while it is still delivering).\n\n",
-		bus.HeartbeatInterval, bus.RaftHeartbeat, bus.RaftElectionMin, bus.RaftElectionMax, reps, bus.StatusJitter)
+		bus.HeartbeatInterval, embedded.RaftHeartbeat, embedded.RaftElectionMin, embedded.RaftElectionMax, reps, bus.StatusJitter)
 	md.WriteString("| edges | controllers | round | → all, median | p99 | spread | ratio to TLS floor, median / p99 | → first | API call | per-client arrival p50 / p99 / max | controllers' CPU per change |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range f.Sizes {
 		for _, r := range []struct {

@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/bus/embedded"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/scripts/cluster"
@@ -405,7 +406,7 @@ func (f *fixture) startRogue(ns, name, certFiles string) *rogue {
 // tls_cert/tls_key lines naming it.
 func (f *fixture) replayedCert() string {
 	f.t.Helper()
-	real, err := bus.ReadCertificate(bus.CertSource{Dir: filepath.Join(f.c.ControllerDir(), "tls")})
+	real, err := embedded.ReadCertificate(embedded.CertSource{Dir: filepath.Join(f.c.ControllerDir(), "tls")})
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -1,9 +1,10 @@
-package bus
+package embedded
 
 import (
 	"bytes"
 	"crypto/tls"
 	"fmt"
+	"github.com/cframe/cframe/bus"
 	"log/slog"
 	"net"
 	"slices"
@@ -47,8 +48,8 @@ func freeAddr(t *testing.T) string {
 // proving the cluster secret derived from the join secret.
 func startClustered(t *testing.T, name, secret, addr string, peers []string, log *syncBuffer) *Server {
 	t.Helper()
-	route := ClusterSecret(secret)
-	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []Proof{{Secret: secret, Purpose: PurposeController}, {Secret: route, Purpose: PurposeRoute}}})
+	route := bus.ClusterSecret(secret)
+	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []bus.Proof{{Secret: secret, Purpose: bus.PurposeController}, {Secret: route, Purpose: bus.PurposeRoute}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,14 +103,14 @@ func TestClusterRoutes(t *testing.T) {
 	}
 	sub, pub := internal(t, srvs[2]), internal(t, srvs[0])
 	got := make(chan *nats.Msg, 1)
-	if _, err := sub.ChanSubscribe(SubjectDelta, got); err != nil {
+	if _, err := sub.ChanSubscribe(bus.SubjectDelta, got); err != nil {
 		t.Fatal(err)
 	}
 	if err := sub.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, 5*time.Second, func() error {
-		if err := pub.Publish(SubjectDelta, []byte("{}")); err != nil {
+		if err := pub.Publish(bus.SubjectDelta, []byte("{}")); err != nil {
 			return err
 		}
 		select {
@@ -126,7 +127,7 @@ func TestClusterRoutes(t *testing.T) {
 	outsider := startClustered(t, "outsider", "another-secret", outAddr, append(slices.Clone(peers), outAddr), outLog)
 	// And one that completes the handshake whatever the controller's
 	// certificate, with a certificate of its own that proves nothing.
-	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []Proof{{Secret: testSecret, Purpose: PurposeController}}})
+	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []bus.Proof{{Secret: testSecret, Purpose: bus.PurposeController}}})
 	if err != nil {
 		t.Fatal(err)
 	}

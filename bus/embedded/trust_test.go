@@ -1,4 +1,4 @@
-package bus
+package embedded
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/cframe/cframe/bus"
 	"math/big"
 	"net"
 	"net/url"
@@ -33,9 +34,9 @@ func newTestKey(t *testing.T) crypto.Signer {
 	return k
 }
 
-func issue(t *testing.T, key crypto.Signer, notBefore time.Time, lifetime time.Duration, proofs ...Proof) *x509.Certificate {
+func issue(t *testing.T, key crypto.Signer, notBefore time.Time, lifetime time.Duration, proofs ...bus.Proof) *x509.Certificate {
 	t.Helper()
-	der, err := IssueCertificate(key, notBefore, lifetime, proofs...)
+	der, err := bus.IssueCertificate(key, notBefore, lifetime, proofs...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +64,9 @@ func replay(t *testing.T, orig *x509.Certificate, key crypto.Signer) *x509.Certi
 	return c
 }
 
-func controllerProof(secret string) Proof { return Proof{Secret: secret, Purpose: PurposeController} }
+func controllerProof(secret string) bus.Proof {
+	return bus.Proof{Secret: secret, Purpose: bus.PurposeController}
+}
 
 // The join-secret proof accepts the real controller's certificate and
 // refuses every certificate an attacker without the secret can present.
@@ -72,11 +75,11 @@ func TestProof(t *testing.T) {
 	real := newTestKey(t)
 	good := issue(t, real, now.Add(-time.Hour), CertLifetime, controllerProof("the-secret"), controllerProof("previous-secret"))
 	for _, secret := range []string{"the-secret", "previous-secret"} {
-		if err := VerifyProof(good, PurposeController, now, secret); err != nil {
+		if err := bus.VerifyProof(good, bus.PurposeController, now, secret); err != nil {
 			t.Fatalf("the real controller's certificate, secret %s: %v", secret, err)
 		}
 	}
-	if err := VerifyProof(good, PurposeController, now, "wrong", "the-secret"); err != nil {
+	if err := bus.VerifyProof(good, bus.PurposeController, now, "wrong", "the-secret"); err != nil {
 		t.Fatalf("one matching secret of several: %v", err)
 	}
 	attacker := newTestKey(t)
@@ -90,10 +93,10 @@ func TestProof(t *testing.T) {
 		{"expired", issue(t, real, now.Add(-2*CertLifetime), CertLifetime, controllerProof("the-secret")), "expired at"},
 		{"not valid yet", issue(t, real, now.Add(time.Hour), CertLifetime, controllerProof("the-secret")), "not valid before"},
 		{"valid one replayed for another key", replay(t, good, attacker), "does not match"},
-		{"proof for another purpose", issue(t, real, now.Add(-time.Hour), CertLifetime, Proof{Secret: "the-secret", Purpose: PurposeRoute}), "does not match"},
+		{"proof for another purpose", issue(t, real, now.Add(-time.Hour), CertLifetime, bus.Proof{Secret: "the-secret", Purpose: bus.PurposeRoute}), "does not match"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := VerifyProof(tt.cert, PurposeController, now, "the-secret")
+			err := bus.VerifyProof(tt.cert, bus.PurposeController, now, "the-secret")
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("got %v, want a refusal containing %q", err, tt.want)
 			}
@@ -109,7 +112,7 @@ func TestProof(t *testing.T) {
 		t.Fatal(err)
 	}
 	ext, _ := x509.ParseCertificate(der)
-	if err := VerifyProof(ext, PurposeController, now, "the-secret"); err == nil {
+	if err := bus.VerifyProof(ext, bus.PurposeController, now, "the-secret"); err == nil {
 		t.Fatal("a certificate with its validity extended still verified")
 	}
 }
@@ -151,7 +154,7 @@ func TestDialTLS(t *testing.T) {
 	good := issue(t, real, now.Add(-time.Hour), CertLifetime, controllerProof("the-secret"))
 	ctx := context.Background()
 	var heard []string
-	trust := Trust{Secret: "the-secret", Refused: func(addr string, err error) { heard = append(heard, addr+": "+err.Error()) }}
+	trust := bus.Trust{Secret: "the-secret", Refused: func(addr string, err error) { heard = append(heard, addr+": "+err.Error()) }}
 
 	addr := tlsServer(t, tlsCert(t, good, real))
 	c, err := trust.DialTLS(ctx, nil, "tcp", addr)
@@ -167,9 +170,9 @@ func TestDialTLS(t *testing.T) {
 
 	rogue := tlsServer(t, tlsCert(t, issue(t, attacker, now.Add(-time.Hour), CertLifetime), attacker))
 	_, err = trust.DialTLS(ctx, nil, "tcp", rogue)
-	var refused *RefusedError
+	var refused *bus.RefusedError
 	if !errors.As(err, &refused) || refused.Server != rogue || !strings.Contains(err.Error(), "refused the controller at "+rogue+": its certificate carries no proof") {
-		t.Fatalf("rogue: %v, want a RefusedError naming %s", err, rogue)
+		t.Fatalf("rogue: %v, want a bus.RefusedError naming %s", err, rogue)
 	}
 	if len(heard) != 1 || !strings.HasPrefix(heard[0], rogue+": ") {
 		t.Fatalf("Refused heard %q, want one refusal of %s", heard, rogue)
@@ -203,17 +206,17 @@ func TestTrustCAAndFingerprint(t *testing.T) {
 	ctx := context.Background()
 	for _, tt := range []struct {
 		name  string
-		trust Trust
+		trust bus.Trust
 		addr  string
 		want  string // "" = accepted
 	}{
-		{"pinned CA", Trust{CA: pool, Secret: "ignored"}, addr, ""},
-		{"pinned CA, another name", Trust{CA: pool}, "localhost:" + port, "not valid for"},
-		{"another CA", Trust{CA: otherPool}, addr, "does not verify against the pinned CA"},
-		{"the proof needs the extension", Trust{Secret: "s"}, addr, "carries no proof"},
-		{"pinned fingerprint", Trust{Fingerprint: strings.ToUpper(strings.TrimPrefix(Fingerprint(leaf), "sha256:"))}, addr, ""},
-		{"another fingerprint", Trust{Fingerprint: Fingerprint(ca)}, addr, "not the pinned"},
-		{"system roots", Trust{}, addr, "system's CAs"},
+		{"pinned CA", bus.Trust{CA: pool, Secret: "ignored"}, addr, ""},
+		{"pinned CA, another name", bus.Trust{CA: pool}, "localhost:" + port, "not valid for"},
+		{"another CA", bus.Trust{CA: otherPool}, addr, "does not verify against the pinned CA"},
+		{"the proof needs the extension", bus.Trust{Secret: "s"}, addr, "carries no proof"},
+		{"pinned fingerprint", bus.Trust{Fingerprint: strings.ToUpper(strings.TrimPrefix(bus.Fingerprint(leaf), "sha256:"))}, addr, ""},
+		{"another fingerprint", bus.Trust{Fingerprint: bus.Fingerprint(ca)}, addr, "not the pinned"},
+		{"system roots", bus.Trust{}, addr, "system's CAs"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := tt.trust.DialTLS(ctx, nil, "tcp", tt.addr)
@@ -227,19 +230,19 @@ func TestTrustCAAndFingerprint(t *testing.T) {
 	}
 	// The generated certificate as its own CA (nats --tlsca cert.pem): it
 	// names loopback.
-	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []Proof{controllerProof("s")}})
+	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []bus.Proof{controllerProof("s")}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	self := x509.NewCertPool()
 	self.AddCert(certs.Current())
 	gen := tlsServer(t, *certs.served.Load())
-	if c, err := (Trust{CA: self}).DialTLS(ctx, nil, "tcp", gen); err != nil {
+	if c, err := (bus.Trust{CA: self}).DialTLS(ctx, nil, "tcp", gen); err != nil {
 		t.Fatalf("generated certificate pinned as a CA, dialled on loopback: %v", err)
 	} else {
 		c.Close()
 	}
-	if _, err := ParseFingerprint("sha256:12ab"); err == nil {
+	if _, err := bus.ParseFingerprint("sha256:12ab"); err == nil {
 		t.Fatal("a short fingerprint was accepted")
 	}
 }
@@ -258,7 +261,7 @@ func mode(t *testing.T, path string) os.FileMode {
 // an operator's named certificate is served instead.
 func TestCerts(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "tls")
-	src := CertSource{Dir: dir, Proofs: []Proof{controllerProof("a")}}
+	src := CertSource{Dir: dir, Proofs: []bus.Proof{controllerProof("a")}}
 	c, err := LoadCerts(src)
 	if err != nil {
 		t.Fatal(err)
@@ -270,7 +273,7 @@ func TestCerts(t *testing.T) {
 		}
 	}
 	first := c.Current()
-	if err := VerifyProof(first, PurposeController, time.Now(), "a"); err != nil {
+	if err := bus.VerifyProof(first, bus.PurposeController, time.Now(), "a"); err != nil {
 		t.Fatal(err)
 	}
 	if again, err := LoadCerts(src); err != nil || !again.Current().Equal(first) {
@@ -281,26 +284,26 @@ func TestCerts(t *testing.T) {
 	}
 
 	// Rotation of the secret: both proved, then only the new one.
-	src.Proofs = []Proof{controllerProof("b"), controllerProof("a")}
+	src.Proofs = []bus.Proof{controllerProof("b"), controllerProof("a")}
 	c2, err := LoadCerts(src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	both := c2.Current()
-	if both.Equal(first) || Fingerprint(both) != Fingerprint(first) {
+	if both.Equal(first) || bus.Fingerprint(both) != bus.Fingerprint(first) {
 		t.Fatal("changed secrets: want a new certificate for the same key")
 	}
 	for _, s := range []string{"a", "b"} {
-		if err := VerifyProof(both, PurposeController, time.Now(), s); err != nil {
+		if err := bus.VerifyProof(both, bus.PurposeController, time.Now(), s); err != nil {
 			t.Fatalf("during rotation, secret %s: %v", s, err)
 		}
 	}
-	src.Proofs = []Proof{controllerProof("b")}
+	src.Proofs = []bus.Proof{controllerProof("b")}
 	c3, err := LoadCerts(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifyProof(c3.Current(), PurposeController, time.Now(), "a"); err == nil {
+	if err := bus.VerifyProof(c3.Current(), bus.PurposeController, time.Now(), "a"); err == nil {
 		t.Fatal("the dropped secret still verifies")
 	}
 
@@ -311,10 +314,10 @@ func TestCerts(t *testing.T) {
 	if err := c3.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	if Fingerprint(c3.Current()) == Fingerprint(first) {
+	if bus.Fingerprint(c3.Current()) == bus.Fingerprint(first) {
 		t.Fatal("removed key: reload kept the old key")
 	}
-	if err := VerifyProof(c3.Current(), PurposeController, time.Now(), "b"); err != nil {
+	if err := bus.VerifyProof(c3.Current(), bus.PurposeController, time.Now(), "b"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -353,7 +356,7 @@ func TestRouteTLS(t *testing.T) {
 	// acceptor's certificate before sending its own).
 	refused := make(chan error, 1)
 	start := func(secret string, routes []*url.URL) *server.Server {
-		certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []Proof{controllerProof("join"), {Secret: secret, Purpose: PurposeRoute}}})
+		certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: []bus.Proof{controllerProof("join"), {Secret: secret, Purpose: bus.PurposeRoute}}})
 		if err != nil {
 			t.Fatal(err)
 		}

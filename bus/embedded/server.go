@@ -1,4 +1,4 @@
-package bus
+package embedded
 
 import (
 	"cmp"
@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"github.com/cframe/cframe/bus"
 	"log/slog"
 	"net"
 	"strings"
@@ -49,12 +50,9 @@ type ServerConfig struct {
 	Log  *slog.Logger
 }
 
-// TLSTimeout bounds a TLS handshake on the bus and the API.
-const TLSTimeout = 5 * time.Second
-
 // Server is the embedded NATS server with cframe's authentication: the
 // controller connects in-process with a per-run token, audit subscribers as
-// AuditUser, and each edge as its name with a join proof and a pinned key.
+// bus.AuditUser, and each edge as its name with a join proof and a pinned key.
 // Unauthenticated clients are refused.
 type Server struct {
 	ns    *server.Server
@@ -100,7 +98,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		NoSigs:                     true,
 		DisableJetStreamBanner:     true,
 		TLSConfig:                  cfg.TLS,
-		TLSTimeout:                 TLSTimeout.Seconds(),
+		TLSTimeout:                 bus.TLSTimeout.Seconds(),
 		TLSHandshakeFirst:          true,
 	}
 	if host == "" {
@@ -163,21 +161,21 @@ func (s *Server) Check(c server.ClientAuthentication) bool {
 		}
 		c.RegisterUser(&server.User{Username: controllerUser})
 		return true
-	case o.Username == AuditUser:
-		if !s.anySecret(AuditPassword, o.Password) {
-			return s.refuse(c, AuditUser, "bad audit password")
+	case o.Username == bus.AuditUser:
+		if !s.anySecret(bus.AuditPassword, o.Password) {
+			return s.refuse(c, bus.AuditUser, "bad audit password")
 		}
-		c.RegisterUser(&server.User{Username: AuditUser, Permissions: AuditPermissions()})
+		c.RegisterUser(&server.User{Username: bus.AuditUser, Permissions: AuditPermissions()})
 		return true
 	}
 	name := o.Username
-	if err := CheckName(name); err != nil {
+	if err := bus.CheckName(name); err != nil {
 		return s.refuse(c, name, err.Error())
 	}
 	if err := verifyNonce(o.Nkey, o.Sig, c.GetNonce()); err != nil {
 		return s.refuse(c, name, err.Error())
 	}
-	if !s.anySecret(func(secret string) string { return JoinProof(secret, name, o.Nkey) }, o.Password) {
+	if !s.anySecret(func(secret string) string { return bus.JoinProof(secret, name, o.Nkey) }, o.Password) {
 		return s.refuse(c, name, "wrong join secret")
 	}
 	if err := s.cfg.Pins.Pin(name, o.Nkey); err != nil {
@@ -192,9 +190,9 @@ func (s *Server) Check(c server.ClientAuthentication) bool {
 // status — nothing else.
 func EdgePermissions(name string) *server.Permissions {
 	return &server.Permissions{
-		Publish: &server.SubjectPermission{Allow: []string{StatusSubject(name), SubjectSnapshot}},
+		Publish: &server.SubjectPermission{Allow: []string{bus.StatusSubject(name), bus.SubjectSnapshot}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
-			SubjectDelta, SubjectHello, SubjectClaims, InboxPrefix(name) + ".>",
+			bus.SubjectDelta, bus.SubjectHello, bus.SubjectClaims, bus.InboxPrefix(name) + ".>",
 		}},
 	}
 }
@@ -204,8 +202,8 @@ func EdgePermissions(name string) *server.Permissions {
 // nothing else: it cannot publish an event or touch the stream.
 func AuditPermissions() *server.Permissions {
 	return &server.Permissions{
-		Publish:   &server.SubjectPermission{Allow: []string{SubjectAuditReplay}},
-		Subscribe: &server.SubjectPermission{Allow: []string{SubjectEventsAll, AuditInboxPrefix + ".>"}},
+		Publish:   &server.SubjectPermission{Allow: []string{bus.SubjectAuditReplay}},
+		Subscribe: &server.SubjectPermission{Allow: []string{bus.SubjectEventsAll, bus.AuditInboxPrefix + ".>"}},
 	}
 }
 

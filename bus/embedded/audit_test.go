@@ -1,10 +1,11 @@
-package bus
+package embedded
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cframe/cframe/bus"
 	"strconv"
 	"sync"
 	"testing"
@@ -19,19 +20,19 @@ import (
 type fakeStream struct {
 	nc *nats.Conn
 	mu sync.Mutex
-	ev []Event
+	ev []bus.Event
 }
 
 func newFakeStream(t *testing.T, s *Server) *fakeStream {
 	f := &fakeStream{nc: internal(t, s)}
-	_, err := f.nc.Subscribe(SubjectAuditReplay, func(m *nats.Msg) {
-		var req ReplayRequest
+	_, err := f.nc.Subscribe(bus.SubjectAuditReplay, func(m *nats.Msg) {
+		var req bus.ReplayRequest
 		if err := json.Unmarshal(m.Data, &req); err != nil {
 			t.Error(err)
 			return
 		}
 		f.mu.Lock()
-		p := ReplayPage{Events: []Event{}, Last: uint64(len(f.ev))}
+		p := bus.ReplayPage{Events: []bus.Event{}, Last: uint64(len(f.ev))}
 		for _, e := range f.ev {
 			if (req.After > 0 && e.Seq > req.After) || (req.After == 0 && !e.Time.Before(req.Since)) {
 				if len(p.Events) < 2 { // small pages: the reader must page
@@ -53,16 +54,16 @@ func newFakeStream(t *testing.T, s *Server) *fakeStream {
 func (f *fakeStream) store(t *testing.T, edge string, live bool) {
 	t.Helper()
 	f.mu.Lock()
-	e := Event{Time: time.Now().UTC(), Kind: EventEdgeOnline, Edge: edge, Seq: uint64(len(f.ev) + 1)}
+	e := bus.Event{Time: time.Now().UTC(), Kind: bus.EventEdgeOnline, Edge: edge, Seq: uint64(len(f.ev) + 1)}
 	f.ev = append(f.ev, e)
 	f.mu.Unlock()
 	if !live {
 		return
 	}
-	m := nats.NewMsg(EventSubject(e.Kind, e.Edge))
+	m := nats.NewMsg(bus.EventSubject(e.Kind, e.Edge))
 	e.Seq = 0 // the body as stored: the sequence travels in the header
 	m.Data, _ = json.Marshal(e)
-	m.Header.Set(HeaderSequence, strconv.Itoa(len(f.ev)))
+	m.Header.Set(bus.HeaderSequence, strconv.Itoa(len(f.ev)))
 	if err := f.nc.PublishMsg(m); err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ type seen struct {
 	seqs []uint64
 }
 
-func (s *seen) add(e Event) {
+func (s *seen) add(e bus.Event) {
 	s.mu.Lock()
 	s.seqs = append(s.seqs, e.Seq)
 	s.mu.Unlock()
@@ -101,7 +102,7 @@ func (s *seen) upTo(t *testing.T, n int) {
 	}
 }
 
-// FollowEvents replays from a time (paging), follows live, repairs a gap
+// bus.FollowEvents replays from a time (paging), follows live, repairs a gap
 // that a later event reveals, and repairs, after a reconnect, a gap that no
 // later event reveals — each event once, in order.
 func TestFollowEventsReplaysFollowsAndRepairsGaps(t *testing.T) {
@@ -110,7 +111,7 @@ func TestFollowEventsReplaysFollowsAndRepairsGaps(t *testing.T) {
 	for _, e := range []string{"a", "b", "c"} {
 		f.store(t, e, false) // kept before the reader started
 	}
-	nc, err := nats.Connect(s.URL(), append(ClientOptions(Trust{Secret: testSecret}, nil), AuditOptions(AuditPassword(testSecret))...)...)
+	nc, err := nats.Connect(s.URL(), append(bus.ClientOptions(bus.Trust{Secret: testSecret}, nil), bus.AuditOptions(bus.AuditPassword(testSecret))...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +119,7 @@ func TestFollowEventsReplaysFollowsAndRepairsGaps(t *testing.T) {
 	got := &seen{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- FollowEvents(ctx, nc, time.Now().Add(-time.Hour), got.add) }()
+	go func() { done <- bus.FollowEvents(ctx, nc, time.Now().Add(-time.Hour), got.add) }()
 	defer func() {
 		cancel()
 		if err := <-done; !errors.Is(err, context.Canceled) {

@@ -1,8 +1,9 @@
-package bus
+package embedded
 
 import (
 	"crypto/tls"
 	"fmt"
+	"github.com/cframe/cframe/bus"
 	"net"
 	"net/url"
 	"slices"
@@ -36,12 +37,6 @@ const (
 	routePing        = time.Second
 	routeMaxPingsOut = 3
 )
-
-// ClusterSecret is the cluster's secret derived from a join secret, for
-// clusters configured without one of their own: the controllers share the
-// join secret, so they share this too. (So does every edge: a cluster whose
-// edge hosts must not pose as controllers is given its own secret.)
-func ClusterSecret(joinSecret string) string { return mac(joinSecret, "cluster") }
 
 // Quorum is the number of controllers of a cluster of n that must be
 // reachable for a replicated write to commit.
@@ -78,7 +73,7 @@ func (s *Server) joinCluster(opts *server.Options) error {
 		Host:         host,
 		Port:         port,
 		TLSConfig:    tc,
-		TLSTimeout:   TLSTimeout.Seconds(),
+		TLSTimeout:   bus.TLSTimeout.Seconds(),
 		PingInterval: routePing,
 		MaxPingsOut:  routeMaxPingsOut,
 	}

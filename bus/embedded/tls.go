@@ -1,4 +1,4 @@
-package bus
+package embedded
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/cframe/cframe/bus"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -41,9 +42,9 @@ type CertSource struct {
 	// set, clients see it instead of the generated one.
 	CertFile, KeyFile string
 	// Proofs are what the generated certificate proves: the join secrets
-	// (PurposeController) and, for cluster routes, the cluster's secrets
-	// (PurposeRoute).
-	Proofs []Proof
+	// (bus.PurposeController) and, for cluster routes, the cluster's secrets
+	// (bus.PurposeRoute).
+	Proofs []bus.Proof
 	Log    *slog.Logger
 }
 
@@ -85,7 +86,7 @@ func (c *Certs) Reload() error {
 	defer c.mu.Unlock()
 	wantProof := c.src.CertFile == ""
 	for _, p := range c.src.Proofs {
-		wantProof = wantProof || p.Purpose == PurposeRoute
+		wantProof = wantProof || p.Purpose == bus.PurposeRoute
 	}
 	if wantProof {
 		cert, err := c.loadGenerated()
@@ -115,7 +116,7 @@ func (c *Certs) swap(slot *atomic.Pointer[tls.Certificate], cert *tls.Certificat
 		return
 	}
 	slot.Store(cert)
-	c.src.Log.Info("TLS certificate in use", "path", path, "fingerprint", Fingerprint(cert.Leaf), "not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	c.src.Log.Info("TLS certificate in use", "path", path, "fingerprint", bus.Fingerprint(cert.Leaf), "not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
 }
 
 // loadGenerated returns the generated certificate, creating the key and
@@ -135,7 +136,7 @@ func (c *Certs) loadGenerated() (*tls.Certificate, error) {
 		return nil, err
 	}
 	cert, why := readCert(certPath, key)
-	if why == "" && !hasExactProofs(cert.Leaf, c.src.Proofs) {
+	if why == "" && !bus.HasExactProofs(cert.Leaf, c.src.Proofs) {
 		why = "the secrets it proves changed"
 	}
 	if why == "" && time.Until(cert.Leaf.NotAfter) < certRenewBefore {
@@ -144,7 +145,7 @@ func (c *Certs) loadGenerated() (*tls.Certificate, error) {
 	if why == "" {
 		return cert, nil
 	}
-	der, err := IssueCertificate(key, time.Now().Add(-certBackdate), CertLifetime, c.src.Proofs...)
+	der, err := bus.IssueCertificate(key, time.Now().Add(-certBackdate), CertLifetime, c.src.Proofs...)
 	if err != nil {
 		return nil, fmt.Errorf("tls: issue certificate: %w", err)
 	}
@@ -255,8 +256,8 @@ func (c *Certs) ServerTLS() *tls.Config {
 // RouteTLS is the configuration of the NATS cluster routes between
 // controllers, both ways (a route's dialler is a TLS client, its acceptor a
 // server): mutual TLS with the generated certificate, and the peer admitted
-// only if its certificate proves one of secrets for PurposeRoute. src.Proofs
-// must include those secrets with PurposeRoute, so the peers admit us too.
+// only if its certificate proves one of secrets for bus.PurposeRoute. src.Proofs
+// must include those secrets with bus.PurposeRoute, so the peers admit us too.
 func (c *Certs) RouteTLS(secrets ...string) *tls.Config {
 	secrets = slices.Clone(secrets)
 	cert := func() (*tls.Certificate, error) {
@@ -276,7 +277,7 @@ func (c *Certs) RouteTLS(secrets ...string) *tls.Config {
 			if len(cs.PeerCertificates) == 0 {
 				return errors.New("refused a cluster peer: it presented no certificate")
 			}
-			if err := VerifyProof(cs.PeerCertificates[0], PurposeRoute, time.Now(), secrets...); err != nil {
+			if err := bus.VerifyProof(cs.PeerCertificates[0], bus.PurposeRoute, time.Now(), secrets...); err != nil {
 				return fmt.Errorf("refused a cluster peer: %w", err)
 			}
 			return nil

@@ -1,6 +1,7 @@
-package bus
+package embedded
 
 import (
+	"github.com/cframe/cframe/bus"
 	"net/netip"
 	"strings"
 	"sync"
@@ -15,22 +16,22 @@ type fakeController struct {
 	t     *testing.T
 	nc    *nats.Conn
 	mu    sync.Mutex
-	snap  Snapshot
+	snap  bus.Snapshot
 	asked int
-	last  SnapshotRequest
+	last  bus.SnapshotRequest
 }
 
 func newFakeController(t *testing.T, s *Server) *fakeController {
 	f := &fakeController{t: t, nc: internal(t, s)}
-	if _, err := f.nc.Subscribe(SubjectSnapshot, func(m *nats.Msg) {
+	if _, err := f.nc.Subscribe(bus.SubjectSnapshot, func(m *nats.Msg) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		f.asked++
-		f.last = SnapshotRequest{}
-		if err := Decode(m, &f.last); err != nil {
+		f.last = bus.SnapshotRequest{}
+		if err := bus.Decode(m, &f.last); err != nil {
 			t.Error(err)
 		}
-		if err := Publish(f.nc, m.Reply, f.snap); err != nil {
+		if err := bus.Publish(f.nc, m.Reply, f.snap); err != nil {
 			t.Error(err)
 		}
 	}); err != nil {
@@ -46,9 +47,9 @@ func newFakeController(t *testing.T, s *Server) *fakeController {
 func (f *fakeController) set(rev uint64, names ...string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.snap = Snapshot{Revision: rev}
+	f.snap = bus.Snapshot{Revision: rev}
 	for _, n := range names {
-		f.snap.Edges = append(f.snap.Edges, Edge{Name: n, CIDR: netip.MustParsePrefix("10.0.0.0/24")})
+		f.snap.Edges = append(f.snap.Edges, bus.Edge{Name: n, CIDR: netip.MustParsePrefix("10.0.0.0/24")})
 	}
 }
 
@@ -59,7 +60,7 @@ func (f *fakeController) requests() int {
 }
 
 // next hands the follower its next message and returns the change it reports.
-func next(t *testing.T, fl *Follower) string {
+func next(t *testing.T, fl *bus.Follower) string {
 	t.Helper()
 	select {
 	case m := <-fl.Messages():
@@ -74,7 +75,7 @@ func next(t *testing.T, fl *Follower) string {
 	}
 }
 
-func names(fl *Follower) string {
+func names(fl *bus.Follower) string {
 	set, _, _ := fl.Set()
 	var out []string
 	for _, n := range []string{"a", "b", "c", "d"} {
@@ -93,7 +94,7 @@ func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl, err := Follow(nc)
+	fl, err := bus.Follow(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,16 +111,16 @@ func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
 
 	// A delta that follows is applied without asking for a snapshot.
 	asked := ctl.requests()
-	mustPublish(t, ctl.nc, SubjectDelta, Delta{Revision: 7, Prev: 5, Op: OpPut, Edge: Edge{Name: "c"}})
+	mustPublish(t, ctl.nc, bus.SubjectDelta, bus.Delta{Revision: 7, Prev: 5, Op: bus.OpPut, Edge: bus.Edge{Name: "c"}})
 	if c := next(t, fl); !strings.Contains(c, "revision 7") || names(fl) != "a,b,c" || ctl.requests() != asked {
 		t.Fatalf("delta 7: change %q set %s requests %d->%d", c, names(fl), asked, ctl.requests())
 	}
 	// A replayed (old) delta changes nothing.
-	mustPublish(t, ctl.nc, SubjectDelta, Delta{Revision: 7, Prev: 5, Op: OpDelete, Edge: Edge{Name: "c"}})
+	mustPublish(t, ctl.nc, bus.SubjectDelta, bus.Delta{Revision: 7, Prev: 5, Op: bus.OpDelete, Edge: bus.Edge{Name: "c"}})
 	if c := next(t, fl); c != "" || names(fl) != "a,b,c" {
 		t.Fatalf("replayed delta: change %q set %s", c, names(fl))
 	}
-	mustPublish(t, ctl.nc, SubjectDelta, Delta{Revision: 8, Prev: 7, Op: OpDelete, Edge: Edge{Name: "b"}})
+	mustPublish(t, ctl.nc, bus.SubjectDelta, bus.Delta{Revision: 8, Prev: 7, Op: bus.OpDelete, Edge: bus.Edge{Name: "b"}})
 	if next(t, fl); names(fl) != "a,c" {
 		t.Fatalf("delete delta: set %s", names(fl))
 	}
@@ -127,13 +128,13 @@ func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
 	// Revision 9 was lost: delta 10 (prev 9) does not follow, so the
 	// follower fetches the snapshot instead of applying it out of order.
 	ctl.set(10, "a", "c", "d")
-	mustPublish(t, ctl.nc, SubjectDelta, Delta{Revision: 10, Prev: 9, Op: OpPut, Edge: Edge{Name: "d"}})
+	mustPublish(t, ctl.nc, bus.SubjectDelta, bus.Delta{Revision: 10, Prev: 9, Op: bus.OpPut, Edge: bus.Edge{Name: "d"}})
 	if c := next(t, fl); !strings.Contains(c, "missed revisions 9..9") || names(fl) != "a,c,d" {
 		t.Fatalf("gap: change %q set %s", c, names(fl))
 	}
 	// The request named the revision held and the one heard of, which a
 	// controller that has not seen it yet waits for.
-	if ctl.mu.Lock(); ctl.last != (SnapshotRequest{Have: 8, Want: 10}) {
+	if ctl.mu.Lock(); ctl.last != (bus.SnapshotRequest{Have: 8, Want: 10}) {
 		t.Errorf("snapshot request %+v, want have 8, want 10", ctl.last)
 	}
 	ctl.mu.Unlock()
@@ -142,13 +143,13 @@ func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
 	// controller of a cluster that has not seen the latest write yet); one
 	// at a later revision resyncs.
 	for _, rev := range []uint64{10, 9} {
-		mustPublish(t, ctl.nc, SubjectHello, Hello{Revision: rev})
+		mustPublish(t, ctl.nc, bus.SubjectHello, bus.Hello{Revision: rev})
 		if c := next(t, fl); c != "" {
 			t.Fatalf("hello at revision %d, held 10, caused %q", rev, c)
 		}
 	}
 	ctl.set(12, "a")
-	mustPublish(t, ctl.nc, SubjectHello, Hello{Revision: 12})
+	mustPublish(t, ctl.nc, bus.SubjectHello, bus.Hello{Revision: 12})
 	if c := next(t, fl); !strings.Contains(c, "snapshot revision 12") || names(fl) != "a" {
 		t.Fatalf("hello 12: change %q set %s", c, names(fl))
 	}
@@ -159,7 +160,7 @@ func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
 
 func mustPublish(t *testing.T, nc *nats.Conn, subj string, v any) {
 	t.Helper()
-	if err := Publish(nc, subj, v); err != nil {
+	if err := bus.Publish(nc, subj, v); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
@@ -177,7 +178,7 @@ func TestFollowerSetsAreImmutable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl, err := Follow(nc)
+	fl, err := bus.Follow(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,14 +206,14 @@ func TestFollowerSetsAreImmutable(t *testing.T) {
 		}
 	}()
 	for rev := uint64(2); rev < 40; rev++ {
-		op, edge := OpPut, Edge{Name: "c", CIDR: netip.MustParsePrefix("10.9.0.0/24")}
+		op, edge := bus.OpPut, bus.Edge{Name: "c", CIDR: netip.MustParsePrefix("10.9.0.0/24")}
 		if rev%2 == 1 {
-			op = OpDelete
+			op = bus.OpDelete
 		}
 		if rev%5 == 0 {
 			edge.Name = "b"
 		}
-		mustPublish(t, ctl.nc, SubjectDelta, Delta{Revision: rev, Prev: rev - 1, Op: op, Edge: edge})
+		mustPublish(t, ctl.nc, bus.SubjectDelta, bus.Delta{Revision: rev, Prev: rev - 1, Op: op, Edge: edge})
 		next(t, fl)
 	}
 	close(stop)

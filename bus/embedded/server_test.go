@@ -1,9 +1,10 @@
-package bus
+package embedded
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cframe/cframe/bus"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -40,9 +41,9 @@ func startServer(t *testing.T) *Server {
 // generated certificate proving them.
 func startServerWith(t *testing.T, cfg ServerConfig) *Server {
 	t.Helper()
-	var proofs []Proof
+	var proofs []bus.Proof
 	for _, s := range append([]string{cfg.Secret}, cfg.PreviousSecrets...) {
-		proofs = append(proofs, Proof{Secret: s, Purpose: PurposeController})
+		proofs = append(proofs, bus.Proof{Secret: s, Purpose: bus.PurposeController})
 	}
 	certs, err := LoadCerts(CertSource{Dir: t.TempDir(), Proofs: proofs})
 	if err != nil {
@@ -57,9 +58,9 @@ func startServerWith(t *testing.T, cfg ServerConfig) *Server {
 	return s
 }
 
-func identity(t *testing.T, dir, name string) *Identity {
+func identity(t *testing.T, dir, name string) *bus.Identity {
 	t.Helper()
-	id, err := LoadIdentity(filepath.Join(dir, name+".nk"), name)
+	id, err := bus.LoadIdentity(filepath.Join(dir, name+".nk"), name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func identity(t *testing.T, dir, name string) *Identity {
 
 // connectEdge connects as an edge; errs receives asynchronous errors such
 // as permission violations.
-func connectEdge(t *testing.T, s *Server, id *Identity, secret string) (*nats.Conn, chan error, error) {
+func connectEdge(t *testing.T, s *Server, id *bus.Identity, secret string) (*nats.Conn, chan error, error) {
 	t.Helper()
 	errs := make(chan error, 16)
 	opts := append(id.EdgeOptions(secret), nats.MaxReconnects(0), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
@@ -101,21 +102,21 @@ func wantAuthError(t *testing.T, err error, what string) {
 
 func TestRefusesUnauthenticatedAndWrongCredentials(t *testing.T) {
 	s := startServer(t)
-	tlsOK := ClientOptions(Trust{Secret: testSecret}, nil)
+	tlsOK := bus.ClientOptions(bus.Trust{Secret: testSecret}, nil)
 	_, err := nats.Connect(s.URL(), append(tlsOK, nats.MaxReconnects(0))...)
 	wantAuthError(t, err, "no credentials")
 	_, err = nats.Connect(s.URL(), append(tlsOK, nats.UserInfo("sz-1", "guess"), nats.MaxReconnects(0))...)
 	wantAuthError(t, err, "user and password without a key")
 	_, err = nats.Connect(s.URL(), append(tlsOK, nats.Token("guess"), nats.MaxReconnects(0))...)
 	wantAuthError(t, err, "wrong token")
-	_, err = nats.Connect(s.URL(), append(tlsOK, nats.UserInfo(AuditUser, "guess"), nats.MaxReconnects(0))...)
+	_, err = nats.Connect(s.URL(), append(tlsOK, nats.UserInfo(bus.AuditUser, "guess"), nats.MaxReconnects(0))...)
 	wantAuthError(t, err, "wrong audit password")
 
 	dir := t.TempDir()
 	// With another secret the edge refuses the server first; trusting the
 	// server anyway, its join proof is refused.
 	_, _, err = connectEdge(t, s, identity(t, dir, "sz-1"), "wrong-secret")
-	var refused *RefusedError
+	var refused *bus.RefusedError
 	if !errors.As(err, &refused) {
 		t.Fatalf("edge with another secret: %v, want it to refuse the server", err)
 	}
@@ -156,7 +157,7 @@ func TestEdgePermissions(t *testing.T) {
 	s := startServer(t)
 	ctl := internal(t, s)
 	statuses := make(chan *nats.Msg, 16)
-	if _, err := ctl.ChanSubscribe(SubjectStatusAll, statuses); err != nil {
+	if _, err := ctl.ChanSubscribe(bus.SubjectStatusAll, statuses); err != nil {
 		t.Fatal(err)
 	}
 	if err := ctl.Flush(); err != nil {
@@ -166,30 +167,30 @@ func TestEdgePermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Publish(nc, StatusSubject("hk-1"), Status{Name: "hk-1"}); err != nil {
+	if err := bus.Publish(nc, bus.StatusSubject("hk-1"), bus.Status{Name: "hk-1"}); err != nil {
 		t.Fatal(err)
 	}
-	waitPermissionError(t, errs, StatusSubject("hk-1"))
-	for _, subj := range []string{SubjectDelta, SubjectEventsAll + "x", "$JS.API.>"} {
+	waitPermissionError(t, errs, bus.StatusSubject("hk-1"))
+	for _, subj := range []string{bus.SubjectDelta, bus.SubjectEventsAll + "x", "$JS.API.>"} {
 		_ = nc.Publish(subj, []byte("{}"))
 		waitPermissionError(t, errs, subj)
 	}
-	if _, err := nc.SubscribeSync(SubjectEventsAll); err != nil {
+	if _, err := nc.SubscribeSync(bus.SubjectEventsAll); err != nil {
 		t.Fatal(err)
 	}
-	waitPermissionError(t, errs, SubjectEventsAll)
-	if _, err := nc.SubscribeSync(StatusSubject("hk-1")); err != nil {
+	waitPermissionError(t, errs, bus.SubjectEventsAll)
+	if _, err := nc.SubscribeSync(bus.StatusSubject("hk-1")); err != nil {
 		t.Fatal(err)
 	}
-	waitPermissionError(t, errs, StatusSubject("hk-1"))
+	waitPermissionError(t, errs, bus.StatusSubject("hk-1"))
 
 	// Its own status goes through, and is the only one that arrives.
-	if err := Publish(nc, StatusSubject("sz-1"), Status{Name: "sz-1"}); err != nil {
+	if err := bus.Publish(nc, bus.StatusSubject("sz-1"), bus.Status{Name: "sz-1"}); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case m := <-statuses:
-		if m.Subject != StatusSubject("sz-1") {
+		if m.Subject != bus.StatusSubject("sz-1") {
 			t.Fatalf("controller received %s, want only sz-1's own status", m.Subject)
 		}
 	case <-time.After(5 * time.Second):
@@ -217,41 +218,41 @@ func waitPermissionError(t *testing.T, errs chan error, subject string) {
 func TestAuditUserReadsEventsOnly(t *testing.T) {
 	s := startServer(t)
 	errs := make(chan error, 4)
-	nc, err := nats.Connect(s.URL(), append(ClientOptions(Trust{Secret: testSecret}, nil), nats.UserInfo(AuditUser, AuditPassword(testSecret)),
+	nc, err := nats.Connect(s.URL(), append(bus.ClientOptions(bus.Trust{Secret: testSecret}, nil), nats.UserInfo(bus.AuditUser, bus.AuditPassword(testSecret)),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	sub, err := nc.SubscribeSync(SubjectEventsAll)
+	sub, err := nc.SubscribeSync(bus.SubjectEventsAll)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if err := Publish(internal(t, s), EventSubject(EventEdgeAdded, "sz-1"), Event{Kind: EventEdgeAdded, Edge: "sz-1"}); err != nil {
+	if err := bus.Publish(internal(t, s), bus.EventSubject(bus.EventEdgeAdded, "sz-1"), bus.Event{Kind: bus.EventEdgeAdded, Edge: "sz-1"}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := sub.NextMsg(5 * time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var e Event
+	var e bus.Event
 	if err := json.Unmarshal(m.Data, &e); err != nil || e.Edge != "sz-1" {
 		t.Fatalf("event = %s (%v)", m.Data, err)
 	}
-	_ = nc.Publish(EventSubject(EventEdgeAdded, "x"), []byte("{}"))
-	waitPermissionError(t, errs, EventSubject(EventEdgeAdded, "x"))
-	if _, err := nc.SubscribeSync(SubjectDelta); err != nil {
+	_ = nc.Publish(bus.EventSubject(bus.EventEdgeAdded, "x"), []byte("{}"))
+	waitPermissionError(t, errs, bus.EventSubject(bus.EventEdgeAdded, "x"))
+	if _, err := nc.SubscribeSync(bus.SubjectDelta); err != nil {
 		t.Fatal(err)
 	}
-	waitPermissionError(t, errs, SubjectDelta)
+	waitPermissionError(t, errs, bus.SubjectDelta)
 }
 
 func TestJoinProofBindsNameAndKey(t *testing.T) {
-	p := JoinProof("s", "sz-1", "UKEY")
-	for _, other := range []string{JoinProof("t", "sz-1", "UKEY"), JoinProof("s", "hk-1", "UKEY"), JoinProof("s", "sz-1", "UOTHER")} {
+	p := bus.JoinProof("s", "sz-1", "UKEY")
+	for _, other := range []string{bus.JoinProof("t", "sz-1", "UKEY"), bus.JoinProof("s", "hk-1", "UKEY"), bus.JoinProof("s", "sz-1", "UOTHER")} {
 		if other == p {
 			t.Fatal("join proof does not depend on secret, name and key")
 		}
