@@ -483,3 +483,48 @@ func TestDeleteForgetsPinnedKey(t *testing.T) {
 		t.Fatalf("del of an unknown edge = %v, want not found", err)
 	}
 }
+
+// An edge whose last bus connection closes is offline at once, without
+// waiting for bus.OfflineAfter; while another of its connections is open
+// it stays online.
+func TestOfflineWhenConnectionCloses(t *testing.T) {
+	r := start(t, testConfig(t))
+	addAll(t, r, walkthrough...)
+	dir := t.TempDir()
+	first, _ := followEdge(t, r, "sz-1", dir)
+	second, _ := followEdge(t, r, "sz-1", dir) // the same key: a reconnect elsewhere, say
+	marker, _ := followEdge(t, r, "hk-1", t.TempDir())
+	for name, nc := range map[string]*nats.Conn{"sz-1": first, "hk-1": marker} {
+		if err := bus.Publish(nc, bus.StatusSubject(name), bus.Status{Name: name, State: bus.StateReady}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := func(name string) string {
+		for _, e := range r.ListEdges() {
+			if e.Name == name {
+				return e.State
+			}
+		}
+		return "missing"
+	}
+	is := func(name, want string) func() error {
+		return func() error {
+			if s := state(name); s != want {
+				return fmt.Errorf("%s is %s, want %s", name, s, want)
+			}
+			return nil
+		}
+	}
+	waitFor(t, 5*time.Second, is("sz-1", api.StateOnline))
+	waitFor(t, 5*time.Second, is("hk-1", api.StateOnline))
+	// The server reports closes in order: once hk-1's shows, sz-1's first
+	// connection's close has been handled too.
+	first.Close()
+	marker.Close()
+	waitFor(t, bus.HeartbeatInterval, is("hk-1", api.StateOffline))
+	if s := state("sz-1"); s != api.StateOnline {
+		t.Fatalf("sz-1 is %s with one of its two connections open, want online", s)
+	}
+	second.Close()
+	waitFor(t, bus.HeartbeatInterval, is("sz-1", api.StateOffline))
+}
