@@ -28,10 +28,10 @@ const (
 	newVersion = "0.0.2+systemd"
 )
 
-// TestSystemd installs the package under a real systemd: Debian's
+// TestVMSystemd installs the package under a real systemd: Debian's
 // systemd as PID 1 in the stock-kernel VM (scripts/vm), where the run below
 // happens (systemdRun) and dpkg -i only writes to the VM's overlay.
-func TestSystemd(t *testing.T) {
+func TestVMSystemd(t *testing.T) {
 	if vm.Inside() {
 		systemdRun(t)
 		return
@@ -45,7 +45,7 @@ func TestSystemd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	vm.GoTest(t, ".", "^TestSystemd$", vm.Options{Systemd: true, Env: []string{"CFRAME_DEBS=" + dir}, Share: []string{dir}, Timeout: 12 * time.Minute})
+	vm.GoTest(t, ".", "^TestVMSystemd$", vm.Options{Systemd: true, Env: []string{"CFRAME_DEBS=" + dir}, Share: []string{dir}, Timeout: 12 * time.Minute})
 }
 
 // tail is the last n lines of s.
@@ -146,7 +146,7 @@ func (e sdEdge) metrics() (metricstest.Scrape, error) {
 	return metricstest.Get(c, "http://127.0.0.1:9474/metrics")
 }
 
-// systemdRun is the VM side of TestSystemd: it installs the package, runs
+// systemdRun is the VM side of TestVMSystemd: it installs the package, runs
 // the walkthrough's controller and sz-1's edge as the packaged units in the
 // VM's own namespace and the other two edges as copies of the edge unit in
 // namespaces of their own (a drop-in sets NetworkNamespacePath=), and

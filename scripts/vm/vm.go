@@ -1,7 +1,8 @@
 // Package vm runs a command on Debian's stock kernel (linux-image-amd64)
 // booted in QEMU (TCG: no KVM needed) over a read-only view of this
 // machine's files, so tests can use kernel modules the host kernel lacks
-// (ip_gre, wireguard, esp4, ...).
+// (ip_gre, wireguard, esp4, ...). Tests that boot it are named TestVM*:
+// make test runs them in a phase of their own, after the host suite.
 //
 // The VM's root is the host's root, exported read-only over virtio-9p
 // under a tmpfs overlay: every host path is the same inside, and writes

@@ -33,11 +33,11 @@ func boot(t *testing.T, o Options) (int, string) {
 	return code, console.String()
 }
 
-// TestRun boots the stock kernel and checks, from inside: its release, the
+// TestVMRun boots the stock kernel and checks, from inside: its release, the
 // host name, the environment and working directory, a writable share, the
 // read-only host files under a writable overlay, and that the modules the
 // host kernel lacks load.
-func TestRun(t *testing.T) {
+func TestVMRun(t *testing.T) {
 	share := t.TempDir()
 	script := `set -e
 echo "release=$(uname -r) host=$(hostname) vm=$CFRAME_VM x=$X cwd=$(pwd)" >"$OUT/report"
@@ -76,8 +76,8 @@ exit 7`
 	}
 }
 
-// TestRunSystemd boots systemd as PID 1 and runs the command as its unit.
-func TestRunSystemd(t *testing.T) {
+// TestVMRunSystemd boots systemd as PID 1 and runs the command as its unit.
+func TestVMRunSystemd(t *testing.T) {
 	share := t.TempDir()
 	code, console := boot(t, Options{
 		Command: []string{"/bin/sh", "-c", `echo "$(cat /proc/1/comm) $(systemctl is-system-running || true) $(systemctl is-active cframe-vm.service)" >"$OUT/report"; exit 3`},
@@ -97,16 +97,16 @@ func TestRunSystemd(t *testing.T) {
 	}
 }
 
-// TestGoTest runs this package's TestInside on the stock kernel.
-func TestGoTest(t *testing.T) {
-	GoTest(t, ".", "^TestInside$", Options{Env: []string{"VMTEST=ok"}})
+// TestVMGoTest runs this package's TestVMInside on the stock kernel.
+func TestVMGoTest(t *testing.T) {
+	GoTest(t, ".", "^TestVMInside$", Options{Env: []string{"VMTEST=ok"}})
 }
 
-// TestInside runs only in the VM (through TestGoTest): the kernel is the
+// TestVMInside runs only in the VM (through TestVMGoTest): the kernel is the
 // prepared one, the environment came along and modules autoload.
-func TestInside(t *testing.T) {
+func TestVMInside(t *testing.T) {
 	if !Inside() {
-		t.Skip("runs in the VM: TestGoTest")
+		t.Skip("runs in the VM: TestVMGoTest")
 	}
 	var u syscall.Utsname
 	if err := syscall.Uname(&u); err != nil {
