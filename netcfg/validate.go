@@ -35,6 +35,9 @@ func (n *Desired) validate() error {
 	if len(n.Device) > 15 || strings.ContainsAny(n.Device, " /:\t") {
 		return fmt.Errorf("bad device name %q (at most 15 characters, no spaces, '/' or ':')", n.Device)
 	}
+	if FallbackDevice(n.Device) {
+		return fmt.Errorf("device name %q is a tunnel module's own fallback device, never cframe's: choose another", n.Device)
+	}
 	if n.VNI < 0 || n.VNI >= 1<<24 {
 		return fmt.Errorf("VNI %d out of range", n.VNI)
 	}
@@ -190,4 +193,17 @@ func greDevice(prefix, peer string) string {
 	}
 	sum := sha256.Sum256([]byte(peer))
 	return prefix + "-" + hex.EncodeToString(sum[:3])
+}
+
+// FallbackDevice reports whether name is one of the devices tunnel modules
+// create in every namespace once loaded (ip_gre's gre0, gretap0 and
+// erspan0; ip6_gre's ip6gre0; ip6_tunnel's ip6tnl0; ipip's tunl0; sit's
+// sit0; the vti modules' ip_vti0 and ip6_vti0). They are the kernel's:
+// cframe never uses, changes, deletes or counts them.
+func FallbackDevice(name string) bool {
+	switch name {
+	case "gre0", "gretap0", "erspan0", "ip6gre0", "ip6tnl0", "tunl0", "sit0", "ip_vti0", "ip6_vti0":
+		return true
+	}
+	return false
 }
