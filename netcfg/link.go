@@ -3,6 +3,7 @@ package netcfg
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -385,8 +386,11 @@ func tempLinkName() string {
 
 // Supported reports whether the kernel (of the calling thread's network
 // namespace) can create the devices mode needs, by creating and deleting a
-// temporary link with a unique name. The error is one readable line that
-// says what to do.
+// temporary link with a unique name. The GRE probe is an IPv4 GRE device
+// (as cframe's are) with a random key: a keyless one without addresses is
+// ip_gre's own fallback device gre0, which the kernel refuses to create
+// twice ("file exists"). The error is one readable line that says what to
+// do.
 func Supported(mode Mode) error {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = tempLinkName()
@@ -398,7 +402,11 @@ func Supported(mode Mode) error {
 		probe = &netlink.Vxlan{LinkAttrs: attrs, VxlanId: DefaultVNI}
 		hint = "load the vxlan module"
 	case ModeGRE:
-		probe = &netlink.Gretun{LinkAttrs: attrs}
+		var key [4]byte
+		rand.Read(key[:])
+		k := binary.BigEndian.Uint32(key[:]) | 1 // a key of 0 is none
+		// An IPv4 local address: without one netlink asks for ip6gre.
+		probe = &netlink.Gretun{LinkAttrs: attrs, Local: net.IPv4zero.To4(), IKey: k, OKey: k}
 		hint = `load the ip_gre module or use mode = "vxlan"`
 	default:
 		return fmt.Errorf("mode %q: unknown (want %q or %q)", mode, ModeVXLAN, ModeGRE)

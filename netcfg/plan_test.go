@@ -604,6 +604,7 @@ func TestValidate(t *testing.T) {
 		{"defaults only", func(d *Desired) { *d = Desired{} }, ""},
 		{"bad mode", func(d *Desired) { d.Mode = "ipip" }, "unknown mode"},
 		{"long device", func(d *Desired) { d.Device = "a-very-long-name0" }, "bad device name"},
+		{"fallback device", func(d *Desired) { d.Device = "gre0" }, "fallback device"},
 		{"VNI", func(d *Desired) { d.VNI = 1 << 24 }, "VNI"},
 		{"MTU", func(d *Desired) { d.MTU = 100 }, "MTU"},
 		{"multicast device MAC", func(d *Desired) { d.DeviceMAC = net.HardwareAddr{1, 0, 0x5e, 0, 0, 1} }, "device MAC"},

@@ -211,10 +211,26 @@ func CheckMTU(mtu int) error {
 }
 
 // CheckDevice reports whether name is a valid interface name for a tunnel
-// device.
+// device, and not a tunnel module's own (FallbackDevice).
 func CheckDevice(name string) error {
 	if name == "" || len(name) > 15 || strings.ContainsAny(name, " /:\t") {
 		return fmt.Errorf("bad device name %q: not a valid interface name (1-15 characters, no spaces, '/' or ':')", name)
 	}
+	if FallbackDevice(name) {
+		return fmt.Errorf("device name %q is a tunnel module's own fallback device, never cframe's: choose another", name)
+	}
 	return nil
+}
+
+// FallbackDevice reports whether name is one of the devices tunnel modules
+// create in every namespace once loaded (ip_gre's gre0, gretap0 and
+// erspan0; ip6_gre's ip6gre0; ip6_tunnel's ip6tnl0; ipip's tunl0; sit's
+// sit0; the vti modules' ip_vti0 and ip6_vti0). They are the kernel's:
+// cframe never uses, changes, deletes or counts them.
+func FallbackDevice(name string) bool {
+	switch name {
+	case "gre0", "gretap0", "erspan0", "ip6gre0", "ip6tnl0", "tunl0", "sit0", "ip_vti0", "ip6_vti0":
+		return true
+	}
+	return false
 }

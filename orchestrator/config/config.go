@@ -142,9 +142,39 @@ func LoadController(path string) (Controller, error) {
 		return c, err
 	}
 	if c.ServerName == "" {
-		c.ServerName, _ = os.Hostname()
+		host, _ := hostname()
+		c.ServerName = defaultServerName(host)
 	}
 	return c, c.check(path)
+}
+
+// hostname is os.Hostname (a variable for the tests).
+var hostname = os.Hostname
+
+// DefaultServerName is server_name where the host has no usable name.
+const DefaultServerName = "cframe-controller"
+
+// defaultServerName derives a valid server_name from the host name: the
+// characters server_name does not allow become hyphens, leading
+// punctuation goes, the rest is cut at 64. A host name that was never set
+// (the kernel's "(none)") or leaves nothing is DefaultServerName.
+func defaultServerName(host string) string {
+	if host == "(none)" {
+		return DefaultServerName
+	}
+	name := strings.TrimLeft(strings.Map(func(r rune) rune {
+		if r < 128 && (r == '.' || r == '_' || r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return r
+		}
+		return '-'
+	}, host), "._-")
+	if len(name) > 64 {
+		name = name[:64]
+	}
+	if name == "" {
+		return DefaultServerName
+	}
+	return name
 }
 
 func (c Controller) check(path string) error {

@@ -27,6 +27,7 @@ func TestWalkthroughConfigs(t *testing.T) {
 		t.Fatal(err)
 	}
 	host, _ := os.Hostname()
+	host = defaultServerName(host)
 	if c.ListenAddr != ":58422" || c.APIAddr != ":12345" || len(c.Etcd) != 1 || c.Etcd[0] != "127.0.0.1:2379" || c.DataDir != "/var/lib/cframe" ||
 		c.ServerName != host || c.Clustered() {
 		t.Fatalf("controller config = %+v", c)
@@ -38,6 +39,29 @@ func TestWalkthroughConfigs(t *testing.T) {
 	}
 	if !slices.Equal(e.Controller, Addrs{"203.0.113.1:58422"}) || e.Name != "sz-1" || e.Mode != "vxlan" || e.Device != "cframe0" || e.StateDir != "/var/lib/cframe-edge" {
 		t.Fatalf("edge config = %+v", e)
+	}
+}
+
+// A host name that is not a valid server_name — never set ("(none)"), or
+// with characters server_name does not allow — must not stop the
+// walkthrough's controller.toml (no server_name) from loading.
+func TestServerNameDefault(t *testing.T) {
+	walkthrough := write(t, "listen_addr=\":58422\"\napi_addr=\":12345\"\n")
+	defer func(h func() (string, error)) { hostname = h }(hostname)
+	for host, want := range map[string]string{
+		"(none)":                DefaultServerName,
+		"":                      DefaultServerName,
+		"gw-1.example.com":      "gw-1.example.com",
+		"gw 1 (sz)":             "gw-1--sz-",
+		"-édge_1":               "dge_1",
+		strings.Repeat("a", 70): strings.Repeat("a", 64),
+		"...":                   DefaultServerName,
+	} {
+		hostname = func() (string, error) { return host, nil }
+		c, err := LoadController(walkthrough)
+		if err != nil || c.ServerName != want {
+			t.Errorf("host name %q: server_name %q (%v), want %q", host, c.ServerName, err, want)
+		}
 	}
 }
 

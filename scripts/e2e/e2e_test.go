@@ -26,11 +26,18 @@ import (
 	"github.com/cframe/cframe/scripts/topo"
 )
 
+// bin holds the cframe binaries: built by TestMain, or named by binEnv
+// (TestVMStockKernel passes the host's to the VM, where building is slow).
 var bin string
+
+const binEnv = "CFRAME_E2E_BIN"
 
 func TestMain(m *testing.M) {
 	code := 0
-	if os.Geteuid() == 0 {
+	if dir := os.Getenv(binEnv); dir != "" {
+		bin = dir
+		code = m.Run()
+	} else if os.Geteuid() == 0 {
 		dir, err := os.MkdirTemp("", "cframe-e2e-bin-")
 		if err == nil {
 			err = cluster.Build(dir)
@@ -56,6 +63,8 @@ type fixture struct {
 	c     *cluster.Cluster
 	edges map[string]*cluster.Edge
 	ctx   context.Context
+	// gre: the edges run mode = "gre" (one GRE device per peer).
+	gre bool
 }
 
 var podRange = topo.Extra{CIDR: netip.MustParsePrefix("10.244.3.0/24"), EdgeAddr: netip.MustParseAddr("10.244.3.1"), HostAddr: netip.MustParseAddr("10.244.3.2")}
@@ -209,13 +218,15 @@ func (f *fixture) kernelState(ns string) string {
 
 func (f *fixture) kernelDump(ns string) (string, error) {
 	var b strings.Builder
-	for _, cmd := range [][]string{
+	cmds := [][]string{
 		{"ip", "-d", "link", "show", "cframe0"},
 		{"bridge", "fdb", "show", "dev", "cframe0"},
 		{"ip", "neigh", "show", "dev", "cframe0", "nud", "permanent"},
-		{"ip", "route", "show", "proto", "207"},
-		{"iptables-save"},
-	} {
+	}
+	if f.gre {
+		cmds = [][]string{{"ip", "-d", "link", "show", "type", "gre"}}
+	}
+	for _, cmd := range append(cmds, []string{"ip", "route", "show", "proto", "207"}, []string{"iptables-save"}) {
 		out, err := f.net.Exec(ns, cmd...)
 		if err != nil {
 			return "", err

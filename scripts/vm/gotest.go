@@ -67,8 +67,30 @@ func GoTest(t *testing.T, pkg, run string, o Options) {
 	if err != nil {
 		t.Fatalf("%v; console in %s, it ends:\n%s", err, path, lastLines(log, 80))
 	}
-	t.Fatalf("the tests failed on %s (exit %d); console in %s, it ends:\n%s", KernelRelease(), code, path, lastLines(log, 80))
+	t.Fatalf("the tests failed on %s (exit %d); console in %s; the failures:\n%s\nthe end:\n%s",
+		KernelRelease(), code, path, failures(log), lastLines(log, 30))
 }
 
 // summary matches go test -v's verdict lines.
 var summary = regexp.MustCompile(`(?m)^\s*--- (PASS|FAIL|SKIP): .*$`)
+
+// failures are go test -v's "--- FAIL" lines of log, each with the
+// messages indented under it (at most 20 lines).
+func failures(log []byte) string {
+	var out []string
+	indent, n := -1, 0
+	for _, l := range strings.Split(string(log), "\n") {
+		depth := len(l) - len(strings.TrimLeft(l, " "))
+		switch {
+		case strings.HasPrefix(strings.TrimLeft(l, " "), "--- FAIL"):
+			indent, n = depth, 0
+			out = append(out, l)
+		case indent >= 0 && depth > indent && n < 20:
+			n++
+			out = append(out, l)
+		default:
+			indent = -1
+		}
+	}
+	return strings.Join(out, "\n")
+}

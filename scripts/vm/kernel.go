@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // CacheDir holds the unpacked kernel package: <CacheDir>/<release>/ with
@@ -34,7 +35,7 @@ func Prepare(ctx context.Context) error {
 		return err
 	}
 	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+	if err := flock(ctx, lock); err != nil {
 		return err
 	}
 	if KernelRelease() != "" {
@@ -70,6 +71,22 @@ func Prepare(ctx context.Context) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(CacheDir, "release"), []byte(release+"\n"), 0o644)
+}
+
+// flock takes an exclusive lock on f (released when f is closed), waiting
+// until it is free or ctx ends.
+func flock(ctx context.Context, f *os.File) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err != syscall.EWOULDBLOCK {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // kernelPackage names the package linux-image-amd64 depends on, updating

@@ -97,7 +97,8 @@ func Available() error {
 }
 
 // Run prepares the kernel, boots the VM, runs o.Command and returns its
-// exit status. err is set when the VM did not report one (boot failure,
+// exit status. Runs on one machine take turns (o.Timeout starts with the
+// turn). err is set when the VM did not report one (boot failure,
 // timeout, QEMU error); the console (o.Out) says why.
 func Run(ctx context.Context, o Options) (int, error) {
 	if len(o.Command) == 0 {
@@ -107,6 +108,16 @@ func Run(ctx context.Context, o Options) (int, error) {
 		return -1, err
 	}
 	if err := Prepare(ctx); err != nil {
+		return -1, err
+	}
+	// One VM at a time on this machine: under TCG each is CPU-bound, and
+	// several would starve each other and the host's tests.
+	lock, err := os.OpenFile(filepath.Join(CacheDir, ".run"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return -1, err
+	}
+	defer lock.Close()
+	if err := flock(ctx, lock); err != nil {
 		return -1, err
 	}
 	release := KernelRelease()

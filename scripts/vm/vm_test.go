@@ -58,6 +58,9 @@ exit 7`
 	if code != 7 {
 		t.Fatalf("exit status %d, want 7", code)
 	}
+	var host syscall.Utsname
+	syscall.Uname(&host)
+	t.Logf("kernels tested: this machine's %s, Debian's stock %s", utsString(host.Release), KernelRelease())
 	report, err := os.ReadFile(filepath.Join(share, "report"))
 	if err != nil {
 		t.Fatal(err)
@@ -112,15 +115,8 @@ func TestVMInside(t *testing.T) {
 	if err := syscall.Uname(&u); err != nil {
 		t.Fatal(err)
 	}
-	var b strings.Builder
-	for _, c := range u.Release {
-		if c == 0 {
-			break
-		}
-		b.WriteByte(byte(c))
-	}
-	if b.String() != KernelRelease() {
-		t.Errorf("kernel %s, want %s", b.String(), KernelRelease())
+	if r := utsString(u.Release); r != KernelRelease() {
+		t.Errorf("kernel %s, want %s", r, KernelRelease())
 	}
 	if os.Getenv("VMTEST") != "ok" {
 		t.Error("the environment did not reach the test")
@@ -128,4 +124,16 @@ func TestVMInside(t *testing.T) {
 	if out, err := exec.Command("ip", "link", "add", "vmtestgre0", "type", "gretap", "remote", "192.0.2.1").CombinedOutput(); err != nil {
 		t.Errorf("gretap (ip_gre autoloaded): %v %s", err, out)
 	}
+}
+
+// utsString is a NUL-terminated Utsname field as a string.
+func utsString(f [65]int8) string {
+	var b strings.Builder
+	for _, c := range f {
+		if c == 0 {
+			break
+		}
+		b.WriteByte(byte(c))
+	}
+	return b.String()
 }

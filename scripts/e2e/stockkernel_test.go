@@ -1,0 +1,22 @@
+package e2e
+
+import (
+	"testing"
+
+	"github.com/cframe/cframe/scripts/vm"
+)
+
+// TestVMStockKernel runs, on Debian's stock kernel (scripts/vm) with the
+// binaries built here: the walkthrough's convergence, traffic, drift
+// repair and cleanup in both shapes (under TCG the rest of their
+// subtests, which the host runs, would take minutes more), and the GRE
+// walkthrough whole.
+func TestVMStockKernel(t *testing.T) {
+	if bin == "" {
+		t.Skip("needs root")
+	}
+	vm.GoTest(t, ".", stockKernelRun, vm.Options{Env: []string{binEnv + "=" + bin}, Share: []string{bin}})
+}
+
+const stockKernelRun = "^(TestWalkthrough|TestCloudWalkthrough|TestGREWalkthrough)$/" +
+	"^(three_adds|drift|SIGTERM|edges_started_first|DF_pings|bulk_TCP|TCP_and_UDP|a_GRE_device|cleanup_leaves)"
