@@ -85,7 +85,7 @@ func mac(secret, msg string) string {
 // ClientOptions appended later replace the TLS trust.
 func (id *Identity) EdgeOptions(secret string) []nats.Option {
 	return append(ClientOptions(Trust{Secret: secret}, nil),
-		nats.Name("cframe-edge "+id.Name),
+		nats.Name(ConnName(id.Name)),
 		nats.UserInfo(id.Name, JoinProof(secret, id.Name, id.Public)),
 		nats.Nkey(id.Public, id.kp.Sign),
 		nats.CustomInboxPrefix(InboxPrefix(id.Name)),
@@ -116,3 +116,15 @@ func ControllerURLs(addrs []string) string {
 // join secret, so they share this too. (So does every edge: a cluster whose
 // edge hosts must not pose as controllers is given its own secret.)
 func ClusterSecret(joinSecret string) string { return mac(joinSecret, "cluster") }
+
+// connNamePrefix starts the NATS connection name of every edge.
+const connNamePrefix = "cframe-edge "
+
+// ConnName is the NATS connection name edge name connects with.
+func ConnName(name string) string { return connNamePrefix + name }
+
+// EdgeOfConn is the edge name a connection name claims (ConnName), if any:
+// a claim only, to be checked against the key the connection proved.
+func EdgeOfConn(connName string) (string, bool) {
+	return strings.CutPrefix(connName, connNamePrefix)
+}

@@ -8,14 +8,18 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+
+	"github.com/cframe/cframe/bus"
 )
 
 // EdgeConn is an edge's connection opening or closing on a server of the
 // controllers' cluster (any of them: the servers share these events).
 type EdgeConn struct {
 	// Key is the identity key the edge authenticated with (pinned to its
-	// name: see Pinner), Conn the connection (unique in the cluster).
-	Key, Conn string
+	// name: see Pinner), Name the edge name its connection name claims
+	// (bus.ConnName: check it against the pinned key), Conn the connection
+	// (unique in the cluster).
+	Key, Name, Conn string
 	// Up is true when it opened; Reason says why it closed.
 	Up     bool
 	Reason string
@@ -43,6 +47,10 @@ func (s *Server) WatchEdges(fn func(EdgeConn)) (*nats.Conn, error) {
 		return nil, fmt.Errorf("connection events: %w", err)
 	}
 	events := make(chan *nats.Msg, 1024)
+	closed := make(chan struct{})
+	// Closing events could race a delivery still in flight; closed ends
+	// the goroutine instead.
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	for _, subj := range []string{"$SYS.ACCOUNT.*.CONNECT", "$SYS.ACCOUNT.*.DISCONNECT"} {
 		if _, err := nc.ChanSubscribe(subj, events); err != nil {
 			nc.Close()
@@ -50,13 +58,17 @@ func (s *Server) WatchEdges(fn func(EdgeConn)) (*nats.Conn, error) {
 		}
 	}
 	go func() {
-		for m := range events {
-			if ev, ok := edgeConn(m.Data); ok {
-				fn(ev)
+		for {
+			select {
+			case m := <-events:
+				if ev, ok := edgeConn(m.Data); ok {
+					fn(ev)
+				}
+			case <-closed:
+				return
 			}
 		}
 	}()
-	nc.SetClosedHandler(func(*nats.Conn) { close(events) })
 	return nc, nil
 }
 
@@ -74,7 +86,8 @@ func edgeConn(data []byte) (EdgeConn, bool) {
 	if !nkeys.IsValidPublicUserKey(ev.Client.User) {
 		return EdgeConn{}, false
 	}
-	out := EdgeConn{Key: ev.Client.User, Conn: ev.Client.Server + "/" + strconv.FormatUint(ev.Client.ID, 10), Reason: ev.Reason}
+	name, _ := bus.EdgeOfConn(ev.Client.Name)
+	out := EdgeConn{Key: ev.Client.User, Name: name, Conn: ev.Client.Server + "/" + strconv.FormatUint(ev.Client.ID, 10), Reason: ev.Reason}
 	switch ev.Type {
 	case server.ConnectEventMsgType:
 		out.Up = true

@@ -33,7 +33,7 @@ func TestWatchEdges(t *testing.T) {
 		}
 	}
 	up := next()
-	if !up.Up || up.Key != id.Public || up.Conn == "" {
+	if !up.Up || up.Key != id.Public || up.Name != "sz-1" || up.Conn == "" {
 		t.Fatalf("first event %+v, want sz-1's connection (key %s) up", up, id.Public)
 	}
 	nc.Close()

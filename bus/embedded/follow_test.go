@@ -86,10 +86,13 @@ func names(fl *bus.Follower) string {
 	return strings.Join(out, ",")
 }
 
-func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
+// joined is edge a following a fake controller whose set, edges a and b at
+// revision rev, it has fetched.
+func joined(t *testing.T, rev uint64) (*fakeController, *bus.Follower) {
+	t.Helper()
 	s := startServer(t)
 	ctl := newFakeController(t, s)
-	ctl.set(5, "a", "b")
+	ctl.set(rev, "a", "b")
 	nc, _, err := connectEdge(t, s, identity(t, t.TempDir(), "a"), testSecret)
 	if err != nil {
 		t.Fatal(err)
@@ -101,10 +104,15 @@ func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	// A late joiner gets the full set at the current revision.
 	if _, err := fl.Resync("join"); err != nil {
 		t.Fatal(err)
 	}
+	return ctl, fl
+}
+
+func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
+	// A late joiner gets the full set at the current revision.
+	ctl, fl := joined(t, 5)
 	if _, rev, ok := fl.Set(); !ok || rev != 5 || names(fl) != "a,b" {
 		t.Fatalf("after snapshot: rev %d set %s, want 5 a,b", rev, names(fl))
 	}
@@ -171,23 +179,7 @@ func mustPublish(t *testing.T, nc *nats.Conn, subj string, v any) {
 // A set handed out by Set stays that revision's while later deltas are
 // applied: another goroutine (the agent's HA runner) reads it meanwhile.
 func TestFollowerSetsAreImmutable(t *testing.T) {
-	s := startServer(t)
-	ctl := newFakeController(t, s)
-	ctl.set(1, "a", "b")
-	nc, _, err := connectEdge(t, s, identity(t, t.TempDir(), "a"), testSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fl, err := bus.Follow(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fl.Resync("join"); err != nil {
-		t.Fatal(err)
-	}
+	ctl, fl := joined(t, 1)
 	first, _, _ := fl.Set()
 	stop := make(chan struct{})
 	read := make(chan int)

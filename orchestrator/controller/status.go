@@ -90,9 +90,9 @@ func (c *Controller) sweepOffline(now time.Time) {
 // controller started, whose connection this controller never saw open,
 // goes offline only when that connection closes and no other is known.
 func (c *Controller) onEdgeConn(ev embedded.EdgeConn) {
-	name, ok := c.edgeWithKey(ev.Key)
-	if !ok {
-		return // not pinned (yet): its heartbeats decide
+	name := ev.Name
+	if !c.pinnedTo(name, ev.Key) {
+		return // not pinned (yet), or a name the key does not prove: its heartbeats decide
 	}
 	c.statusMu.Lock()
 	conns := c.conns[name]
@@ -120,16 +120,11 @@ func (c *Controller) onEdgeConn(ev embedded.EdgeConn) {
 	}
 }
 
-// edgeWithKey is the edge whose identity key is pinned as key.
-func (c *Controller) edgeWithKey(key string) (string, bool) {
+// pinnedTo reports whether edge name's pinned identity key is key.
+func (c *Controller) pinnedTo(name, key string) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	for name, k := range c.view.pins {
-		if k == key {
-			return name, true
-		}
-	}
-	return "", false
+	return name != "" && c.view.pins[name] == key
 }
 
 // wentOffline logs and reports edges just marked offline, and why.

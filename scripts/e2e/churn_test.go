@@ -7,7 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -22,57 +21,6 @@ import (
 	"github.com/cframe/cframe/scripts/cluster"
 	"github.com/cframe/cframe/scripts/topo"
 )
-
-// churnFixture is the walkthrough with gateway HA in VPC1 (sz-1 and sz-2,
-// as in haFixture) run by a cluster of three controllers (c1 on hk-1's
-// edge, c2 on gz-3's, c3 on sz-1's), every agent listing all three.
-type churnFixture struct {
-	*fixture
-	ha *topo.HA
-}
-
-func newChurnFixture(t *testing.T) *churnFixture {
-	topo.SkipUnlessRoot(t, "bridge", "iptables", "ping")
-	n, err := topo.New(topo.UniquePrefix("cfn"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	tp, err := topo.Build(n, topo.Walkthrough()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sz, hk, gz := tp.Sites()[0], tp.Sites()[1], tp.Sites()[2]
-	h, err := tp.MakeHA(sz, haVIP, netip.MustParseAddr("172.18.171.246"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := runDir(t)
-	c, err := cluster.Start(tp, hk, cluster.Options{Bin: bin, Dir: dir, Peers: []*topo.Site{gz, sz}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &churnFixture{fixture: &fixture{t: t, net: n, topo: tp, c: c, edges: map[string]*cluster.Edge{}, ctx: context.Background()}, ha: h}
-	t.Cleanup(func() {
-		if t.Failed() {
-			f.dumpLogs(dir)
-		}
-	})
-	f.startEdge("sz-1", h.SiteOf(h.Gateways[0]))
-	f.startEdge("sz-2", h.SiteOf(h.Gateways[1]))
-	f.startEdge("hk-1", hk)
-	f.startEdge("gz-3", gz)
-	for _, name := range []string{"sz-1", "sz-2", "hk-1", "gz-3"} {
-		spec := f.edges[name].Spec()
-		if strings.HasPrefix(name, "sz-") {
-			spec.Site, spec.VIP = "sz", haVIP.String()
-		}
-		if _, err := c.API.Add(f.ctx, spec); err != nil {
-			t.Fatalf("add %s: %v", name, err)
-		}
-	}
-	return f
-}
 
 // churnEdge is the spec of churn edge i of writer w at version v: a
 // network behind no agent, with an underlay address of its own per
@@ -182,7 +130,7 @@ func (s *storm) sendMalformed(ctx context.Context, ct *cluster.Controller, op in
 
 // churnState is what a kernel holds of the churn edges: the networks it
 // routes and the underlay addresses its tunnel's FDB sends to.
-func (f *churnFixture) churnState(ns string) (routes, fdb []string, err error) {
+func (f *haFixture) churnState(ns string) (routes, fdb []string, err error) {
 	out, err := f.net.Exec(ns, "ip", "route", "show", "proto", "207")
 	if err != nil {
 		return nil, nil, err
@@ -208,7 +156,7 @@ func (f *churnFixture) churnState(ns string) (routes, fdb []string, err error) {
 
 // exact waits until every agent's kernel holds exactly the final churn
 // edges, and returns how long that took.
-func (f *churnFixture) exact(final map[string]edgeset.Spec, timeout time.Duration) (time.Duration, error) {
+func (f *haFixture) exact(final map[string]edgeset.Spec, timeout time.Duration) (time.Duration, error) {
 	var routes, fdb []string
 	for _, s := range final {
 		routes = append(routes, s.CIDR)
@@ -295,7 +243,7 @@ func edgeOnline(ctx context.Context, ct *cluster.Controller, name string) (bool,
 // exactly the final edges within a second, and no packet between the VPCs
 // was lost.
 func TestChurn(t *testing.T) {
-	f := newChurnFixture(t)
+	f := newHAFixtureWith(t, true)
 	c1, c2 := f.c.Controllers[0], f.c.Controllers[1]
 	sz, hk, gz := f.topo.Sites()[0], f.topo.Sites()[1], f.topo.Sites()[2]
 	if err := topo.Eventually(30*time.Second, func() error {

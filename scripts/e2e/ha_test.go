@@ -34,7 +34,12 @@ type haFixture struct {
 
 var haVIP = netip.MustParseAddr("172.18.171.250")
 
-func newHAFixture(t *testing.T) *haFixture {
+func newHAFixture(t *testing.T) *haFixture { return newHAFixtureWith(t, false) }
+
+// newHAFixtureWith is newHAFixture, with clustered: a cluster of three
+// controllers (c1 on hk-1's edge, c2 on gz-3's, c3 on sz-1's) in place of
+// the one, every agent listing all three.
+func newHAFixtureWith(t *testing.T, clustered bool) *haFixture {
 	topo.SkipUnlessRoot(t, "bridge", "iptables", "ping")
 	n, err := topo.New(topo.UniquePrefix("cfa"))
 	if err != nil {
@@ -51,7 +56,11 @@ func newHAFixture(t *testing.T) *haFixture {
 		t.Fatal(err)
 	}
 	dir := runDir(t)
-	c, err := cluster.Start(tp, hk, cluster.Options{Bin: bin, Dir: dir})
+	opts := cluster.Options{Bin: bin, Dir: dir}
+	if clustered {
+		opts.Peers = []*topo.Site{gz, sz}
+	}
+	c, err := cluster.Start(tp, hk, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
