@@ -132,9 +132,7 @@ func (c *Controller) reporter() bool {
 func (c *Controller) Cluster() api.Cluster {
 	reach, total := c.srv.Controllers()
 	meta, leader := c.srv.Leaders("KV_" + bucket)
-	c.mu.RLock()
-	rev := c.view.rev
-	c.mu.RUnlock()
+	rev := c.view.now().rev
 	cl := api.Cluster{Name: c.cfg.ServerName, Controllers: total, Reachable: reach, Quorum: !errors.Is(c.writable(), api.ErrUnavailable),
 		MetaLeader: meta, Store: "embedded", Revision: rev}
 	if len(c.cfg.Etcd) > 0 {

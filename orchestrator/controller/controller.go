@@ -65,27 +65,20 @@ type Controller struct {
 	ctx  context.Context
 	stop context.CancelFunc
 
-	// write serialises this controller's edge writes (other controllers'
-	// are kept apart by the store's conditional writes); pinWrite its pin
-	// writes.
+	// write serialises this controller's edge writes (edges.go; other
+	// controllers' are kept apart by the store's conditional writes);
+	// pinWrite its pin writes (pins.go).
 	write    sync.Mutex
 	pinWrite sync.Mutex
 
-	// mu guards the view: the store as this controller last saw it.
-	mu       sync.RWMutex
-	view     view
-	snapshot []byte // cached encoded Snapshot at view.rev, nil when stale
-
-	// statusMu guards status and conns (status.go).
-	statusMu sync.Mutex
-	status   map[string]*edgeStatus
-	conns    map[string]map[string]bool
+	// view is the store as this controller last saw it (view.go).
+	view *storeView
+	// status is what the agents report (status.go); claims the newest
+	// claim per site (sites.go).
+	status *statusBook
+	claims *claimBook
 	// sysConn delivers the servers' connection events (bus.WatchEdges).
 	sysConn *nats.Conn
-
-	// claimMu guards claims: the newest claim reported per site (sites.go).
-	claimMu sync.Mutex
-	claims  map[string]bus.Claim
 
 	metrics *controllerMetrics
 	fanout  *fanout
@@ -97,7 +90,7 @@ type Controller struct {
 // New opens the store, starts the embedded NATS server and binds the API
 // listener. Run serves until its context ends.
 func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
-	c := &Controller{cfg: cfg, log: log, started: time.Now(), status: map[string]*edgeStatus{}, conns: map[string]map[string]bool{}, claims: map[string]bus.Claim{}}
+	c := &Controller{cfg: cfg, log: log, started: time.Now(), view: newStoreView(), status: newStatusBook(), claims: newClaimBook()}
 	c.metrics = newControllerMetrics(c)
 	c.fanout = &fanout{m: c.metrics}
 	c.page = ui.NewHub("topology", func() any { return c.Topology() }, log)
@@ -181,9 +174,8 @@ func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	c.http.RegisterOnShutdown(c.page.Close)
 	ok = true
 	c.ready.Store(true)
-	c.mu.RLock()
-	rev, edges := c.view.rev, len(c.view.edges)
-	c.mu.RUnlock()
+	view := c.view.now()
+	rev, edges := view.rev, len(view.edges)
 	log.Info("controller ready", "name", cfg.ServerName, "nats", c.srv.Addr(), "api", c.apiLn.Addr(), "store", c.storeName(), "revision", rev, "edges", edges,
 		"fingerprint", bus.Fingerprint(c.certs.Current()))
 	return c, nil
@@ -380,9 +372,7 @@ func (c *Controller) close() {
 }
 
 func (c *Controller) publishHello() {
-	c.mu.RLock()
-	h := bus.Hello{Revision: c.view.rev, Started: c.started}
-	c.mu.RUnlock()
+	h := bus.Hello{Revision: c.view.now().rev, Started: c.started}
 	c.publish(bus.SubjectHello, h)
 }
 

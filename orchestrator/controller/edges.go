@@ -2,12 +2,10 @@ package controller
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -105,10 +103,9 @@ func (c *Controller) change(ctx context.Context, plan func(edges map[string]bus.
 	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	for {
-		c.mu.RLock()
-		rev := c.view.rev
-		w, err := plan(c.view.edges, rev)
-		c.mu.RUnlock()
+		view := c.view.now()
+		rev := view.rev
+		w, err := plan(view.edges, rev)
 		if err != nil || w.done != nil {
 			return deref(w.done), err
 		}
@@ -144,13 +141,13 @@ func (c *Controller) change(ctx context.Context, plan func(edges map[string]bus.
 func (c *Controller) catchUp(ctx context.Context, rev uint64) {
 	wctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if c.awaitRevision(wctx, rev+1) || ctx.Err() != nil {
+	if c.view.awaitRevision(wctx, rev+1) || ctx.Err() != nil {
 		return
 	}
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	if st, err := c.store.Load(lctx); err == nil {
-		c.replace(st)
+		c.view.replace(st, false)
 	}
 }
 
@@ -161,7 +158,7 @@ func (c *Controller) catchUp(ctx context.Context, rev uint64) {
 func (c *Controller) committed(ctx context.Context, w edgeWrite, prev, rev uint64) api.ChangeResult {
 	c.fanout.begin(rev, time.Now(), c.onlineEdges())
 	if w.put == nil {
-		c.wrote(w.name, nil, rev)
+		c.view.wrote(w.name, nil, rev)
 		c.publish(bus.SubjectDelta, bus.Delta{Revision: rev, Prev: prev, Op: bus.OpDelete, Edge: bus.Edge{Name: w.name}})
 		c.log.Info("edge deleted", "edge", w.name, "revision", rev)
 		c.apiEvent(ctx, bus.EventEdgeDeleted, w.name, rev, "")
@@ -169,7 +166,7 @@ func (c *Controller) committed(ctx context.Context, w edgeWrite, prev, rev uint6
 	}
 	e := *w.put
 	e.Revision = rev
-	c.wrote(e.Name, &e, rev)
+	c.view.wrote(e.Name, &e, rev)
 	c.publish(bus.SubjectDelta, bus.Delta{Revision: rev, Prev: prev, Op: bus.OpPut, Edge: e})
 	kind, verb := bus.EventEdgeAdded, "added"
 	if w.replaces {
@@ -228,32 +225,27 @@ func (c *Controller) onSnapshotRequest(m *nats.Msg) {
 			return
 		}
 	}
-	c.mu.RLock()
-	behind := req.Want > c.view.rev
-	c.mu.RUnlock()
-	if !behind {
+	if req.Want <= c.view.now().rev {
 		c.answerSnapshot(m, req)
 		return
 	}
 	go func() {
 		ctx, cancel := context.WithTimeout(c.ctx, snapshotCatchUp)
 		defer cancel()
-		c.awaitRevision(ctx, req.Want)
+		c.view.awaitRevision(ctx, req.Want)
 		c.answerSnapshot(m, req)
 	}()
 }
 
 func (c *Controller) answerSnapshot(m *nats.Msg, req bus.SnapshotRequest) {
-	c.mu.RLock()
-	rev := c.view.rev
-	c.mu.RUnlock()
-	if req.Have != 0 && req.Have == rev {
-		if err := bus.Publish(c.nc, m.Reply, bus.Snapshot{Revision: rev, Unchanged: true}); err != nil {
+	view := c.view.now()
+	if req.Have != 0 && req.Have == view.rev {
+		if err := bus.Publish(c.nc, m.Reply, bus.Snapshot{Revision: view.rev, Unchanged: true}); err != nil {
 			c.log.Warn("snapshot reply failed", "err", err)
 		}
 		return
 	}
-	b, err := c.snapshotBytes()
+	b, err := view.encoded()
 	if err != nil {
 		c.log.Error("encode snapshot", "err", err)
 		return
@@ -261,106 +253,6 @@ func (c *Controller) answerSnapshot(m *nats.Msg, req bus.SnapshotRequest) {
 	if err := m.Respond(b); err != nil {
 		c.log.Warn("snapshot reply failed", "err", err)
 	}
-}
-
-// snapshotBytes returns the encoded current set, encoding it once per revision.
-func (c *Controller) snapshotBytes() ([]byte, error) {
-	c.mu.RLock()
-	b := c.snapshot
-	c.mu.RUnlock()
-	if b != nil {
-		return b, nil
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.snapshot == nil {
-		s := bus.Snapshot{Revision: c.view.rev, Edges: sortedEdges(c.view.edges)}
-		var err error
-		if c.snapshot, err = json.Marshal(s); err != nil {
-			return nil, err
-		}
-	}
-	return c.snapshot, nil
-}
-
-func sortedEdges(m map[string]bus.Edge) []bus.Edge {
-	out := make([]bus.Edge, 0, len(m))
-	for _, e := range m {
-		out = append(out, e)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
-
-// pinTimeout bounds the store write that pins a new key: the server is
-// holding the edge's connection meanwhile.
-const pinTimeout = 3 * time.Second
-
-// Pin implements embedded.Pinner: the first key an edge name connects with is
-// stored; any other key is refused until the edge is deleted. The store
-// decides which key is first, so two controllers that see two keys for one
-// name at once pin only one of them.
-func (c *Controller) Pin(name, key string) error {
-	if !c.ready.Load() {
-		return errors.New("controller is starting")
-	}
-	c.mu.RLock()
-	pinned, ok := c.view.pins[name]
-	c.mu.RUnlock()
-	if ok && pinned != key {
-		return c.refuseKey(name, pinned, key)
-	}
-	if ok {
-		return nil
-	}
-	if err := c.writable(); err != nil {
-		return fmt.Errorf("cannot pin a new key now: %w", err)
-	}
-	c.pinWrite.Lock()
-	defer c.pinWrite.Unlock()
-	ctx, cancel := context.WithTimeout(c.ctx, pinTimeout)
-	defer cancel()
-	p, err := c.store.PinKey(ctx, name, key)
-	if err != nil {
-		return fmt.Errorf("store key pin: %w", err)
-	}
-	c.mu.Lock()
-	c.pinLocked(name, p.Key, p.Revision)
-	c.mu.Unlock()
-	if p.Key != key {
-		return c.refuseKey(name, p.Key, key)
-	}
-	if p.Created {
-		c.log.Info("pinned edge key", "edge", name, "key", key)
-		c.event(bus.EventKeyPinned, name, 0, key)
-	}
-	return nil
-}
-
-func (c *Controller) refuseKey(name, pinned, key string) error {
-	c.event(bus.EventKeyRefused, name, 0, "presented key "+key)
-	return fmt.Errorf("edge %s is pinned to key %s, not %s: delete and re-add the edge to accept a new key", name, pinned, key)
-}
-
-// unpin removes an edge's pinned key from the store, reporting whether
-// there was one. It asks the store even when the view has no pin: another
-// controller may have pinned a key a moment ago.
-func (c *Controller) unpin(ctx context.Context, name string) (bool, error) {
-	c.pinWrite.Lock()
-	defer c.pinWrite.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	rev, err := c.store.DeletePin(ctx, name)
-	if errors.Is(err, store.ErrNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("%w: delete key pin of %s: %v", api.ErrUnavailable, name, err)
-	}
-	c.mu.Lock()
-	c.pinLocked(name, "", rev)
-	c.mu.Unlock()
-	return true, nil
 }
 
 // EventCredentials are the audit subscriber's NATS credentials.

@@ -342,19 +342,10 @@ func (f *fanout) expire(now time.Time) {
 
 // onlineEdges are the edges of the set whose agents are heartbeating.
 func (c *Controller) onlineEdges() []string {
-	c.mu.RLock()
-	names := make([]string, 0, len(c.view.edges))
-	for name := range c.view.edges {
+	edges := c.view.now().edges
+	names := make([]string, 0, len(edges))
+	for name := range edges {
 		names = append(names, name)
 	}
-	c.mu.RUnlock()
-	c.statusMu.Lock()
-	defer c.statusMu.Unlock()
-	out := names[:0]
-	for _, name := range names {
-		if s, ok := c.status[name]; ok && s.online {
-			out = append(out, name)
-		}
-	}
-	return out
+	return c.status.online(names)
 }

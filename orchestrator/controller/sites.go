@@ -3,6 +3,7 @@ package controller
 import (
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/cframe/cframe/bus"
@@ -16,20 +17,59 @@ import (
 // relays it on bus.SubjectClaims to every edge — a second path, for edges
 // the tunnel messages missed.
 
+// claimBook is the newest claim reported for each site. It owns its lock.
+type claimBook struct {
+	mu     sync.Mutex
+	claims map[string]bus.Claim
+}
+
+func newClaimBook() *claimBook { return &claimBook{claims: map[string]bus.Claim{}} }
+
+// record keeps cl when it is newer than the claim known for its site,
+// returning the one it replaces (known false when there was none) and
+// whether it was kept.
+func (b *claimBook) record(cl bus.Claim) (old bus.Claim, known, kept bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old, known = b.claims[cl.Site]
+	if known && !cl.Newer(old) {
+		return old, known, false
+	}
+	b.claims[cl.Site] = cl
+	return old, known, true
+}
+
+// of returns the known claim of site (the zero Claim when none).
+func (b *claimBook) of(site string) bus.Claim {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.claims[site]
+}
+
+// sorted returns the known claims of the sites keep accepts, by site name.
+func (b *claimBook) sorted(keep func(site string) bool) []bus.Claim {
+	b.mu.Lock()
+	var out []bus.Claim
+	for name, cl := range b.claims {
+		if keep(name) {
+			out = append(out, cl)
+		}
+	}
+	b.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Site < out[j].Site })
+	return out
+}
+
 // observeClaim records a claim a gateway reported, when it is newer than
 // the one known for its site: an audit event with the reason, and a relay.
 func (c *Controller) observeClaim(cl bus.Claim) {
 	if cl.Site == "" || cl.Gateway == "" || cl.Epoch == 0 {
 		return
 	}
-	c.claimMu.Lock()
-	old, known := c.claims[cl.Site]
-	if known && !cl.Newer(old) {
-		c.claimMu.Unlock()
+	old, known, kept := c.claims.record(cl)
+	if !kept {
 		return
 	}
-	c.claims[cl.Site] = cl
-	c.claimMu.Unlock()
 
 	detail := fmt.Sprintf("%s active in site %s at epoch %d", cl.Gateway, cl.Site, cl.Epoch)
 	switch {
@@ -53,29 +93,15 @@ func (c *Controller) observeClaim(cl bus.Claim) {
 
 // publishClaims relays the known claims of the sites that exist.
 func (c *Controller) publishClaims() {
-	c.mu.RLock()
-	sites := mesh.Sites(c.view.edges)
-	c.mu.RUnlock()
-	var out bus.Claims
-	c.claimMu.Lock()
-	for name, cl := range c.claims {
-		if s, ok := sites[name]; ok && s.Explicit() {
-			out.Claims = append(out.Claims, cl)
-		}
-	}
-	c.claimMu.Unlock()
+	sites := mesh.Sites(c.view.now().edges)
+	out := bus.Claims{Claims: c.claims.sorted(func(site string) bool {
+		s, ok := sites[site]
+		return ok && s.Explicit()
+	})}
 	if len(out.Claims) == 0 {
 		return
 	}
-	sort.Slice(out.Claims, func(i, j int) bool { return out.Claims[i].Site < out.Claims[j].Site })
 	c.publish(bus.SubjectClaims, out)
-}
-
-// claimOf returns the known claim of site (the zero Claim when none).
-func (c *Controller) claimOf(site string) bus.Claim {
-	c.claimMu.Lock()
-	defer c.claimMu.Unlock()
-	return c.claims[site]
 }
 
 // roles returns every edge's role: the active gateway of each site under
@@ -83,7 +109,7 @@ func (c *Controller) claimOf(site string) bus.Claim {
 func (c *Controller) roles(edges map[string]bus.Edge) map[string]string {
 	out := make(map[string]string, len(edges))
 	for _, s := range mesh.Sites(edges) {
-		active := s.Active(c.claimOf(s.Name)).Name
+		active := s.Active(c.claims.of(s.Name)).Name
 		for _, g := range s.Gateways {
 			out[g.Name] = bus.RoleStandby
 			if g.Name == active {

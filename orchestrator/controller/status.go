@@ -4,6 +4,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,8 +24,125 @@ type edgeStatus struct {
 	online bool
 	// since is when online last changed.
 	since time.Time
-	// probes are the per-peer results of the edge's tunnel probe.
+	// probes are the per-peer results of the edge's tunnel probe (a new
+	// map per heartbeat, never written after).
 	probes map[string]peerProbe
+}
+
+// statusBook is the status of every agent the controller hears from, and
+// the bus connections of the pinned ones. It owns its lock; callers get
+// copies.
+type statusBook struct {
+	mu     sync.Mutex
+	status map[string]*edgeStatus
+	// conns are the open connections (server connection names) per edge.
+	conns map[string]map[string]bool
+}
+
+func newStatusBook() *statusBook {
+	return &statusBook{status: map[string]*edgeStatus{}, conns: map[string]map[string]bool{}}
+}
+
+// heartbeat records st at now, reporting whether the edge was online
+// before and whether what the topology shows changes.
+func (b *statusBook) heartbeat(st bus.Status, now time.Time) (wasOnline, material bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s, ok := b.status[st.Name]
+	if !ok {
+		s = &edgeStatus{}
+		b.status[st.Name] = s
+	}
+	probes := probesOf(st)
+	wasOnline, material = s.online, !s.online || materialChange(s.last, s.probes, st, probes)
+	if !wasOnline {
+		s.since = now
+	}
+	s.last, s.seen, s.online, s.probes = st, now, true, probes
+	return wasOnline, material
+}
+
+// sweep marks the online edges last heard of more than bus.OfflineAfter
+// before now as offline, and returns them.
+func (b *statusBook) sweep(now time.Time) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var gone []string
+	for name, s := range b.status {
+		if s.online && now.Sub(s.seen) > bus.OfflineAfter {
+			s.online, s.since = false, now
+			gone = append(gone, name)
+		}
+	}
+	return gone
+}
+
+// connected records connection conn of edge name as open.
+func (b *statusBook) connected(name, conn string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.conns[name] == nil {
+		b.conns[name] = map[string]bool{}
+	}
+	b.conns[name][conn] = true
+}
+
+// disconnected records connection conn of edge name as closed. When it was
+// the edge's last known connection, the edge was online and decisive is
+// true (a close that says something of the edge), the edge is offline from
+// now and disconnected reports it.
+func (b *statusBook) disconnected(name, conn string, decisive bool, now time.Time) (gone bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	conns := b.conns[name]
+	delete(conns, conn)
+	if len(conns) == 0 {
+		delete(b.conns, name)
+	}
+	s := b.status[name]
+	if s == nil || !s.online || len(conns) > 0 || !decisive {
+		return false
+	}
+	s.online, s.since = false, now
+	return true
+}
+
+// get returns a copy of an edge's status.
+func (b *statusBook) get(name string) (edgeStatus, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s, ok := b.status[name]
+	if !ok {
+		return edgeStatus{}, false
+	}
+	return *s, true
+}
+
+// online returns those of names whose agents are online.
+func (b *statusBook) online(names []string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, name := range names {
+		if s, ok := b.status[name]; ok && s.online {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// pending returns the online agents that are not added, sorted.
+func (b *statusBook) pending() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := []string{}
+	for name, s := range b.status {
+		if s.online && s.last.State == bus.StateNotRegistered {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // onStatus records a heartbeat. The bus only lets an edge publish on its own
@@ -36,20 +154,8 @@ func (c *Controller) onStatus(m *nats.Msg) {
 		c.log.Warn("ignored malformed status", "subject", m.Subject, "err", err)
 		return
 	}
-	c.statusMu.Lock()
-	s, ok := c.status[name]
-	if !ok {
-		s = &edgeStatus{}
-		c.status[name] = s
-	}
 	now := time.Now()
-	probes := probesOf(st)
-	wasOnline, material := s.online, !s.online || materialChange(s.last, s.probes, st, probes)
-	if !wasOnline {
-		s.since = now
-	}
-	s.last, s.seen, s.online, s.probes = st, now, true, probes
-	c.statusMu.Unlock()
+	wasOnline, material := c.status.heartbeat(st, now)
 	c.fanout.applied(name, st.AppliedRevision, appliedAt(st, now))
 	if material {
 		c.changed()
@@ -69,15 +175,7 @@ func (c *Controller) onStatus(m *nats.Msg) {
 // controller of a cluster follows every heartbeat, so all of them list the
 // same edges online; one of them (reporter) publishes the audit events.
 func (c *Controller) sweepOffline(now time.Time) {
-	var gone []string
-	c.statusMu.Lock()
-	for name, s := range c.status {
-		if s.online && now.Sub(s.seen) > bus.OfflineAfter {
-			s.online, s.since = false, now
-			gone = append(gone, name)
-		}
-	}
-	c.statusMu.Unlock()
+	gone := c.status.sweep(now)
 	c.fanout.expire(now)
 	c.wentOffline(gone, "no heartbeat for "+bus.OfflineAfter.String())
 }
@@ -91,40 +189,16 @@ func (c *Controller) sweepOffline(now time.Time) {
 // goes offline only when that connection closes and no other is known.
 func (c *Controller) onEdgeConn(ev embedded.EdgeConn) {
 	name := ev.Name
-	if !c.pinnedTo(name, ev.Key) {
+	if name == "" || c.view.now().pins[name] != ev.Key {
 		return // not pinned (yet), or a name the key does not prove: its heartbeats decide
 	}
-	c.statusMu.Lock()
-	conns := c.conns[name]
 	if ev.Up {
-		if conns == nil {
-			conns = map[string]bool{}
-			c.conns[name] = conns
-		}
-		conns[ev.Conn] = true
-		c.statusMu.Unlock()
+		c.status.connected(name, ev.Conn)
 		return
 	}
-	delete(conns, ev.Conn)
-	if len(conns) == 0 {
-		delete(c.conns, name)
-	}
-	s := c.status[name]
-	gone := s != nil && s.online && len(conns) == 0 && ev.Reason != embedded.ServerShutdown
-	if gone {
-		s.online, s.since = false, time.Now()
-	}
-	c.statusMu.Unlock()
-	if gone {
+	if c.status.disconnected(name, ev.Conn, ev.Reason != embedded.ServerShutdown, time.Now()) {
 		c.wentOffline([]string{name}, "connection closed: "+ev.Reason)
 	}
-}
-
-// pinnedTo reports whether edge name's pinned identity key is key.
-func (c *Controller) pinnedTo(name, key string) bool {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return name != "" && c.view.pins[name] == key
 }
 
 // wentOffline logs and reports edges just marked offline, and why.
@@ -143,27 +217,11 @@ func (c *Controller) wentOffline(gone []string, why string) {
 	}
 }
 
-// statusOf returns a copy of an edge's status.
-func (c *Controller) statusOf(name string) (edgeStatus, bool) {
-	c.statusMu.Lock()
-	defer c.statusMu.Unlock()
-	s, ok := c.status[name]
-	if !ok {
-		return edgeStatus{}, false
-	}
-	return *s, true
-}
-
 // ListEdges is the edge list with each edge's live status.
 func (c *Controller) ListEdges() []api.EdgeView {
-	c.mu.RLock()
-	edges := sortedEdges(c.view.edges)
-	roles := c.roles(c.view.edges)
-	pins := make(map[string]string, len(c.view.pins))
-	for k, v := range c.view.pins {
-		pins[k] = v
-	}
-	c.mu.RUnlock()
+	view := c.view.now()
+	edges, pins := view.sorted(), view.pins
+	roles := c.roles(view.edges)
 	out := make([]api.EdgeView, 0, len(edges))
 	for _, e := range edges {
 		v := api.EdgeView{
@@ -177,7 +235,7 @@ func (c *Controller) ListEdges() []api.EdgeView {
 		if e.VIP.IsValid() {
 			v.VIP = e.VIP.String()
 		}
-		if s, ok := c.statusOf(e.Name); ok {
+		if s, ok := c.status.get(e.Name); ok {
 			if s.online {
 				v.Status, v.State = 1, api.StateOnline
 			}
@@ -219,11 +277,10 @@ func appliedAt(st bus.Status, arrived time.Time) time.Time {
 // state of every link (configuration and data plane), the sites with their
 // active gateways, and agents waiting to be added.
 func (c *Controller) Topology() api.Topology {
-	c.mu.RLock()
-	edges, rev, revAt, sites := sortedEdges(c.view.edges), c.view.rev, c.view.revAt, mesh.Sites(c.view.edges)
-	roles := c.roles(c.view.edges)
-	c.mu.RUnlock()
-	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: []string{}, Sites: []api.TopologySite{}}
+	view := c.view.now()
+	edges, rev, revAt, sites := view.sorted(), view.rev, view.at, mesh.Sites(view.edges)
+	roles := c.roles(view.edges)
+	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: c.status.pending(), Sites: []api.TopologySite{}}
 	ends := make([]linkEnd, len(edges))
 	for i, e := range edges {
 		te := api.TopologyEdge{
@@ -232,7 +289,7 @@ func (c *Controller) Topology() api.Topology {
 			Site: e.Site, Role: roles[e.Name],
 		}
 		ends[i].name = e.Name
-		if s, ok := c.statusOf(e.Name); ok {
+		if s, ok := c.status.get(e.Name); ok {
 			ends[i].st = &s
 			te.AppliedRevision, te.LastError, te.Conflicts = s.last.AppliedRevision, s.last.Error, s.last.Conflicts
 			since := s.since.UTC()
@@ -252,20 +309,12 @@ func (c *Controller) Topology() api.Topology {
 		t.Sites = append(t.Sites, c.topologySite(s))
 	}
 	sort.Slice(t.Sites, func(i, j int) bool { return t.Sites[i].Name < t.Sites[j].Name })
-	c.statusMu.Lock()
-	for name, s := range c.status {
-		if s.online && s.last.State == bus.StateNotRegistered {
-			t.Pending = append(t.Pending, name)
-		}
-	}
-	c.statusMu.Unlock()
-	sort.Strings(t.Pending)
 	return t
 }
 
 // topologySite is one site with its active gateway and the claim behind it.
 func (c *Controller) topologySite(s *mesh.Site) api.TopologySite {
-	cl := c.claimOf(s.Name)
+	cl := c.claims.of(s.Name)
 	ts := api.TopologySite{Name: s.Name, CIDRs: prefixStrings(s.Gateways[0].Prefixes()), Active: s.Active(cl).Name}
 	for _, g := range s.Gateways {
 		ts.Gateways = append(ts.Gateways, g.Name)
