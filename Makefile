@@ -31,7 +31,7 @@ vet:
 # when the tests run with it, and a race report in their logs fails the test).
 #
 # Two phases: the host suite, then the tests that boot Debian's stock kernel
-# under QEMU (named TestVM*, scripts/vm): an emulated CPU takes a whole core,
+# under QEMU (named TestVM*, internal/vm): an emulated CPU takes a whole core,
 # so they do not run beside the host's timing-sensitive end-to-end tests.
 test: deps vet
 	@mkdir -p test-out

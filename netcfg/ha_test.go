@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // linkLocalOf is the link-local tunnel address the tests give a site.

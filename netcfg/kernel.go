@@ -10,7 +10,7 @@ import (
 // Namespace: every method works in the network namespace of the calling OS
 // thread. The agent simply runs inside its namespace; to drive another one,
 // call the methods from a goroutine locked (runtime.LockOSThread) into that
-// namespace (scripts/topo.Do does exactly that). A call opens its netlink
+// namespace (internal/topo.Do does exactly that). A call opens its netlink
 // sockets on the calling thread and runs iptables from it (see session),
 // and Reconcile, Update and Cleanup start no goroutines, but for the sysfs
 // access of receive packet steering, which hands the calling thread's

@@ -15,11 +15,11 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // Kernel tests build edges, hosts and an underlay router in network
-// namespaces (scripts/topo) and run the Kernel inside each edge namespace on
+// namespaces (internal/topo) and run the Kernel inside each edge namespace on
 // a thread locked into it (topo.Do).
 
 func requireRoot(t *testing.T) { topo.SkipUnlessRoot(t, "bridge", "iptables", "ping") }

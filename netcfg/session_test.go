@@ -7,7 +7,7 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // TestRequestCounting: a session counts every netlink request once, whether

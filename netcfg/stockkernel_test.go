@@ -3,11 +3,11 @@ package netcfg
 import (
 	"testing"
 
-	"github.com/cframe/cframe/scripts/vm"
+	"github.com/cframe/cframe/internal/vm"
 )
 
 // TestVMStockKernel runs this package's tests on Debian's stock kernel
-// (scripts/vm), which has the modules this machine's kernel may lack:
+// (internal/vm), which has the modules this machine's kernel may lack:
 // GRE mode (TestKernelGRE) and the probe beside ip_gre's fallback devices
 // (TestKernelSupported) run for real there.
 func TestVMStockKernel(t *testing.T) {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // TestScope: the scope of an Update holds the peers that joined or changed

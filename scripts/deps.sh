@@ -6,7 +6,7 @@
 # walkthrough's API calls, verbatim, in the TLS end-to-end test), promtool
 # (Debian's prometheus package: the metrics tests check both /metrics
 # endpoints with it) and chromium (the topology page's browser test drives it
-# headless), and for the stock-kernel suite (package scripts/vm, which fetches
+# headless), and for the stock-kernel suite (package internal/vm, which fetches
 # Debian's linux-image-amd64 itself, never installing it): qemu-system-x86,
 # busybox-static, kmod (depmod).
 # Go modules come from the module proxy when `go` first builds.

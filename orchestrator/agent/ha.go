@@ -125,7 +125,7 @@ func (h *haRunner) Probes() []bus.PeerProbe {
 	var out []bus.PeerProbe
 	states := h.pr.States()
 	for _, name := range h.pr.Names() {
-		if st := states[name]; st.Known && ha.PeerTarget(name) {
+		if st := states[name]; st.Known && ha.TargetOf(name).Kind == ha.TargetPeer {
 			out = append(out, bus.PeerProbe{Name: name, Up: st.Up, RTT: st.RTT, Since: st.Since.UTC()})
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -183,10 +182,12 @@ func (c haCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if h.pr != nil {
 		for name, st := range h.pr.States() {
-			peer, path := name, "tunnel"
-			if gw, ok := strings.CutPrefix(name, ha.LANTarget("")); ok {
-				peer, path = gw, "lan"
-			} else if !ha.PeerTarget(name) {
+			t := ha.TargetOf(name)
+			peer, path := t.Gateway, "tunnel"
+			switch t.Kind {
+			case ha.TargetLAN:
+				path = "lan"
+			case ha.TargetForward:
 				continue // the HA engine's own checks (forwarding through a gateway)
 			}
 			up := 0.0

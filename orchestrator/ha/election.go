@@ -46,7 +46,7 @@ func (e *Engine) live(name string, now time.Time) bool {
 // lanDown returns how long sibling name has not answered on the LAN, or 0
 // while it answers or was never probed.
 func (e *Engine) lanDown(name string, now time.Time) time.Duration {
-	st, ok := e.probes.State(LANTarget(name))
+	st, ok := e.probes.State(LANTarget(name).Name())
 	if !ok || st.Up {
 		return 0
 	}
@@ -74,17 +74,21 @@ func (e *Engine) best(own *mesh.Site, except string, now time.Time) bool {
 	return true
 }
 
-// Evidence a takeover rests on, weakest first: the LAN alone (a
+// evidence is what a takeover rests on, ordered weakest first: none (a
+// first election, a deleted gateway, priority), the LAN alone (a
 // partitioned site looks the same), the remote gateways' reports that the
 // active gateway does not forward, their reports that it is unreachable.
+type evidence int
+
 const (
-	evidenceLAN        = "lan"
-	evidenceForwarding = "forwarding"
-	evidenceReported   = "reported"
+	evidenceNone evidence = iota
+	evidenceLAN
+	evidenceForwarding
+	evidenceReported
 )
 
-func evidenceRank(evidence string) int {
-	return map[string]int{evidenceLAN: 1, evidenceForwarding: 2, evidenceReported: 3}[evidence]
+func (ev evidence) String() string {
+	return [...]string{"none", "lan", "forwarding", "reported"}[ev]
 }
 
 // consider starts a takeover when there is a reason to. After a refusal
@@ -99,14 +103,15 @@ func (e *Engine) consider(now time.Time, own *mesh.Site, cur bus.Claim) {
 	// Reports that the active gateway does not forward count when this
 	// gateway reached it on the LAN all along the silence they report:
 	// else a LAN partition explains them.
-	lan, _ := e.probes.State(LANTarget(cur.Gateway))
+	lan, _ := e.probes.State(LANTarget(cur.Gateway).Name())
 	lanUp := lan.Up
 	notForwarding := e.reported(cur.Gateway, WhyForwarding, e.forwardWitnesses(), lan.Since.Add(e.t.ForwardDownAfter), now)
 	if lanUp && reporters == "" && notForwarding == "" {
 		e.backoff, e.retryAt = 0, time.Time{}
 	}
 	e.suspect(now, cur.Gateway)
-	var why, reason, evidence string
+	var why, reason string
+	var ev evidence
 	active, member := own.Gateway(cur.Gateway)
 	switch {
 	case cur.Epoch == 0:
@@ -114,35 +119,35 @@ func (e *Engine) consider(now time.Time, own *mesh.Site, cur bus.Claim) {
 	case !member:
 		why, reason = WhyDeleted, cur.Gateway+" is no longer a gateway of the site"
 	case reporters != "":
-		why, reason, evidence = WhyDown, cur.Gateway+" unreachable through the tunnel from "+reporters, evidenceReported
+		why, reason, ev = WhyDown, cur.Gateway+" unreachable through the tunnel from "+reporters, evidenceReported
 	case e.lanDown(cur.Gateway, now) > 0:
-		why, evidence = WhyDown, evidenceLAN
+		why, ev = WhyDown, evidenceLAN
 		reason = fmt.Sprintf("%s unreachable on the LAN for %s", cur.Gateway, e.lanDown(cur.Gateway, now).Round(time.Millisecond))
 	case notForwarding != "" && lanUp:
 		// This gateway reaches the active one on the LAN, and the
 		// remote gateways reach both through the tunnel: what fails is
 		// the active gateway's forwarding.
-		why, evidence = WhyForwarding, evidenceForwarding
+		why, ev = WhyForwarding, evidenceForwarding
 		reason = fmt.Sprintf("%s does not forward: probes through it to %s unanswered from %s", cur.Gateway, e.self, notForwarding)
 	case e.me.Priority > active.Priority && now.Sub(e.started) >= e.t.PreemptDelay && e.healthy():
 		why, reason = WhyPriority, fmt.Sprintf("priority %d above %d of %s", e.me.Priority, active.Priority, cur.Gateway)
 	default:
 		return
 	}
-	if now.Before(e.retryAt) && evidenceRank(evidence) <= evidenceRank(e.refusedOn) {
+	if now.Before(e.retryAt) && ev <= e.refusedOn {
 		return
 	}
 	if !e.best(own, cur.Gateway, now) {
 		return
 	}
-	e.evidence = evidence
+	e.evidence = ev
 	e.propose(now, own, cur, why, reason)
 }
 
 // suspect warns the reachable witnesses once the active gateway has not
 // answered on the LAN for LANSuspect, once per silence.
 func (e *Engine) suspect(now time.Time, active string) {
-	st, ok := e.probes.State(LANTarget(active))
+	st, ok := e.probes.State(LANTarget(active).Name())
 	if !ok || active == "" || active == e.self {
 		return
 	}

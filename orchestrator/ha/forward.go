@@ -93,7 +93,7 @@ func (e *Engine) forwardTargets() []fwdTarget {
 		active := s.Active(e.claims[s.Name]).Name
 		for _, g := range s.Gateways {
 			if a, ok := e.remoteLAN[g.Name]; ok && g.Name != active {
-				out = append(out, fwdTarget{name: ForwardTarget(active, g.Name), via: active, gateway: g.Name, site: s.Name, addr: a})
+				out = append(out, fwdTarget{name: ForwardTarget(active, g.Name).Name(), via: active, gateway: g.Name, site: s.Name, addr: a})
 			}
 		}
 	}
@@ -161,7 +161,7 @@ func (e *Engine) observeForwarding(now time.Time) {
 // checkForwarding starts the witness's check of a WhyForwarding proposal
 // by candidate against the active gateway, or returns why it refuses.
 func (e *Engine) checkForwarding(from string, p bus.Claim, active string, now time.Time) string {
-	name := ForwardTarget(active, p.Gateway)
+	name := ForwardTarget(active, p.Gateway).Name()
 	st, ok := e.probes.State(name)
 	switch {
 	case !ok:

@@ -89,7 +89,7 @@ func TestWrongForwardingEvidenceRefused(t *testing.T) {
 	s.until("sz-2 proposes", time.Second, func() bool { return s.nodes["sz-2"].proposals == 1 })
 	s.until("refused", time.Second, func() bool { return s.nodes["sz-2"].e.cand == nil })
 	if e := s.nodes["sz-2"].e; e.refusedOn != evidenceForwarding || e.backoff == 0 {
-		t.Fatalf("sz-2 after the refusal: refused on %q, backoff %s", e.refusedOn, e.backoff)
+		t.Fatalf("sz-2 after the refusal: refused on %v, backoff %s", e.refusedOn, e.backoff)
 	}
 	// The same reports again: the backoff holds.
 	report()
@@ -112,7 +112,7 @@ func TestForwardingNeverAnsweredIsNoEvidence(t *testing.T) {
 	s.nodes["sz-2"].strictRP = true
 	s.until("first election", 3*time.Second, func() bool { return s.activeEverywhere("sz", "sz-1") })
 	s.run(6 * time.Second)
-	if !s.nodes["hk-1"].e.silentWarned[ForwardTarget("sz-1", "sz-2")] {
+	if !s.nodes["hk-1"].e.silentWarned[ForwardTarget("sz-1", "sz-2").Name()] {
 		t.Fatalf("hk-1 did not warn about probes through sz-1 that never answered")
 	}
 	s.nodes["sz-1"].forwards = false
@@ -145,9 +145,9 @@ func TestForwardTargets(t *testing.T) {
 		return s.takenOver("sz", "sz-1", "") && s.takenOver("hk", "hk-1", "")
 	})
 	s.run(time.Second)
-	want := map[string]netip.Addr{ForwardTarget("sz-1", "sz-2"): s.lanAddr("sz-2"), ForwardTarget("hk-1", "hk-2"): s.lanAddr("hk-2")}
-	if got := fwd("gz-3"); len(got) != 2 || got[ForwardTarget("sz-1", "sz-2")] != want[ForwardTarget("sz-1", "sz-2")] ||
-		got[ForwardTarget("hk-1", "hk-2")] != want[ForwardTarget("hk-1", "hk-2")] {
+	want := map[string]netip.Addr{ForwardTarget("sz-1", "sz-2").Name(): s.lanAddr("sz-2"), ForwardTarget("hk-1", "hk-2").Name(): s.lanAddr("hk-2")}
+	if got := fwd("gz-3"); len(got) != 2 || got[ForwardTarget("sz-1", "sz-2").Name()] != want[ForwardTarget("sz-1", "sz-2").Name()] ||
+		got[ForwardTarget("hk-1", "hk-2").Name()] != want[ForwardTarget("hk-1", "hk-2").Name()] {
 		t.Fatalf("gz-3's forwarding targets = %v, want %v", got, want)
 	}
 	if got := fwd("hk-2"); len(got) != 0 {
@@ -160,7 +160,7 @@ func TestForwardTargets(t *testing.T) {
 	// ignored.
 	for _, bad := range []string{"10.0.0.1", "172.18.171.250"} {
 		s.nodes["gz-3"].e.Receive(Message{Kind: KindHello, From: "sz-2", LAN: netip.MustParseAddr(bad)}, s.now)
-		if got := fwd("gz-3")[ForwardTarget("sz-1", "sz-2")]; got != s.lanAddr("sz-2") {
+		if got := fwd("gz-3")[ForwardTarget("sz-1", "sz-2").Name()]; got != s.lanAddr("sz-2") {
 			t.Fatalf("after an announcement of %s: target %s", bad, got)
 		}
 	}

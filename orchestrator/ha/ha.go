@@ -124,18 +124,59 @@ type Probes interface {
 	Urgent(name string, d time.Duration)
 }
 
-// LANTarget is the probe target name of a sibling gateway's LAN address
-// (a remote gateway's target is its edge name).
-func LANTarget(gateway string) string { return "lan:" + gateway }
+// TargetKind is the path a probe target is checked over.
+type TargetKind int
 
-// ForwardTarget is the probe target name of a remote standby gateway's LAN
-// address probed through its site's active gateway via.
-func ForwardTarget(via, gateway string) string { return "fwd:" + via + ":" + gateway }
+const (
+	// TargetPeer: a remote gateway's link-local address through the tunnel.
+	TargetPeer TargetKind = iota
+	// TargetLAN: a sibling gateway's LAN address.
+	TargetLAN
+	// TargetForward: a remote standby gateway's LAN address, probed
+	// through its site's active gateway (Via).
+	TargetForward
+)
 
-// PeerTarget reports whether a probe target name is a remote gateway's
-// (its link-local address through the tunnel), not a LAN or forwarding
-// target: edge names never contain a colon.
-func PeerTarget(name string) bool { return !strings.Contains(name, ":") }
+// Target is one of the engine's probe targets: what it checks, over which
+// path. The prober knows it by Name.
+type Target struct {
+	Kind    TargetKind
+	Gateway string
+	Via     string // TargetForward only
+}
+
+// LANTarget is the target of a sibling gateway's LAN address.
+func LANTarget(gateway string) Target { return Target{Kind: TargetLAN, Gateway: gateway} }
+
+// ForwardTarget is the target of a remote standby gateway's LAN address
+// probed through its site's active gateway via.
+func ForwardTarget(via, gateway string) Target {
+	return Target{Kind: TargetForward, Gateway: gateway, Via: via}
+}
+
+// Name is the target's probe name: a remote gateway's is its edge name,
+// the others carry a prefix with a colon, which edge names never contain.
+func (t Target) Name() string {
+	switch t.Kind {
+	case TargetLAN:
+		return "lan:" + t.Gateway
+	case TargetForward:
+		return "fwd:" + t.Via + ":" + t.Gateway
+	}
+	return t.Gateway
+}
+
+// TargetOf is the target a probe name stands for (the inverse of Name).
+func TargetOf(name string) Target {
+	if gw, ok := strings.CutPrefix(name, "lan:"); ok {
+		return LANTarget(gw)
+	}
+	if rest, ok := strings.CutPrefix(name, "fwd:"); ok {
+		via, gw, _ := strings.Cut(rest, ":")
+		return ForwardTarget(via, gw)
+	}
+	return Target{Kind: TargetPeer, Gateway: name}
+}
 
 // VIPState is what this gateway does with its site's VIP.
 type VIPState int
@@ -180,9 +221,9 @@ type Engine struct {
 	cand    *candidacy
 	backoff time.Duration
 	retryAt time.Time
-	// evidence is what the current proposal rests on ("lan",
-	// "reported" or ""), refusedOn that of the last refused one.
-	evidence, refusedOn string
+	// evidence is what the current proposal rests on, refusedOn that of
+	// the last refused one.
+	evidence, refusedOn evidence
 	// suspected is the active gateway the witnesses were warned about
 	// (until it answers on the LAN again).
 	suspected   string
@@ -382,7 +423,7 @@ func (e *Engine) Targets(dev string) []probe.Target {
 	if own != nil {
 		for _, g := range own.Gateways {
 			if sb := e.sibs[g.Name]; sb != nil && g.Name != e.self && sb.lan.IsValid() {
-				out = append(out, probe.Target{Name: LANTarget(g.Name), Addr: sb.lan, Interval: e.t.LANInterval, DownAfter: e.t.LANDownAfter})
+				out = append(out, probe.Target{Name: LANTarget(g.Name).Name(), Addr: sb.lan, Interval: e.t.LANInterval, DownAfter: e.t.LANDownAfter})
 			}
 		}
 	}

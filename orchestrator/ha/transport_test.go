@@ -11,7 +11,7 @@ import (
 
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/mesh"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 func TestCodec(t *testing.T) {

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // Real raw sockets in namespaces: a peer's kernel answers over IPv4 and

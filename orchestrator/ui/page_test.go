@@ -16,7 +16,7 @@ import (
 	"github.com/cframe/cframe/orchestrator/config"
 	"github.com/cframe/cframe/orchestrator/controller"
 	"github.com/cframe/cframe/orchestrator/edgeset"
-	"github.com/cframe/cframe/scripts/browser"
+	"github.com/cframe/cframe/internal/browser"
 )
 
 // fleet is a running controller with simulated edges: bus clients that join

@@ -13,7 +13,7 @@ import (
 
 	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // convergenceTarget is the aim: p99 under 300 ms for 3 edges.

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // The data-plane part: two VPCs of the walkthrough (a host behind each

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // iperfPort is the first port of the iperf3 servers on the far host; the

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // bed is one built two-VPC topology with the modes' shared files.

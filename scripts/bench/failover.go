@@ -14,7 +14,7 @@ import (
 	"github.com/cframe/cframe/orchestrator/mesh"
 	"github.com/cframe/cframe/orchestrator/probe"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // The failover part: a gateway host of VPC1 dies (its links go down, its

@@ -18,7 +18,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // Options are shared by every part of the benchmark.

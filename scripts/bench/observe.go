@@ -16,7 +16,7 @@ import (
 	"github.com/cframe/cframe/orchestrator/mesh"
 	"github.com/cframe/cframe/orchestrator/probe"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // observePeers is the mesh size the agent's observability cost is measured at.

@@ -16,7 +16,7 @@ import (
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/mesh"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // Targets of the issue for the edge reconcile.

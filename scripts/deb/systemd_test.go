@@ -17,8 +17,8 @@ import (
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/metrics/metricstest"
-	"github.com/cframe/cframe/scripts/topo"
-	"github.com/cframe/cframe/scripts/vm"
+	"github.com/cframe/cframe/internal/topo"
+	"github.com/cframe/cframe/internal/vm"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,7 +29,7 @@ const (
 )
 
 // TestVMSystemd installs the package under a real systemd: Debian's
-// systemd as PID 1 in the stock-kernel VM (scripts/vm), where the run below
+// systemd as PID 1 in the stock-kernel VM (internal/vm), where the run below
 // happens (systemdRun) and dpkg -i only writes to the VM's overlay.
 func TestVMSystemd(t *testing.T) {
 	if vm.Inside() {

@@ -25,7 +25,7 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 const prefix = "cfdemo"

@@ -19,7 +19,7 @@ import (
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/metrics/metricstest"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // churnEdge is the spec of churn edge i of writer w at version v: a

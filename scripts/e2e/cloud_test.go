@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // flow is a direction a connection can be opened in: from a namespace to

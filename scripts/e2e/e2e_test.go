@@ -23,7 +23,7 @@ import (
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/mesh"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // bin holds the cframe binaries: built by TestMain, or named by binEnv

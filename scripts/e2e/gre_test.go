@@ -8,7 +8,7 @@ import (
 
 	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // TestGREWalkthrough runs the walkthrough's three VPCs with mode = "gre"

@@ -14,9 +14,9 @@ import (
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/metrics/metricstest"
-	"github.com/cframe/cframe/scripts/browser"
+	"github.com/cframe/cframe/internal/browser"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // What an operator sees, on the walkthrough's mesh with real agents: every

@@ -3,10 +3,10 @@ package e2e
 import (
 	"testing"
 
-	"github.com/cframe/cframe/scripts/vm"
+	"github.com/cframe/cframe/internal/vm"
 )
 
-// TestVMStockKernel runs, on Debian's stock kernel (scripts/vm) with the
+// TestVMStockKernel runs, on Debian's stock kernel (internal/vm) with the
 // binaries built here: the walkthrough's convergence, traffic, drift
 // repair and cleanup in both shapes (under TCG the rest of their
 // subtests, which the host runs, would take minutes more), and the GRE

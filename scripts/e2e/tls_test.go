@@ -30,7 +30,7 @@ import (
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 const e2eToken = "e2e-api-token-9f3c"

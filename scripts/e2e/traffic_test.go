@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 )
 
 // stream is a paced TCP stream between two namespaces that records the

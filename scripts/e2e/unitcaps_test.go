@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/scripts/topo"
+	"github.com/cframe/cframe/internal/topo"
 	"golang.org/x/sys/unix"
 )
 

@@ -1,5 +1,5 @@
 // Command vmrun runs a command on Debian's stock kernel in QEMU (package
-// scripts/vm), streaming the console, and exits with the command's status:
+// internal/vm), streaming the console, and exits with the command's status:
 //
 //	go run ./scripts/vmrun [-systemd] [-share DIR]... [-timeout 10m] -- CMD [ARG...]
 package main
@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cframe/cframe/scripts/vm"
+	"github.com/cframe/cframe/internal/vm"
 )
 
 type list []string
