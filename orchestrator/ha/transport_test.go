@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/bus"
-	"github.com/cframe/cframe/orchestrator/mesh"
 	"github.com/cframe/cframe/internal/topo"
+	"github.com/cframe/cframe/orchestrator/mesh"
 )
 
 func TestCodec(t *testing.T) {

@@ -12,11 +12,11 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/internal/browser"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/config"
 	"github.com/cframe/cframe/orchestrator/controller"
 	"github.com/cframe/cframe/orchestrator/edgeset"
-	"github.com/cframe/cframe/internal/browser"
 )
 
 // fleet is a running controller with simulated edges: bus clients that join

@@ -11,9 +11,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // convergenceTarget is the aim: p99 under 300 ms for 3 edges.

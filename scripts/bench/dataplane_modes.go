@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cframe/cframe/scripts/cluster"
 	"github.com/cframe/cframe/internal/topo"
+	"github.com/cframe/cframe/scripts/cluster"
 )
 
 // bed is one built two-VPC topology with the modes' shared files.

@@ -10,11 +10,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/orchestrator/ha"
 	"github.com/cframe/cframe/orchestrator/mesh"
 	"github.com/cframe/cframe/orchestrator/probe"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // The failover part: a gateway host of VPC1 dies (its links go down, its

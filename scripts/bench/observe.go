@@ -11,12 +11,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/ha"
 	"github.com/cframe/cframe/orchestrator/mesh"
 	"github.com/cframe/cframe/orchestrator/probe"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // observePeers is the mesh size the agent's observability cost is measured at.

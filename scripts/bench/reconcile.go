@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/mesh"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // Targets of the issue for the edge reconcile.

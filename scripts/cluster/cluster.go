@@ -22,9 +22,9 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // The walkthrough's ports, the controllers' cluster port, and where every

@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cframe/cframe/internal/topo"
+	"github.com/cframe/cframe/internal/vm"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/metrics/metricstest"
-	"github.com/cframe/cframe/internal/topo"
-	"github.com/cframe/cframe/internal/vm"
 	"golang.org/x/sys/unix"
 )
 

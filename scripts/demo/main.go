@@ -24,8 +24,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cframe/cframe/scripts/cluster"
 	"github.com/cframe/cframe/internal/topo"
+	"github.com/cframe/cframe/scripts/cluster"
 )
 
 const prefix = "cfdemo"

@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/metrics/metricstest"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // churnEdge is the spec of churn edge i of writer w at version v: a

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cframe/cframe/scripts/cluster"
 	"github.com/cframe/cframe/internal/topo"
+	"github.com/cframe/cframe/scripts/cluster"
 )
 
 // flow is a direction a connection can be opened in: from a namespace to

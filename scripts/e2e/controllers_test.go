@@ -17,10 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // ctrlFixture is the walkthrough's mesh run by three controllers, one on

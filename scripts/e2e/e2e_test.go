@@ -19,11 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/mesh"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // bin holds the cframe binaries: built by TestMain, or named by binEnv

@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // TestGREWalkthrough runs the walkthrough's three VPCs with mode = "gre"

@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/mesh"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // haFixture is the walkthrough with gateway HA in VPC1: sz-1 and sz-2 on

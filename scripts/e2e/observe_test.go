@@ -11,12 +11,12 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/internal/browser"
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/orchestrator/metrics/metricstest"
-	"github.com/cframe/cframe/internal/browser"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 // What an operator sees, on the walkthrough's mesh with real agents: every

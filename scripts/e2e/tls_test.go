@@ -27,10 +27,10 @@ import (
 
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/bus/embedded"
+	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/orchestrator/api"
 	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/scripts/cluster"
-	"github.com/cframe/cframe/internal/topo"
 )
 
 const e2eToken = "e2e-api-token-9f3c"
