@@ -34,7 +34,7 @@ type link struct {
 	// UDPCsum: the outer UDP checksum is computed (IFLA_VXLAN_UDP_CSUM,
 	// fixed at creation); TxCsum: the device offloads transmit checksums
 	// (ethtool "tx", read for the desired VXLAN device only). cframe wants
-	// the first on and the second off, see ethtool.go.
+	// one of them on, the other off, as Desired.Checksum says (ethtool.go).
 	UDPCsum, TxCsum bool
 	// RPS: received packets are steered to other CPUs after
 	// decapsulation (a non-zero rps_cpus, see sysfs.go). Read for the
@@ -92,8 +92,8 @@ func (l link) String() string {
 	if l.IPv6 {
 		b.WriteString(" addrgenmode none")
 	}
-	if l.Kind == "vxlan" && !l.TxCsum {
-		b.WriteString(" tx-checksumming off")
+	if l.Kind == "vxlan" {
+		b.WriteString(" tx-checksumming " + onOff(l.TxCsum))
 	}
 	return b.String()
 }
@@ -153,7 +153,7 @@ func (s *session) readLinks(r *reading) error {
 func (p *planner) wantLinks() []link {
 	if p.d.Mode == ModeVXLAN {
 		return []link{{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, UDPCsum: true, TxCsum: p.d.ChecksumOffload, RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
+			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, UDPCsum: !p.d.Checksum.fast(), TxCsum: p.d.Checksum.fast(), RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
 	}
 	var out []link
 	for _, peer := range p.d.Peers {
@@ -240,7 +240,8 @@ func recreateReason(have, want link) string {
 			why = append(why, "learning -> nolearning")
 		}
 		if have.UDPCsum != want.UDPCsum {
-			why = append(why, fmt.Sprintf("udpcsum %s -> %s", onOff(have.UDPCsum), onOff(want.UDPCsum)))
+			// The kernel refuses to change IFLA_VXLAN_UDP_CSUM on a device.
+			why = append(why, fmt.Sprintf("udpcsum %s -> %s, fixed at creation", onOff(have.UDPCsum), onOff(want.UDPCsum)))
 		}
 	} else if have.Remote != want.Remote {
 		why = append(why, fmt.Sprintf("remote %s -> %s", addrOrAny(have.Remote), addrOrAny(want.Remote)))
