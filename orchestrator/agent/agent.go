@@ -59,8 +59,8 @@ type Agent struct {
 	pending bool
 	// ha runs the prober and the sites' elections (nil in ReconcileOnce);
 	// roles is the view of it the kernel was last made to match.
-	ha      *haRunner
-	roles   haView
+	ha    *haRunner
+	roles haView
 	// checksum chooses the VXLAN device's checksum setting (checksum.go);
 	// local.Checksum is its decision.
 	checksum *checksumChooser

@@ -59,15 +59,15 @@ type Local struct {
 // neighbor entry's change. The VIP is the agent's to set (package ha).
 func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (netcfg.Desired, bool) {
 	d := netcfg.Desired{
-		Mode:            l.Mode,
-		Device:          l.Device,
-		DeviceMAC:       VTEPMAC(l.Name),
-		VNI:             VNI,
-		MTU:             l.MTU,
-		Port:            l.Port,
-		LocalAddr:       l.LocalAddr,
-		Masquerade:      l.Masquerade,
-		Checksum:        l.Checksum,
+		Mode:       l.Mode,
+		Device:     l.Device,
+		DeviceMAC:  VTEPMAC(l.Name),
+		VNI:        VNI,
+		MTU:        l.MTU,
+		Port:       l.Port,
+		LocalAddr:  l.LocalAddr,
+		Masquerade: l.Masquerade,
+		Checksum:   l.Checksum,
 	}
 	self, ok := set[l.Name]
 	if !ok {
