@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -284,14 +285,20 @@ func linkAdd(l link) change {
 		var dev netlink.Link
 		switch l.Kind {
 		case "vxlan":
-			dev = &netlink.Vxlan{LinkAttrs: attrs, VxlanId: l.VNI, Port: int(l.Port), SrcAddr: ipOrNil(l.Local), UDPCSum: l.UDPCsum}
+			if err := s.send(unix.NETLINK_ROUTE, vxlanAddRequest(attrs.Name, l), nil); err != nil {
+				return err
+			}
+			var err error
+			if dev, err = s.nl.LinkByName(attrs.Name); err != nil {
+				return err
+			}
 		case "gre":
 			dev = &netlink.Gretun{LinkAttrs: attrs, Local: ipOrNil(l.Local), Remote: ipOrNil(l.Remote), Ttl: greTTL, PMtuDisc: 1}
+			if err := s.nl.LinkAdd(dev); err != nil {
+				return err
+			}
 		default:
 			return fmt.Errorf("unsupported link type %q", l.Kind)
-		}
-		if err := s.nl.LinkAdd(dev); err != nil {
-			return err
 		}
 		err := s.nl.LinkSetAlias(dev, l.Alias)
 		if err == nil {
@@ -319,6 +326,40 @@ func linkAdd(l link) change {
 		}
 		return s.nl.LinkSetUp(dev)
 	}}
+}
+
+// vxlanAddRequest creates VXLAN device l under name: package netlink's
+// LinkAdd sends IFLA_VXLAN_UDP_CSUM only to switch the checksum on, and
+// the kernel's default without it is on, so a zero outer checksum needs a
+// request of cframe's own. Learning off, the kernel's defaults otherwise.
+func vxlanAddRequest(name string, l link) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(l.MTU))))
+	if l.MAC != nil {
+		req.AddData(nl.NewRtAttr(unix.IFLA_ADDRESS, l.MAC))
+	}
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("vxlan"))
+	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
+	data.AddRtAttr(nl.IFLA_VXLAN_ID, nl.Uint32Attr(uint32(l.VNI)))
+	if l.Local.IsValid() {
+		a := l.Local.As4()
+		data.AddRtAttr(nl.IFLA_VXLAN_LOCAL, a[:])
+	}
+	data.AddRtAttr(nl.IFLA_VXLAN_PORT, binary.BigEndian.AppendUint16(nil, l.Port))
+	data.AddRtAttr(nl.IFLA_VXLAN_LEARNING, []byte{boolByte(l.Learning)})
+	data.AddRtAttr(nl.IFLA_VXLAN_UDP_CSUM, []byte{boolByte(l.UDPCsum)})
+	req.AddData(info)
+	return req
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // linkDel deletes link name; why, if not empty, is said in parentheses.
