@@ -32,13 +32,12 @@ import (
 // checksum_offload, to choose again).
 
 // checksumConfirm is how long the evidence must hold before the agent falls
-// back; checksumTick is how often it looks. With the UDP probes'
-// timing (probe.UDPInterval, checksumDownAfter) a break is acted on about
-// five seconds after it began.
+// back; checksumTick is how often it looks. With the UDP probes' timing
+// (udpTargets: down after 1.75 s without an answer in meshes of up to 125
+// gateways) a break is acted on about five seconds after it began.
 const (
-	checksumConfirm   = 2500 * time.Millisecond
-	checksumTick      = 500 * time.Millisecond
-	checksumDownAfter = 1750 * time.Millisecond
+	checksumConfirm = 2500 * time.Millisecond
+	checksumTick    = 500 * time.Millisecond
 )
 
 // Evidence for a checksum setting, as logged, saved and exported.

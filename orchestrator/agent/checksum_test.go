@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/orchestrator/config"
+	"github.com/cframe/cframe/orchestrator/ha"
 	"github.com/cframe/cframe/orchestrator/probe"
 )
 
@@ -142,5 +144,24 @@ func TestLoadChecksum(t *testing.T) {
 	os.WriteFile(p, []byte(`{`), 0o600)
 	if _, err := loadChecksum(p); err == nil {
 		t.Fatal("malformed file loaded")
+	}
+}
+
+// UDP probes go to the remote gateways only, every half second; in a large
+// mesh less often, so that the answers every gateway sends stay under the
+// kernel's ICMP limit.
+func TestUDPTargets(t *testing.T) {
+	ts := []probe.Target{{Name: "hk-1"}, {Name: ha.LANTarget("sz-2").Name()}, {Name: ha.ForwardTarget("sz-1", "sz-2").Name()}}
+	got := udpTargets(ts)
+	if len(got) != 1 || got[0].Name != "hk-1" || got[0].Interval != probe.UDPInterval || got[0].DownAfter != 1750*time.Millisecond {
+		t.Fatalf("udpTargets = %+v", got)
+	}
+	var many []probe.Target
+	for i := range 1000 {
+		many = append(many, probe.Target{Name: fmt.Sprintf("gw-%d", i)})
+	}
+	got = udpTargets(many)
+	if perSecond := float64(len(got)) / got[0].Interval.Seconds(); len(got) != 1000 || perSecond > udpAnswersPerSecond {
+		t.Fatalf("1000 gateways probed every %s: %.0f answers per second each gateway sends", got[0].Interval, perSecond)
 	}
 }

@@ -144,16 +144,29 @@ func (h *haRunner) Probes() []bus.PeerProbe {
 }
 
 // udpTargets are the remote gateways among the prober's targets, probed
-// by UDP at its pace.
+// by UDP every probe.UDPInterval — in a mesh of more than
+// udpAnswersPerSecond/2 gateways less often, so that the port unreachables
+// a gateway sends the others (each gateway probes it) stay well under
+// the kernel's global ICMP limit (net.ipv4.icmp_msgs_per_sec, 1000), which
+// would otherwise drop answers and fake evidence. A target is down after
+// three and a half intervals without an answer.
 func udpTargets(ts []probe.Target) []probe.Target {
 	var out []probe.Target
 	for _, t := range ts {
 		if ha.TargetOf(t.Name).Kind == ha.TargetPeer {
-			out = append(out, probe.Target{Name: t.Name, Addr: t.Addr, Interval: probe.UDPInterval, DownAfter: checksumDownAfter})
+			out = append(out, probe.Target{Name: t.Name, Addr: t.Addr})
 		}
+	}
+	interval := max(probe.UDPInterval, time.Duration(len(out))*time.Second/udpAnswersPerSecond)
+	for i := range out {
+		out[i].Interval, out[i].DownAfter = interval, interval*7/2
 	}
 	return out
 }
+
+// udpAnswersPerSecond bounds the port unreachables a gateway sends for
+// the UDP probes of all the others.
+const udpAnswersPerSecond = 250
 
 // paths returns what both probers see of each remote gateway probed by UDP.
 func (h *haRunner) paths() []pathProbes {
