@@ -108,7 +108,9 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 	}
 	a.checksum = newChecksumChooser(cfg.ChecksumOffload, saved, time.Now())
 	a.local.Checksum = a.checksum.Decision().Setting
-	a.metrics.checksum(a.checksum.Decision())
+	if mode != netcfg.ModeGRE { // GRE has no UDP checksum to set
+		a.metrics.checksum(a.checksum.Decision())
+	}
 	return a, nil
 }
 
