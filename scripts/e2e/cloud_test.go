@@ -135,6 +135,12 @@ func TestCloudWalkthrough(t *testing.T) {
 		if after := csumErrors(t, f.net, sites); !slices.Equal(after, before) {
 			t.Errorf("UdpInCsumErrors on the edges went from %v to %v: tunnel packets arrive with bad outer checksums", before, after)
 		}
+		// The agents' probes found nothing against the fast setting.
+		for _, name := range names {
+			if err := f.checksumSetting(name, "fast", "default"); err != nil {
+				t.Error(err)
+			}
+		}
 	})
 
 	t.Run("transmit checksum offload switched off by hand: the agent switches it on again, TCP keeps working", func(t *testing.T) {
