@@ -6,7 +6,9 @@
 // elections; each decision is one more change the kernel follows. It
 // reports status to the controller and keeps the last edge set and claims
 // in its state_dir so a gateway that reboots while the controller is down
-// restores the mesh at once.
+// restores the mesh at once. It chooses the VXLAN device's checksum
+// setting from what the probes see (checksum.go) and keeps that choice
+// there too.
 //
 // The agent never forwards a packet, and stopping it leaves the kernel state
 // in place: only Cleanup removes it.

@@ -84,3 +84,46 @@ func TestUDPInNamespaces(t *testing.T) {
 	}
 	wait(true)
 }
+
+// parse takes the port unreachables that quote this Conn's probes, and
+// nothing else.
+func TestUDPParse(t *testing.T) {
+	c := &udpConn{port: 40000}
+	dst := netip.MustParseAddr("fe80::b")
+	msg := func(edit func(m []byte)) []byte {
+		m := make([]byte, 8+40+8+8)
+		m[0], m[1] = 1, 4 // destination unreachable, port unreachable
+		ip := m[8:]
+		ip[0] = 0x60
+		ip[6] = 17 // UDP
+		a := dst.As16()
+		copy(ip[24:40], a[:])
+		udp := ip[40:]
+		udp[0], udp[1] = 40000>>8, 40000&0xff
+		udp[2], udp[3] = UDPPort>>8, UDPPort&0xff
+		copy(udp[8:], udpMagic[:])
+		udp[12], udp[13], udp[14], udp[15] = 0x12, 0x34, 0, 7
+		if edit != nil {
+			edit(m)
+		}
+		return m
+	}
+	if got, id, seq, ok := c.parse(msg(nil)); !ok || got != dst || id != 0x1234 || seq != 7 {
+		t.Fatalf("parse = %s %#x %d %v, want %s 0x1234 7 true", got, id, seq, ok, dst)
+	}
+	for name, edit := range map[string]func(m []byte){
+		"another type":           func(m []byte) { m[0] = 3 },
+		"another code":           func(m []byte) { m[1] = 3 },
+		"not UDP":                func(m []byte) { m[8+6] = 6 },
+		"another source port":    func(m []byte) { m[8+40+1]++ },
+		"another destination":    func(m []byte) { m[8+40+3]++ },
+		"someone else's payload": func(m []byte) { m[8+40+8] = 'x' },
+	} {
+		if _, _, _, ok := c.parse(msg(edit)); ok {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+	if _, _, _, ok := c.parse(msg(nil)[:60]); ok {
+		t.Error("truncated: parsed")
+	}
+}
