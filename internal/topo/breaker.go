@@ -11,9 +11,10 @@ import (
 )
 
 // A checksum breaker: a router on the tunnel's path that mangles the
-// outer UDP checksum of VXLAN packets the way NAT devices that rewrite a
-// zero checksum incrementally do (and Linux's NAT did before 5.7, for
-// every packet whose inner checksum was still partial). It matches, on
+// outer UDP checksum of VXLAN packets the way Linux's NAT did before 5.7:
+// it rewrote a zero checksum incrementally on the packets whose inner
+// checksum was still partial — TCP and UDP sent with transmit checksum
+// offload — and left the others alone. It matches, on
 // the forward hook of its namespace, UDP packets to one of the tunnel's
 // ports with a zero checksum that carry (VXLAN header, inner Ethernet
 // frame) an IPv4 or IPv6 TCP or UDP packet, and sets their checksum to a
