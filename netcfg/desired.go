@@ -58,11 +58,9 @@ type Desired struct {
 	LANAddr netip.Addr
 	// Masquerade SNATs tunnel traffic entering the LAN to LANAddr.
 	Masquerade bool
-	// ChecksumOffload keeps the VXLAN device's transmit checksum offload
-	// on: faster, but TCP and UDP through the tunnel break when a Linux
-	// NAT in the same kernel rewrites the tunnel's packets (ethtool.go).
-	// Off by default: correct through any NAT.
-	ChecksumOffload bool
+	// Checksum is the VXLAN device's checksum setting (ethtool.go); empty
+	// means ChecksumSafe.
+	Checksum Checksum
 	// LinkLocal, when valid, is this edge's IPv6 link-local address on the
 	// VXLAN device (lladdr.go): the identity through the tunnel that the
 	// peers probe and send HA messages to. VXLAN mode only.
@@ -75,6 +73,26 @@ type Desired struct {
 	// Peers are the other edges of the mesh.
 	Peers []Peer
 }
+
+// Checksum is a checksum setting of the VXLAN device: how the inner and
+// the outer UDP checksums of the tunnel's packets are computed (ethtool.go).
+type Checksum string
+
+const (
+	// ChecksumSafe: transmit checksum offload off, the outer UDP checksum
+	// on. The inner checksums are complete before encapsulation, so every
+	// NAT on the path updates the outer one correctly.
+	ChecksumSafe Checksum = "safe"
+	// ChecksumFast: transmit checksum offload on and a zero outer UDP
+	// checksum, as fast as the kernel's VXLAN gets. A Linux NAT leaves a
+	// zero checksum alone (since 5.7, backported to 4.14.181, 4.19.123,
+	// 5.4.41); a NAT that rewrites it anyway breaks the tunnel's TCP and
+	// UDP while pings pass.
+	ChecksumFast Checksum = "fast"
+)
+
+// fast reports whether c is ChecksumFast.
+func (c Checksum) fast() bool { return c == ChecksumFast }
 
 // Peer is one remote edge.
 type Peer struct {

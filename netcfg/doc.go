@@ -55,8 +55,8 @@
 //   - sysctl.go: net.ipv4.ip_forward
 //   - sysfs.go: receive packet steering of the tunnel device
 //   - ethtool.go: the ethtool ioctl (for the underlay's GRO state) and the
-//     VXLAN device's transmit checksum offload, off so that TCP and UDP
-//     survive a NAT on the path
+//     VXLAN device's transmit checksum offload, with the outer UDP
+//     checksum the two checksum settings (fast, safe) of Desired.Checksum
 //   - underlay.go: the foreign facts the plan takes defaults from — the
 //     underlay device and its MTU, the LAN address
 //

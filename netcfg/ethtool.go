@@ -13,29 +13,37 @@ import (
 //
 // Checksums through NAT. With transmit checksum offload on, the kernel
 // hands the VXLAN device packets whose inner TCP or UDP checksum is not yet
-// computed (CHECKSUM_PARTIAL: "fill in the checksum at csum_start"). The
-// device then computes the outer UDP checksum from the headers alone
-// (local checksum offload), a complete checksum, while the packet stays
-// marked partial for its inner header. A Linux NAT that rewrites the outer
-// addresses before the packet leaves the kernel — in the edge's own
-// namespace (a gateway masquerading its uplink, kube-proxy) or in another
-// one on the same host (a container's published port, a lab's namespaces
-// standing in for a cloud's EIPs) — updates the outer checksum the way a
-// partial one is updated, which is wrong for a complete one: the receiving
-// edge drops every such packet (UdpInCsumErrors). Pings pass (ICMP is
-// checksummed in software), TCP and UDP through the tunnel stall
-// (calico#3145, flannel#1279). The same happens to the segments that
-// software GSO cuts from a large packet before such a NAT.
+// computed (CHECKSUM_PARTIAL: "fill in the checksum at csum_start"); ICMP
+// is always checksummed in software. With the outer UDP checksum on, the
+// device then computes it from the headers alone (local checksum
+// offload), a complete checksum, while the packet stays marked partial
+// for its inner header. A Linux NAT that rewrites the outer addresses
+// before the packet leaves the kernel — in the edge's own namespace (a
+// gateway masquerading its uplink, kube-proxy) or in another one on the
+// same host (a container's published port, a lab's namespaces standing in
+// for a cloud's EIPs) — updates the outer checksum the way a partial one
+// is updated, which is wrong for a complete one: the receiving edge drops
+// every such packet (UdpInCsumErrors). Pings pass, TCP and UDP through the
+// tunnel stall (calico#3145, flannel#1279).
 //
-// So cframe switches transmit checksum offload off on its VXLAN device:
-// inner checksums are computed before encapsulation, the outer checksum is
-// the only one left to offload, and any NAT updates it correctly. The
-// outer UDP checksum stays on (udpcsum, link.go): a zero checksum would
-// survive a correct NAT too, but not NATs that update it anyway, nor the
-// same-kernel NAT of kernels before 5.7. Measured on veth namespaces, the
-// setting costs most where 64 KB packets otherwise cross the whole path
-// unsegmented; `make bench` (kernel-vxlan against kernel-vxlan+csum) says
-// how much.
+// Two settings avoid that (Desired.Checksum, link.go):
+//   - fast: offload on and a ZERO outer UDP checksum ("noudpcsum"). A Linux
+//     NAT leaves a zero checksum alone ("netfilter: nat: never update the
+//     UDP checksum when it's 0", v5.7, backported to 4.14.181, 4.19.123,
+//     5.4.41), so nothing is computed twice and the tunnel runs at the
+//     kernel's VXLAN speed. Older kernels' NAT, and NAT devices that
+//     rewrite a zero checksum incrementally (cilium#28707), turn the zero
+//     into a wrong value — again for the packets with a partial inner
+//     checksum, TCP and UDP, while pings pass.
+//   - safe: offload off and the outer checksum on: inner checksums are
+//     computed before encapsulation, the outer checksum is the only one
+//     left to offload, and any NAT updates it correctly; `make bench`
+//     (kernel-vxlan against kernel-vxlan+csum) says what that costs.
+//
+// The kernel fixes IFLA_VXLAN_UDP_CSUM when it creates the device ("Cannot
+// change UDP_CSUM flag"), so a change of setting replaces the device.
+// Which setting an edge runs is the agent's choice (orchestrator/agent,
+// checksum.go): fast, until its probes prove a path breaks it.
 
 // readTxCsum reads whether the desired VXLAN device offloads transmit
 // checksums: one ioctl, on every read, an Update's too.

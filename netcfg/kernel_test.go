@@ -1170,10 +1170,13 @@ func nsExec(t *testing.T, n *topo.Net, ns string, args ...string) string {
 // TestKernelThroughNAT is the regression test of the checksum trap (see
 // ethtool.go): two edges in the cloud shape, each behind a VPC router that
 // maps its EIP 1:1 onto it — a Linux NAT in the same kernel on both ends
-// of the tunnel. Pings pass either way; TCP and UDP between the hosts pass
-// only with transmit checksum offload off on the VXLAN devices. Switched
-// on again by hand, it is switched off by the next reconcile. The EIP as
-// the local address is refused.
+// of the tunnel. TCP and UDP between the hosts pass in both checksum
+// settings (this kernel's NAT leaves the fast setting's zero outer
+// checksum alone), offload switched by hand is switched back by the next
+// reconcile, a change of setting replaces the device; through a path that
+// rewrites zero checksums (topo.BreakZeroChecksums) pings pass and TCP
+// fails in the fast setting, and everything passes in the safe one. The
+// EIP as the local address is refused.
 func TestKernelThroughNAT(t *testing.T) {
 	t.Parallel()
 	topo.SkipUnlessRoot(t, "ethtool")
@@ -1232,6 +1235,54 @@ func TestKernelThroughNAT(t *testing.T) {
 	m.expectSet("reconcile after tx-checksumming was switched on", res.Changes, []string{"link set cframe0 tx-checksumming off"})
 	m.expectNoChanges()
 	traffic()
+
+	// The fast setting: the device is replaced (the kernel fixes udpcsum
+	// at creation) with a zero outer checksum and offload on, and this
+	// kernel's NAT leaves the zero alone.
+	setting := func(c Checksum, udpcsum, tx string) {
+		t.Helper()
+		for _, s := range []*topo.Site{s1, s2} {
+			m.desired[s.Name].Checksum = c
+			res := m.reconcile(s.Name)
+			if want := "link del cframe0 (recreate: udpcsum "; len(res.Changes) == 0 || !strings.HasPrefix(res.Changes[0], want) {
+				t.Errorf("%s: setting %s: changes %q, want the device replaced first", s.Name, c, res.Changes)
+			}
+			if link := m.sh(s.Edge, "ip", "-d", "link", "show", "cframe0"); !strings.Contains(link, " "+udpcsum+" ") {
+				t.Errorf("%s: setting %s: cframe0 without %s:\n%s", s.Name, c, udpcsum, link)
+			}
+			if k := m.sh(s.Edge, "ethtool", "-k", "cframe0"); !strings.Contains(k, "tx-checksumming: "+tx) {
+				t.Errorf("%s: setting %s: cframe0 tx-checksumming not %s:\n%s", s.Name, c, tx, k)
+			}
+		}
+		m.expectNoChanges()
+	}
+	setting(ChecksumFast, "noudpcsum", "on")
+	traffic()
+	m.sh(s1.Edge, "ethtool", "-K", "cframe0", "tx", "off")
+	res = m.reconcile("vpc1")
+	m.expectSet("fast: reconcile after tx-checksumming was switched off", res.Changes, []string{"link set cframe0 tx-checksumming on"})
+	m.expectNoChanges()
+
+	// A path that breaks the fast setting (a NAT that rewrites zero
+	// checksums): pings pass, TCP does not; the safe setting passes.
+	br, err := m.net.BreakZeroChecksums(s2.VPCRouter, []uint16{port(s1), port(s2)}, topo.VPCUplink, "e0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.ping(s1, s2.HostAddr); err != nil {
+		t.Errorf("fast setting through the breaker: ping: %v", err)
+	}
+	if err := topo.TCPTransfer(s1.Host, s2.Host, s2.HostAddr, 1<<20, 3*time.Second); err == nil {
+		t.Error("fast setting through the breaker: TCP passed, want it broken")
+	}
+	if hits, err := br.Hits(); err != nil || hits == 0 {
+		t.Errorf("breaker hits %d (%v), want some", hits, err)
+	}
+	setting(ChecksumSafe, "udpcsum", "off")
+	traffic()
+	if err := br.Remove(); err != nil {
+		t.Error(err)
+	}
 }
 
 // csumErrors reads UdpInCsumErrors of s's edge.

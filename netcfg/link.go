@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,7 +35,7 @@ type link struct {
 	// UDPCsum: the outer UDP checksum is computed (IFLA_VXLAN_UDP_CSUM,
 	// fixed at creation); TxCsum: the device offloads transmit checksums
 	// (ethtool "tx", read for the desired VXLAN device only). cframe wants
-	// the first on and the second off, see ethtool.go.
+	// one of them on, the other off, as Desired.Checksum says (ethtool.go).
 	UDPCsum, TxCsum bool
 	// RPS: received packets are steered to other CPUs after
 	// decapsulation (a non-zero rps_cpus, see sysfs.go). Read for the
@@ -92,8 +93,8 @@ func (l link) String() string {
 	if l.IPv6 {
 		b.WriteString(" addrgenmode none")
 	}
-	if l.Kind == "vxlan" && !l.TxCsum {
-		b.WriteString(" tx-checksumming off")
+	if l.Kind == "vxlan" {
+		b.WriteString(" tx-checksumming " + onOff(l.TxCsum))
 	}
 	return b.String()
 }
@@ -153,7 +154,7 @@ func (s *session) readLinks(r *reading) error {
 func (p *planner) wantLinks() []link {
 	if p.d.Mode == ModeVXLAN {
 		return []link{{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, UDPCsum: true, TxCsum: p.d.ChecksumOffload, RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
+			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, UDPCsum: !p.d.Checksum.fast(), TxCsum: p.d.Checksum.fast(), RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
 	}
 	var out []link
 	for _, peer := range p.d.Peers {
@@ -240,7 +241,8 @@ func recreateReason(have, want link) string {
 			why = append(why, "learning -> nolearning")
 		}
 		if have.UDPCsum != want.UDPCsum {
-			why = append(why, fmt.Sprintf("udpcsum %s -> %s", onOff(have.UDPCsum), onOff(want.UDPCsum)))
+			// The kernel refuses to change IFLA_VXLAN_UDP_CSUM on a device.
+			why = append(why, fmt.Sprintf("udpcsum %s -> %s, fixed at creation", onOff(have.UDPCsum), onOff(want.UDPCsum)))
 		}
 	} else if have.Remote != want.Remote {
 		why = append(why, fmt.Sprintf("remote %s -> %s", addrOrAny(have.Remote), addrOrAny(want.Remote)))
@@ -283,14 +285,20 @@ func linkAdd(l link) change {
 		var dev netlink.Link
 		switch l.Kind {
 		case "vxlan":
-			dev = &netlink.Vxlan{LinkAttrs: attrs, VxlanId: l.VNI, Port: int(l.Port), SrcAddr: ipOrNil(l.Local), UDPCSum: l.UDPCsum}
+			if err := s.send(unix.NETLINK_ROUTE, vxlanAddRequest(attrs.Name, l), nil); err != nil {
+				return err
+			}
+			var err error
+			if dev, err = s.nl.LinkByName(attrs.Name); err != nil {
+				return err
+			}
 		case "gre":
 			dev = &netlink.Gretun{LinkAttrs: attrs, Local: ipOrNil(l.Local), Remote: ipOrNil(l.Remote), Ttl: greTTL, PMtuDisc: 1}
+			if err := s.nl.LinkAdd(dev); err != nil {
+				return err
+			}
 		default:
 			return fmt.Errorf("unsupported link type %q", l.Kind)
-		}
-		if err := s.nl.LinkAdd(dev); err != nil {
-			return err
 		}
 		err := s.nl.LinkSetAlias(dev, l.Alias)
 		if err == nil {
@@ -318,6 +326,40 @@ func linkAdd(l link) change {
 		}
 		return s.nl.LinkSetUp(dev)
 	}}
+}
+
+// vxlanAddRequest creates VXLAN device l under name: package netlink's
+// LinkAdd sends IFLA_VXLAN_UDP_CSUM only to switch the checksum on, and
+// the kernel's default without it is on, so a zero outer checksum needs a
+// request of cframe's own. Learning off, the kernel's defaults otherwise.
+func vxlanAddRequest(name string, l link) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(l.MTU))))
+	if l.MAC != nil {
+		req.AddData(nl.NewRtAttr(unix.IFLA_ADDRESS, l.MAC))
+	}
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("vxlan"))
+	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
+	data.AddRtAttr(nl.IFLA_VXLAN_ID, nl.Uint32Attr(uint32(l.VNI)))
+	if l.Local.IsValid() {
+		a := l.Local.As4()
+		data.AddRtAttr(nl.IFLA_VXLAN_LOCAL, a[:])
+	}
+	data.AddRtAttr(nl.IFLA_VXLAN_PORT, binary.BigEndian.AppendUint16(nil, l.Port))
+	data.AddRtAttr(nl.IFLA_VXLAN_LEARNING, []byte{boolByte(l.Learning)})
+	data.AddRtAttr(nl.IFLA_VXLAN_UDP_CSUM, []byte{boolByte(l.UDPCsum)})
+	req.AddData(info)
+	return req
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // linkDel deletes link name; why, if not empty, is said in parentheses.

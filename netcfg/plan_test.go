@@ -303,10 +303,63 @@ func TestPlan(t *testing.T) {
 			wantChanges: []string{"link set cframe0 rps_cpus all (receive packet steering)"},
 		},
 		{
-			name:        "checksum offload wanted (checksum_offload = true): switched on",
-			desired:     func(d *Desired) { d.ChecksumOffload = true },
-			actual:      convergedActual,
+			name:    "safe to fast: the device is replaced (the kernel does not change udpcsum in place), offload on",
+			desired: func(d *Desired) { d.Checksum = ChecksumFast },
+			actual: func() *actual {
+				a := convergedActual()
+				a.FDB, a.Neighbors = nil, nil
+				return a
+			},
+			wantChanges: []string{
+				"link del cframe0 (recreate: udpcsum on -> off, fixed at creation)",
+				`link add cframe0 type vxlan id 1 dstport 58425 nolearning noudpcsum address 02:cf:00:00:00:03 mtu 1450 alias "cframe" tx-checksumming on`,
+				"fdb add 02:cf:00:00:00:01 dst 198.51.100.10 port 58423 dev cframe0",
+				"fdb add 02:cf:00:00:00:02 dst 203.0.113.10 port 58424 dev cframe0",
+				"neigh add 172.18.0.0 lladdr 02:cf:00:00:00:01 dev cframe0 nud permanent",
+				"neigh add 172.31.0.0 lladdr 02:cf:00:00:00:02 dev cframe0 nud permanent",
+				"route add 172.18.0.0/16 via 172.18.0.0 dev cframe0 onlink src 172.20.0.9 proto 207",
+				"route add 10.244.1.0/24 via 172.18.0.0 dev cframe0 onlink src 172.20.0.9 proto 207",
+				"route add 172.31.0.0/16 via 172.31.0.0 dev cframe0 onlink src 172.20.0.9 proto 207",
+			},
+		},
+		{
+			name:    "fast, converged: nothing to do",
+			desired: func(d *Desired) { d.Checksum = ChecksumFast },
+			actual: func() *actual {
+				a := convergedActual()
+				a.Links[0].UDPCsum, a.Links[0].TxCsum = false, true
+				return a
+			},
+		},
+		{
+			name:    "fast, transmit checksum offload switched off by someone: switched on again",
+			desired: func(d *Desired) { d.Checksum = ChecksumFast },
+			actual: func() *actual {
+				a := convergedActual()
+				a.Links[0].UDPCsum = false
+				return a
+			},
 			wantChanges: []string{"link set cframe0 tx-checksumming on"},
+		},
+		{
+			name: "fast to safe: the device is replaced with the outer checksum on, offload off",
+			actual: func() *actual {
+				a := convergedActual()
+				a.Links[0].UDPCsum, a.Links[0].TxCsum = false, true
+				a.FDB, a.Neighbors = nil, nil
+				return a
+			},
+			wantChanges: []string{
+				"link del cframe0 (recreate: udpcsum off -> on, fixed at creation)",
+				`link add cframe0 type vxlan id 1 dstport 58425 nolearning udpcsum address 02:cf:00:00:00:03 mtu 1450 alias "cframe" tx-checksumming off`,
+				"fdb add 02:cf:00:00:00:01 dst 198.51.100.10 port 58423 dev cframe0",
+				"fdb add 02:cf:00:00:00:02 dst 203.0.113.10 port 58424 dev cframe0",
+				"neigh add 172.18.0.0 lladdr 02:cf:00:00:00:01 dev cframe0 nud permanent",
+				"neigh add 172.31.0.0 lladdr 02:cf:00:00:00:02 dev cframe0 nud permanent",
+				"route add 172.18.0.0/16 via 172.18.0.0 dev cframe0 onlink src 172.20.0.9 proto 207",
+				"route add 10.244.1.0/24 via 172.18.0.0 dev cframe0 onlink src 172.20.0.9 proto 207",
+				"route add 172.31.0.0/16 via 172.31.0.0 dev cframe0 onlink src 172.20.0.9 proto 207",
+			},
 		},
 		{
 			name:        "transmit checksum offload switched on by someone: switched off again",
@@ -322,7 +375,7 @@ func TestPlan(t *testing.T) {
 				return a
 			},
 			wantChanges: []string{
-				"link del cframe0 (recreate: udpcsum off -> on)",
+				"link del cframe0 (recreate: udpcsum off -> on, fixed at creation)",
 				`link add cframe0 type vxlan id 1 dstport 58425 nolearning udpcsum address 02:cf:00:00:00:03 mtu 1450 alias "cframe" tx-checksumming off`,
 				"fdb add 02:cf:00:00:00:01 dst 198.51.100.10 port 58423 dev cframe0",
 				"fdb add 02:cf:00:00:00:02 dst 203.0.113.10 port 58424 dev cframe0",

@@ -118,6 +118,11 @@ func otherValue(t *testing.T, field string, v reflect.Value) reflect.Value {
 		if x == ModeGRE {
 			other = ModeVXLAN
 		}
+	case Checksum:
+		other = ChecksumFast
+		if x == ChecksumFast {
+			other = ChecksumSafe
+		}
 	case string:
 		other = x + "x"
 	case int:

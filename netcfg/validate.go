@@ -163,6 +163,9 @@ func (d *Desired) normalized() Desired {
 	if n.Port == 0 {
 		n.Port = DefaultPort
 	}
+	if n.Checksum == "" {
+		n.Checksum = ChecksumSafe
+	}
 	n.LocalCIDRs = maskAll(d.LocalCIDRs)
 	n.Peers = make([]Peer, len(d.Peers))
 	for i, p := range d.Peers {

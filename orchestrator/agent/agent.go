@@ -6,7 +6,9 @@
 // elections; each decision is one more change the kernel follows. It
 // reports status to the controller and keeps the last edge set and claims
 // in its state_dir so a gateway that reboots while the controller is down
-// restores the mesh at once.
+// restores the mesh at once. It chooses the VXLAN device's checksum
+// setting from what the probes see (checksum.go) and keeps that choice
+// there too.
 //
 // The agent never forwards a packet, and stopping it leaves the kernel state
 // in place: only Cleanup removes it.
@@ -59,9 +61,12 @@ type Agent struct {
 	pending bool
 	// ha runs the prober and the sites' elections (nil in ReconcileOnce);
 	// roles is the view of it the kernel was last made to match.
-	ha      *haRunner
-	roles   haView
-	metrics *agentMetrics
+	ha    *haRunner
+	roles haView
+	// checksum chooses the VXLAN device's checksum setting (checksum.go);
+	// local.Checksum is its decision.
+	checksum *checksumChooser
+	metrics  *agentMetrics
 	// trust is how the controller's certificate is verified.
 	trust bus.Trust
 	// refusedMu guards refused: the last refusal logged, so a controller
@@ -80,7 +85,7 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 	if err := netcfg.Supported(mode); err != nil {
 		return nil, err
 	}
-	local := mesh.Local{Name: cfg.Name, Mode: mode, Device: cfg.Device, MTU: cfg.MTU, Port: port, Masquerade: cfg.Masquerade, ChecksumOffload: cfg.ChecksumOffload}
+	local := mesh.Local{Name: cfg.Name, Mode: mode, Device: cfg.Device, MTU: cfg.MTU, Port: port, Masquerade: cfg.Masquerade}
 	if cfg.LocalAddr != "" {
 		local.LocalAddr = netip.MustParseAddr(cfg.LocalAddr) // checked by config.LoadEdge
 	}
@@ -94,8 +99,21 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, local: local, kernel: k, trust: trust, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: metrics.Version},
-		metrics: newAgentMetrics(k)}, nil
+	a := &Agent{cfg: cfg, log: log, local: local, kernel: k, trust: trust, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: metrics.Version},
+		metrics: newAgentMetrics(k)}
+	saved, err := loadChecksum(a.checksumPath())
+	if err != nil {
+		log.Warn("ignoring saved checksum setting", "err", err)
+	}
+	if cfg.ChecksumOffload != config.ChecksumAuto {
+		saved = nil
+	}
+	a.checksum = newChecksumChooser(cfg.ChecksumOffload, saved, time.Now())
+	a.local.Checksum = a.checksum.Decision().Setting
+	if mode != netcfg.ModeGRE { // GRE has no UDP checksum to set
+		a.metrics.checksum(a.checksum.Decision())
+	}
+	return a, nil
 }
 
 // refuse logs a controller that failed verification — once per address and
@@ -181,7 +199,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer a.nc.Close()
-	a.ha = startHA(a.cfg.Name, a.device(), a.cfg.Secret, a.claimsPath(), a.log)
+	vxlan := a.local.Mode == netcfg.ModeVXLAN || a.local.Mode == ""
+	watch := vxlan && a.checksum.Watching()
+	if vxlan {
+		d := a.checksum.Decision()
+		a.log.Info("checksum setting", "setting", d.Setting, "evidence", d.Evidence, "detail", d.Detail, "checksum_offload", a.cfg.ChecksumOffload)
+	}
+	a.ha = startHA(a.cfg.Name, a.device(), a.cfg.Secret, a.claimsPath(), watch, a.log)
 	a.metrics.ha.Store(a.ha)
 	go a.ha.run(ctx)
 	if _, err := a.nc.Subscribe(bus.SubjectClaims, func(m *nats.Msg) {
@@ -222,6 +246,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer tick.Stop()
 	heartbeat := time.NewTicker(bus.HeartbeatInterval)
 	defer heartbeat.Stop()
+	var checksumC <-chan time.Time
+	if watch && a.ha.udp != nil {
+		t := time.NewTicker(checksumTick)
+		defer t.Stop()
+		checksumC = t.C
+	}
 
 	for {
 		select {
@@ -247,6 +277,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.rolesChanged()
 		case <-heartbeat.C:
 			a.publishStatus()
+		case now := <-checksumC:
+			if a.checksum.Observe(now, a.ha.paths()) {
+				a.checksumSwitched()
+			}
+			if !a.checksum.Watching() {
+				checksumC = nil
+			}
 		case <-a.report.C:
 			a.pending = false
 			a.publishStatus()
@@ -321,6 +358,22 @@ func (a *Agent) rolesChanged() {
 	if !sameSite(old.Site, v.Site) {
 		a.publishStatus()
 	}
+}
+
+// checksumSwitched applies, saves, logs and exports a new checksum
+// decision.
+func (a *Agent) checksumSwitched() {
+	d := a.checksum.Decision()
+	a.local.Checksum = d.Setting
+	a.metrics.checksum(d)
+	a.metrics.checksumSwitches.Inc()
+	a.log.Warn("checksum setting changed: the tunnel device is replaced", "setting", d.Setting, "evidence", d.Evidence, "detail", d.Detail)
+	if b, err := json.Marshal(d); err != nil {
+		a.log.Error("save checksum setting", "err", err)
+	} else if err := atomicfile.Write(a.checksumPath(), b, 0o600); err != nil {
+		a.log.Error("save checksum setting", "path", a.checksumPath(), "err", err)
+	}
+	a.reconcile(fmt.Sprintf("checksum setting %s (%s: %s)", d.Setting, d.Evidence, d.Detail))
 }
 
 func (a *Agent) device() string {

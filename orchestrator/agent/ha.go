@@ -40,7 +40,10 @@ type haRunner struct {
 	e         *ha.Engine
 	tr        *ha.Transport // nil: messages cannot be sent (see startHA)
 	pr        *probe.Prober // nil: nothing is probed
-	savePath  string
+	// udp probes the remote gateways by UDP for the checksum setting
+	// (checksum.go); nil: not needed, or no raw sockets.
+	udp      *probe.Prober
+	savePath string
 
 	edges   chan map[string]bus.Edge
 	relay   chan []bus.Claim
@@ -61,8 +64,9 @@ type haView struct {
 
 // startHA opens the prober and the HA socket in the agent's namespace and
 // restores the claims saved by an earlier run. Without raw sockets or IPv6
-// it still runs, on the claims the controller relays, and says why.
-func startHA(self, dev, secret, savePath string, log *slog.Logger) *haRunner {
+// it still runs, on the claims the controller relays, and says why. With
+// udp it also probes the remote gateways by UDP.
+func startHA(self, dev, secret, savePath string, udp bool, log *slog.Logger) *haRunner {
 	h := &haRunner{self: self, dev: dev, log: log, savePath: savePath,
 		edges: make(chan map[string]bus.Edge, 1), relay: make(chan []bus.Claim, 16), changed: make(chan struct{}, 1)}
 	var probes ha.Probes = noProbes{}
@@ -70,6 +74,13 @@ func startHA(self, dev, secret, savePath string, log *slog.Logger) *haRunner {
 		log.Error("data-plane probes disabled (cframe-edge needs CAP_NET_RAW): gateway failover cannot detect failures", "err", err)
 	} else {
 		h.pr, probes = pr, pr
+	}
+	if udp {
+		if pr, err := probe.OpenUDP(); err != nil {
+			log.Error("UDP probes disabled: the checksum setting stays as it is", "err", err)
+		} else {
+			h.udp = pr
+		}
 	}
 	if tr, err := ha.Listen(dev, secret, log); err != nil {
 		log.Error("HA messages through the tunnel disabled (IPv6 is needed on the tunnel device): failover follows the controller only", "err", err)
@@ -134,10 +145,51 @@ func (h *haRunner) Probes() []bus.PeerProbe {
 	return out
 }
 
+// udpTargets are the remote gateways among the prober's targets, probed
+// by UDP every probe.UDPInterval — in a mesh of more than
+// udpAnswersPerSecond/2 gateways less often, so that the port unreachables
+// a gateway sends the others (each gateway probes it) stay well under
+// the kernel's global ICMP limit (net.ipv4.icmp_msgs_per_sec, 1000), which
+// would otherwise drop answers and fake evidence. A target is down after
+// three and a half intervals without an answer.
+func udpTargets(ts []probe.Target) []probe.Target {
+	var out []probe.Target
+	for _, t := range ts {
+		if ha.TargetOf(t.Name).Kind == ha.TargetPeer {
+			out = append(out, probe.Target{Name: t.Name, Addr: t.Addr})
+		}
+	}
+	interval := max(probe.UDPInterval, time.Duration(len(out))*time.Second/udpAnswersPerSecond)
+	for i := range out {
+		out[i].Interval, out[i].DownAfter = interval, interval*7/2
+	}
+	return out
+}
+
+// udpAnswersPerSecond bounds the port unreachables a gateway sends for
+// the UDP probes of all the others.
+const udpAnswersPerSecond = 250
+
+// paths returns what both probers see of each remote gateway probed by UDP.
+func (h *haRunner) paths() []pathProbes {
+	if h.pr == nil || h.udp == nil {
+		return nil
+	}
+	icmp := h.pr.States()
+	var out []pathProbes
+	for name, st := range h.udp.States() {
+		out = append(out, pathProbes{Peer: name, ICMP: icmp[name], UDP: st})
+	}
+	return out
+}
+
 // run drives the engine until ctx ends.
 func (h *haRunner) run(ctx context.Context) {
 	if h.pr != nil {
 		go h.pr.Run(ctx.Done())
+	}
+	if h.udp != nil {
+		go h.udp.Run(ctx.Done())
 	}
 	if h.tr != nil {
 		defer h.tr.Close()
@@ -187,6 +239,9 @@ func (h *haRunner) run(ctx context.Context) {
 			if t := h.e.Targets(h.dev); !slices.Equal(t, targets) {
 				targets = t
 				h.pr.SetTargets(t)
+				if h.udp != nil {
+					h.udp.SetTargets(udpTargets(t))
+				}
 			}
 		}
 	}

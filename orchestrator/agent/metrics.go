@@ -32,7 +32,12 @@ type agentMetrics struct {
 	driftRepairs  prometheus.Counter
 	errors        prometheus.Counter
 	conflicts     prometheus.Gauge
-	connected     atomic.Bool
+	// checksumSetting is 1 for the VXLAN device's checksum setting in
+	// force and its evidence (checksum.go); checksumSwitches counts the
+	// agent's changes of it.
+	checksumSetting  *prometheus.GaugeVec
+	checksumSwitches prometheus.Counter
+	connected        atomic.Bool
 	// ha is the agent's prober and elections, once started.
 	ha atomic.Pointer[haRunner]
 }
@@ -62,6 +67,12 @@ func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
 			Name: "cframe_edge_reconcile_errors_total", Help: "Reconciles and updates that failed (the error is in the edge's status)."}),
 		conflicts: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "cframe_edge_conflicts", Help: "Foreign kernel objects overlapping the mesh, left alone (listed in the edge's status)."}),
+		checksumSetting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cframe_edge_checksum_setting",
+			Help: "1 for the VXLAN device's checksum setting in force (fast: transmit checksum offload on, zero outer UDP checksum; safe: offload off, outer checksum on) and why: default, config, udp-fails-icmp-passes."},
+			[]string{"setting", "evidence"}),
+		checksumSwitches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cframe_edge_checksum_switches_total", Help: "Changes of the checksum setting the agent made on the probes' evidence (checksum_offload = auto)."}),
 	}
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "cframe_edge_controller_connected", Help: "1 while the agent is connected to a controller, else 0.",
@@ -71,7 +82,7 @@ func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
 		}
 		return 0
 	})
-	m.reg.MustRegister(m.peers, m.applied, m.latest, m.lag, m.reconcile, m.update, m.kernelChanges, m.driftRepairs, m.errors, m.conflicts, connected,
+	m.reg.MustRegister(m.peers, m.applied, m.latest, m.lag, m.reconcile, m.update, m.kernelChanges, m.driftRepairs, m.errors, m.conflicts, m.checksumSetting, m.checksumSwitches, connected,
 		tunnelCollector{k}, haCollector{&m.ha})
 	return m
 }
@@ -94,6 +105,12 @@ func (m *agentMetrics) converged(targeted, drift bool, took time.Duration, res n
 		m.errors.Inc()
 	}
 	m.conflicts.Set(float64(len(res.Conflicts)))
+}
+
+// checksum records the checksum setting in force.
+func (m *agentMetrics) checksum(d checksumDecision) {
+	m.checksumSetting.Reset()
+	m.checksumSetting.WithLabelValues(string(d.Setting), d.Evidence).Set(1)
 }
 
 // revisions records the applied and the announced revision and the peers.

@@ -98,15 +98,49 @@ type Edge struct {
 	MTU        int    `toml:"mtu"`
 	Masquerade bool   `toml:"masquerade"`
 	LocalAddr  string `toml:"local_addr"`
-	// ChecksumOffload keeps the tunnel device's transmit checksum offload
-	// on (faster; only where no Linux NAT in this kernel rewrites the
-	// tunnel's packets).
-	ChecksumOffload bool `toml:"checksum_offload"`
+	// ChecksumOffload is the VXLAN device's checksum setting: "auto" (the
+	// default: the agent chooses), "on" or "off" (see Checksum).
+	ChecksumOffload Checksum `toml:"checksum_offload"`
 	// MetricsAddr is where the agent serves Prometheus metrics; empty: off.
 	MetricsAddr string `toml:"metrics_addr"`
 	// ControllerCA pins the CA the controller's certificate must chain to
 	// (with its host name checked) instead of the join-secret proof.
 	ControllerCA string `toml:"controller_ca"`
+}
+
+// Checksum is edge.toml's checksum_offload: ChecksumAuto, ChecksumOn or
+// ChecksumOff. The booleans of earlier versions load as on (true) and off
+// (false).
+type Checksum string
+
+const (
+	// ChecksumAuto: the agent runs the fast setting (transmit checksum
+	// offload on, zero outer UDP checksum) and falls back to the safe one
+	// when its probes prove a path breaks it (orchestrator/agent).
+	ChecksumAuto Checksum = "auto"
+	// ChecksumOn: always the fast setting.
+	ChecksumOn Checksum = "on"
+	// ChecksumOff: always the safe setting (offload off, outer checksum on).
+	ChecksumOff Checksum = "off"
+)
+
+// UnmarshalTOML implements toml.Unmarshaler.
+func (c *Checksum) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case bool:
+		*c = ChecksumOff
+		if v {
+			*c = ChecksumOn
+		}
+		return nil
+	case string:
+		switch x := Checksum(strings.ToLower(v)); x {
+		case ChecksumAuto, ChecksumOn, ChecksumOff:
+			*c = x
+			return nil
+		}
+	}
+	return fmt.Errorf("checksum_offload = %#v: want \"auto\", \"on\" or \"off\"", v)
 }
 
 // Addrs is a list of addresses that TOML may give as one string or as an
@@ -298,7 +332,7 @@ func isSelf(host, clusterAddr string) bool {
 
 // LoadEdge reads and checks an edge config, filling defaults.
 func LoadEdge(path string) (Edge, error) {
-	e := Edge{ListenAddr: ":58423", StateDir: "/var/lib/cframe-edge", Mode: "vxlan", Device: "cframe0"}
+	e := Edge{ListenAddr: ":58423", StateDir: "/var/lib/cframe-edge", Mode: "vxlan", Device: "cframe0", ChecksumOffload: ChecksumAuto}
 	if err := decode(path, &e); err != nil {
 		return e, err
 	}

@@ -37,7 +37,8 @@ func TestWalkthroughConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(e.Controller, Addrs{"203.0.113.1:58422"}) || e.Name != "sz-1" || e.Mode != "vxlan" || e.Device != "cframe0" || e.StateDir != "/var/lib/cframe-edge" {
+	if !slices.Equal(e.Controller, Addrs{"203.0.113.1:58422"}) || e.Name != "sz-1" || e.Mode != "vxlan" || e.Device != "cframe0" || e.StateDir != "/var/lib/cframe-edge" ||
+		e.ChecksumOffload != ChecksumAuto {
 		t.Fatalf("edge config = %+v", e)
 	}
 }
@@ -93,11 +94,25 @@ func TestEdgeErrors(t *testing.T) {
 		{"controller=[]\nname=\"sz-1\"\nsecret=\"s\"\n", "controller is required"},
 		{"controller=[\"1.2.3.4:58422\", \"1.2.3.4:58422\"]\nname=\"sz-1\"\nsecret=\"s\"\n", "controller lists 1.2.3.4:58422 twice"},
 		{"controller=58422\nname=\"sz-1\"\nsecret=\"s\"\n", "want an address"},
+		{base + "checksum_offload=\"fast\"\n", `want "auto", "on" or "off"`},
+		{base + "checksum_offload=1\n", `want "auto", "on" or "off"`},
 	}
 	for _, tt := range tests {
 		_, err := LoadEdge(write(t, tt.body))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("LoadEdge(%q) = %v, want error containing %q", tt.body, err, tt.want)
+		}
+	}
+}
+
+// checksum_offload takes auto, on and off, and the booleans of earlier
+// versions as on and off.
+func TestEdgeChecksumOffload(t *testing.T) {
+	base := "controller=\"1.2.3.4:58422\"\nname=\"sz-1\"\nsecret=\"s\"\n"
+	for value, want := range map[string]Checksum{`"auto"`: ChecksumAuto, `"on"`: ChecksumOn, `"off"`: ChecksumOff, `"Off"`: ChecksumOff, "true": ChecksumOn, "false": ChecksumOff} {
+		e, err := LoadEdge(write(t, base+"checksum_offload = "+value+"\n"))
+		if err != nil || e.ChecksumOffload != want {
+			t.Errorf("checksum_offload = %s: %q (%v), want %q", value, e.ChecksumOffload, err, want)
 		}
 	}
 }

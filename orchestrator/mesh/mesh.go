@@ -40,8 +40,9 @@ type Local struct {
 	Port       uint16
 	LocalAddr  netip.Addr
 	Masquerade bool
-	// ChecksumOffload: edge.toml checksum_offload (netcfg.Desired).
-	ChecksumOffload bool
+	// Checksum is the VXLAN device's checksum setting in force (the
+	// agent's choice, or edge.toml's checksum_offload override).
+	Checksum netcfg.Checksum
 }
 
 // Desired returns the kernel state edge l should have for the edge set and
@@ -58,15 +59,15 @@ type Local struct {
 // neighbor entry's change. The VIP is the agent's to set (package ha).
 func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (netcfg.Desired, bool) {
 	d := netcfg.Desired{
-		Mode:            l.Mode,
-		Device:          l.Device,
-		DeviceMAC:       VTEPMAC(l.Name),
-		VNI:             VNI,
-		MTU:             l.MTU,
-		Port:            l.Port,
-		LocalAddr:       l.LocalAddr,
-		Masquerade:      l.Masquerade,
-		ChecksumOffload: l.ChecksumOffload,
+		Mode:       l.Mode,
+		Device:     l.Device,
+		DeviceMAC:  VTEPMAC(l.Name),
+		VNI:        VNI,
+		MTU:        l.MTU,
+		Port:       l.Port,
+		LocalAddr:  l.LocalAddr,
+		Masquerade: l.Masquerade,
+		Checksum:   l.Checksum,
 	}
 	self, ok := set[l.Name]
 	if !ok {

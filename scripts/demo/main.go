@@ -205,7 +205,7 @@ func run(ctx context.Context, bin string, etcd, hold, cloud bool) error {
 	}
 	if cloud {
 		fmt.Printf("    ip netns exec %s iptables -t nat -S     # the VPC router's EIP mapping and SNAT\n", vpc3.VPCRouter)
-		fmt.Printf("    ip netns exec %s ethtool -k cframe0     # tx-checksumming off: TCP and UDP survive those NATs\n", e3)
+		fmt.Printf("    ip netns exec %s ethtool -k cframe0     # tx-checksumming on, and ip -d link shows noudpcsum: the fast setting, which those NATs leave alone\n", e3)
 	}
 	out, _ = n.Exec(e3, "ip", "route", "show", "proto", "207")
 	fmt.Printf("    for example, %s's routes:\n%s", cluster.WalkthroughNames[2], indent(out))

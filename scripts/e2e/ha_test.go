@@ -563,6 +563,50 @@ func TestGatewayHA(t *testing.T) {
 		}
 		f.controllerShows("sz-2")
 	})
+
+	t.Run("after every failover above every agent still runs fast; the underlay rewrites zero checksums: all fall back to safe, no failover", func(t *testing.T) {
+		// The failovers above never passed for checksum evidence.
+		for _, name := range []string{"sz-1", "sz-2", "hk-1", "gz-3"} {
+			if err := f.checksumSetting(name, "fast", "default"); err != nil {
+				t.Error(err)
+			}
+		}
+		roleEvents := func() int {
+			b, _ := os.ReadFile(f.eventLog)
+			return strings.Count(string(b), `"kind":"role"`)
+		}
+		before := roleEvents()
+		ifaces := []string{hk.RouterIf, gz.RouterIf}
+		for _, g := range f.gw {
+			ifaces = append(ifaces, g.RouterIf)
+		}
+		br, err := f.net.BreakZeroChecksums(f.topo.Router, []uint16{cluster.TunnelPort}, ifaces...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer br.Remove()
+		broke := time.Now()
+		for _, name := range []string{"sz-1", "sz-2", "hk-1", "gz-3"} {
+			if err := topo.Eventually(15*time.Second, func() error {
+				return f.checksumSetting(name, "safe", "udp-fails-icmp-passes")
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Logf("every agent in the safe setting %s after the underlay broke the fast one", time.Since(broke).Round(time.Millisecond))
+		if err := topo.Eventually(10*time.Second, func() error {
+			return topo.TCPTransfer(hk.Host, sz.Host, sz.HostAddr, 1<<20, 2*time.Second)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.activeIs("sz-2", remotes...); err != nil {
+			t.Fatal(err)
+		}
+		f.controllerShows("sz-2")
+		if after := roleEvents(); after != before {
+			t.Errorf("role events went from %d to %d: the checksum problem was taken for a failure", before, after)
+		}
+	})
 }
 
 func siteOf(tp api.Topology, name string) api.TopologySite {

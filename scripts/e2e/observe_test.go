@@ -60,6 +60,8 @@ func TestObservability(t *testing.T) {
 				{"cframe_edge_drift_repairs_total", nil, atLeast(0), "present"},
 				{"cframe_edge_reconcile_errors_total", nil, eq(0), "0"},
 				{"cframe_edge_conflicts", nil, eq(0), "0"},
+				{"cframe_edge_checksum_setting", []string{"setting", "fast", "evidence", "default"}, eq(1), "1"},
+				{"cframe_edge_checksum_switches_total", nil, eq(0), "0"},
 				// The convergence pings crossed the tunnel both ways.
 				{"cframe_edge_tunnel_receive_bytes_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
 				{"cframe_edge_tunnel_transmit_bytes_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
