@@ -71,7 +71,7 @@ type planner struct {
 	mtu int
 	// wgMTU is the WireGuard device's MTU (with Desired.WireGuard).
 	wgMTU int
-	lan netip.Addr
+	lan   netip.Addr
 
 	changes   [stages][]change
 	conflicts []conflictNote

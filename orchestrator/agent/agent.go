@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -28,6 +29,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/internal/atomicfile"
@@ -68,6 +70,9 @@ type Agent struct {
 	// that keeps failing verification is logged once, not every retry.
 	refusedMu sync.Mutex
 	refused   string
+	// links is how each link that does not run encrypted runs, as last
+	// logged (mesh.Link.String).
+	links map[string]string
 }
 
 // New checks that the kernel can do the configured mode and prepares the agent.
@@ -94,8 +99,18 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, local: local, kernel: k, trust: trust, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: metrics.Version},
-		metrics: newAgentMetrics(k)}, nil
+	how, err := wireGuard(cfg, &local)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("data plane encryption: " + how)
+	st := bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: metrics.Version, Encryption: local.Encryption}
+	if local.WireGuardKey != (wgtypes.Key{}) {
+		st.WireGuardKey = local.WireGuardKey.PublicKey().String()
+	} else {
+		st.Plaintext = how
+	}
+	return &Agent{cfg: cfg, log: log, local: local, kernel: k, trust: trust, status: st, metrics: newAgentMetrics(k)}, nil
 }
 
 // refuse logs a controller that failed verification — once per address and
@@ -347,6 +362,7 @@ func (a *Agent) converge(reason string, kernelCall func(*netcfg.Desired) (netcfg
 		roles = a.ha.View()
 	}
 	d, registered := a.desired(set, roles)
+	a.followLinks(set)
 	began := time.Now()
 	res, err := kernelCall(&d)
 	// Drift: a full read found the kernel changed although the held set was
@@ -367,7 +383,7 @@ func (a *Agent) converge(reason string, kernelCall func(*netcfg.Desired) (netcfg
 		a.log.Info("kernel change", "change", ch, "reason", reason, "read", read)
 	}
 	st := a.status
-	st.Changes, st.Conflicts, st.Error = len(res.Changes), res.Conflicts, ""
+	st.Changes, st.Conflicts, st.Error, st.Links = len(res.Changes), res.Conflicts, "", a.links
 	switch {
 	case err != nil:
 		st.State, st.Error = bus.StateError, err.Error()
@@ -390,7 +406,8 @@ func (a *Agent) converge(reason string, kernelCall func(*netcfg.Desired) (netcfg
 		a.log.Warn("this edge is not registered: add it on the controller", "name", a.cfg.Name)
 	}
 	changed := st.State != a.status.State || st.AppliedRevision != a.status.AppliedRevision ||
-		st.Error != a.status.Error || len(res.Changes) > 0 || !slices.Equal(st.Conflicts, a.status.Conflicts)
+		st.Error != a.status.Error || len(res.Changes) > 0 || !slices.Equal(st.Conflicts, a.status.Conflicts) ||
+		!maps.Equal(st.Links, a.status.Links)
 	a.status = st
 	if changed && a.report != nil && !a.pending { // no reports from ReconcileOnce
 		a.pending = true

@@ -32,6 +32,7 @@ type agentMetrics struct {
 	driftRepairs  prometheus.Counter
 	errors        prometheus.Counter
 	conflicts     prometheus.Gauge
+	linkStates    *prometheus.GaugeVec
 	connected     atomic.Bool
 	// ha is the agent's prober and elections, once started.
 	ha atomic.Pointer[haRunner]
@@ -62,6 +63,8 @@ func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
 			Name: "cframe_edge_reconcile_errors_total", Help: "Reconciles and updates that failed (the error is in the edge's status)."}),
 		conflicts: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "cframe_edge_conflicts", Help: "Foreign kernel objects overlapping the mesh, left alone (listed in the edge's status)."}),
+		linkStates: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cframe_edge_links", Help: "Links to the other gateways by how they run: encrypted (kernel WireGuard), plaintext, or no_path (encryption required, the peer cannot encrypt)."}, []string{"state"}),
 	}
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "cframe_edge_controller_connected", Help: "1 while the agent is connected to a controller, else 0.",
@@ -71,9 +74,16 @@ func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
 		}
 		return 0
 	})
-	m.reg.MustRegister(m.peers, m.applied, m.latest, m.lag, m.reconcile, m.update, m.kernelChanges, m.driftRepairs, m.errors, m.conflicts, connected,
+	m.reg.MustRegister(m.peers, m.applied, m.latest, m.lag, m.reconcile, m.update, m.kernelChanges, m.driftRepairs, m.errors, m.conflicts, m.linkStates, connected,
 		tunnelCollector{k}, haCollector{&m.ha})
 	return m
+}
+
+// links records how many links run in each state.
+func (m *agentMetrics) links(counts map[string]int) {
+	for _, s := range []string{"encrypted", "plaintext", "no_path"} {
+		m.linkStates.WithLabelValues(s).Set(float64(counts[s]))
+	}
 }
 
 // converged records one targeted update or full reconcile: how long it

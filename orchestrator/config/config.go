@@ -102,6 +102,11 @@ type Edge struct {
 	// on (faster; only where no Linux NAT in this kernel rewrites the
 	// tunnel's packets).
 	ChecksumOffload bool `toml:"checksum_offload"`
+	// Encryption is how the tunnel is encrypted (kernel WireGuard):
+	// "prefer" (the default) encrypts with every peer that can and runs
+	// plaintext, loudly, with the others; "required" gives a peer that
+	// cannot encrypt no path; "none" runs plaintext (private links).
+	Encryption string `toml:"encryption"`
 	// MetricsAddr is where the agent serves Prometheus metrics; empty: off.
 	MetricsAddr string `toml:"metrics_addr"`
 	// ControllerCA pins the CA the controller's certificate must chain to
@@ -298,7 +303,7 @@ func isSelf(host, clusterAddr string) bool {
 
 // LoadEdge reads and checks an edge config, filling defaults.
 func LoadEdge(path string) (Edge, error) {
-	e := Edge{ListenAddr: ":58423", StateDir: "/var/lib/cframe-edge", Mode: "vxlan", Device: "cframe0"}
+	e := Edge{ListenAddr: ":58423", StateDir: "/var/lib/cframe-edge", Mode: "vxlan", Device: "cframe0", Encryption: "prefer"}
 	if err := decode(path, &e); err != nil {
 		return e, err
 	}
@@ -332,6 +337,11 @@ func (e Edge) check(path string) error {
 	}
 	if err := netcfg.CheckDevice(e.Device); err != nil {
 		return fail("%v", err)
+	}
+	switch e.Encryption {
+	case "prefer", "required", "none":
+	default:
+		return fail("encryption %q is unknown: use \"prefer\" (the default), \"required\" or \"none\"", e.Encryption)
 	}
 	if err := netcfg.CheckMTU(e.MTU); err != nil {
 		return fail("%v", err)

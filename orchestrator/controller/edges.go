@@ -29,10 +29,18 @@ func (c *Controller) AddEdge(ctx context.Context, s edgeset.Spec) (api.ChangeRes
 			return edgeWrite{}, err
 		}
 		old, exists := edges[e.Name]
-		if exists && sameEdge(old, e) {
+		if exists && sameEdge(old, e) && old.Mesh.IsValid() {
 			return edgeWrite{done: &api.ChangeResult{Revision: rev, Message: fmt.Sprintf("edge %s unchanged", e.Name)}}, nil
 		}
-		return edgeWrite{name: e.Name, put: &e, replaces: exists}, nil
+		var prev *bus.Edge
+		if exists {
+			prev = &old
+		}
+		put := e
+		if err := keyState(&put, prev, c.heartbeatOf(e.Name), edges); err != nil {
+			return edgeWrite{}, err
+		}
+		return edgeWrite{name: e.Name, put: &put, replaces: exists}, nil
 	})
 }
 

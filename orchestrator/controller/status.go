@@ -169,6 +169,7 @@ func (c *Controller) onStatus(m *nats.Msg) {
 	if st.Site != nil {
 		c.observeClaim(st.Site.Claim)
 	}
+	c.followWireGuard(st)
 }
 
 // sweepOffline marks edges whose heartbeats stopped as offline. Every
