@@ -88,8 +88,8 @@ func (l Local) linkTo(encrypting bool, why string, e bus.Edge) Link {
 	case encrypting && Encrypts(e):
 		return Link{Encrypted: true}
 	case encrypting:
-		why = fmt.Sprintf("%s does not encrypt", e.Name)
-		if !e.Mesh.IsValid() || e.WireGuardKey == "" {
+		why = fmt.Sprintf("%s does not encrypt (encryption \"none\" or no WireGuard in its kernel)", e.Name)
+		if !e.Plaintext {
 			why = fmt.Sprintf("%s has published no WireGuard key", e.Name)
 		}
 	}
