@@ -4,10 +4,12 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/cframe/cframe/bus"
+	"github.com/cframe/cframe/orchestrator/api"
 )
 
 // TestKeyUpdate: the first WireGuard key a heartbeat names is pinned,
@@ -83,5 +85,40 @@ func TestAllocateMesh(t *testing.T) {
 	}
 	if a, err := allocateMesh(full); err == nil {
 		t.Errorf("a full mesh gave %s", a)
+	}
+}
+
+// TestLinkEncryption: a link is WireGuard when both ends encrypt and say
+// nothing else of it, plaintext or no path (down) when an end says so.
+func TestLinkEncryption(t *testing.T) {
+	end := func(name string, st bus.Status) linkEnd {
+		st.Name = name
+		return linkEnd{name: name, st: &edgeStatus{last: st, online: true}}
+	}
+	enc := bus.Status{WireGuardKey: "k"}
+	tests := []struct {
+		name       string
+		a, b       linkEnd
+		want, why  string
+		wantState  string
+		wantReason string
+	}{
+		{"both encrypt", end("a", enc), end("b", enc), api.EncryptionWireGuard, "", "", ""},
+		{"b has no WireGuard", end("a", bus.Status{WireGuardKey: "k", Links: map[string]string{"b": "plaintext: b does not encrypt"}}),
+			end("b", bus.Status{Plaintext: "no WireGuard in this kernel"}), api.EncryptionPlaintext, "a: b does not encrypt", "", ""},
+		{"a requires it", end("a", bus.Status{WireGuardKey: "k", Links: map[string]string{"b": "no path: b does not encrypt"}}),
+			end("b", bus.Status{Plaintext: "none"}), api.EncryptionNoPath, "a: b does not encrypt", api.LinkDown, "a: b does not encrypt"},
+		{"an end not heard from", end("a", enc), linkEnd{name: "b"}, "", "", "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l := linkOf(tc.a, tc.b, 0, time.Time{})
+			if l.Encryption != tc.want || l.EncryptionReason != tc.why {
+				t.Errorf("encryption %q (%q), want %q (%q)", l.Encryption, l.EncryptionReason, tc.want, tc.why)
+			}
+			if tc.wantState != "" && (l.State != tc.wantState || l.Reason != tc.wantReason) {
+				t.Errorf("state %s (%s), want %s (%s)", l.State, l.Reason, tc.wantState, tc.wantReason)
+			}
+		})
 	}
 }
