@@ -112,4 +112,11 @@ func (a *Agent) followLinks(set map[string]bus.Edge) {
 	}
 	a.links = now
 	a.metrics.links(counts)
+	names := map[wgtypes.Key]string{}
+	for name, e := range set {
+		if k, err := wgtypes.ParseKey(e.WireGuardKey); err == nil {
+			names[k] = name
+		}
+	}
+	a.metrics.wgNames.Store(&names)
 }
