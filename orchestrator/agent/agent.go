@@ -73,6 +73,9 @@ type Agent struct {
 	// links is how each link that does not run encrypted runs, as last
 	// logged (mesh.Link.String).
 	links map[string]string
+	// encryptedSince is when each encrypted link was first seen so (the
+	// reference of its handshake timeout before a first handshake).
+	encryptedSince map[string]time.Time
 }
 
 // New checks that the kernel can do the configured mode and prepares the agent.

@@ -67,7 +67,7 @@ func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
 		conflicts: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "cframe_edge_conflicts", Help: "Foreign kernel objects overlapping the mesh, left alone (listed in the edge's status)."}),
 		linkStates: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "cframe_edge_links", Help: "Links to the other gateways by how they run: encrypted (kernel WireGuard), plaintext, or no_path (encryption required, the peer cannot encrypt)."}, []string{"state"}),
+			Name: "cframe_edge_links", Help: "Links to the other gateways by how they run: encrypted (kernel WireGuard), stale (encrypted, no handshake for 3 minutes), plaintext, or no_path (encryption required, the peer cannot encrypt)."}, []string{"state"}),
 	}
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "cframe_edge_controller_connected", Help: "1 while the agent is connected to a controller, else 0.",
@@ -84,7 +84,7 @@ func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
 
 // links records how many links run in each state.
 func (m *agentMetrics) links(counts map[string]int) {
-	for _, s := range []string{"encrypted", "plaintext", "no_path"} {
+	for _, s := range []string{"encrypted", "stale", "plaintext", "no_path"} {
 		m.linkStates.WithLabelValues(s).Set(float64(counts[s]))
 	}
 }

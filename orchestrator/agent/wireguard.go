@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -84,12 +85,15 @@ func wireGuard(cfg config.Edge, l *mesh.Local) (string, error) {
 // start), and counts the links by how they run.
 func (a *Agent) followLinks(set map[string]bus.Edge) {
 	links := mesh.Links(a.local, set)
+	a.handshakes(set, links)
 	now := map[string]string{}
 	counts := map[string]int{}
 	loud := a.local.WireGuardKey != (wgtypes.Key{})
 	for name, l := range links {
 		s := l.String()
 		switch {
+		case l.Stale:
+			counts["stale"]++
 		case l.Encrypted:
 			counts["encrypted"]++
 		case l.NoPath:
@@ -106,6 +110,8 @@ func (a *Agent) followLinks(set map[string]bus.Edge) {
 		switch {
 		case s == "" && a.links[name] != "":
 			a.log.Info("link encrypted", "peer", name)
+		case l.Stale:
+			a.log.Warn("encrypted link down", "peer", name, "link", s)
 		case s != "" && (loud || l.NoPath):
 			a.log.Warn("link not encrypted", "peer", name, "link", s)
 		}
@@ -119,4 +125,42 @@ func (a *Agent) followLinks(set map[string]bus.Edge) {
 		}
 	}
 	a.metrics.wgNames.Store(&names)
+}
+
+// handshakes marks the encrypted links of links whose peer has not
+// completed a WireGuard handshake for mesh.HandshakeTimeout — counted from
+// when the link was first seen encrypted when it never has — as stale.
+func (a *Agent) handshakes(set map[string]bus.Edge, links map[string]mesh.Link) {
+	if a.local.WireGuardKey == (wgtypes.Key{}) {
+		return
+	}
+	stats, err := a.kernel.WireGuardStats("")
+	if err != nil {
+		a.log.Debug("read WireGuard peers", "err", err)
+		return
+	}
+	last := map[string]time.Time{}
+	for _, s := range stats {
+		last[s.PublicKey.String()] = s.LastHandshake
+	}
+	now := time.Now()
+	since := map[string]time.Time{}
+	for name, l := range links {
+		if !l.Encrypted {
+			continue
+		}
+		since[name] = now
+		if t, ok := a.encryptedSince[name]; ok {
+			since[name] = t
+		}
+		ref := last[set[name].WireGuardKey]
+		if ref.IsZero() {
+			ref = since[name]
+		}
+		if age := now.Sub(ref); age > mesh.HandshakeTimeout {
+			l.Stale, l.Why = true, fmt.Sprintf("no WireGuard handshake for %s", age.Round(time.Second))
+			links[name] = l
+		}
+	}
+	a.encryptedSince = since
 }

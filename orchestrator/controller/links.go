@@ -58,11 +58,12 @@ func (e linkEnd) probeOf(peer string) (peerProbe, bool) {
 
 // encryptionOf is how the link between a and b is encrypted, as its ends
 // report it: no path or plaintext when either end says so (with its
-// words), WireGuard when both encrypt and neither says otherwise, unknown
-// while an end has not reported.
-func encryptionOf(a, b linkEnd) (string, string) {
+// words), WireGuard when both encrypt and neither says otherwise — stale
+// when an end saw no handshake for minutes —, unknown while an end has not
+// reported.
+func encryptionOf(a, b linkEnd) (enc, why string, stale bool) {
 	encrypted := true
-	var plaintext string
+	var plaintext, down string
 	for _, d := range [][2]linkEnd{{a, b}, {b, a}} {
 		from, to := d[0], d[1]
 		if from.st == nil {
@@ -73,7 +74,9 @@ func encryptionOf(a, b linkEnd) (string, string) {
 		why := st.Links[to.name]
 		switch {
 		case strings.HasPrefix(why, "no path: "):
-			return api.EncryptionNoPath, fmt.Sprintf("%s: %s", from.name, strings.TrimPrefix(why, "no path: "))
+			return api.EncryptionNoPath, fmt.Sprintf("%s: %s", from.name, strings.TrimPrefix(why, "no path: ")), false
+		case strings.HasPrefix(why, "down: ") && down == "":
+			down = fmt.Sprintf("%s: %s", from.name, strings.TrimPrefix(why, "down: "))
 		case strings.HasPrefix(why, "plaintext: ") && plaintext == "":
 			plaintext = fmt.Sprintf("%s: %s", from.name, strings.TrimPrefix(why, "plaintext: "))
 		case st.WireGuardKey == "":
@@ -85,11 +88,11 @@ func encryptionOf(a, b linkEnd) (string, string) {
 	}
 	switch {
 	case plaintext != "":
-		return api.EncryptionPlaintext, plaintext
+		return api.EncryptionPlaintext, plaintext, false
 	case encrypted:
-		return api.EncryptionWireGuard, ""
+		return api.EncryptionWireGuard, down, down != ""
 	}
-	return "", ""
+	return "", "", false
 }
 
 // linkOf computes the link between a and b at revision rev, committed at
@@ -134,9 +137,10 @@ func linkOf(a, b linkEnd, rev uint64, revAt time.Time) api.Link {
 	default:
 		l.Config = api.ConfigApplied
 	}
-	l.Encryption, l.EncryptionReason = encryptionOf(a, b)
+	var stale bool
+	l.Encryption, l.EncryptionReason, stale = encryptionOf(a, b)
 	switch {
-	case l.Encryption == api.EncryptionNoPath:
+	case l.Encryption == api.EncryptionNoPath || stale:
 		l.State, l.Reason = api.LinkDown, l.EncryptionReason
 	case l.Probe == api.ProbeDown:
 		l.State = api.LinkDown

@@ -122,3 +122,14 @@ func TestLinkEncryption(t *testing.T) {
 		})
 	}
 }
+
+// TestLinkStaleHandshake: an end that saw no handshake for minutes makes
+// an encrypted link down, saying so.
+func TestLinkStaleHandshake(t *testing.T) {
+	a := linkEnd{name: "a", st: &edgeStatus{online: true, last: bus.Status{Name: "a", WireGuardKey: "k", Links: map[string]string{"b": "down: no WireGuard handshake for 3m5s"}}}}
+	b := linkEnd{name: "b", st: &edgeStatus{online: true, last: bus.Status{Name: "b", WireGuardKey: "k"}}}
+	l := linkOf(a, b, 0, time.Time{})
+	if l.Encryption != api.EncryptionWireGuard || l.State != api.LinkDown || l.Reason != "a: no WireGuard handshake for 3m5s" {
+		t.Errorf("link %+v, want WireGuard, down, saying a saw no handshake", l)
+	}
+}

@@ -41,9 +41,18 @@ func VXLANPort(e bus.Edge) uint16 {
 	return e.HostAddr.Port()
 }
 
+// HandshakeTimeout is how long an encrypted link may go without a
+// WireGuard handshake before it counts as down: the kernel renews a
+// session every 2 minutes while packets (keepalives included) flow, and
+// stops using one after 3.
+const HandshakeTimeout = 3 * time.Minute
+
 // Link is how this edge runs its link to one peer.
 type Link struct {
 	Encrypted bool
+	// Stale: encrypted, but no handshake for HandshakeTimeout (Why says
+	// how long).
+	Stale bool
 	// NoPath: the link carries nothing (encryption required, the peer
 	// cannot encrypt). Why says why a link is not encrypted.
 	NoPath bool
@@ -53,6 +62,8 @@ type Link struct {
 // String is the link as Status.Links reports it ("" when encrypted).
 func (l Link) String() string {
 	switch {
+	case l.Stale:
+		return "down: " + l.Why
 	case l.Encrypted:
 		return ""
 	case l.NoPath:
