@@ -223,6 +223,22 @@ func TestEncryptedWalkthrough(t *testing.T) {
 	})
 }
 
+// encrypted reports whether the topology shows every link on WireGuard
+// (where the kernels have it: the default is "prefer").
+func (f *fixture) encrypted() bool {
+	f.t.Helper()
+	tp, err := f.c.API.Topology(f.ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, l := range tp.Links {
+		if l.Encryption != api.EncryptionWireGuard {
+			return false
+		}
+	}
+	return len(tp.Links) > 0
+}
+
 // links waits until the topology shows each link ("a|b" in any order) with
 // the given encryption.
 func (f *fixture) links(want map[string]string) {
