@@ -79,7 +79,8 @@ func keyUpdate(e bus.Edge, st bus.Status) (next *bus.Edge, pinned bool, refused 
 		default:
 			return nil, false, fmt.Sprintf("edge %s is pinned to WireGuard key %s, not %s: delete and re-add the edge to accept a new key", e.Name, e.WireGuardKey, st.WireGuardKey)
 		}
-	case st.Plaintext != "":
+	case st.Plaintext != "" && e.WireGuardKey != "":
+		// Without a pinned key the edge counts as plaintext anyway.
 		n.Plaintext = true
 	}
 	if !n.Mesh.IsValid() || n.WireGuardKey != e.WireGuardKey || n.Plaintext != e.Plaintext {
@@ -168,7 +169,7 @@ func (c *Controller) followWireGuard(st bus.Status) {
 				next.Mesh = a
 			}
 			pinned = p
-			return edgeWrite{name: st.Name, put: next, replaces: true}, nil
+			return edgeWrite{name: st.Name, put: next, replaces: true, own: "WireGuard state from its heartbeat"}, nil
 		})
 		switch {
 		case err != nil:

@@ -39,6 +39,7 @@ func TestKeyUpdate(t *testing.T) {
 		{"another key refused", pinned, bus.Status{WireGuardKey: pub2}, nil, false, "delete and re-add"},
 		{"malformed key refused", base, bus.Status{WireGuardKey: "not a key"}, nil, false, "malformed"},
 		{"plaintext recorded, key kept", pinned, bus.Status{Plaintext: "no WireGuard"}, &plain, false, ""},
+		{"plaintext without a key: nothing (it counts as plaintext)", base, bus.Status{Plaintext: "no WireGuard"}, nil, false, ""},
 		{"plaintext again: nothing", plain, bus.Status{Plaintext: "no WireGuard"}, nil, false, ""},
 		{"back to its pinned key", plain, bus.Status{WireGuardKey: pub1}, &pinned, false, ""},
 		{"an old agent says nothing: nothing", pinned, bus.Status{}, nil, false, ""},

@@ -69,8 +69,9 @@ func TestCloudWalkthrough(t *testing.T) {
 			}
 			f.startEdge(names[i], s, extra...)
 		}
-		// They reached the controller through sz-1's EIP and wait.
-		if err := topo.Eventually(15*time.Second, func() error {
+		// They reached the controller through sz-1's EIP and wait (the
+		// deadline is generous for the stock-kernel VM's emulated CPU).
+		if err := topo.Eventually(45*time.Second, func() error {
 			tp, err := f.c.API.Topology(f.ctx)
 			if err != nil {
 				return err
@@ -83,7 +84,7 @@ func TestCloudWalkthrough(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := f.add(names...)
-		if err := topo.Eventually(15*time.Second, func() error { return pingAll(f.net, flows) }); err != nil {
+		if err := topo.Eventually(45*time.Second, func() error { return pingAll(f.net, flows) }); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("convergence (cloud walkthrough): %s from the last add returning to every flow answering a ping", time.Since(start).Round(time.Millisecond))

@@ -60,6 +60,8 @@ func TestObservability(t *testing.T) {
 				{"cframe_edge_drift_repairs_total", nil, atLeast(0), "present"},
 				{"cframe_edge_reconcile_errors_total", nil, eq(0), "0"},
 				{"cframe_edge_conflicts", nil, eq(0), "0"},
+				// Encrypted where both kernels have WireGuard, else plaintext.
+				{"cframe_edge_links", []string{"state", "no_path"}, eq(0), "0"},
 				// The convergence pings crossed the tunnel both ways.
 				{"cframe_edge_tunnel_receive_bytes_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
 				{"cframe_edge_tunnel_transmit_bytes_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
@@ -89,7 +91,9 @@ func TestObservability(t *testing.T) {
 					{"cframe_edge_peer_probes_received_total", l, atLeast(1), "answers"},
 				}...)
 			}
-			checked := map[string]bool{}
+			// Per WireGuard peer, where this kernel has WireGuard.
+			checked := map[string]bool{"cframe_edge_wireguard_handshake_age_seconds": true,
+				"cframe_edge_wireguard_receive_bytes_total": true, "cframe_edge_wireguard_transmit_bytes_total": true}
 			for _, w := range want {
 				checked[w.name] = true
 				if v, ok := s.Value(w.name, w.labels...); !ok || !w.ok(v) {
