@@ -307,7 +307,7 @@ func TestObservability(t *testing.T) {
 				t.Errorf("link %+v, want down with the configuration applied, since the cut", l)
 			}
 		}
-		if out, err := f.c.Ctl("topology"); err != nil || !regexpLine(out, `gz-3 <-> sz-1\s+down\s+applied\s+down\s+-\s+\S+\s+probes from`) {
+		if out, err := f.c.Ctl("topology"); err != nil || !regexpLine(out, `gz-3 <-> sz-1\s+down\s+applied\s+down\s+-\s+\S+\s+\S+\s+probes from`) {
 			t.Errorf("topology while the tunnel is cut: %v\n%s", err, out)
 		}
 		if out, err := f.net.Exec(gz.Edge, append([]string{"iptables", "-t", "raw", "-D"}, drop...)...); err != nil {
