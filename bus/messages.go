@@ -25,6 +25,17 @@ type Edge struct {
 	// VIP is the site's virtual IP (the cloud's HaVip), held by its active
 	// gateway only; invalid when the site has none.
 	VIP netip.Addr `json:"vip,omitzero"`
+	// Mesh is the edge's mesh address (in 240.207.0.0/16), which the
+	// controller gives it when it is added and keeps across re-adds: the
+	// address its peers' encrypted VXLAN goes to inside WireGuard.
+	Mesh netip.Addr `json:"mesh_addr,omitzero"`
+	// WireGuardKey is the WireGuard public key pinned for the edge (base64),
+	// the first one its heartbeats named; another is refused until the edge
+	// is deleted and added again. Empty: none seen yet.
+	WireGuardKey string `json:"wireguard_key,omitempty"`
+	// Plaintext: the edge's last word was that it does not encrypt
+	// (encryption = "none", or no WireGuard in its kernel).
+	Plaintext bool `json:"plaintext,omitempty"`
 	// Revision is the store revision of the edge's last change.
 	Revision uint64 `json:"revision"`
 }
@@ -108,10 +119,19 @@ type Status struct {
 	Site *SiteStatus `json:"site,omitempty"`
 	// Probes is the data-plane health of every remote gateway, measured
 	// through the tunnel, sorted by name.
-	Probes  []PeerProbe `json:"probes,omitempty"`
-	Mode    string      `json:"mode,omitempty"`
-	Version string      `json:"version,omitempty"`
-	Time    time.Time   `json:"time"`
+	Probes []PeerProbe `json:"probes,omitempty"`
+	// WireGuardKey is the public key this edge encrypts with (base64);
+	// empty when it does not, and then Plaintext says why.
+	WireGuardKey string `json:"wireguard_key,omitempty"`
+	Plaintext    string `json:"plaintext,omitempty"`
+	// Encryption is the edge's encryption setting (prefer, required, none).
+	Encryption string `json:"encryption,omitempty"`
+	// Links says, for each peer that does not run encrypted with this
+	// edge, how the link runs: "plaintext: <why>" or "no path: <why>".
+	Links   map[string]string `json:"links,omitempty"`
+	Mode    string            `json:"mode,omitempty"`
+	Version string            `json:"version,omitempty"`
+	Time    time.Time         `json:"time"`
 }
 
 // Audit event kinds (the last-but-one token of EventSubject).

@@ -24,6 +24,9 @@ type actual struct {
 	// read (an Update's read).
 	TunnelIPv6 *tunnelIPv6
 	VIP        *vipState
+	// WireGuard is the desired WireGuard device's configuration (nil: not
+	// desired, missing or not cframe's).
+	WireGuard *wgState
 	// Routes are the main-table routes with protocol RouteProtocol.
 	Routes []route
 	// ForeignRoutes are the other main-table routes (except default routes)

@@ -71,6 +71,13 @@ func inputAccept(mode Mode, port uint16) rule {
 	return rule{chainInput, append(tunnelMatch(mode, port), "-m", "set", "--match-set", setPeers, "src", "-j", "ACCEPT")}
 }
 
+// inputWireGuard admits the tunnel protocol out of the WireGuard device dev:
+// what the kernel decrypted there came from an authenticated peer's mesh
+// address.
+func inputWireGuard(dev string, port uint16) rule {
+	return rule{chainInput, append([]string{"-i", dev}, append(tunnelMatch(ModeVXLAN, port), "-j", "ACCEPT")...)}
+}
+
 // inputDrop drops the tunnel protocol from everyone else; it must stay the
 // last rule of chainInput.
 func inputDrop(mode Mode, port uint16) rule {
@@ -179,6 +186,9 @@ func (p *planner) planChains() {
 	}
 	if p.setReady[setPeers] {
 		want[chainInput] = append(want[chainInput], inputAccept(p.d.Mode, p.d.Port))
+	}
+	if wg := p.d.WireGuard; wg != nil && p.usable[wg.Device] {
+		want[chainInput] = append(want[chainInput], inputWireGuard(wg.Device, p.d.Port))
 	}
 	want[chainInput] = append(want[chainInput], inputDrop(p.d.Mode, p.d.Port))
 	masquerade := p.d.Masquerade && p.setReady[setNets]

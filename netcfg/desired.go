@@ -3,6 +3,9 @@ package netcfg
 import (
 	"net"
 	"net/netip"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Mode is the encapsulation used between edges.
@@ -70,6 +73,12 @@ type Desired struct {
 	// are instead — neither added nor removed — and VIP is ignored.
 	VIP     netip.Addr
 	KeepVIP bool
+	// WireGuard, when not nil, is the WireGuard device the encrypted peers
+	// are reached through (wireguard.go; VXLAN mode only). The VXLAN
+	// device's MTU then leaves room for both encapsulations, and its
+	// underlay source is the kernel's choice per route (the mesh address
+	// toward encrypted peers).
+	WireGuard *WireGuard
 	// Peers are the other edges of the mesh.
 	Peers []Peer
 }
@@ -98,7 +107,8 @@ func (c Checksum) fast() bool { return c == ChecksumFast }
 type Peer struct {
 	// Name is the peer's edge name (used in logs and GRE device aliases).
 	Name string
-	// Underlay is the peer's public address and tunnel port.
+	// Underlay is the peer's public address and tunnel port: where its
+	// VXLAN packets go, or for an encrypted peer its WireGuard endpoint.
 	Underlay netip.AddrPort
 	// MAC is the peer's VTEP MAC (VXLAN mode).
 	MAC net.HardwareAddr
@@ -111,4 +121,12 @@ type Peer struct {
 	// LinkLocal, when valid, is the peer's IPv6 link-local address on the
 	// tunnel: it gets a permanent IPv6 neighbor with MAC (neigh6.go).
 	LinkLocal netip.Addr
+	// Mesh, when valid, makes the peer encrypted (Desired.WireGuard must be
+	// set): its mesh address and VXLAN port, where its FDB entry sends
+	// through the WireGuard device; PublicKey is its WireGuard key and
+	// Keepalive, when not 0, the persistent keepalive that holds a NAT
+	// mapping on the path open.
+	Mesh      netip.AddrPort
+	PublicKey wgtypes.Key
+	Keepalive time.Duration
 }

@@ -12,7 +12,8 @@ import (
 )
 
 // FDB entries: one per peer on the VXLAN device, sending frames for the
-// peer's VTEP MAC to its underlay address and port. Learning is off, so
+// peer's VTEP MAC to its underlay address and port (an encrypted peer's to
+// its mesh address, through the WireGuard device). Learning is off, so
 // these are the device's only remotes.
 
 // fdbEntry is a VXLAN forwarding entry: frames for MAC go to Dst:Port.
@@ -81,6 +82,9 @@ func (p *planner) planFDB() {
 	var stale []fdbEntry
 	for _, peer := range p.d.Peers {
 		w := fdbEntry{Device: dev, MAC: peer.MAC, Dst: peer.Underlay.Addr(), Port: peer.Underlay.Port()}
+		if peer.Encrypted() {
+			w.Dst, w.Port = peer.Mesh.Addr(), peer.Mesh.Port()
+		}
 		key := [6]byte(w.MAC)
 		i, ok := first[key]
 		delete(first, key)

@@ -17,8 +17,10 @@ import (
 // rule without fetching the whole ruleset, tens of milliseconds at a
 // thousand rules). The chains stay a handful of rules.
 const (
-	// setPeers (hash:ip) holds every peer's underlay address: the only
-	// sources CFRAME-INPUT admits the tunnel protocol from.
+	// setPeers (hash:ip) holds every plaintext peer's underlay address:
+	// the only sources CFRAME-INPUT admits the tunnel protocol from on the
+	// underlay (an encrypted peer's VXLAN packets come out of the
+	// WireGuard device, so a plaintext one forged with its address dies).
 	setPeers = "cframe-peers"
 	// setNets (hash:net) holds every peer's networks while Masquerade is
 	// on: CFRAME-POSTROUTING SNATs traffic from them into the LAN.
@@ -123,14 +125,16 @@ func setMember(data []byte) (netip.Prefix, bool) {
 	return netip.PrefixFrom(addr, bits), addr.IsValid() && bits <= 32
 }
 
-// planSets makes setPeers hold the peers' underlay addresses and, under
+// planSets makes setPeers hold the plaintext peers' underlay addresses and, under
 // Masquerade, setNets their networks; setNets goes when Masquerade is off.
 // It notes in setReady the sets the rules may match.
 func (p *planner) planSets() {
 	underlays := make([]netip.Prefix, 0, len(p.d.Peers))
 	var nets []netip.Prefix
 	for _, peer := range p.d.Peers {
-		underlays = append(underlays, netip.PrefixFrom(peer.Underlay.Addr(), 32))
+		if !peer.Encrypted() {
+			underlays = append(underlays, netip.PrefixFrom(peer.Underlay.Addr(), 32))
+		}
 		if p.d.Masquerade {
 			nets = append(nets, peer.CIDRs...)
 		}

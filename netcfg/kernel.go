@@ -177,6 +177,7 @@ func (s *session) read(d *Desired, sc *scope) (*actual, error) {
 	r := newReading(d, sc)
 	for _, step := range []func(*reading) error{
 		s.readLinks,
+		s.readWireGuard,
 		s.readFDB,
 		s.readNeighbors,
 		s.readNeighbors6,

@@ -16,8 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Links: cframe's tunnel devices — one VXLAN device for all peers, or one
-// GRE device per peer — and any foreign link that carries a desired name.
+// Links: cframe's tunnel devices — one VXLAN device for all peers (and the
+// WireGuard device under it, wireguard.go), or one GRE device per peer —
+// and any foreign link that carries a desired name.
 
 // link is a network device as cframe sees it.
 type link struct {
@@ -57,7 +58,7 @@ type link struct {
 // under (left behind if cframe died while creating it).
 func (l link) Owned() bool {
 	return l.Alias == OwnerAlias || strings.HasPrefix(l.Alias, OwnerAlias+":") ||
-		strings.HasPrefix(l.Name, tempLinkPrefix) && (l.Kind == "vxlan" || l.Kind == "gre")
+		strings.HasPrefix(l.Name, tempLinkPrefix) && (l.Kind == "vxlan" || l.Kind == "gre" || l.Kind == "wireguard")
 }
 
 // String renders the link the way "ip link add" would take it.
@@ -125,6 +126,9 @@ func (s *session) readLinks(r *reading) error {
 		return err
 	}
 	desired := map[string]bool{r.d.Device: true}
+	if r.d.WireGuard != nil {
+		desired[r.d.WireGuard.Device] = true
+	}
 	if r.d.Mode == ModeGRE {
 		for _, p := range r.d.Peers {
 			desired[greDevice(r.d.Device, p.Name)] = true
@@ -153,8 +157,16 @@ func (s *session) readLinks(r *reading) error {
 // wantLinks are the desired tunnel devices.
 func (p *planner) wantLinks() []link {
 	if p.d.Mode == ModeVXLAN {
-		return []link{{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: p.d.LocalAddr, UDPCsum: !p.d.Checksum.fast(), TxCsum: p.d.Checksum.fast(), RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()}}
+		local := p.d.LocalAddr
+		var out []link
+		if wg := p.d.WireGuard; wg != nil {
+			// The WireGuard device first: the VXLAN device sends through it.
+			out = append(out, link{Name: wg.Device, Kind: "wireguard", Alias: OwnerAlias, MTU: p.wgMTU, Up: true})
+			// Toward encrypted peers the source must be the mesh address.
+			local = netip.Addr{}
+		}
+		return append(out, link{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
+			VNI: p.d.VNI, Port: p.d.Port, Local: local, UDPCsum: !p.d.Checksum.fast(), TxCsum: p.d.Checksum.fast(), RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()})
 	}
 	var out []link
 	for _, peer := range p.d.Peers {
@@ -178,9 +190,19 @@ func (p *planner) planLinks() {
 	for _, l := range p.a.Links {
 		have[l.Name] = l
 	}
+	wants := p.wantLinks()
 	wanted := map[string]bool{}
-	for _, w := range p.wantLinks() {
+	for _, w := range wants {
 		wanted[w.Name] = true
+	}
+	// A stale WireGuard device goes first: it holds the UDP port that a
+	// VXLAN device created below may be about to take back.
+	for _, h := range p.a.Links {
+		if h.Owned() && !wanted[h.Name] && h.Kind == "wireguard" {
+			p.add(stageLinks, linkDel(h.Name, "stale"))
+		}
+	}
+	for _, w := range wants {
 		h, ok := have[w.Name]
 		switch {
 		case !ok:
@@ -216,10 +238,12 @@ func (p *planner) planLinks() {
 			}
 		}
 		p.usable[w.Name] = true
-		p.tunnels = append(p.tunnels, w.Name)
+		if w.Kind != "wireguard" { // WireGuard carries VXLAN, not the LAN's packets
+			p.tunnels = append(p.tunnels, w.Name)
+		}
 	}
 	for _, h := range p.a.Links {
-		if h.Owned() && !wanted[h.Name] {
+		if h.Owned() && !wanted[h.Name] && h.Kind != "wireguard" {
 			p.add(stageLinksDel, linkDel(h.Name, "stale"))
 		}
 	}
@@ -294,6 +318,11 @@ func linkAdd(l link) change {
 			}
 		case "gre":
 			dev = &netlink.Gretun{LinkAttrs: attrs, Local: ipOrNil(l.Local), Remote: ipOrNil(l.Remote), Ttl: greTTL, PMtuDisc: 1}
+			if err := s.nl.LinkAdd(dev); err != nil {
+				return err
+			}
+		case "wireguard":
+			dev = &netlink.Wireguard{LinkAttrs: attrs}
 			if err := s.nl.LinkAdd(dev); err != nil {
 				return err
 			}

@@ -69,7 +69,9 @@ type planner struct {
 	d   Desired
 	a   *actual
 	mtu int
-	lan netip.Addr
+	// wgMTU is the WireGuard device's MTU (with Desired.WireGuard).
+	wgMTU int
+	lan   netip.Addr
 
 	changes   [stages][]change
 	conflicts []conflictNote
@@ -103,14 +105,12 @@ func newPlan(d Desired, a *actual) plan {
 	}
 	p.mtu = d.MTU
 	if p.mtu == 0 {
-		if d.Mode == ModeGRE {
-			p.mtu = under - greOverhead
-		} else {
-			p.mtu = under - vxlanOverhead
-		}
+		p.mtu = under - overhead(d)
 	}
+	p.wgMTU = p.mtu + vxlanOverhead
 	p.planIPForward()
 	p.planLinks()
+	p.planWireGuard()
 	p.planFDB()
 	p.planLinkLocal()
 	p.planVIP()
@@ -120,6 +120,18 @@ func newPlan(d Desired, a *actual) plan {
 	p.planSets()
 	p.planChains()
 	return p.plan()
+}
+
+// overhead is what the tunnel adds to a packet: the encapsulation, and
+// WireGuard's around it when the mesh is encrypted.
+func overhead(d Desired) int {
+	switch {
+	case d.Mode == ModeGRE:
+		return greOverhead
+	case d.WireGuard != nil:
+		return vxlanOverhead + wireGuardOverhead
+	}
+	return vxlanOverhead
 }
 
 // add plans changes in stage st.

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
 )
 
 // A session is what one Reconcile, Update or Cleanup talks to the kernel
@@ -46,6 +47,8 @@ type session struct {
 	sent Requests
 	// kinds counts the applied changes by object kind (see apply).
 	kinds map[string]int
+	// wg is the WireGuard client (generic netlink), opened on first use.
+	wg *wgctrl.Client
 }
 
 // begin starts a session in the calling thread's namespace.
@@ -61,6 +64,9 @@ func (k *Kernel) begin() (*session, error) {
 func (s *session) end() Requests {
 	r := s.requests()
 	s.nl.Close()
+	if s.wg != nil {
+		s.wg.Close()
+	}
 	for _, fd := range s.socks {
 		unix.Close(fd)
 	}

@@ -8,8 +8,9 @@ import (
 
 // TestVMStockKernel runs this package's tests on Debian's stock kernel
 // (internal/vm), which has the modules this machine's kernel may lack:
-// GRE mode (TestKernelGRE) and the probe beside ip_gre's fallback devices
-// (TestKernelSupported) run for real there.
+// GRE mode (TestKernelGRE), the probe beside ip_gre's fallback devices
+// (TestKernelSupported) and VXLAN over WireGuard (TestKernelWireGuard) run
+// for real there.
 func TestVMStockKernel(t *testing.T) {
 	t.Parallel()
 	vm.GoTest(t, ".", "", vm.Options{})

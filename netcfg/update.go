@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // What Update builds on and what it reads: the baseline of the last full
@@ -107,7 +109,8 @@ func changedBesidesPeers(a, b Desired) []string {
 // about a millisecond for a thousand peers, on every Update).
 func samePeer(a, b Peer) bool {
 	return a.Name == b.Name && a.Underlay == b.Underlay && bytes.Equal(a.MAC, b.MAC) &&
-		a.NextHop == b.NextHop && slices.Equal(a.CIDRs, b.CIDRs) && a.LinkLocal == b.LinkLocal
+		a.NextHop == b.NextHop && slices.Equal(a.CIDRs, b.CIDRs) && a.LinkLocal == b.LinkLocal &&
+		a.Mesh == b.Mesh && a.PublicKey == b.PublicKey && a.Keepalive == b.Keepalive
 }
 
 // scope is the part of the mesh an Update reads and plans: the peers of
@@ -128,6 +131,8 @@ type scope struct {
 	lls       []netip.Addr
 	cidrs     []netip.Prefix
 	underlays []netip.Prefix
+	// wgKeys are the WireGuard peers in scope, by public key.
+	wgKeys map[wgtypes.Key]bool
 	// The same keys as sets.
 	seenMAC    map[[6]byte]bool
 	seenAddr   map[netip.Addr]bool // next hops, link-local and underlay addresses
@@ -138,7 +143,7 @@ type scope struct {
 
 // newScope compares prev and next, both sorted by name (normalized).
 func newScope(prev, next []Peer) scope {
-	sc := scope{names: map[string]bool{}, seenMAC: map[[6]byte]bool{}, seenAddr: map[netip.Addr]bool{}, seenPrefix: map[netip.Prefix]bool{}}
+	sc := scope{names: map[string]bool{}, wgKeys: map[wgtypes.Key]bool{}, seenMAC: map[[6]byte]bool{}, seenAddr: map[netip.Addr]bool{}, seenPrefix: map[netip.Prefix]bool{}}
 	for i, j := 0, 0; i < len(prev) || j < len(next); {
 		switch {
 		case j == len(next) || i < len(prev) && prev[i].Name < next[j].Name: // left
@@ -187,6 +192,9 @@ func (sc *scope) add(p Peer) {
 		sc.seenAddr[p.NextHop] = true
 		sc.hops = append(sc.hops, p.NextHop)
 	}
+	if p.Encrypted() {
+		sc.wgKeys[p.PublicKey] = true
+	}
 	if p.LinkLocal.IsValid() && !sc.seenAddr[p.LinkLocal] {
 		sc.seenAddr[p.LinkLocal] = true
 		sc.lls = append(sc.lls, p.LinkLocal)
@@ -206,6 +214,6 @@ func (sc *scope) add(p Peer) {
 // touches reports whether one of p's objects lives under a key in scope.
 func (sc *scope) touches(p Peer) bool {
 	return sc.seenMAC[[6]byte(p.MAC)] || p.NextHop.IsValid() && sc.seenAddr[p.NextHop] || sc.seenAddr[p.Underlay.Addr()] ||
-		p.LinkLocal.IsValid() && sc.seenAddr[p.LinkLocal] ||
+		p.LinkLocal.IsValid() && sc.seenAddr[p.LinkLocal] || p.Encrypted() && sc.wgKeys[p.PublicKey] ||
 		slices.ContainsFunc(p.CIDRs, func(c netip.Prefix) bool { return sc.seenPrefix[c] })
 }

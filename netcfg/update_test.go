@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/cframe/cframe/internal/topo"
 )
@@ -142,6 +145,16 @@ func otherValue(t *testing.T, field string, v reflect.Value) reflect.Value {
 		other = netip.AddrPortFrom(x.Addr(), x.Port()+1)
 	case []netip.Prefix:
 		other = append(slices.Clone(x), netip.MustParsePrefix("10.255.0.0/16"))
+	case *WireGuard:
+		other = &WireGuard{Device: "cframe-wg", ListenPort: 1}
+		if x != nil {
+			other = nil
+		}
+	case wgtypes.Key:
+		x[0]++
+		other = x
+	case time.Duration:
+		other = x + time.Second
 	default:
 		t.Fatalf("field %s: no test value for type %s: add one to otherValue", field, v.Type())
 	}

@@ -9,6 +9,9 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Defaults applied to zero fields of Desired.
@@ -58,6 +61,9 @@ func (n *Desired) validate() error {
 	if n.VIP.IsValid() && !n.VIP.Is4() {
 		return fmt.Errorf("VIP %s is not IPv4", n.VIP)
 	}
+	if err := n.validateWireGuard(); err != nil {
+		return err
+	}
 	for _, c := range n.LocalCIDRs {
 		if !c.IsValid() || !c.Addr().Is4() {
 			return fmt.Errorf("local CIDR %s is not an IPv4 prefix", c)
@@ -71,6 +77,7 @@ func (n *Desired) validate() error {
 	macs := make(map[[6]byte]string, len(n.Peers))
 	hops := make(map[uint32]string, len(n.Peers))
 	lls := make(map[netip.Addr]string)
+	wgKeys := make(map[wgtypes.Key]string)
 	gres := map[string]string{}
 	dup := func(other, peer, kind string, key any) error {
 		return fmt.Errorf("peers %q and %q have the same %s %v", other, peer, kind, key)
@@ -126,6 +133,21 @@ func (n *Desired) validate() error {
 				}
 				lls[p.LinkLocal] = p.Name
 			}
+			if p.Encrypted() {
+				if err := n.validateEncrypted(p); err != nil {
+					return err
+				}
+				if other, ok := wgKeys[p.PublicKey]; ok {
+					return dup(other, p.Name, "WireGuard key", p.PublicKey)
+				}
+				wgKeys[p.PublicKey] = p.Name
+				// Mesh addresses share the link-local map: both are
+				// per-peer addresses that must be unique.
+				if other, ok := lls[p.Mesh.Addr()]; ok {
+					return dup(other, p.Name, "mesh address", p.Mesh.Addr())
+				}
+				lls[p.Mesh.Addr()] = p.Name
+			}
 		case ModeGRE:
 			dev := greDevice(n.Device, p.Name)
 			if other, ok := gres[dev]; ok {
@@ -133,6 +155,45 @@ func (n *Desired) validate() error {
 			}
 			gres[dev] = p.Name
 		}
+	}
+	return nil
+}
+
+// validateWireGuard checks the WireGuard device of n (normalized).
+func (n *Desired) validateWireGuard() error {
+	wg := n.WireGuard
+	if wg == nil {
+		return nil
+	}
+	switch {
+	case n.Mode != ModeVXLAN:
+		return fmt.Errorf("WireGuard needs mode %q, not %q", ModeVXLAN, n.Mode)
+	case wg.Device == n.Device:
+		return fmt.Errorf("WireGuard device %s has the VXLAN device's name", wg.Device)
+	case wg.PrivateKey == wgtypes.Key{}:
+		return errors.New("WireGuard device without a private key")
+	case wg.ListenPort == 0 || wg.ListenPort == n.Port:
+		return fmt.Errorf("WireGuard listen port %d: want a port other than the VXLAN port %d", wg.ListenPort, n.Port)
+	case !wg.Address.IsValid() || !wg.Address.Addr().Is4() || wg.Address.Bits() >= 32:
+		return fmt.Errorf("WireGuard address %s is not an IPv4 address with the mesh's prefix length", wg.Address)
+	}
+	return CheckDevice(wg.Device)
+}
+
+// validateEncrypted checks an encrypted peer of n (normalized).
+func (n *Desired) validateEncrypted(p Peer) error {
+	wg := n.WireGuard
+	switch {
+	case wg == nil:
+		return fmt.Errorf("peer %q: encrypted (mesh address %s) without a WireGuard device", p.Name, p.Mesh)
+	case p.PublicKey == wgtypes.Key{}:
+		return fmt.Errorf("peer %q: encrypted without a WireGuard key", p.Name)
+	case p.Mesh.Port() == 0:
+		return fmt.Errorf("peer %q: mesh address %s has no port", p.Name, p.Mesh)
+	case !wg.Address.Masked().Contains(p.Mesh.Addr()) || p.Mesh.Addr() == wg.Address.Addr():
+		return fmt.Errorf("peer %q: mesh address %s is not another address of this edge's mesh %s", p.Name, p.Mesh.Addr(), wg.Address.Masked())
+	case p.Keepalive < 0 || p.Keepalive > 65535*time.Second:
+		return fmt.Errorf("peer %q: persistent keepalive %v out of range", p.Name, p.Keepalive)
 	}
 	return nil
 }
@@ -165,6 +226,13 @@ func (d *Desired) normalized() Desired {
 	}
 	if n.Checksum == "" {
 		n.Checksum = ChecksumSafe
+	}
+	if d.WireGuard != nil {
+		wg := *d.WireGuard
+		if wg.Device == "" {
+			wg.Device = DefaultWireGuardDevice
+		}
+		n.WireGuard = &wg
 	}
 	n.LocalCIDRs = maskAll(d.LocalCIDRs)
 	n.Peers = make([]Peer, len(d.Peers))

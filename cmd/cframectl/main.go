@@ -274,7 +274,7 @@ func topology(cc *cli.Context) error {
 	if len(t.Links) > 0 {
 		fmt.Println()
 		w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "LINK\tSTATE\tCONFIG\tPROBE\tRTT\tSINCE\tREASON")
+		fmt.Fprintln(w, "LINK\tSTATE\tCONFIG\tPROBE\tRTT\tENCRYPTION\tSINCE\tREASON")
 		for _, l := range t.Links {
 			rtt, since := "-", "-"
 			if l.RTTMs > 0 {
@@ -283,7 +283,11 @@ func topology(cc *cli.Context) error {
 			if l.Since != nil {
 				since = l.Since.Local().Format(time.RFC3339)
 			}
-			fmt.Fprintf(w, "%s <-> %s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.A, l.B, l.State, l.Config, l.Probe, rtt, since, dash(l.Reason))
+			reason := l.Reason
+			if l.EncryptionReason != "" && l.EncryptionReason != reason {
+				reason = strings.TrimPrefix(reason+"; ", "; ") + l.Encryption + ": " + l.EncryptionReason
+			}
+			fmt.Fprintf(w, "%s <-> %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.A, l.B, l.State, l.Config, l.Probe, rtt, dash(l.Encryption), since, dash(reason))
 		}
 		w.Flush()
 	}

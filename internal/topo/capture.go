@@ -27,6 +27,8 @@ type Capture struct {
 	done chan struct{}
 	err  error // set before done closes
 	segs []segment
+	// pkts are the IPv4 packets seen, whole (a tunnel's UDP included).
+	pkts [][]byte
 }
 
 type segment struct {
@@ -93,6 +95,9 @@ func (c *Capture) read() {
 			c.err = err
 			return
 		}
+		if n >= 20 && buf[0]>>4 == 4 {
+			c.pkts = append(c.pkts, slices.Clone(buf[:n]))
+		}
 		if s, ok := parseTCP(buf[:n]); ok {
 			c.segs = append(c.segs, s)
 		}
@@ -120,6 +125,10 @@ func parseTCP(b []byte) (segment, bool) {
 	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[16:20])), binary.BigEndian.Uint16(tcp[2:4]))
 	return segment{flow: Flow{src, dst}, seq: binary.BigEndian.Uint32(tcp[4:8]), payload: slices.Clone(tcp[off:])}, true
 }
+
+// Packets returns every IPv4 packet the capture saw, whole, once Stop has
+// returned: what an observer of the link could read, tunnels included.
+func (c *Capture) Packets() [][]byte { return c.pkts }
 
 // Stop ends the capture and returns each flow's payload reassembled in
 // sequence order (retransmitted bytes once); it fails if the socket dropped

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -30,6 +31,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/internal/atomicfile"
@@ -73,6 +75,12 @@ type Agent struct {
 	// that keeps failing verification is logged once, not every retry.
 	refusedMu sync.Mutex
 	refused   string
+	// links is how each link that does not run encrypted runs, as last
+	// logged (mesh.Link.String).
+	links map[string]string
+	// encryptedSince is when each encrypted link was first seen so (the
+	// reference of its handshake timeout before a first handshake).
+	encryptedSince map[string]time.Time
 }
 
 // New checks that the kernel can do the configured mode and prepares the agent.
@@ -99,8 +107,18 @@ func New(cfg config.Edge, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: log, local: local, kernel: k, trust: trust, status: bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: metrics.Version},
-		metrics: newAgentMetrics(k)}
+	how, err := wireGuard(cfg, &local)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("data plane encryption: " + how)
+	st := bus.Status{Name: cfg.Name, Mode: cfg.Mode, Version: metrics.Version, Encryption: local.Encryption}
+	if local.WireGuardKey != (wgtypes.Key{}) {
+		st.WireGuardKey = local.WireGuardKey.PublicKey().String()
+	} else {
+		st.Plaintext = how
+	}
+	a := &Agent{cfg: cfg, log: log, local: local, kernel: k, trust: trust, status: st, metrics: newAgentMetrics(k)}
 	saved, err := loadChecksum(a.checksumPath())
 	if err != nil {
 		log.Warn("ignoring saved checksum setting", "err", err)
@@ -400,6 +418,7 @@ func (a *Agent) converge(reason string, kernelCall func(*netcfg.Desired) (netcfg
 		roles = a.ha.View()
 	}
 	d, registered := a.desired(set, roles)
+	a.followLinks(set)
 	began := time.Now()
 	res, err := kernelCall(&d)
 	// Drift: a full read found the kernel changed although the held set was
@@ -420,7 +439,7 @@ func (a *Agent) converge(reason string, kernelCall func(*netcfg.Desired) (netcfg
 		a.log.Info("kernel change", "change", ch, "reason", reason, "read", read)
 	}
 	st := a.status
-	st.Changes, st.Conflicts, st.Error = len(res.Changes), res.Conflicts, ""
+	st.Changes, st.Conflicts, st.Error, st.Links = len(res.Changes), res.Conflicts, "", a.links
 	switch {
 	case err != nil:
 		st.State, st.Error = bus.StateError, err.Error()
@@ -443,7 +462,8 @@ func (a *Agent) converge(reason string, kernelCall func(*netcfg.Desired) (netcfg
 		a.log.Warn("this edge is not registered: add it on the controller", "name", a.cfg.Name)
 	}
 	changed := st.State != a.status.State || st.AppliedRevision != a.status.AppliedRevision ||
-		st.Error != a.status.Error || len(res.Changes) > 0 || !slices.Equal(st.Conflicts, a.status.Conflicts)
+		st.Error != a.status.Error || len(res.Changes) > 0 || !slices.Equal(st.Conflicts, a.status.Conflicts) ||
+		!maps.Equal(st.Links, a.status.Links)
 	a.status = st
 	if changed && a.report != nil && !a.pending { // no reports from ReconcileOnce
 		a.pending = true

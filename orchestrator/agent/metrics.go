@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/netcfg"
@@ -37,7 +38,10 @@ type agentMetrics struct {
 	// agent's changes of it.
 	checksumSetting  *prometheus.GaugeVec
 	checksumSwitches prometheus.Counter
-	connected        atomic.Bool
+	linkStates       *prometheus.GaugeVec
+	// wgNames names the WireGuard peers by edge (wireGuardCollector).
+	wgNames   atomic.Pointer[map[wgtypes.Key]string]
+	connected atomic.Bool
 	// ha is the agent's prober and elections, once started.
 	ha atomic.Pointer[haRunner]
 }
@@ -73,6 +77,8 @@ func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
 			[]string{"setting", "evidence"}),
 		checksumSwitches: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cframe_edge_checksum_switches_total", Help: "Changes of the checksum setting the agent made on the probes' evidence (checksum_offload = auto)."}),
+		linkStates: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cframe_edge_links", Help: "Links to the other gateways by how they run: encrypted (kernel WireGuard), stale (encrypted, no handshake for 3 minutes), plaintext, or no_path (encryption required, the peer cannot encrypt)."}, []string{"state"}),
 	}
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "cframe_edge_controller_connected", Help: "1 while the agent is connected to a controller, else 0.",
@@ -82,9 +88,16 @@ func newAgentMetrics(k *netcfg.Kernel) *agentMetrics {
 		}
 		return 0
 	})
-	m.reg.MustRegister(m.peers, m.applied, m.latest, m.lag, m.reconcile, m.update, m.kernelChanges, m.driftRepairs, m.errors, m.conflicts, m.checksumSetting, m.checksumSwitches, connected,
-		tunnelCollector{k}, haCollector{&m.ha})
+	m.reg.MustRegister(m.peers, m.applied, m.latest, m.lag, m.reconcile, m.update, m.kernelChanges, m.driftRepairs, m.errors, m.conflicts, m.checksumSetting, m.checksumSwitches, m.linkStates, connected,
+		tunnelCollector{k}, haCollector{&m.ha}, wireGuardCollector{k, &m.wgNames})
 	return m
+}
+
+// links records how many links run in each state.
+func (m *agentMetrics) links(counts map[string]int) {
+	for _, s := range []string{"encrypted", "stale", "plaintext", "no_path"} {
+		m.linkStates.WithLabelValues(s).Set(float64(counts[s]))
+	}
 }
 
 // converged records one targeted update or full reconcile: how long it
@@ -251,4 +264,47 @@ func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
 	}()
 	a.log.Info("serving metrics", "addr", ln.Addr().String()+metrics.Path)
 	return nil
+}
+
+// wireGuardCollector reads the WireGuard peers' handshakes and traffic at
+// scrape time, naming each peer by the edge its key is pinned for.
+type wireGuardCollector struct {
+	k *netcfg.Kernel
+	// names maps public keys to edge names (set by followLinks).
+	names *atomic.Pointer[map[wgtypes.Key]string]
+}
+
+var (
+	wgHandshakeDesc = prometheus.NewDesc("cframe_edge_wireguard_handshake_age_seconds",
+		"Seconds since the latest WireGuard handshake with the peer (absent: none yet).", []string{"peer"}, nil)
+	wgRxDesc = prometheus.NewDesc("cframe_edge_wireguard_receive_bytes_total", "Bytes received from the peer over WireGuard.", []string{"peer"}, nil)
+	wgTxDesc = prometheus.NewDesc("cframe_edge_wireguard_transmit_bytes_total", "Bytes sent to the peer over WireGuard.", []string{"peer"}, nil)
+)
+
+func (c wireGuardCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- wgHandshakeDesc
+	ch <- wgRxDesc
+	ch <- wgTxDesc
+}
+
+func (c wireGuardCollector) Collect(ch chan<- prometheus.Metric) {
+	stats, err := c.k.WireGuardStats("")
+	if err != nil {
+		return // no WireGuard here
+	}
+	var names map[wgtypes.Key]string
+	if p := c.names.Load(); p != nil {
+		names = *p
+	}
+	for _, s := range stats {
+		peer, ok := names[s.PublicKey]
+		if !ok {
+			peer = s.PublicKey.String()
+		}
+		if !s.LastHandshake.IsZero() {
+			ch <- prometheus.MustNewConstMetric(wgHandshakeDesc, prometheus.GaugeValue, time.Since(s.LastHandshake).Seconds(), peer)
+		}
+		ch <- prometheus.MustNewConstMetric(wgRxDesc, prometheus.CounterValue, float64(s.RxBytes), peer)
+		ch <- prometheus.MustNewConstMetric(wgTxDesc, prometheus.CounterValue, float64(s.TxBytes), peer)
+	}
 }

@@ -119,6 +119,14 @@ type EdgeView struct {
 	Probes []bus.PeerProbe `json:"probes,omitempty"`
 	// Key is the public key pinned for the edge, once it has connected.
 	Key string `json:"key,omitempty"`
+	// Encryption is the edge's setting (prefer, required, none) as its
+	// agent reports it; WireGuardKey the WireGuard public key pinned for
+	// it; MeshAddr its address inside the WireGuard mesh; Plaintext, when
+	// set, why the edge does not encrypt at all.
+	Encryption   string `json:"encryption,omitempty"`
+	WireGuardKey string `json:"wireguard_key,omitempty"`
+	MeshAddr     string `json:"mesh_addr,omitempty"`
+	Plaintext    string `json:"plaintext,omitempty"`
 }
 
 // Edge states.
@@ -220,7 +228,21 @@ type Link struct {
 	Since *time.Time `json:"since,omitempty"`
 	// Reason says why a link is not up.
 	Reason string `json:"reason,omitempty"`
+	// Encryption is how the link's packets cross the underlay:
+	// EncryptionWireGuard, EncryptionPlaintext, EncryptionNoPath (an end
+	// requires encryption the other cannot do: the link carries nothing),
+	// or "" while unknown (an end has not reported); EncryptionReason says
+	// why a link is not encrypted.
+	Encryption       string `json:"encryption,omitempty"`
+	EncryptionReason string `json:"encryption_reason,omitempty"`
 }
+
+// Link encryption.
+const (
+	EncryptionWireGuard = "wireguard"
+	EncryptionPlaintext = "plaintext"
+	EncryptionNoPath    = "no-path"
+)
 
 // Credentials let an audit subscriber follow events on the bus.
 type Credentials struct {

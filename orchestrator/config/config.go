@@ -101,6 +101,11 @@ type Edge struct {
 	// ChecksumOffload is the VXLAN device's checksum setting: "auto" (the
 	// default: the agent chooses), "on" or "off" (see Checksum).
 	ChecksumOffload Checksum `toml:"checksum_offload"`
+	// Encryption is how the tunnel is encrypted (kernel WireGuard):
+	// "prefer" (the default) encrypts with every peer that can and runs
+	// plaintext, loudly, with the others; "required" gives a peer that
+	// cannot encrypt no path; "none" runs plaintext (private links).
+	Encryption string `toml:"encryption"`
 	// MetricsAddr is where the agent serves Prometheus metrics; empty: off.
 	MetricsAddr string `toml:"metrics_addr"`
 	// ControllerCA pins the CA the controller's certificate must chain to
@@ -332,7 +337,7 @@ func isSelf(host, clusterAddr string) bool {
 
 // LoadEdge reads and checks an edge config, filling defaults.
 func LoadEdge(path string) (Edge, error) {
-	e := Edge{ListenAddr: ":58423", StateDir: "/var/lib/cframe-edge", Mode: "vxlan", Device: "cframe0", ChecksumOffload: ChecksumAuto}
+	e := Edge{ListenAddr: ":58423", StateDir: "/var/lib/cframe-edge", Mode: "vxlan", Device: "cframe0", ChecksumOffload: ChecksumAuto, Encryption: "prefer"}
 	if err := decode(path, &e); err != nil {
 		return e, err
 	}
@@ -366,6 +371,11 @@ func (e Edge) check(path string) error {
 	}
 	if err := netcfg.CheckDevice(e.Device); err != nil {
 		return fail("%v", err)
+	}
+	switch e.Encryption {
+	case "prefer", "required", "none":
+	default:
+		return fail("encryption %q is unknown: use \"prefer\" (the default), \"required\" or \"none\"", e.Encryption)
 	}
 	if err := netcfg.CheckMTU(e.MTU); err != nil {
 		return fail("%v", err)

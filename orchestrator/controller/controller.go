@@ -77,6 +77,9 @@ type Controller struct {
 	// claim per site (sites.go).
 	status *statusBook
 	claims *claimBook
+	// keys is the WireGuard pins under way and the refusals logged
+	// (wireguard.go).
+	keys *keyBook
 	// sysConn delivers the servers' connection events (bus.WatchEdges).
 	sysConn *nats.Conn
 
@@ -90,7 +93,7 @@ type Controller struct {
 // New opens the store, starts the embedded NATS server and binds the API
 // listener. Run serves until its context ends.
 func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
-	c := &Controller{cfg: cfg, log: log, started: time.Now(), view: newStoreView(), status: newStatusBook(), claims: newClaimBook()}
+	c := &Controller{cfg: cfg, log: log, started: time.Now(), view: newStoreView(), status: newStatusBook(), claims: newClaimBook(), keys: newKeyBook()}
 	c.metrics = newControllerMetrics(c)
 	c.fanout = &fanout{m: c.metrics}
 	c.page = ui.NewHub("topology", func() any { return c.Topology() }, log)

@@ -29,10 +29,18 @@ func (c *Controller) AddEdge(ctx context.Context, s edgeset.Spec) (api.ChangeRes
 			return edgeWrite{}, err
 		}
 		old, exists := edges[e.Name]
-		if exists && sameEdge(old, e) {
+		if exists && sameEdge(old, e) && old.Mesh.IsValid() {
 			return edgeWrite{done: &api.ChangeResult{Revision: rev, Message: fmt.Sprintf("edge %s unchanged", e.Name)}}, nil
 		}
-		return edgeWrite{name: e.Name, put: &e, replaces: exists}, nil
+		var prev *bus.Edge
+		if exists {
+			prev = &old
+		}
+		put := e
+		if err := keyState(&put, prev, c.heartbeatOf(e.Name), edges); err != nil {
+			return edgeWrite{}, err
+		}
+		return edgeWrite{name: e.Name, put: &put, replaces: exists}, nil
 	})
 }
 
@@ -77,6 +85,10 @@ type edgeWrite struct {
 	put      *bus.Edge
 	replaces bool
 	done     *api.ChangeResult
+	// own, when set, is why the controller writes the edge itself (no API
+	// client asked): logged, and no "updated" audit event (the writer
+	// records its own).
+	own string
 }
 
 // storeRetry is the pause before retrying a write the store could not
@@ -173,6 +185,10 @@ func (c *Controller) committed(ctx context.Context, w edgeWrite, prev, rev uint6
 		kind, verb = bus.EventEdgeUpdated, "updated"
 	}
 	detail := describe(e)
+	if w.own != "" {
+		c.log.Info("edge "+verb, "edge", e.Name, "revision", rev, "detail", detail, "why", w.own)
+		return api.ChangeResult{Revision: rev, Updated: w.replaces, Message: fmt.Sprintf("edge %s %s", e.Name, verb)}
+	}
 	c.log.Info("edge "+verb, "edge", e.Name, "revision", rev, "detail", detail)
 	c.apiEvent(ctx, kind, e.Name, rev, detail)
 	return api.ChangeResult{Revision: rev, Updated: w.replaces, Message: fmt.Sprintf("edge %s %s", e.Name, verb)}

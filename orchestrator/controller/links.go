@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cframe/cframe/bus"
@@ -55,6 +56,45 @@ func (e linkEnd) probeOf(peer string) (peerProbe, bool) {
 	return p, ok
 }
 
+// encryptionOf is how the link between a and b is encrypted, as its ends
+// report it: no path or plaintext when either end says so (with its
+// words), WireGuard when both encrypt and neither says otherwise — stale
+// when an end saw no handshake for minutes —, unknown while an end has not
+// reported.
+func encryptionOf(a, b linkEnd) (enc, why string, stale bool) {
+	encrypted := true
+	var plaintext, down string
+	for _, d := range [][2]linkEnd{{a, b}, {b, a}} {
+		from, to := d[0], d[1]
+		if from.st == nil {
+			encrypted = false
+			continue
+		}
+		st := from.st.last
+		why := st.Links[to.name]
+		switch {
+		case strings.HasPrefix(why, "no path: "):
+			return api.EncryptionNoPath, fmt.Sprintf("%s: %s", from.name, strings.TrimPrefix(why, "no path: ")), false
+		case strings.HasPrefix(why, "down: ") && down == "":
+			down = fmt.Sprintf("%s: %s", from.name, strings.TrimPrefix(why, "down: "))
+		case strings.HasPrefix(why, "plaintext: ") && plaintext == "":
+			plaintext = fmt.Sprintf("%s: %s", from.name, strings.TrimPrefix(why, "plaintext: "))
+		case st.WireGuardKey == "":
+			if st.Plaintext != "" && plaintext == "" {
+				plaintext = fmt.Sprintf("%s: %s", from.name, st.Plaintext)
+			}
+			encrypted = false
+		}
+	}
+	switch {
+	case plaintext != "":
+		return api.EncryptionPlaintext, plaintext, false
+	case encrypted:
+		return api.EncryptionWireGuard, down, down != ""
+	}
+	return "", "", false
+}
+
 // linkOf computes the link between a and b at revision rev, committed at
 // revAt. Only an online end's probes count (an offline end's last report
 // is stale). The data plane decides: failing probes make a link down even
@@ -97,7 +137,11 @@ func linkOf(a, b linkEnd, rev uint64, revAt time.Time) api.Link {
 	default:
 		l.Config = api.ConfigApplied
 	}
+	var stale bool
+	l.Encryption, l.EncryptionReason, stale = encryptionOf(a, b)
 	switch {
+	case l.Encryption == api.EncryptionNoPath || stale:
+		l.State, l.Reason = api.LinkDown, l.EncryptionReason
 	case l.Probe == api.ProbeDown:
 		l.State = api.LinkDown
 	case l.Config == api.ConfigOffline:

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -169,6 +170,7 @@ func (c *Controller) onStatus(m *nats.Msg) {
 	if st.Site != nil {
 		c.observeClaim(st.Site.Claim)
 	}
+	c.followWireGuard(st)
 }
 
 // sweepOffline marks edges whose heartbeats stopped as offline. Every
@@ -227,7 +229,10 @@ func (c *Controller) ListEdges() []api.EdgeView {
 		v := api.EdgeView{
 			Name: e.Name, Comment: e.Comment, CIDR: e.CIDR.String(), HostAddr: e.HostAddr.String(),
 			State: api.StateOffline, Revision: e.Revision, Key: pins[e.Name],
-			Site: e.Site, Priority: e.Priority, Role: roles[e.Name],
+			Site: e.Site, Priority: e.Priority, Role: roles[e.Name], WireGuardKey: e.WireGuardKey,
+		}
+		if e.Mesh.IsValid() {
+			v.MeshAddr = e.Mesh.String()
 		}
 		if len(e.ExtraCIDRs) > 0 {
 			v.ExtraCIDRs = prefixStrings(e.ExtraCIDRs)
@@ -242,6 +247,7 @@ func (c *Controller) ListEdges() []api.EdgeView {
 			seen := s.seen.UTC()
 			v.LastSeen = &seen
 			v.AppliedRevision, v.LastError, v.Conflicts, v.Probes = s.last.AppliedRevision, s.last.Error, s.last.Conflicts, s.last.Probes
+			v.Encryption, v.Plaintext = s.last.Encryption, s.last.Plaintext
 		}
 		out = append(out, v)
 	}
@@ -252,6 +258,7 @@ func (c *Controller) ListEdges() []api.EdgeView {
 // shows, beyond round-trip times (those are picked up periodically).
 func materialChange(old bus.Status, oldProbes map[string]peerProbe, st bus.Status, probes map[string]peerProbe) bool {
 	if old.State != st.State || old.AppliedRevision != st.AppliedRevision || old.Error != st.Error || !slices.Equal(old.Conflicts, st.Conflicts) ||
+		!maps.Equal(old.Links, st.Links) || old.WireGuardKey != st.WireGuardKey || old.Plaintext != st.Plaintext ||
 		len(oldProbes) != len(probes) || (old.Site == nil) != (st.Site == nil) || old.Site != nil && old.Site.Role != st.Site.Role {
 		return true
 	}

@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"sort"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/netcfg"
 )
@@ -43,6 +45,12 @@ type Local struct {
 	// Checksum is the VXLAN device's checksum setting in force (the
 	// agent's choice, or edge.toml's checksum_offload override).
 	Checksum netcfg.Checksum
+	// Encryption is edge.toml encryption (EncryptPrefer when empty).
+	Encryption string
+	// WireGuardKey is this edge's WireGuard key; zero when it has none:
+	// encryption "none", or NoWireGuard says why (the kernel's words).
+	WireGuardKey wgtypes.Key
+	NoWireGuard  string
 }
 
 // Desired returns the kernel state edge l should have for the edge set and
@@ -78,6 +86,10 @@ func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (net
 		d.LinkLocal = LinkLocal(l.Name)
 	}
 	d.LocalCIDRs = self.Prefixes()
+	encrypting, why := l.encrypting(self)
+	if encrypting && vxlan {
+		l.encrypt(&d, self)
+	}
 	for _, s := range Sites(set) {
 		active := s.Active(claims[s.Name]).Name
 		for _, e := range s.Gateways {
@@ -86,6 +98,14 @@ func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (net
 			}
 			p := netcfg.Peer{Name: e.Name, Underlay: e.HostAddr, MAC: VTEPMAC(e.Name)}
 			if vxlan {
+				link := l.linkTo(encrypting, why, e)
+				if link.NoPath {
+					continue
+				}
+				var err error
+				if p, err = peer(e, link); err != nil {
+					continue // a key the controller would not have pinned
+				}
 				p.LinkLocal = LinkLocal(e.Name)
 			}
 			if e.Name == active && s.Name != self.SiteName() {

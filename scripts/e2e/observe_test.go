@@ -62,6 +62,8 @@ func TestObservability(t *testing.T) {
 				{"cframe_edge_conflicts", nil, eq(0), "0"},
 				{"cframe_edge_checksum_setting", []string{"setting", "fast", "evidence", "default"}, eq(1), "1"},
 				{"cframe_edge_checksum_switches_total", nil, eq(0), "0"},
+				// Encrypted where both kernels have WireGuard, else plaintext.
+				{"cframe_edge_links", []string{"state", "no_path"}, eq(0), "0"},
 				// The convergence pings crossed the tunnel both ways.
 				{"cframe_edge_tunnel_receive_bytes_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
 				{"cframe_edge_tunnel_transmit_bytes_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
@@ -91,7 +93,9 @@ func TestObservability(t *testing.T) {
 					{"cframe_edge_peer_probes_received_total", l, atLeast(1), "answers"},
 				}...)
 			}
-			checked := map[string]bool{}
+			// Per WireGuard peer, where this kernel has WireGuard.
+			checked := map[string]bool{"cframe_edge_wireguard_handshake_age_seconds": true,
+				"cframe_edge_wireguard_receive_bytes_total": true, "cframe_edge_wireguard_transmit_bytes_total": true}
 			for _, w := range want {
 				checked[w.name] = true
 				if v, ok := s.Value(w.name, w.labels...); !ok || !w.ok(v) {
@@ -305,7 +309,7 @@ func TestObservability(t *testing.T) {
 				t.Errorf("link %+v, want down with the configuration applied, since the cut", l)
 			}
 		}
-		if out, err := f.c.Ctl("topology"); err != nil || !regexpLine(out, `gz-3 <-> sz-1\s+down\s+applied\s+down\s+-\s+\S+\s+probes from`) {
+		if out, err := f.c.Ctl("topology"); err != nil || !regexpLine(out, `gz-3 <-> sz-1\s+down\s+applied\s+down\s+-\s+\S+\s+\S+\s+probes from`) {
 			t.Errorf("topology while the tunnel is cut: %v\n%s", err, out)
 		}
 		if out, err := f.net.Exec(gz.Edge, append([]string{"iptables", "-t", "raw", "-D"}, drop...)...); err != nil {

@@ -44,7 +44,9 @@ function describe(l) {
   let s = l.a + " ↔ " + l.b + ": " + l.state;
   if (l.state === "up" && l.probe === "unknown") s += " (configured; no probe result)";
   if (rtt(l)) s += ", rtt " + rtt(l);
+  if (l.encryption) s += ", " + (l.encryption === "wireguard" ? "encrypted (WireGuard)" : l.encryption.toUpperCase());
   if (l.reason) s += " — " + l.reason;
+  if (l.encryption_reason && l.encryption_reason !== l.reason) s += " — " + l.encryption_reason;
   if (l.since) s += " — " + ago(l.since);
   return s;
 }
@@ -123,7 +125,7 @@ function renderProblems(links) {
 }
 
 function linkAttrs(l) {
-  return ' data-link="' + esc(key(l.a, l.b)) + '" data-state="' + esc(l.state) + '" data-probe="' + esc(l.probe) + '"';
+  return ' data-link="' + esc(key(l.a, l.b)) + '" data-state="' + esc(l.state) + '" data-probe="' + esc(l.probe) + '" data-encryption="' + esc(l.encryption || "") + '"';
 }
 
 // graph draws the edges on a circle, gateways of one site side by side on
