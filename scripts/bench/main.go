@@ -66,6 +66,10 @@ func main() {
 		probeChild(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == simWorkerArg {
+		simWorker()
+		return
+	}
 	quick := flag.Bool("quick", false, "fewer repetitions: the whole run in under two minutes")
 	bin := flag.String("bin", "dist", "directory with the built programs (make build)")
 	out := flag.String("out", "bench-out", "directory for bench.md and bench.json")
