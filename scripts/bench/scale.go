@@ -592,7 +592,7 @@ func simSetBytes(n int) (int, error) {
 
 // The kinds of the controller's snapshot replies (its metrics).
 const (
-	replyKindFullZstd = "full_zstd"
+	replyKindFullZstd     = "full_zstd"
 	snapshotRepliesFamily = "cframe_controller_snapshot_replies_total"
 	snapshotBytesFamily   = "cframe_controller_snapshot_reply_bytes_total"
 )

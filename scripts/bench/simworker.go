@@ -193,12 +193,12 @@ type poolEvent struct {
 
 // workerProc is one worker process.
 type workerProc struct {
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	in     *json.Encoder
-	acks   chan workerEvent
-	done   chan struct{}
-	log    string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	in    *json.Encoder
+	acks  chan workerEvent
+	done  chan struct{}
+	log   string
 }
 
 // startPool starts enough workers for n clients of each set.
