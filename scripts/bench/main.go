@@ -58,8 +58,8 @@ type part struct {
 	run  func(Options) (Section, error)
 }
 
-// nsPrefix names every namespace the benchmark creates.
-const nsPrefix = "cfbench"
+// nsPrefix names every namespace the benchmark creates (--ns).
+var nsPrefix = "cfbench"
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == probeChildArg {
@@ -73,6 +73,7 @@ func main() {
 	quick := flag.Bool("quick", false, "fewer repetitions: the whole run in under two minutes")
 	bin := flag.String("bin", "dist", "directory with the built programs (make build)")
 	out := flag.String("out", "bench-out", "directory for bench.md and bench.json")
+	flag.StringVar(&nsPrefix, "ns", nsPrefix, "prefix of the namespaces the run creates, and removes when it starts: another one lets two runs share a machine")
 	only := flag.String("only", "", "run only the parts whose name contains this (dataplane, convergence, scale, reconcile, failover, observability)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
