@@ -386,7 +386,7 @@ func reconcileSection(f reconcileFigures) Section {
 	}
 	if n := len(f.Sizes); n > 0 {
 		s := f.Sizes[n-1]
-		verdicts = append(verdicts, fmt.Sprintf("full %d-peer reconcile: %s the floor, %s the %.0fx target",
+		verdicts = append(verdicts, fmt.Sprintf("full %d-peer reconcile: %s the floor, %s the %.1fx target",
 			s.Peers, Ratio(s.Scratch.Median, s.Floor.Median), metOrMissed(s.Scratch.Median <= reconcileFloorRatio*s.Floor.Median), reconcileFloorRatio))
 	}
 	if c := f.Change; c.Peers > 0 {

@@ -160,6 +160,9 @@ func busScale(o Options) (Section, error) {
 	if o.Quick {
 		sizes, clustered, reps, idle, kills = []int{100, 300}, 1, 10, 2*time.Second, 1
 	}
+	if len(o.Edges) > 0 {
+		sizes, clustered = o.Edges, len(o.Edges)
+	}
 	// Two sockets per edge here (the floor servers' ends; the edges and
 	// subscribers live in worker processes), and the controllers started
 	// from here inherit the limit (a Go program raises its soft limit to
