@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -145,16 +144,17 @@ type Percentiles struct {
 func percentiles(s Sample) Percentiles { return Percentiles{s.Median(), s.P99(), s.Quantile(1)} }
 
 // busScale runs the real controller in its own namespace with N simulated
-// edges: NATS clients in this process that join exactly as agents do (key
-// pair, join proof, pinned key), follow the edge set and heartbeat, with no
-// kernel work — then the same with a cluster of three controllers, one in
-// each of three namespaces, the edges spread over them. Beside both, the
-// floor: a plain embedded NATS server in this process with N bare
-// subscribers and one bare publish per round, once over TLS as cframe's bus
-// is (TLS first, the join-secret proof checked) and once without. The
-// cluster's first size also measures failover: kill -9 of the store's
-// leader, and the time until a write is accepted again. (--quick runs the
-// cluster for the first size only, with one kill.)
+// edges: NATS clients in worker processes (simworker.go) that join exactly
+// as agents do (TLS, key pair, join proof, pinned key), follow the edge set
+// and heartbeat, with no kernel work — then the same with a cluster of
+// three controllers, one in each of three namespaces, the edges spread over
+// them. Beside both, the floor: a plain embedded NATS server (in a worker
+// of its own) with N bare subscribers (in the workers) and one bare
+// publish per round, once over TLS as cframe's bus is (TLS first, the
+// join-secret proof checked) and once without. The cluster's first size
+// also measures failover: kill -9 of the store's leader, and the time until
+// a write is accepted again. (--quick runs the cluster for the first size
+// only, with one kill.)
 func busScale(o Options) (Section, error) {
 	sizes, clustered, reps, idle, kills := []int{1000, 3000, 10000}, 3, 30, 4*time.Second, 3
 	if o.Quick {
@@ -162,13 +162,6 @@ func busScale(o Options) (Section, error) {
 	}
 	if len(o.Edges) > 0 {
 		sizes, clustered = o.Edges, len(o.Edges)
-	}
-	// Two sockets per edge here (the floor servers' ends; the edges and
-	// subscribers live in worker processes), and the controllers started
-	// from here inherit the limit (a Go program raises its soft limit to
-	// the hard one).
-	if err := raiseNoFile(uint64(3*sizes[len(sizes)-1] + 4096)); err != nil {
-		return Section{}, err
 	}
 	n, err := topo.New(nsPrefix + "bus")
 	if err != nil {
@@ -179,21 +172,18 @@ func busScale(o Options) (Section, error) {
 	if err != nil {
 		return Section{}, err
 	}
-	plain, err := startFloor(nil, "")
+	// Each floor server runs in a process of its own (a worker): N
+	// sockets each, beside the N of every other process.
+	plain, err := startFloorProc(o, "")
 	if err != nil {
 		return Section{}, err
 	}
-	defer plain.srv.Shutdown()
-	const floorSecret = "bench-floor-secret"
-	certs, err := embedded.LoadCerts(embedded.CertSource{Dir: filepath.Join(o.Work, "floor-tls"), Proofs: []bus.Proof{{Secret: floorSecret, Purpose: bus.PurposeController}}})
+	defer plain.p.close()
+	tlsFloor, err := startFloorProc(o, "bench-floor-secret")
 	if err != nil {
 		return Section{}, err
 	}
-	tlsFloor, err := startFloor(certs.ServerTLS(), floorSecret)
-	if err != nil {
-		return Section{}, err
-	}
-	defer tlsFloor.srv.Shutdown()
+	defer tlsFloor.p.close()
 
 	var figs scaleFigures
 	var runErr error
@@ -222,33 +212,66 @@ sizes:
 	return sec, runErr
 }
 
-// floor is a plain embedded NATS server for the floor rounds and how its
-// subscribers connect.
+// floor is a plain embedded NATS server for the floor rounds, in a worker
+// process: its URL, and the join secret its certificate proves ("" for
+// one without TLS).
 type floor struct {
-	srv *server.Server
-	// secret is the join secret its certificate proves ("" without TLS).
+	p      *pool
+	url    string
 	secret string
 }
 
-// startFloor starts a floor server, TLS-first with tlsCfg (proving
-// secret) when it is set.
-func startFloor(tlsCfg *tls.Config, secret string) (floor, error) {
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true, MaxPayload: 8 << 20,
-		TLSConfig: tlsCfg, TLSHandshakeFirst: tlsCfg != nil, TLSTimeout: bus.TLSTimeout.Seconds()})
+// startFloorProc starts a floor server in a worker of its own.
+func startFloorProc(o Options, secret string) (floor, error) {
+	p, err := startPool(o, 1)
 	if err != nil {
 		return floor{}, err
+	}
+	ev, err := p.call(0, workerCmd{Op: "serve", Secret: secret, URL: filepath.Join(o.Work, "floor-tls")})
+	if err != nil {
+		p.close()
+		return floor{}, err
+	}
+	return floor{p, ev.Err, secret}, nil
+}
+
+// publish has the floor server's own connection publish payload once.
+func (f floor) publish(payload []byte) error {
+	_, err := f.p.call(0, workerCmd{Op: "pub", Payload: payload})
+	return err
+}
+
+// serveFloor starts a floor server, TLS-first with a certificate in dir
+// proving secret when secret is set, and connects to it in-process.
+func serveFloor(secret, dir string) (*server.Server, *nats.Conn, error) {
+	opts := &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true, MaxPayload: 8 << 20}
+	if secret != "" {
+		certs, err := embedded.LoadCerts(embedded.CertSource{Dir: dir, Proofs: []bus.Proof{{Secret: secret, Purpose: bus.PurposeController}}})
+		if err != nil {
+			return nil, nil, err
+		}
+		opts.TLSConfig, opts.TLSHandshakeFirst, opts.TLSTimeout = certs.ServerTLS(), true, bus.TLSTimeout.Seconds()
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, nil, err
 	}
 	srv.Start()
 	if !srv.ReadyForConnections(10 * time.Second) {
 		srv.Shutdown()
-		return floor{}, errors.New("floor NATS server did not start")
+		return nil, nil, errors.New("floor NATS server did not start")
 	}
-	return floor{srv, secret}, nil
+	pub, err := nats.Connect("", nats.InProcessServer(srv))
+	if err != nil {
+		srv.Shutdown()
+		return nil, nil, err
+	}
+	return srv, pub, nil
 }
 
 func scaleSection(f scaleFigures, reps int) Section {
 	var md strings.Builder
-	fmt.Fprintf(&md, "The real `cframe-controller` (embedded store, in its own namespace) with N simulated edges: NATS clients that join as agents do (TLS from the first byte with the controller's certificate checked against the join secret, own key pair, join proof, key pinned by the controller), follow the edge set (snapshot, then revision-linked deltas) and heartbeat every %s, without kernel work. Then the same with three controllers, one in each of three namespaces behind the underlay router, forming one cluster (TLS routes, the store replicated on all three, Raft heartbeat %s, election timeout %s-%s): the edges are given the three addresses and spread over them at random, and the change goes through one controller's API. The floor is measured in the same runs: a plain embedded NATS server without our authentication, N bare subscribers and one bare publish of a message of the same size as a delta — once with every subscriber connected over TLS as edges are (TLS first, the certificate's proof checked; the reference for the ratios), once without TLS (what TLS itself costs NATS). Every edge and subscriber lives in this one benchmark process and shares the machine's CPUs with the controllers. %d rounds per size of each kind, interleaved: a change is an edge update through the API, timed from the call until every edge holds it — once with the edges silent (delivery alone, like for like with the floor), once with every edge publishing its status within %s of applying the change (a random delay, as agents do, so N status messages do not all hit the controller while it is still delivering).\n\n",
+	fmt.Fprintf(&md, "The real `cframe-controller` (embedded store, in its own namespace) with N simulated edges: NATS clients that join as agents do (TLS from the first byte with the controller's certificate checked against the join secret, own key pair, join proof, key pinned by the controller), follow the edge set (snapshot, then revision-linked deltas) and heartbeat every %s, without kernel work. Then the same with three controllers, one in each of three namespaces behind the underlay router, forming one cluster (TLS routes, the store replicated on all three, Raft heartbeat %s, election timeout %s-%s): the edges are given the three addresses and spread over them at random, and the change goes through one controller's API. The floor is measured in the same runs: a plain embedded NATS server without our authentication (in a process of its own), N bare subscribers and one bare publish of a message of the same size as a delta — once with every subscriber connected over TLS as edges are (TLS first, the certificate's proof checked; the reference for the ratios), once without TLS (what TLS itself costs NATS). Every edge and subscriber shares the machine's 2 CPUs with the controllers (and, on a shared machine, with whatever else runs there). %d rounds per size of each kind, interleaved: a change is an edge update through the API, timed from the call until every edge holds it — once with the edges silent (delivery alone, like for like with the floor), once with every edge publishing its status within %s of applying the change (a random delay, as agents do, so N status messages do not all hit the controller while it is still delivering).\n\n",
 		bus.HeartbeatInterval, embedded.RaftHeartbeat, embedded.RaftElectionMin, embedded.RaftElectionMax, reps, bus.StatusJitter)
 	md.WriteString("| edges | controllers | round | → all, median | p99 | spread | ratio to TLS floor, median / p99 | → first | API call | per-client arrival p50 / p99 / max | controllers' CPU per change |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range f.Sizes {
@@ -333,8 +356,8 @@ func scaleSection(f scaleFigures, reps int) Section {
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
-// raiseNoFile makes sure this process may open want files (as root it
-// may raise its hard limit too; the controllers it starts inherit it).
+// raiseNoFile makes sure this process may open want files (raising its
+// hard limit too where it may).
 func raiseNoFile(want uint64) error {
 	var l syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
@@ -429,28 +452,17 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 	o.Logf("%d edges: first join in %s, %.0f bytes sent per edge (the set: %d bytes of JSON, %.0f compressed)",
 		size, time.Since(t0).Round(time.Millisecond), s.JoinBytesPerEdge, s.SetJSONBytes, s.SetZstdBytes)
 
-	for _, f := range []struct {
-		f   floor
-		set string
-	}{{tlsFloor, setFloorTLS}, {plain, setFloor}} {
+	floors := []struct {
+		f    floor
+		set  string
+		into *rounds
+	}{{tlsFloor, setFloorTLS, &s.FloorTLS}, {plain, setFloor, &s.Floor}}
+	for _, f := range floors {
 		if err := p.all(func(_, from, to int) workerCmd {
-			return workerCmd{Op: "floor", Set: f.set, URL: f.f.srv.ClientURL(), Secret: f.f.secret, From: from, To: to}
+			return workerCmd{Op: "floor", Set: f.set, URL: f.f.url, Secret: f.f.secret, From: from, To: to}
 		}); err != nil {
 			return s, nil, err
 		}
-	}
-	floors := []struct {
-		set  string
-		pub  *nats.Conn
-		into *rounds
-	}{{setFloorTLS, nil, &s.FloorTLS}, {setFloor, nil, &s.Floor}}
-	for i, f := range []floor{tlsFloor, plain} {
-		pub, err := nats.Connect("", nats.InProcessServer(f.srv))
-		if err != nil {
-			return s, nil, err
-		}
-		defer pub.Close()
-		floors[i].pub = pub
 	}
 
 	var pids []int
@@ -523,7 +535,7 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 				return s, nil, err
 			}
 			t0 := time.Now()
-			if err := f.pub.Publish("bench.floor", payload); err != nil {
+			if err := f.f.publish(payload); err != nil {
 				return s, nil, err
 			}
 			arr, err := r.wait(t0, 30*time.Second)

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/cframe/cframe/bus"
@@ -33,8 +34,10 @@ const perWorker = 2000
 
 // workerCmd is a line to a worker.
 type workerCmd struct {
-	// Op is "fleet" (make room for the edges From..To), "start" (connect
-	// them, with the config), "floor" (as many
+	// Op is "serve" (run a floor server, TLS with a certificate in the
+	// directory URL proving Secret when set; its URL comes back in Err),
+	// "pub" (publish Payload on it), "fleet" (make room for the edges
+	// From..To), "start" (connect them, with the config), "floor" (as many
 	// bare subscribers of Set to URL), "arm" (a new round of Set: Want,
 	// Fresh, Silent), "conns" (every edge's server and last reconnect).
 	Op     string `json:"op"`
@@ -49,6 +52,8 @@ type workerCmd struct {
 	Want   uint64 `json:"want,omitempty"`
 	Fresh  bool   `json:"fresh,omitempty"`
 	Silent bool   `json:"silent,omitempty"`
+	// Payload is what "pub" publishes.
+	Payload []byte `json:"payload,omitempty"`
 }
 
 // workerEvent is a line from a worker: the answer to a command ("ok",
@@ -82,6 +87,12 @@ func simWorker() {
 		fail("%v", err)
 	}
 	w := &worker{sets: map[string]*clients{}, out: json.NewEncoder(os.Stdout)}
+	defer func() {
+		if w.floor != nil {
+			w.pub.Close()
+			w.floor.Shutdown()
+		}
+	}()
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		var c workerCmd
@@ -95,6 +106,13 @@ func simWorker() {
 		w.send(ev)
 	}
 	w.fleet.close()
+	for _, set := range w.sets {
+		for _, nc := range set.conns {
+			if nc != nil {
+				nc.Close()
+			}
+		}
+	}
 }
 
 // worker is one worker process's state; do runs on the main goroutine.
@@ -103,6 +121,9 @@ type worker struct {
 	out   *json.Encoder
 	sets  map[string]*clients
 	fleet *fleet
+	// floor and pub are the floor server this worker runs, if any.
+	floor *server.Server
+	pub   *nats.Conn
 }
 
 func (w *worker) send(ev workerEvent) {
@@ -116,6 +137,14 @@ func (w *worker) send(ev workerEvent) {
 func (w *worker) do(c workerCmd) (workerEvent, error) {
 	ok := workerEvent{Op: "ok"}
 	switch c.Op {
+	case "serve":
+		var err error
+		if w.floor, w.pub, err = serveFloor(c.Secret, c.URL); err != nil {
+			return ok, err
+		}
+		return workerEvent{Op: "ok", Err: w.floor.ClientURL()}, nil
+	case "pub":
+		return ok, w.pub.Publish("bench.floor", c.Payload)
 	case "fleet":
 		w.fleet = newFleet(c.To - c.From)
 		w.sets[setFleet] = &w.fleet.clients
