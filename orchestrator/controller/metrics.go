@@ -191,7 +191,7 @@ func (stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (s stateCollector) Collect(ch chan<- prometheus.Metric) {
-	t := s.c.Topology()
+	t, ends, _ := s.c.topology()
 	online := 0
 	for _, e := range t.Edges {
 		up := 0.0
@@ -202,11 +202,7 @@ func (s stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descEdgeOnline, prometheus.GaugeValue, up, e.Name)
 		ch <- prometheus.MustNewConstMetric(descEdgeApplied, prometheus.GaugeValue, float64(e.AppliedRevision), e.Name)
 	}
-	links := map[string]int{"up": 0, "pending": 0, "down": 0}
-	for _, l := range t.Links {
-		links[l.State]++
-	}
-	for state, n := range links {
+	for state, n := range linkCounts(ends, t.Revision) {
 		ch <- prometheus.MustNewConstMetric(descLinks, prometheus.GaugeValue, float64(n), state)
 	}
 	ch <- prometheus.MustNewConstMetric(descEdges, prometheus.GaugeValue, float64(len(t.Edges)))
