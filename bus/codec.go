@@ -16,9 +16,14 @@ func Publish(nc *nats.Conn, subject string, v any) error {
 	return nc.Publish(subject, b)
 }
 
-// Decode parses a message body into v, naming the subject on failure.
+// Decode parses a message body into v (decompressing it first when its
+// EncodingHeader says so), naming the subject on failure.
 func Decode(m *nats.Msg, v any) error {
-	if err := json.Unmarshal(m.Data, v); err != nil {
+	b, err := Body(m)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("decode %s: %w", m.Subject, err)
 	}
 	return nil

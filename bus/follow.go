@@ -107,37 +107,69 @@ func (f *Follower) Handle(m *nats.Msg) (string, error) {
 	case d.Prev != f.rev:
 		return f.Resync(fmt.Sprintf("missed revisions %d..%d", f.rev+1, d.Prev))
 	}
-	next := maps.Clone(f.set)
-	switch d.Op {
-	case OpPut:
-		next[d.Edge.Name] = d.Edge
-	case OpDelete:
-		delete(next, d.Edge.Name)
-	default:
-		return "", fmt.Errorf("delta %d: unknown op %q", d.Revision, d.Op)
+	if err := f.apply([]Delta{d}); err != nil {
+		return "", err
 	}
-	f.set, f.rev = next, d.Revision
 	return fmt.Sprintf("revision %d: %s edge %s", d.Revision, d.Op, d.Edge.Name), nil
+}
+
+// apply moves the held set along deltas, each following the one before it
+// and the first the held revision (one copy of the set for all of them).
+func (f *Follower) apply(ds []Delta) error {
+	next, rev := maps.Clone(f.set), f.rev
+	for _, d := range ds {
+		if d.Prev != rev {
+			return fmt.Errorf("delta %d follows revision %d, not %d", d.Revision, d.Prev, rev)
+		}
+		switch d.Op {
+		case OpPut:
+			next[d.Edge.Name] = d.Edge
+		case OpDelete:
+			delete(next, d.Edge.Name)
+		default:
+			return fmt.Errorf("delta %d: unknown op %q", d.Revision, d.Op)
+		}
+		rev = d.Revision
+	}
+	f.set, f.rev = next, rev
+	return nil
 }
 
 // Resync replaces the held set with the controller's current snapshot; when
 // the held set is current, the controller says so and nothing changes.
 func (f *Follower) Resync(why string) (string, error) {
-	req := SnapshotRequest{Want: f.heard}
+	req := SnapshotRequest{Want: f.heard, Accept: []string{AcceptZstd}}
 	if f.have {
 		req.Have = f.rev
 		req.Want = max(req.Want, f.rev)
+		req.Accept = append(req.Accept, AcceptDeltas)
 	}
 	s, err := f.request(req)
 	if err != nil {
 		return "", fmt.Errorf("fetch edge set (%s): %w", why, err)
 	}
 	f.heard = max(f.heard, s.Revision)
-	if s.Unchanged {
+	switch {
+	case s.Unchanged:
 		if s.Revision != f.rev {
 			return "", fmt.Errorf("fetch edge set (%s): controller says revision %d is unchanged, held %d", why, s.Revision, f.rev)
 		}
 		return "", nil
+	case s.Since != 0:
+		from := f.rev
+		err := error(nil)
+		if s.Since != from {
+			err = fmt.Errorf("they start from revision %d", s.Since)
+		} else if err = f.apply(s.Deltas); err == nil && f.rev != s.Revision {
+			err = fmt.Errorf("they end at revision %d, not %d", f.rev, s.Revision)
+		}
+		if err == nil {
+			return fmt.Sprintf("snapshot revision %d: %d changes since %d (%s)", s.Revision, len(s.Deltas), from, why), nil
+		}
+		// Not what was asked for: take the whole set instead.
+		if s, err = f.request(SnapshotRequest{Want: req.Want, Accept: []string{AcceptZstd}}); err != nil {
+			return "", fmt.Errorf("fetch edge set (%s): %w", why, err)
+		}
 	}
 	f.Restore(s)
 	return fmt.Sprintf("snapshot revision %d (%s)", s.Revision, why), nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"time"
@@ -81,7 +82,8 @@ func mac(secret, msg string) string {
 // controller that proves the join secret, its name, proof of the join
 // secret, its key (signing the server nonce), its private inbox, and
 // reconnecting forever — also past refusals, which a controller that is
-// starting, or cannot reach its cluster to pin a new key, answers with.
+// starting, or cannot reach its cluster to pin a new key, answers with —
+// after ReconnectDelay.
 // ClientOptions appended later replace the TLS trust.
 func (id *Identity) EdgeOptions(secret string) []nats.Option {
 	return append(ClientOptions(Trust{Secret: secret}, nil),
@@ -91,9 +93,26 @@ func (id *Identity) EdgeOptions(secret string) []nats.Option {
 		nats.CustomInboxPrefix(InboxPrefix(id.Name)),
 		nats.MaxReconnects(-1),
 		nats.IgnoreAuthErrorAbort(),
-		nats.ReconnectWait(500*time.Millisecond),
-		nats.ReconnectJitter(250*time.Millisecond, 0),
+		nats.CustomReconnectDelay(ReconnectDelay),
 	)
+}
+
+// Reconnect timing: see ReconnectDelay.
+const (
+	reconnectFloor  = 100 * time.Millisecond
+	reconnectBase   = time.Second
+	ReconnectSpread = 4 * time.Second
+)
+
+// ReconnectDelay is how long an edge waits before its attempt-th round of
+// trying the controllers (from 1): a random time up to a window that
+// doubles from one second to ReconnectSpread (plus a floor of 100 ms). So
+// the edges a restarted controller lost come back spread over seconds
+// rather than in one burst of TLS handshakes and snapshot requests, and
+// a lone edge is back within about a second.
+func ReconnectDelay(attempt int) time.Duration {
+	window := reconnectBase << min(max(attempt-1, 0), 8)
+	return reconnectFloor + rand.N(min(window, ReconnectSpread))
 }
 
 // ControllerURLs turns the edge config's controller addresses ("1.2.3.4:58422"

@@ -2,6 +2,7 @@ package bus
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -56,7 +57,23 @@ type SnapshotRequest struct {
 	// or a hello): a controller of a cluster that has not seen it yet waits
 	// a moment to catch up before answering, rather than send an older set.
 	Want uint64 `json:"want,omitempty"`
+	// Accept lists what the requester takes besides a plain whole set:
+	// AcceptZstd (the reply compressed, marked by the EncodingHeader) and
+	// AcceptDeltas (the changes since Have instead of the whole set, when
+	// the controller still has them). A requester that lists nothing (an
+	// agent older than these) gets the plain whole set, and so does every
+	// requester of a controller older than these: they ignore the field.
+	Accept []string `json:"accept,omitempty"`
 }
+
+// What a SnapshotRequest may Accept.
+const (
+	AcceptZstd   = "zstd"
+	AcceptDeltas = "deltas"
+)
+
+// Accepts reports whether the request lists what.
+func (r SnapshotRequest) Accepts(what string) bool { return slices.Contains(r.Accept, what) }
 
 // Snapshot is the whole edge set at one revision, the reply on SubjectSnapshot.
 type Snapshot struct {
@@ -65,6 +82,12 @@ type Snapshot struct {
 	// Unchanged replies to a request whose Have is Revision: Edges is
 	// left out, the requester's set is current.
 	Unchanged bool `json:"unchanged,omitempty"`
+	// Since is set on a reply to a request that accepted deltas and whose
+	// Have the controller still had the changes since: Edges is left out,
+	// and Deltas take the requester's set from revision Since (its Have)
+	// to Revision, in order.
+	Since  uint64  `json:"since,omitempty"`
+	Deltas []Delta `json:"deltas,omitempty"`
 }
 
 // Delta operations.

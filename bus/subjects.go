@@ -8,9 +8,11 @@
 // cframectl do not link it.
 //
 // Flow: the controller answers SubjectSnapshot requests with the whole edge
-// set, publishes each change on SubjectDelta (linked to the previous revision
-// so a receiver can tell when it missed one), announces its current revision on
-// SubjectHello, and follows the edges' heartbeats on StatusSubject(name).
+// set (zstd-compressed for a requester that accepts it) or the changes since
+// the revision the requester holds, publishes each change on SubjectDelta
+// (linked to the previous revision so a receiver can tell when it missed
+// one), announces its current revision on SubjectHello, and follows the
+// edges' heartbeats on StatusSubject(name).
 // Every change is also an audit Event on EventSubject(kind, name).
 package bus
 

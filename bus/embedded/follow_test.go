@@ -142,8 +142,8 @@ func TestFollowerSnapshotThenDeltasAndGapRepair(t *testing.T) {
 	}
 	// The request named the revision held and the one heard of, which a
 	// controller that has not seen it yet waits for.
-	if ctl.mu.Lock(); ctl.last != (bus.SnapshotRequest{Have: 8, Want: 10}) {
-		t.Errorf("snapshot request %+v, want have 8, want 10", ctl.last)
+	if ctl.mu.Lock(); ctl.last.Have != 8 || ctl.last.Want != 10 || !ctl.last.Accepts(bus.AcceptDeltas) || !ctl.last.Accepts(bus.AcceptZstd) {
+		t.Errorf("snapshot request %+v, want have 8, want 10, accepting deltas and zstd", ctl.last)
 	}
 	ctl.mu.Unlock()
 

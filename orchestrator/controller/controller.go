@@ -67,9 +67,9 @@ type Controller struct {
 
 	// write serialises this controller's edge writes (edges.go; other
 	// controllers' are kept apart by the store's conditional writes);
-	// pinWrite its pin writes (pins.go).
+	// pinWrite its pin writes, by name (pins.go).
 	write    sync.Mutex
-	pinWrite sync.Mutex
+	pinWrite nameLocks
 
 	// view is the store as this controller last saw it (view.go).
 	view *storeView

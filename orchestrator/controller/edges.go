@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -253,23 +254,60 @@ func (c *Controller) onSnapshotRequest(m *nats.Msg) {
 	}()
 }
 
+// answerSnapshot replies with what brings the requester to the current
+// revision: "unchanged", the changes since the revision it holds (when it
+// accepts them, this controller still has them all and they weigh less
+// than the set), or the whole set, compressed when it accepts that. The
+// whole set is encoded and compressed once per revision, whoever asks.
 func (c *Controller) answerSnapshot(m *nats.Msg, req bus.SnapshotRequest) {
 	view := c.view.now()
-	if req.Have != 0 && req.Have == view.rev {
-		if err := bus.Publish(c.nc, m.Reply, bus.Snapshot{Revision: view.rev, Unchanged: true}); err != nil {
-			c.log.Warn("snapshot reply failed", "err", err)
-		}
-		return
-	}
-	b, err := view.encoded()
+	kind, reply, err := replyFor(view, req)
 	if err != nil {
 		c.log.Error("encode snapshot", "err", err)
 		return
 	}
-	if err := m.Respond(b); err != nil {
+	c.metrics.snapshots.WithLabelValues(kind).Inc()
+	c.metrics.snapshotBytes.WithLabelValues(kind).Add(float64(len(reply.Data)))
+	if err := m.RespondMsg(reply); err != nil {
 		c.log.Warn("snapshot reply failed", "err", err)
 	}
 }
+
+// compressAbove is the size from which a reply other than the whole set
+// (which always is when accepted) is compressed.
+const compressAbove = 4 << 10
+
+// replyFor is the reply to req at view, and its kind (metrics.go).
+func replyFor(view *viewState, req bus.SnapshotRequest) (string, *nats.Msg, error) {
+	reply := &nats.Msg{}
+	zstd := req.Accepts(bus.AcceptZstd)
+	if req.Have != 0 && req.Have == view.rev {
+		b, err := json.Marshal(bus.Snapshot{Revision: view.rev, Unchanged: true})
+		reply.Data = b
+		return replyUnchanged, reply, err
+	}
+	if ds, ok := view.since(req.Have); ok && req.Have != 0 && req.Accepts(bus.AcceptDeltas) && len(ds) < len(view.edges) {
+		b, err := json.Marshal(bus.Snapshot{Revision: view.rev, Since: req.Have, Deltas: ds})
+		if err != nil {
+			return "", nil, err
+		}
+		reply.Data = b
+		if zstd && len(b) >= compressAbove {
+			reply.Data, reply.Header = bus.Compress(b), zstdHeader()
+		}
+		return replyDeltas, reply, nil
+	}
+	if zstd {
+		b, err := view.compressed()
+		reply.Data, reply.Header = b, zstdHeader()
+		return replyFullZstd, reply, err
+	}
+	b, err := view.encoded()
+	reply.Data = b
+	return replyFull, reply, err
+}
+
+func zstdHeader() nats.Header { return nats.Header{bus.EncodingHeader: []string{bus.AcceptZstd}} }
 
 // EventCredentials are the audit subscriber's NATS credentials.
 func (c *Controller) EventCredentials() api.Credentials {

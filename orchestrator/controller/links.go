@@ -173,3 +173,76 @@ func linkOf(a, b linkEnd, rev uint64, revAt time.Time) api.Link {
 	}
 	return l
 }
+
+// linkCounts counts the links between ends by state without building
+// them: O(ends + probe reports), not O(ends²), so that a scrape of a
+// controller with thousands of edges stays cheap. A link neither end
+// reports probes for has the state of its ends' classes (offline, current,
+// behind), which linkOf decides once per pair of classes; the links some
+// end reports probes for are computed one by one.
+func linkCounts(ends []linkEnd, rev uint64) map[string]int {
+	counts := map[string]int{api.LinkUp: 0, api.LinkPending: 0, api.LinkDown: 0}
+	const classes = 3
+	classOf := func(e linkEnd) int {
+		switch {
+		case !e.online():
+			return 0
+		case e.current(rev):
+			return 1
+		}
+		return 2
+	}
+	// A representative of each class, stripped of its probes.
+	var reps [classes]*linkEnd
+	var n [classes]int
+	index := make(map[string]int, len(ends))
+	for i, e := range ends {
+		index[e.name] = i
+		c := classOf(e)
+		n[c]++
+		if reps[c] == nil {
+			r := linkEnd{name: e.name}
+			if e.st != nil {
+				st := *e.st
+				st.probes = nil
+				r.st = &st
+			}
+			reps[c] = &r
+		}
+	}
+	var state [classes][classes]string
+	for a := range classes {
+		for b := a; b < classes; b++ {
+			if reps[a] == nil || reps[b] == nil {
+				continue
+			}
+			state[a][b] = linkOf(*reps[a], *reps[b], rev, time.Time{}).State
+			pairs := n[a] * n[b]
+			if a == b {
+				pairs = n[a] * (n[a] - 1) / 2
+			}
+			counts[state[a][b]] += pairs
+		}
+	}
+	seen := map[[2]int]bool{}
+	for i, a := range ends {
+		if a.st == nil {
+			continue
+		}
+		for peer := range a.st.probes {
+			j, ok := index[peer]
+			if !ok || j == i {
+				continue
+			}
+			lo, hi := min(i, j), max(i, j)
+			if seen[[2]int{lo, hi}] {
+				continue
+			}
+			seen[[2]int{lo, hi}] = true
+			ca, cb := classOf(ends[lo]), classOf(ends[hi])
+			counts[state[min(ca, cb)][max(ca, cb)]]--
+			counts[linkOf(ends[lo], ends[hi], rev, time.Time{}).State]++
+		}
+	}
+	return counts
+}

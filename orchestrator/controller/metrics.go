@@ -30,7 +30,21 @@ type controllerMetrics struct {
 	fanout        prometheus.Histogram
 	fanoutTimeout prometheus.Counter
 	auditEvents   *prometheus.CounterVec
+	// snapshots and snapshotBytes count the replies to snapshot requests
+	// and their bodies' bytes, by kind (snapshotKinds).
+	snapshots     *prometheus.CounterVec
+	snapshotBytes *prometheus.CounterVec
 }
+
+// The kinds of snapshot reply: the whole set as plain JSON (an older
+// agent), the whole set compressed, the changes since the requester's
+// revision, and "your revision is current".
+const (
+	replyFull      = "full"
+	replyFullZstd  = "full_zstd"
+	replyDeltas    = "deltas"
+	replyUnchanged = "unchanged"
+)
 
 func newControllerMetrics(c *Controller) *controllerMetrics {
 	m := &controllerMetrics{
@@ -63,7 +77,15 @@ func newControllerMetrics(c *Controller) *controllerMetrics {
 			Help: "Audit events written to the audit stream, by kind.",
 		}, []string{"kind"}),
 	}
-	m.reg.MustRegister(m.apiRequests, m.apiDuration, m.storeWrite, m.fanout, m.fanoutTimeout, m.auditEvents, stateCollector{c})
+	m.snapshots = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cframe_controller_snapshot_replies_total",
+		Help: "Replies to edges' snapshot requests, by kind: full (the whole set, plain JSON, for agents that accept nothing else), full_zstd (the whole set compressed), deltas (the changes since the edge's revision), unchanged.",
+	}, []string{"kind"})
+	m.snapshotBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cframe_controller_snapshot_reply_bytes_total",
+		Help: "Bytes of the bodies of the replies to snapshot requests, by kind (as cframe_controller_snapshot_replies_total).",
+	}, []string{"kind"})
+	m.reg.MustRegister(m.apiRequests, m.apiDuration, m.storeWrite, m.fanout, m.fanoutTimeout, m.auditEvents, m.snapshots, m.snapshotBytes, stateCollector{c})
 	return m
 }
 
@@ -169,7 +191,7 @@ func (stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (s stateCollector) Collect(ch chan<- prometheus.Metric) {
-	t := s.c.Topology()
+	t, ends, _ := s.c.topology()
 	online := 0
 	for _, e := range t.Edges {
 		up := 0.0
@@ -180,11 +202,7 @@ func (s stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descEdgeOnline, prometheus.GaugeValue, up, e.Name)
 		ch <- prometheus.MustNewConstMetric(descEdgeApplied, prometheus.GaugeValue, float64(e.AppliedRevision), e.Name)
 	}
-	links := map[string]int{"up": 0, "pending": 0, "down": 0}
-	for _, l := range t.Links {
-		links[l.State]++
-	}
-	for state, n := range links {
+	for state, n := range linkCounts(ends, t.Revision) {
 		ch <- prometheus.MustNewConstMetric(descLinks, prometheus.GaugeValue, float64(n), state)
 	}
 	ch <- prometheus.MustNewConstMetric(descEdges, prometheus.GaugeValue, float64(len(t.Edges)))

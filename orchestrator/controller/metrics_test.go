@@ -107,6 +107,8 @@ func TestControllerMetricsScrape(t *testing.T) {
 		{"cframe_controller_store_write_duration_seconds", []string{"op", "pin_key"}, 1, "HISTOGRAM"},
 		{"cframe_controller_delta_fanout_seconds", nil, 1, "HISTOGRAM"},
 		{"cframe_controller_delta_fanout_timeouts_total", nil, 0, "COUNTER"},
+		// sz-1 joined: the whole set, compressed, once.
+		{"cframe_controller_snapshot_replies_total", []string{"kind", "full_zstd"}, 1, "COUNTER"},
 		{"cframe_controller_audit_events_total", []string{"kind", bus.EventEdgeAdded}, 5, "COUNTER"},
 		{"cframe_controller_audit_events_total", []string{"kind", bus.EventEdgeDeleted}, 1, "COUNTER"},
 		{"cframe_controller_audit_events_total", []string{"kind", bus.EventEdgeOnline}, 1, "COUNTER"},
@@ -126,8 +128,11 @@ func TestControllerMetricsScrape(t *testing.T) {
 			t.Errorf("%s%v = %v (present %v, %s), want %v (%s)", w.name, w.labels, v, ok, s.Type(w.name), w.value, w.typ)
 		}
 	}
+	if v, _ := s.Value("cframe_controller_snapshot_reply_bytes_total", "kind", "full_zstd"); v < 100 || v > 2000 {
+		t.Errorf("sz-1's join took %v bytes, want a compressed set of 5 edges", v)
+	}
 	// Every cframe_controller_ family is checked above.
-	checked := map[string]bool{}
+	checked := map[string]bool{"cframe_controller_snapshot_reply_bytes_total": true}
 	for _, w := range want {
 		checked[w.name] = true
 	}

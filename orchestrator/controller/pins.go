@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/cframe/cframe/bus"
@@ -13,7 +14,9 @@ import (
 
 // Every edge name is pinned to the identity key it first connected with.
 // The pins live in the store beside the edge set (the view follows them);
-// this controller's pin writes take turns on c.pinWrite.
+// this controller's pin writes of one name take turns (c.pinWrite), those
+// of different names run side by side: ten thousand edges joining at once
+// do not wait for each other's store writes.
 
 // pinTimeout bounds the store write that pins a new key: the server is
 // holding the edge's connection meanwhile.
@@ -37,8 +40,7 @@ func (c *Controller) Pin(name, key string) error {
 	if err := c.writable(); err != nil {
 		return fmt.Errorf("cannot pin a new key now: %w", err)
 	}
-	c.pinWrite.Lock()
-	defer c.pinWrite.Unlock()
+	defer c.pinWrite.lock(name)()
 	ctx, cancel := context.WithTimeout(c.ctx, pinTimeout)
 	defer cancel()
 	p, err := c.store.PinKey(ctx, name, key)
@@ -65,8 +67,7 @@ func (c *Controller) refuseKey(name, pinned, key string) error {
 // there was one. It asks the store even when the view has no pin: another
 // controller may have pinned a key a moment ago.
 func (c *Controller) unpin(ctx context.Context, name string) (bool, error) {
-	c.pinWrite.Lock()
-	defer c.pinWrite.Unlock()
+	defer c.pinWrite.lock(name)()
 	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	rev, err := c.store.DeletePin(ctx, name)
@@ -78,4 +79,39 @@ func (c *Controller) unpin(ctx context.Context, name string) (bool, error) {
 	}
 	c.view.pinned(name, "", rev)
 	return true, nil
+}
+
+// nameLocks is a lock per name, held only while in use.
+type nameLocks struct {
+	mu    sync.Mutex
+	locks map[string]*nameLock
+}
+
+type nameLock struct {
+	sync.Mutex
+	users int
+}
+
+// lock takes name's lock and returns its release.
+func (l *nameLocks) lock(name string) func() {
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = map[string]*nameLock{}
+	}
+	nl := l.locks[name]
+	if nl == nil {
+		nl = &nameLock{}
+		l.locks[name] = nl
+	}
+	nl.users++
+	l.mu.Unlock()
+	nl.Lock()
+	return func() {
+		nl.Unlock()
+		l.mu.Lock()
+		if nl.users--; nl.users == 0 {
+			delete(l.locks, name)
+		}
+		l.mu.Unlock()
+	}
 }

@@ -284,8 +284,20 @@ func appliedAt(st bus.Status, arrived time.Time) time.Time {
 // state of every link (configuration and data plane), the sites with their
 // active gateways, and agents waiting to be added.
 func (c *Controller) Topology() api.Topology {
+	t, ends, revAt := c.topology()
+	for i, a := range ends {
+		for _, b := range ends[i+1:] {
+			t.Links = append(t.Links, linkOf(a, b, t.Revision, revAt))
+		}
+	}
+	return t
+}
+
+// topology is the topology without its links, the ends to compute them
+// from (in the order of t.Edges) and when its revision was reached.
+func (c *Controller) topology() (api.Topology, []linkEnd, time.Time) {
 	view := c.view.now()
-	edges, rev, revAt, sites := view.sorted(), view.rev, view.at, mesh.Sites(view.edges)
+	edges, rev, sites := view.sorted(), view.rev, mesh.Sites(view.edges)
 	roles := c.roles(view.edges)
 	t := api.Topology{Revision: rev, Edges: []api.TopologyEdge{}, Links: []api.Link{}, Pending: c.status.pending(), Sites: []api.TopologySite{}}
 	ends := make([]linkEnd, len(edges))
@@ -307,16 +319,11 @@ func (c *Controller) Topology() api.Topology {
 		}
 		t.Edges = append(t.Edges, te)
 	}
-	for i, a := range ends {
-		for _, b := range ends[i+1:] {
-			t.Links = append(t.Links, linkOf(a, b, rev, revAt))
-		}
-	}
 	for _, s := range sites {
 		t.Sites = append(t.Sites, c.topologySite(s))
 	}
 	sort.Slice(t.Sites, func(i, j int) bool { return t.Sites[i].Name < t.Sites[j].Name })
-	return t
+	return t, ends, view.at
 }
 
 // topologySite is one site with its active gateway and the claim behind it.

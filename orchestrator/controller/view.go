@@ -1,10 +1,12 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -43,9 +45,21 @@ type viewState struct {
 	// at is when rev was reached; moved is closed when a later revision is.
 	at    time.Time
 	moved chan struct{}
-	// encoded is the Snapshot at rev, encoded once on first use.
-	encoded func() ([]byte, error)
+	// encoded is the Snapshot at rev, encoded once on first use, and
+	// compressed the same, zstd-compressed (bus.AcceptZstd).
+	encoded    func() ([]byte, error)
+	compressed func() ([]byte, error)
+	// recent are the deltas that led to rev, oldest first, the last one
+	// reaching rev (at most 2*deltaRing of them). Its elements are never
+	// written once a state holds them: the next change appends past the
+	// end this state sees, or starts a new array.
+	recent []bus.Delta
 }
+
+// deltaRing is how many of the latest changes a controller keeps to send
+// an edge the changes since the revision it holds instead of the whole set
+// (it keeps between deltaRing and twice that many).
+const deltaRing = 1024
 
 // newStoreView is an empty view at revision 0, until the store is loaded.
 func newStoreView() *storeView {
@@ -61,6 +75,13 @@ func newState(edges map[string]bus.Edge, pins map[string]string, rev uint64, pre
 	s.encoded = sync.OnceValues(func() ([]byte, error) {
 		return json.Marshal(bus.Snapshot{Revision: s.rev, Edges: s.sorted()})
 	})
+	s.compressed = sync.OnceValues(func() ([]byte, error) {
+		b, err := s.encoded()
+		if err != nil {
+			return nil, err
+		}
+		return bus.Compress(b), nil
+	})
 	if prev != nil {
 		close(prev.moved)
 	}
@@ -72,6 +93,17 @@ func (s *viewState) withPins(pins map[string]string) *viewState {
 	n := *s
 	n.pins = pins
 	return &n
+}
+
+// since is the changes from revision have to rev, oldest first, when the
+// state still has them all; they are shared, not to be modified.
+func (s *viewState) since(have uint64) ([]bus.Delta, bool) {
+	// The first change past have, which must start from it.
+	i, _ := slices.BinarySearchFunc(s.recent, have+1, func(d bus.Delta, rev uint64) int { return cmp.Compare(d.Revision, rev) })
+	if i >= len(s.recent) || s.recent[i].Prev != have {
+		return nil, false
+	}
+	return s.recent[i:], true
 }
 
 // sorted is the edge set ordered by name.
@@ -104,6 +136,7 @@ func (v *storeView) replace(st store.State, first bool) {
 		v.pinRev[name] = st.Latest
 	}
 	if first || st.Revision != cur.rev {
+		// No deltas lead there: edges behind it get the whole set.
 		v.cur.Store(newState(st.Edges, st.Pins, st.Revision, cur))
 		return
 	}
@@ -145,12 +178,20 @@ func (v *storeView) wrote(name string, e *bus.Edge, rev uint64) {
 func (v *storeView) setEdgeLocked(name string, e *bus.Edge, rev uint64) {
 	cur := v.now()
 	edges := maps.Clone(cur.edges)
+	d := bus.Delta{Revision: rev, Prev: cur.rev, Op: bus.OpDelete, Edge: bus.Edge{Name: name}}
 	if e == nil {
 		delete(edges, name)
 	} else {
 		edges[name] = *e
+		d.Op, d.Edge = bus.OpPut, *e
 	}
-	v.cur.Store(newState(edges, cur.pins, rev, cur))
+	next := newState(edges, cur.pins, rev, cur)
+	next.recent = cur.recent
+	if len(next.recent) >= 2*deltaRing {
+		next.recent = slices.Clone(next.recent[len(next.recent)-deltaRing+1:])
+	}
+	next.recent = append(next.recent, d)
+	v.cur.Store(next)
 }
 
 // pinned records the key pinned for name at store revision rev ("" for a

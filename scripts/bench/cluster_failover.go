@@ -42,8 +42,12 @@ type controllerFailoverFigures struct {
 
 // measureControllerFailover kills the store's leader kills times, each time timing
 // the first accepted write and the move of its edges, then restarts it.
-func measureControllerFailover(o Options, c *cluster.Cluster, fl *fleet, spec edgeset.Spec, kills int) (*controllerFailoverFigures, error) {
-	f := &controllerFailoverFigures{Edges: len(fl.conns)}
+func measureControllerFailover(o Options, c *cluster.Cluster, p *pool, spec edgeset.Spec, kills int) (*controllerFailoverFigures, error) {
+	servers, _, err := p.conns()
+	if err != nil {
+		return nil, err
+	}
+	f := &controllerFailoverFigures{Edges: len(servers)}
 	ctx := context.Background()
 	for k := range kills {
 		cl, err := c.API.Cluster(ctx)
@@ -62,9 +66,13 @@ func measureControllerFailover(o Options, c *cluster.Cluster, fl *fleet, spec ed
 		if victim == nil {
 			return nil, fmt.Errorf("no store leader: %+v", cl)
 		}
+		servers, _, err := p.conns()
+		if err != nil {
+			return nil, err
+		}
 		var onVictim []int
-		for i, nc := range fl.conns {
-			if nc.ConnectedServerName() == victim.Name {
+		for i, name := range servers {
+			if name == victim.Name {
 				onVictim = append(onVictim, i)
 			}
 		}
@@ -87,8 +95,12 @@ func measureControllerFailover(o Options, c *cluster.Cluster, fl *fleet, spec ed
 		var moved time.Duration
 		err = waitUntil(30*time.Second, func() error {
 			moved = 0
+			_, reconnected, err := p.conns()
+			if err != nil {
+				return err
+			}
 			for _, i := range onVictim {
-				at := time.Unix(0, fl.reconnected[i].Load())
+				at := reconnected[i]
 				if at.Before(killed) {
 					return fmt.Errorf("edge %d of %d on %s not reconnected", i, len(onVictim), victim.Name)
 				}

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +32,8 @@ type Options struct {
 	Work string
 	// Log receives progress lines.
 	Log io.Writer
+	// Edges, when set, are the scale part's fleet sizes (--edges).
+	Edges []int
 }
 
 // Logf prints a progress line.
@@ -58,18 +61,24 @@ type part struct {
 	run  func(Options) (Section, error)
 }
 
-// nsPrefix names every namespace the benchmark creates.
-const nsPrefix = "cfbench"
+// nsPrefix names every namespace the benchmark creates (--ns).
+var nsPrefix = "cfbench"
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == probeChildArg {
 		probeChild(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == simWorkerArg {
+		simWorker()
+		return
+	}
 	quick := flag.Bool("quick", false, "fewer repetitions: the whole run in under two minutes")
 	bin := flag.String("bin", "dist", "directory with the built programs (make build)")
 	out := flag.String("out", "bench-out", "directory for bench.md and bench.json")
+	flag.StringVar(&nsPrefix, "ns", nsPrefix, "prefix of the namespaces the run creates, and removes when it starts: another one lets two runs share a machine")
 	only := flag.String("only", "", "run only the parts whose name contains this (dataplane, convergence, scale, reconcile, failover, observability)")
+	edges := flag.String("edges", "", "fleet sizes of the scale part, comma-separated (default 1000,3000,10000; --quick 100,300)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fail("the benchmark builds network namespaces: run it as root")
@@ -87,6 +96,13 @@ func main() {
 	}
 	defer os.RemoveAll(work)
 	o := Options{Quick: *quick, Bin: absBin, Work: work, Log: os.Stderr}
+	for _, f := range strings.FieldsFunc(*edges, func(r rune) bool { return r == ',' }) {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			fail("--edges: %q is not a number of edges", f)
+		}
+		o.Edges = append(o.Edges, n)
+	}
 
 	started := time.Now()
 	var sections []Section
