@@ -70,6 +70,10 @@ type planner struct {
 	a   *actual
 	mtu int
 	lan netip.Addr
+	// lan6 is the LAN's IPv6 address (actual.LANAddr6), if any; ipv6
+	// tells that the edge takes part in IPv6 (wantsIPv6).
+	lan6 netip.Addr
+	ipv6 bool
 
 	changes   [stages][]change
 	conflicts []conflictNote
@@ -97,6 +101,7 @@ func newPlan(d Desired, a *actual) plan {
 	if !p.lan.IsValid() {
 		p.lan = a.LANAddr
 	}
+	p.lan6, p.ipv6 = a.LANAddr6, wantsIPv6(&d)
 	under := a.UnderlayMTU
 	if under == 0 {
 		under = 1500

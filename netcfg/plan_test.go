@@ -621,7 +621,27 @@ func TestValidate(t *testing.T) {
 			d.Peers[0].MAC, d.Peers[0].NextHop, d.Peers[0].Underlay = nil, netip.Addr{}, netip.MustParseAddrPort("203.0.113.10:0")
 		}, ""},
 		{"unnamed peer", func(d *Desired) { d.Peers[0].Name = "" }, "without a name"},
-		{"invalid CIDR", func(d *Desired) { d.Peers[0].CIDRs = []netip.Prefix{{}} }, "not an IPv4 prefix"},
+		{"invalid CIDR", func(d *Desired) { d.Peers[0].CIDRs = []netip.Prefix{{}} }, "not an IPv4 or IPv6 prefix"},
+		{"IPv4-mapped CIDR", func(d *Desired) { d.Peers[0].CIDRs = []netip.Prefix{pfx("::ffff:10.0.0.0/104")} }, "not an IPv4 or IPv6 prefix"},
+		{"IPv6 local CIDR", func(d *Desired) { d.LocalCIDRs = append(d.LocalCIDRs, pfx("2001:db8:20::/48")) }, ""},
+		{"IPv6 CIDR without link-local", func(d *Desired) { d.Peers[0].CIDRs = append(d.Peers[0].CIDRs, pfx("2001:db8:31::/48")) }, "need a link-local"},
+		{"IPv6 CIDR with link-local", func(d *Desired) {
+			d.Peers[0].CIDRs, d.Peers[0].LinkLocal = append(d.Peers[0].CIDRs, pfx("2001:db8:31::/48")), ip("fe80::2")
+		}, ""},
+		{"IPv6 CIDRs only, no next hop", func(d *Desired) {
+			d.Peers[0].CIDRs, d.Peers[0].LinkLocal, d.Peers[0].NextHop = []netip.Prefix{pfx("2001:db8:31::/48")}, ip("fe80::2"), netip.Addr{}
+		}, ""},
+		{"IPv4 CIDRs need a next hop beside IPv6 ones", func(d *Desired) {
+			d.Peers[0].CIDRs, d.Peers[0].LinkLocal, d.Peers[0].NextHop = append(d.Peers[0].CIDRs, pfx("2001:db8:31::/48")), ip("fe80::2"), netip.Addr{}
+		}, "next hop"},
+		{"duplicate IPv6 CIDR", func(d *Desired) {
+			d.Peers[0].CIDRs, d.Peers[0].LinkLocal = append(d.Peers[0].CIDRs, pfx("2001:db8:31::/48")), ip("fe80::2")
+			d.Peers[1].CIDRs, d.Peers[1].LinkLocal = append(d.Peers[1].CIDRs, pfx("2001:db8:31::/48")), ip("fe80::1")
+		}, "same CIDR"},
+		{"GRE IPv6 CIDR needs no link-local", func(d *Desired) {
+			d.Mode = ModeGRE
+			d.Peers[0].CIDRs = append(d.Peers[0].CIDRs, pfx("2001:db8:31::/48"))
+		}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

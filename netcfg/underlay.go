@@ -42,6 +42,9 @@ func (s *session) readUnderlay(r *reading) error {
 	if !r.d.LANAddr.IsValid() {
 		r.a.LANAddr = findLANAddr(addrs, r.d.LocalCIDRs, r.ours)
 	}
+	if err := s.readLANAddr6(r); err != nil {
+		return err
+	}
 	if r.d.Mode == ModeGRE {
 		r.a.UnderlaySource = map[netip.Addr]netip.Addr{}
 		for _, p := range r.d.Peers {

@@ -26,8 +26,10 @@ const (
 const greTTL = 64
 
 // validate reports the first problem that would keep n (normalized) from
-// being applied: unknown mode, bad names, addresses that are not IPv4,
-// missing peer data for the mode, duplicate peers, MACs, next hops or CIDRs.
+// being applied: unknown mode, bad names, underlay and LAN addresses that
+// are not IPv4, missing peer data for the mode (an IPv4 next hop for IPv4
+// CIDRs, a link-local address for IPv6 CIDRs in VXLAN mode), duplicate
+// peers, MACs, next hops or CIDRs. CIDRs may be of either family.
 func (n *Desired) validate() error {
 	if n.Mode != ModeVXLAN && n.Mode != ModeGRE {
 		return fmt.Errorf("unknown mode %q (want %q or %q)", n.Mode, ModeVXLAN, ModeGRE)
@@ -59,8 +61,8 @@ func (n *Desired) validate() error {
 		return fmt.Errorf("VIP %s is not IPv4", n.VIP)
 	}
 	for _, c := range n.LocalCIDRs {
-		if !c.IsValid() || !c.Addr().Is4() {
-			return fmt.Errorf("local CIDR %s is not an IPv4 prefix", c)
+		if !c.IsValid() || c.Addr().Is4In6() || c.Addr().Zone() != "" {
+			return fmt.Errorf("local CIDR %s is not an IPv4 or IPv6 prefix", c)
 		}
 	}
 	// One map per kind, keyed by small values (IPv4 addresses as
@@ -68,6 +70,7 @@ func (n *Desired) validate() error {
 	// update, with thousands of keys at scale. Peers are sorted by name,
 	// so a repeated name is the previous one.
 	cidrs := make(map[uint64]string, 2*len(n.Peers))
+	cidrs6 := make(map[netip.Prefix]string)
 	macs := make(map[[6]byte]string, len(n.Peers))
 	hops := make(map[uint32]string, len(n.Peers))
 	lls := make(map[netip.Addr]string)
@@ -85,10 +88,20 @@ func (n *Desired) validate() error {
 		if !p.Underlay.Addr().Is4() {
 			return fmt.Errorf("peer %q: underlay address %s is not IPv4", p.Name, p.Underlay.Addr())
 		}
+		has4, has6 := false, false
 		for _, c := range p.CIDRs {
-			if !c.IsValid() || !c.Addr().Is4() {
-				return fmt.Errorf("peer %q: CIDR %s is not an IPv4 prefix", p.Name, c)
+			if !c.IsValid() || c.Addr().Is4In6() || c.Addr().Zone() != "" {
+				return fmt.Errorf("peer %q: CIDR %s is not an IPv4 or IPv6 prefix", p.Name, c)
 			}
+			if c.Addr().Is6() {
+				has6 = true
+				if other, ok := cidrs6[c]; ok {
+					return dup(other, p.Name, "CIDR", c)
+				}
+				cidrs6[c] = p.Name
+				continue
+			}
+			has4 = true
 			key := uint64(v4(c.Addr()))<<8 | uint64(c.Bits())
 			if other, ok := cidrs[key]; ok {
 				return dup(other, p.Name, "CIDR", c)
@@ -108,7 +121,7 @@ func (n *Desired) validate() error {
 			}
 			macs[[6]byte(p.MAC)] = p.Name
 			switch {
-			case !p.NextHop.IsValid() && len(p.CIDRs) == 0: // a plain peer: FDB entry only
+			case !p.NextHop.IsValid() && !has4: // a plain peer, or IPv6 CIDRs only
 			case !p.NextHop.Is4():
 				return fmt.Errorf("peer %q: next hop %s is not IPv4", p.Name, p.NextHop)
 			default:
@@ -125,6 +138,8 @@ func (n *Desired) validate() error {
 					return dup(other, p.Name, "link-local address", p.LinkLocal)
 				}
 				lls[p.LinkLocal] = p.Name
+			} else if has6 {
+				return fmt.Errorf("peer %q: IPv6 CIDRs need a link-local address (their next hop on the tunnel)", p.Name)
 			}
 		case ModeGRE:
 			dev := greDevice(n.Device, p.Name)

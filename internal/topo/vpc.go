@@ -34,6 +34,12 @@ type VPC struct {
 	// Extra optionally puts a second network behind the edge (the k8s pod
 	// range case) with one host in it.
 	Extra *Extra
+	// CIDR6, EdgeAddr6 and HostAddr6 optionally give the VPC an IPv6 block
+	// (dual stack, the plain shape only): the edge's LAN interface and the
+	// host hold the addresses beside their IPv4 ones, and the host routes
+	// the other VPCs' IPv6 blocks via the edge.
+	CIDR6                netip.Prefix
+	EdgeAddr6, HostAddr6 netip.Addr
 }
 
 // Extra is a further network behind an edge, on its own veth.
@@ -53,6 +59,22 @@ func Walkthrough() []VPC {
 		{Name: "vpc3", CIDR: netip.MustParsePrefix("172.20.0.0/16"),
 			EdgeAddr: netip.MustParseAddr("172.20.0.9"), HostAddr: netip.MustParseAddr("172.20.0.13")},
 	}
+}
+
+// DualStack returns the walkthrough's VPCs, each with an IPv6 block of
+// the documentation range (2001:db8:18::/48 for 172.18.0.0/16, and so on)
+// whose edge and host addresses end like their IPv4 ones.
+func DualStack() []VPC {
+	vpcs := Walkthrough()
+	for i, six := range []struct{ cidr, edge, host string }{
+		{"2001:db8:18::/48", "2001:db8:18::245", "2001:db8:18::247"},
+		{"2001:db8:31::/48", "2001:db8:31::158", "2001:db8:31::159"},
+		{"2001:db8:20::/48", "2001:db8:20::9", "2001:db8:20::13"},
+	} {
+		vpcs[i].CIDR6 = netip.MustParsePrefix(six.cidr)
+		vpcs[i].EdgeAddr6, vpcs[i].HostAddr6 = netip.MustParseAddr(six.edge), netip.MustParseAddr(six.host)
+	}
+	return vpcs
 }
 
 // Topology is an "internet" router namespace plus one Site per VPC, all
@@ -104,12 +126,17 @@ type Site struct {
 // other edges reach it at.
 func (s *Site) Underlay() netip.Addr { return s.Public.Addr() }
 
-// CIDRs returns every network behind the site's edge, primary first.
+// CIDRs returns every network behind the site's edge, primary first and
+// the IPv6 block, if any, last.
 func (s *Site) CIDRs() []netip.Prefix {
+	out := []netip.Prefix{s.CIDR}
 	if s.Extra != nil {
-		return []netip.Prefix{s.CIDR, s.Extra.CIDR}
+		out = append(out, s.Extra.CIDR)
 	}
-	return []netip.Prefix{s.CIDR}
+	if s.CIDR6.IsValid() {
+		out = append(out, s.CIDR6)
+	}
+	return out
 }
 
 // underlayNet returns the /24 of site i: the three TEST-NETs first, then
@@ -178,6 +205,9 @@ func (t *Topology) AddVPC(v VPC) (*Site, error) {
 	}
 	if v.Extra != nil && (!v.Extra.CIDR.Contains(v.Extra.EdgeAddr) || !v.Extra.CIDR.Contains(v.Extra.HostAddr)) {
 		return nil, fmt.Errorf("topo: bad extra network %+v", *v.Extra)
+	}
+	if v.CIDR6.IsValid() && (t.cloud || !v.CIDR6.Addr().Is6() || !v.CIDR6.Contains(v.EdgeAddr6) || !v.CIDR6.Contains(v.HostAddr6)) {
+		return nil, fmt.Errorf("topo: bad IPv6 block %s (edge %s, host %s; the plain shape only)", v.CIDR6, v.EdgeAddr6, v.HostAddr6)
 	}
 	t.mu.Lock()
 	idx := len(t.sites)
@@ -257,8 +287,23 @@ func (t *Topology) wirePlain(s *Site) error {
 	if _, err := n.Exec(s.Edge, "ip", "route", "add", "default", "via", s.Gateway.String()); err != nil {
 		return err
 	}
-	return n.Veth(End{NS: s.Edge, Name: EdgeLAN, Addr: netip.PrefixFrom(s.EdgeAddr, s.CIDR.Bits())},
-		End{NS: s.Host, Name: HostIf, Addr: netip.PrefixFrom(s.HostAddr, s.CIDR.Bits())})
+	if err := n.Veth(End{NS: s.Edge, Name: EdgeLAN, Addr: netip.PrefixFrom(s.EdgeAddr, s.CIDR.Bits())},
+		End{NS: s.Host, Name: HostIf, Addr: netip.PrefixFrom(s.HostAddr, s.CIDR.Bits())}); err != nil {
+		return err
+	}
+	if !s.CIDR6.IsValid() {
+		return nil
+	}
+	// No duplicate address detection: the addresses work at once.
+	for _, a := range []struct {
+		ns, dev string
+		addr    netip.Addr
+	}{{s.Edge, EdgeLAN, s.EdgeAddr6}, {s.Host, HostIf, s.HostAddr6}} {
+		if _, err := n.Exec(a.ns, "ip", "-6", "addr", "add", netip.PrefixFrom(a.addr, s.CIDR6.Bits()).String(), "dev", a.dev, "nodad"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // forwarding turns on IPv4 forwarding in namespace ns.
@@ -274,7 +319,13 @@ func (t *Topology) routeVia(host, dst *Site) error {
 		return nil
 	}
 	for _, c := range dst.CIDRs() {
-		if _, err := t.Net.Exec(host.RouteTable, "ip", "route", "replace", c.String(), "via", host.EdgeAddr.String()); err != nil {
+		via := host.EdgeAddr
+		if c.Addr().Is6() {
+			if via = host.EdgeAddr6; !via.IsValid() {
+				continue // a VPC without IPv6
+			}
+		}
+		if _, err := t.Net.Exec(host.RouteTable, "ip", "route", "replace", c.String(), "via", via.String()); err != nil {
 			return err
 		}
 	}

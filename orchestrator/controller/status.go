@@ -285,7 +285,7 @@ func (c *Controller) Topology() api.Topology {
 	for i, e := range edges {
 		te := api.TopologyEdge{
 			Name: e.Name, HostAddr: e.HostAddr.String(), CIDRs: prefixStrings(e.Prefixes()),
-			VTEPMAC: mesh.VTEPMAC(e.Name).String(), NextHop: mesh.NextHop(e).String(), State: api.StateOffline,
+			VTEPMAC: mesh.VTEPMAC(e.Name).String(), NextHop: nextHop(e), State: api.StateOffline,
 			Site: e.Site, Role: roles[e.Name],
 		}
 		ends[i].name = e.Name
@@ -330,4 +330,14 @@ func (c *Controller) topologySite(s *mesh.Site) api.TopologySite {
 		}
 	}
 	return ts
+}
+
+// nextHop is the next hop the peers route e's networks through, as the
+// topology shows it: the IPv4 one, or for an edge with IPv6 CIDRs only its
+// link-local address on the tunnel.
+func nextHop(e bus.Edge) string {
+	if h := mesh.NextHop(e); h.IsValid() {
+		return h.String()
+	}
+	return mesh.LinkLocal(e.Name).String()
 }

@@ -26,10 +26,20 @@ func VTEPMAC(name string) net.HardwareAddr {
 	return net.HardwareAddr{0x02, h[0], h[1], h[2], h[3], h[4]}
 }
 
-// NextHop is the on-link gateway peers route an edge's networks through: the
-// network address of its primary CIDR, the shape flannel's VXLAN backend
-// uses. It is unique because CIDRs never overlap.
-func NextHop(e bus.Edge) netip.Addr { return e.CIDR.Addr() }
+// NextHop is the on-link gateway peers route an edge's IPv4 networks
+// through: the network address of its first IPv4 CIDR (the primary one in
+// the walkthrough), the shape flannel's VXLAN backend uses. It is unique
+// because CIDRs never overlap. An edge with IPv6 CIDRs only has none: its
+// IPv6 networks are routed via its link-local address on the tunnel
+// (LinkLocal; see netcfg's route6.go).
+func NextHop(e bus.Edge) netip.Addr {
+	for _, p := range e.Prefixes() {
+		if p.Addr().Is4() {
+			return p.Addr()
+		}
+	}
+	return netip.Addr{}
+}
 
 // Local is what an edge knows about itself from its own config.
 type Local struct {

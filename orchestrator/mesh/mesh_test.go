@@ -159,3 +159,24 @@ func TestLinkLocal(t *testing.T) {
 		t.Fatalf("LinkLocal(sz-1) = %s, want the EUI-64 of %s: %s", a, m, want)
 	}
 }
+
+// TestDesiredDualStack: IPv6 CIDRs in any position; the IPv4 next hop is
+// the first IPv4 CIDR's network address, and an edge with IPv6 CIDRs only
+// has none (its networks are routed via its link-local address).
+func TestDesiredDualStack(t *testing.T) {
+	set := map[string]bus.Edge{
+		"sz-1": edge("sz-1", "198.51.100.10:58423", "172.18.0.0/16", "2001:db8:18::/48"),
+		"hk-1": edge("hk-1", "203.0.113.10:58423", "2001:db8:31::/48", "172.31.0.0/16"),
+		"v6-1": edge("v6-1", "192.0.2.20:58423", "2001:db8:99::/48"),
+	}
+	d, ok := Desired(Local{Name: "sz-1", Mode: netcfg.ModeVXLAN}, set, nil)
+	if !ok || len(d.Peers) != 2 {
+		t.Fatalf("Desired = %+v, %v", d, ok)
+	}
+	if hk := d.Peers[0]; hk.NextHop != netip.MustParseAddr("172.31.0.0") || hk.LinkLocal != LinkLocal("hk-1") || len(hk.CIDRs) != 2 {
+		t.Errorf("hk-1 peer = %+v, want next hop 172.31.0.0 (its IPv4 CIDR's) and both CIDRs", hk)
+	}
+	if v6 := d.Peers[1]; v6.NextHop.IsValid() || v6.LinkLocal != LinkLocal("v6-1") || len(v6.CIDRs) != 1 {
+		t.Errorf("v6-1 peer = %+v, want no IPv4 next hop, its link-local address and its CIDR", v6)
+	}
+}
