@@ -1,6 +1,7 @@
 package netcfg
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -102,9 +103,37 @@ func TestKernelDualStack(t *testing.T) {
 		t.Errorf("ping after the repair: %v", err)
 	}
 
+	// A peer leaves and comes back by Update: targeted reads of its IPv6
+	// route too (the Kernel's baseline is vpc1's after a reconcile there).
+	m.reconcile("vpc1")
+	d := m.desired["vpc1"]
+	s3 := m.site("vpc3")
+	all := d.Peers
+	d.Peers = slices.DeleteFunc(slices.Clone(all), func(p Peer) bool { return p.Name == "vpc3" })
+	update := func(want ...string) {
+		t.Helper()
+		var res Result
+		m.in("vpc1", func() (err error) { res, err = m.k.Update(d); return err })
+		if !res.Targeted {
+			t.Errorf("update fell back: %s", res.FallbackReason)
+		}
+		for _, w := range want {
+			if !slices.Contains(res.Changes, w) {
+				t.Errorf("update lacks %q:\n\t%s", w, strings.Join(res.Changes, "\n\t"))
+			}
+		}
+	}
+	route3 := "2001:db8:20::/48 via " + linkLocalOf(s3).String() + " dev cframe0 src 2001:db8:18::245 metric 1024 proto 207"
+	update("route del " + route3)
+	d.Peers = all
+	update("route add " + route3)
+	m.expectNoChanges()
+	if err := m.ping(s1, s3.HostAddr6); err != nil {
+		t.Errorf("ping after the peer came back: %v", err)
+	}
+
 	// IPv6 taken off vpc1's edge: its IPv6 routes and chains go, IPv4
 	// keeps working.
-	d := m.desired["vpc1"]
 	d.LocalCIDRs = d.LocalCIDRs[:1]
 	m.reconcile("vpc1")
 	if got := m.lines(e1, "ip", "-6", "route", "show", "proto", "207"); len(got) != 0 {
@@ -119,7 +148,6 @@ func TestKernelDualStack(t *testing.T) {
 	m.expectNoChanges()
 
 	// Cleanup removes the IPv6 objects too.
-	s3 := m.site("vpc3")
 	m.in("vpc3", func() error { _, err := m.k.Cleanup(); return err })
 	if got := m.lines(s3.Edge, "ip", "-6", "route", "show", "proto", "207"); len(got) != 0 {
 		t.Errorf("IPv6 routes after Cleanup: %q", got)
