@@ -11,9 +11,9 @@ import (
 // the MSS clamp (IPv6's header is 20 bytes longer than IPv4's, so the MSS
 // is the tunnel MTU minus 60), and under Masquerade the SNAT of the peers'
 // IPv6 networks (setNets6) into the local ones. They exist only while the
-// mesh has IPv6 CIDRs; a mesh without any has no ip6tables chains at all
-// (and stale ones go). The tunnel port's INPUT filter stays in iptables:
-// the underlay is IPv4.
+// edge has IPv6 CIDRs of its own (wantsIPv6); an edge without has none of
+// them (and stale ones go). On an edge whose underlay is IPv6 the tunnel
+// port's INPUT filter joins them (underlay6.go).
 //
 // In actual.Chains and in changes an ip6tables table is its name with the
 // table6 prefix ("ip6:filter"), so that the chains of both programs share
@@ -37,6 +37,7 @@ var (
 // to it.
 var hooks6 = []struct{ own, from chain }{
 	{chainForward6, chain{table6 + "filter", "FORWARD"}},
+	{chainInput6, chain{table6 + "filter", "INPUT"}},
 	{chainMSS6, chain{table6 + "mangle", "FORWARD"}},
 	{chainNAT6, chain{table6 + "nat", "POSTROUTING"}},
 }
@@ -66,31 +67,29 @@ func (s *session) readChains6(r *reading, chains map[chain][]string) error {
 }
 
 // planChains6 makes cframe's ip6tables chains hold exactly the rules for
-// the usable tunnel devices and the local IPv6 networks while the mesh has
-// IPv6 CIDRs, and removes them otherwise.
+// the usable tunnel devices and the local IPv6 networks while the edge has
+// IPv6 CIDRs, and the tunnel port's filter while its underlay is IPv6; the
+// chains not wanted go.
 func (p *planner) planChains6() {
-	if !wantsIPv6(&p.d) {
-		for _, h := range hooks6 {
-			p.removeChain(h.own, h.from)
-		}
-		return
-	}
-	if !p.a.IP6tables {
-		p.conflict("", "ip6tables is not installed: the mesh's IPv6 traffic gets no FORWARD rules, MSS clamping or masquerading")
+	overlay, underlay := wantsIPv6(&p.d), p.d.underlay6()
+	if (overlay || underlay) && !p.a.IP6tables {
+		p.conflict("", "ip6tables is not installed: the edge's IPv6 traffic gets no FORWARD rules, MSS clamping, masquerading or tunnel port filter")
 		return
 	}
 	want := map[chain][]rule{}
-	for _, dev := range p.tunnels {
-		for _, local := range p.d.LocalCIDRs {
-			if isV6(local) {
-				for _, r := range forwardRules(dev, local) {
-					want[chainForward6] = append(want[chainForward6], rule{chainForward6, r.args})
+	if overlay {
+		for _, dev := range p.tunnels {
+			for _, local := range p.d.LocalCIDRs {
+				if isV6(local) {
+					for _, r := range forwardRules(dev, local) {
+						want[chainForward6] = append(want[chainForward6], rule{chainForward6, r.args})
+					}
 				}
 			}
+			want[chainMSS6] = append(want[chainMSS6], clampRules(chainMSS6, dev, p.mtu-40-ipv6Overhead)...)
 		}
-		want[chainMSS6] = append(want[chainMSS6], clampRules(chainMSS6, dev, p.mtu-40-ipv6Overhead)...)
 	}
-	masquerade := p.d.Masquerade && p.setReady[setNets6]
+	masquerade := overlay && p.d.Masquerade && p.setReady[setNets6]
 	if masquerade {
 		for _, local := range p.d.LocalCIDRs {
 			if isV6(local) {
@@ -98,12 +97,22 @@ func (p *planner) planChains6() {
 			}
 		}
 	}
+	if underlay {
+		want[chainInput6] = input6Rules(p.d.Port, p.setReady[setPeers6])
+	}
 	for _, h := range hooks6 {
-		if h.own == chainNAT6 && !masquerade {
+		wanted := overlay
+		switch h.own {
+		case chainNAT6:
+			wanted = masquerade
+		case chainInput6:
+			wanted = underlay
+		}
+		if !wanted {
 			p.removeChain(h.own, h.from)
 			continue
 		}
-		p.syncChain(h.own, want[h.own], false)
+		p.syncChain(h.own, want[h.own], h.own == chainInput6)
 		p.syncHook(h.from, h.own)
 	}
 }

@@ -27,14 +27,17 @@ const (
 	// while Masquerade is on and the mesh has IPv6 CIDRs: the ip6tables
 	// CFRAME-POSTROUTING SNATs traffic from them (chains6.go).
 	setNets6 = "cframe-nets6"
+	// setPeers6 (hash:ip, family inet6) holds the peers' IPv6 underlay
+	// addresses on an edge with an IPv6 underlay (underlay6.go).
+	setPeers6 = "cframe-peers6"
 )
 
 // setTypes are the ipset types of cframe's sets.
-var setTypes = map[string]string{setPeers: "hash:ip", setNets: "hash:net", setNets6: "hash:net"}
+var setTypes = map[string]string{setPeers: "hash:ip", setNets: "hash:net", setNets6: "hash:net", setPeers6: "hash:ip"}
 
 // setFamily is the address family of set name's members.
 func setFamily(name string) (family uint8, word string) {
-	if name == setNets6 {
+	if name == setNets6 || name == setPeers6 {
 		return unix.AF_INET6, "inet6"
 	}
 	return unix.AF_INET, "inet"
@@ -54,6 +57,9 @@ type ipset struct {
 func (s *session) readSets(r *reading) error {
 	if r.keys != nil {
 		members := map[string][]netip.Prefix{setPeers: r.keys.underlays}
+		if r.d.underlay6() {
+			members = map[string][]netip.Prefix{setPeers: nil, setPeers6: r.keys.underlays}
+		}
 		if r.d.Masquerade {
 			members[setNets] = nil
 			if wantsIPv6(r.d) && s.k.ipt6 != nil {
@@ -88,7 +94,7 @@ func (s *session) readSets(r *reading) error {
 	for _, p := range r.d.Peers {
 		nets += len(p.CIDRs)
 	}
-	for name, hint := range map[string]int{setPeers: len(r.d.Peers), setNets: nets, setNets6: 0} {
+	for name, hint := range map[string]int{setPeers: len(r.d.Peers), setNets: nets, setNets6: 0, setPeers6: 0} {
 		set := ipset{Members: make([]netip.Prefix, 0, hint)}
 		family, _ := setFamily(name)
 		req := nl.NewNetlinkRequest(nl.IPSET_CMD_LIST|unix.NFNL_SUBSYS_IPSET<<8, nl.GetIpsetFlags(nl.IPSET_CMD_LIST))
@@ -161,7 +167,8 @@ func (p *planner) planSets() {
 	underlays := make([]netip.Prefix, 0, len(p.d.Peers))
 	var nets, nets6 []netip.Prefix
 	for _, peer := range p.d.Peers {
-		underlays = append(underlays, netip.PrefixFrom(peer.Underlay.Addr(), 32))
+		a := peer.Underlay.Addr()
+		underlays = append(underlays, netip.PrefixFrom(a, a.BitLen()))
 		if p.d.Masquerade {
 			for _, c := range peer.CIDRs {
 				if isV6(c) && !p.ipv6 {
@@ -175,7 +182,15 @@ func (p *planner) planSets() {
 			}
 		}
 	}
-	p.setReady[setPeers] = p.planSet(setPeers, underlays)
+	if p.d.underlay6() {
+		// The peers' addresses are IPv6; the iptables INPUT filter keeps
+		// its (empty) set and drops the tunnel port over IPv4.
+		p.setReady[setPeers] = p.planSet(setPeers, nil)
+		p.setReady[setPeers6] = p.a.IP6tables && p.planSet(setPeers6, underlays)
+	} else {
+		p.setReady[setPeers] = p.planSet(setPeers, underlays)
+		p.removeSet(setPeers6)
+	}
 	if p.d.Masquerade {
 		p.setReady[setNets] = p.planSet(setNets, nets)
 	} else {
@@ -236,7 +251,7 @@ func (p *planner) removeSet(name string) {
 
 // removeSets destroys every set of cframe's (Cleanup).
 func (p *planner) removeSets() {
-	for _, name := range []string{setPeers, setNets, setNets6} {
+	for _, name := range []string{setPeers, setNets, setNets6, setPeers6} {
 		p.removeSet(name)
 	}
 }

@@ -1,6 +1,9 @@
 package netcfg
 
 import (
+	"fmt"
+	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -209,4 +212,107 @@ func (m *mesh) counter6(ns, table, chain, match string) int {
 	}
 	m.t.Fatalf("no rule matching %q in ip6tables %s %s", match, table, chain)
 	return 0
+}
+
+// TestKernelUnderlay6: the dual-stack VPCs over an IPv6 underlay: every
+// edge's VXLAN device has its IPv6 public address as local address and
+// the IPv6 underlay's MTU (1500 - 70), the FDB points at the peers' IPv6
+// addresses, both families flow (DF pings at 1430), and the tunnel port is
+// closed over IPv6 to all but the peers.
+func TestKernelUnderlay6(t *testing.T) {
+	t.Parallel()
+	topo.SkipUnlessRoot(t, "ip6tables")
+	vpcs := topo.DualStack()
+	for i := range vpcs {
+		vpcs[i].IPv6Underlay = true
+	}
+	m := newMesh(t, vpcs...)
+	for _, s := range m.topo.Sites() {
+		d := m.desired[s.Name]
+		d.LinkLocal, d.LocalAddr = linkLocalOf(s), s.Underlay6()
+		for i := range d.Peers {
+			o := m.site(d.Peers[i].Name)
+			d.Peers[i].LinkLocal, d.Peers[i].Underlay = linkLocalOf(o), netip.AddrPortFrom(o.Underlay6(), port(o))
+		}
+	}
+	m.reconcileAll()
+	m.expectNoChanges()
+	m.checkAllPairs()
+	s1, s2 := m.site("vpc1"), m.site("vpc2")
+	e1 := s1.Edge
+	link := m.sh(e1, "ip", "-d", "link", "show", "cframe0")
+	for _, want := range []string{"mtu 1430", "local 2001:db8:ff00::10", "dstport 58423 "} {
+		if !strings.Contains(link, want) {
+			t.Errorf("ip -d link show cframe0: missing %q in\n%s", want, link)
+		}
+	}
+	m.expectSet("bridge fdb show dev cframe0", m.lines(e1, "bridge", "fdb", "show", "dev", "cframe0"), []string{
+		"02:cf:00:00:00:02 dst 2001:db8:ff01::10 port 58433 self permanent",
+		"02:cf:00:00:00:03 dst 2001:db8:ff02::10 port 58443 self permanent",
+	})
+	for _, c := range []struct {
+		to    netip.Addr
+		small string
+	}{{s2.HostAddr, "1402"}, {s2.HostAddr6, "1382"}} {
+		if out, err := m.net.Exec(s1.Host, "ping", "-n", "-M", "do", "-s", c.small, "-c", "2", "-i", "0.2", "-W", "2", c.to.String()); err != nil {
+			t.Errorf("DF ping of 1430 bytes to %s: %v\n%s", c.to, err, out)
+		}
+		big, _ := strconv.Atoi(c.small)
+		if out, err := m.net.Exec(s1.Host, "ping", "-n", "-M", "do", "-s", strconv.Itoa(big+1), "-c", "1", "-W", "2", c.to.String()); err == nil {
+			t.Errorf("DF ping of 1431 bytes to %s passed a 1430-byte tunnel:\n%s", c.to, out)
+		}
+	}
+	if err := topo.TCPTransfer(s1.Host, s2.Host, s2.HostAddr6, 1<<20, 15*time.Second); err != nil {
+		t.Error(err)
+	}
+	if err := topo.UDPTransfer(s1.Host, s2.Host, s2.HostAddr6, 20, 1300, 15*time.Second); err != nil {
+		t.Error(err)
+	}
+	m.expectMembers("vpc1", setPeers6, "2001:db8:ff01::10/128", "2001:db8:ff02::10/128")
+	if accepted := m.counter6(e1, "filter", "CFRAME-INPUT", "match-set cframe-peers6 src"); accepted == 0 {
+		t.Error("no packet from the peers counted by the ACCEPT of their IPv6 set")
+	}
+	drops := m.counter6(e1, "filter", "CFRAME-INPUT", "DROP")
+	if err := topo.Do(m.topo.Router, func() error {
+		c, err := net.Dial("udp", netip.AddrPortFrom(s1.Underlay6(), port(s1)).String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range 3 {
+			if _, err := c.Write([]byte("not a vxlan peer")); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.Eventually(5*time.Second, func() error {
+		if got := m.counter6(e1, "filter", "CFRAME-INPUT", "DROP"); got < drops+3 {
+			return fmt.Errorf("IPv6 DROP counter %d, want >= %d", got, drops+3)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+
+	// Back to the IPv4 underlay: the device is recreated with IPv4, the
+	// IPv6 tunnel filter and its set go.
+	m.rebuildDesired()
+	for _, s := range m.topo.Sites() {
+		d := m.desired[s.Name]
+		d.LinkLocal = linkLocalOf(s)
+		for i := range d.Peers {
+			d.Peers[i].LinkLocal = linkLocalOf(m.site(d.Peers[i].Name))
+		}
+	}
+	m.reconcileAll()
+	m.expectNoChanges()
+	if err := m.ping(s1, s2.HostAddr6); err != nil {
+		t.Errorf("ping6 after moving to the IPv4 underlay: %v", err)
+	}
+	if got := m.sh(e1, "ip6tables", "-S"); strings.Contains(got, "CFRAME-INPUT") {
+		t.Errorf("the IPv6 tunnel filter stayed on an IPv4 underlay:\n%s", got)
+	}
 }

@@ -111,7 +111,7 @@ func newPlan(d Desired, a *actual) plan {
 		if d.Mode == ModeGRE {
 			p.mtu = under - greOverhead
 		} else {
-			p.mtu = under - vxlanOverhead
+			p.mtu = under - d.vxlanOverhead()
 		}
 	}
 	p.planIPForward()

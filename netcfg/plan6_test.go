@@ -215,7 +215,7 @@ func TestPlan6(t *testing.T) {
 				"route add 2001:db8:18::/48 via fe80::1 dev cframe0 src 2001:db8:20::9 metric 1024 proto 207",
 				"route add 2001:db8:31::/48 via fe80::2 dev cframe0 src 2001:db8:20::9 metric 1024 proto 207",
 			},
-			wantConflicts: []string{"ip6tables is not installed: the mesh's IPv6 traffic gets no FORWARD rules, MSS clamping or masquerading"},
+			wantConflicts: []string{"ip6tables is not installed: the edge's IPv6 traffic gets no FORWARD rules, MSS clamping, masquerading or tunnel port filter"},
 		},
 		{
 			name: "a foreign IPv6 route to a peer's CIDR: skipped",
@@ -246,5 +246,76 @@ func TestPlan6(t *testing.T) {
 			expectLines(t, "changes", got, tc.want)
 			expectLines(t, "conflicts", conflictTexts(p.notes), tc.wantConflicts)
 		})
+	}
+}
+
+// underlay6Desired is the dual-stack edge over an IPv6 underlay: its local
+// address and every peer's underlay address are IPv6.
+func underlay6Desired() *Desired {
+	d := dualDesired()
+	d.LocalAddr = ip("2001:db8:ff02::10")
+	d.Peers[0].Underlay = netip.MustParseAddrPort("[2001:db8:ff01::10]:58424")
+	d.Peers[1].Underlay = netip.MustParseAddrPort("[2001:db8:ff00::10]:58423")
+	return d
+}
+
+// TestPlanUnderlay6: over an IPv6 underlay the VXLAN device has the IPv6
+// local address and 70 bytes of overhead, the FDB points at IPv6 remotes
+// and the tunnel port's filter is in ip6tables.
+func TestPlanUnderlay6(t *testing.T) {
+	n, err := prepare(underlay6Desired())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPlan(n, dualScratch())
+	got := descs(p.changes)
+	for _, want := range []string{
+		`link add cframe0 type vxlan id 1 dstport 58425 local 2001:db8:ff02::10 nolearning udpcsum address 02:cf:00:00:00:03 mtu 1430 alias "cframe" addrgenmode none tx-checksumming off`,
+		"ipset create cframe-peers hash:ip family inet",
+		"ipset create cframe-peers6 hash:ip family inet6",
+		"ipset add cframe-peers6 2001:db8:ff00::10",
+		"ipset add cframe-peers6 2001:db8:ff01::10",
+		"ip6tables -t filter -N CFRAME-INPUT",
+		"ip6tables -t filter -I CFRAME-INPUT 1 -p udp -m udp --dport 58425 -m set --match-set cframe-peers6 src -j ACCEPT",
+		"ip6tables -t filter -A CFRAME-INPUT -p udp -m udp --dport 58425 -j DROP",
+		"ip6tables -t filter -I INPUT 1 -j CFRAME-INPUT",
+		"iptables -t filter -A CFRAME-INPUT -p udp -m udp --dport 58425 -j DROP",
+		// 1430 less 40 and 20: IPv4 TCP's MSS over the IPv6 underlay.
+		"iptables -t mangle -I CFRAME-MSS 1 -o cframe0 -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss 1391:65535 -j TCPMSS --set-mss 1390",
+		"ip6tables -t mangle -I CFRAME-MSS 1 -o cframe0 -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss 1371:65535 -j TCPMSS --set-mss 1370",
+		"fdb add 02:cf:00:00:00:01 dst 2001:db8:ff00::10 port 58423 dev cframe0",
+		"fdb add 02:cf:00:00:00:02 dst 2001:db8:ff01::10 port 58424 dev cframe0",
+		"route add 172.31.0.0/16 via 172.31.0.0 dev cframe0 onlink src 172.20.0.9 proto 207",
+		"route add 2001:db8:31::/48 via fe80::2 dev cframe0 src 2001:db8:20::9 metric 1024 proto 207",
+	} {
+		if !slices.Contains(got, want) {
+			t.Errorf("plan lacks %q", want)
+		}
+	}
+	for _, c := range got {
+		if strings.Contains(c, "ipset add cframe-peers ") {
+			t.Errorf("an IPv6 underlay's peer in the IPv4 set: %q", c)
+		}
+	}
+	// An IPv4-underlay edge has no IPv6 INPUT filter; one that moves to
+	// IPv4 loses it and its set, and its device is recreated.
+	a := dualScratch()
+	a.Chains[chainInput6] = []string{"-A CFRAME-INPUT -p udp -m udp --dport 58425 -j DROP"}
+	a.Chains[chain{table6 + "filter", "INPUT"}] = []string{"-A INPUT -j CFRAME-INPUT"}
+	a.Sets[setPeers6] = ipset{Type: "hash:ip"}
+	n, err = prepare(dualDesired())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = descs(newPlan(n, a).changes)
+	for _, want := range []string{
+		"ip6tables -t filter -D INPUT -j CFRAME-INPUT",
+		"ip6tables -t filter -F CFRAME-INPUT",
+		"ip6tables -t filter -X CFRAME-INPUT",
+		"ipset destroy cframe-peers6",
+	} {
+		if !slices.Contains(got, want) {
+			t.Errorf("plan lacks %q:\n\t%s", want, strings.Join(got, "\n\t"))
+		}
 	}
 }

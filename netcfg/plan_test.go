@@ -608,7 +608,14 @@ func TestValidate(t *testing.T) {
 		{"VNI", func(d *Desired) { d.VNI = 1 << 24 }, "VNI"},
 		{"MTU", func(d *Desired) { d.MTU = 100 }, "MTU"},
 		{"multicast device MAC", func(d *Desired) { d.DeviceMAC = net.HardwareAddr{1, 0, 0x5e, 0, 0, 1} }, "device MAC"},
-		{"IPv6 local", func(d *Desired) { d.LocalAddr = ip("2001:db8::1") }, "not IPv4"},
+		{"IPv6 local, IPv4 peers", func(d *Desired) { d.LocalAddr = ip("2001:db8::1") }, "not of this edge's underlay family (IPv6)"},
+		{"IPv4 local, an IPv6 peer", func(d *Desired) { d.Peers[0].Underlay = netip.MustParseAddrPort("[2001:db8::2]:58423") }, "not of this edge's underlay family (IPv4)"},
+		{"IPv6 local and peers", func(d *Desired) {
+			d.LocalAddr = ip("2001:db8::1")
+			d.Peers[0].Underlay, d.Peers[1].Underlay = netip.MustParseAddrPort("[2001:db8::2]:58423"), netip.MustParseAddrPort("[2001:db8::3]:58423")
+		}, ""},
+		{"IPv6 link-local local", func(d *Desired) { d.LocalAddr = ip("fe80::1") }, "global unicast"},
+		{"GRE over IPv6", func(d *Desired) { d.Mode, d.LocalAddr = ModeGRE, ip("2001:db8::1") }, "VXLAN mode"},
 		{"duplicate name", func(d *Desired) { d.Peers[1].Name = "vpc2" }, "same name"},
 		{"duplicate CIDR", func(d *Desired) { d.Peers[1].CIDRs = append(d.Peers[1].CIDRs, pfx("172.31.0.0/16")) }, "same CIDR"},
 		{"duplicate MAC", func(d *Desired) { d.Peers[1].MAC = mac(2) }, "same MAC"},

@@ -27,7 +27,14 @@ func (s *session) readUnderlay(r *reading) error {
 	}
 	r.addrs, r.underlay = addrs, r.defaultDev
 	held := false
-	for _, ad := range addrs {
+	local := addrs
+	if r.d.underlay6() {
+		var err error
+		if local, err = s.localAddrs6(); err != nil {
+			return err
+		}
+	}
+	for _, ad := range local {
 		if ip := addrFromIP(ad.IP); r.d.LocalAddr.IsValid() && ip == r.d.LocalAddr {
 			r.underlay, held = ad.LinkIndex, true
 		}

@@ -26,8 +26,8 @@ const (
 const greTTL = 64
 
 // validate reports the first problem that would keep n (normalized) from
-// being applied: unknown mode, bad names, underlay and LAN addresses that
-// are not IPv4, missing peer data for the mode (an IPv4 next hop for IPv4
+// being applied: unknown mode, bad names, LAN addresses that are not IPv4,
+// peers' underlay addresses of another family than the edge's own, missing peer data for the mode (an IPv4 next hop for IPv4
 // CIDRs, a link-local address for IPv6 CIDRs in VXLAN mode), duplicate
 // peers, MACs, next hops or CIDRs. CIDRs may be of either family.
 func (n *Desired) validate() error {
@@ -48,9 +48,10 @@ func (n *Desired) validate() error {
 	if n.DeviceMAC != nil && !unicastMAC(n.DeviceMAC) {
 		return fmt.Errorf("device MAC %s is not a unicast Ethernet address", n.DeviceMAC)
 	}
-	if n.LocalAddr.IsValid() && !n.LocalAddr.Is4() {
-		return fmt.Errorf("local address %s is not IPv4", n.LocalAddr)
+	if n.LocalAddr.IsValid() && n.LocalAddr.Is6() && (n.Mode != ModeVXLAN || n.LocalAddr.Is4In6() || !n.LocalAddr.IsGlobalUnicast() || n.LocalAddr.Zone() != "") {
+		return fmt.Errorf("local address %s: an IPv6 underlay takes a global unicast address, and VXLAN mode", n.LocalAddr)
 	}
+	underlay6 := n.underlay6()
 	if n.LANAddr.IsValid() && !n.LANAddr.Is4() {
 		return fmt.Errorf("LAN address %s is not IPv4", n.LANAddr)
 	}
@@ -85,8 +86,8 @@ func (n *Desired) validate() error {
 		if i > 0 && n.Peers[i-1].Name == p.Name {
 			return dup(p.Name, p.Name, "name", p.Name)
 		}
-		if !p.Underlay.Addr().Is4() {
-			return fmt.Errorf("peer %q: underlay address %s is not IPv4", p.Name, p.Underlay.Addr())
+		if a := p.Underlay.Addr(); a.Is6() != underlay6 || a.Is4In6() || a.Zone() != "" {
+			return fmt.Errorf("peer %q: underlay address %s is not of this edge's underlay family (%s)", p.Name, a, n.underlayFamily())
 		}
 		has4, has6 := false, false
 		for _, c := range p.CIDRs {

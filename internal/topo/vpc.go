@@ -40,6 +40,9 @@ type VPC struct {
 	// the other VPCs' IPv6 blocks via the edge.
 	CIDR6                netip.Prefix
 	EdgeAddr6, HostAddr6 netip.Addr
+	// IPv6Underlay gives the edge an IPv6 public address too (Site.Public6;
+	// the plain shape only), beside its IPv4 one.
+	IPv6Underlay bool
 }
 
 // Extra is a further network behind an edge, on its own veth.
@@ -102,6 +105,9 @@ type Site struct {
 	// EdgeIf is the edge's underlay interface: EdgeWAN, or in the cloud
 	// shape its only NIC (HostIf), which is its LAN interface too.
 	EdgeIf string
+	// Public6, with IPv6Underlay, is the edge's IPv6 public address with its
+	// /64, 2001:db8:ffNN::10/64 for site NN (hex), the router being ::1.
+	Public6 netip.Prefix
 	// Public is the edge's public address with its /24, e.g.
 	// 198.51.100.10/24: an address of the edge itself, or in the cloud
 	// shape its EIP, held by the VPC router and mapped 1:1 onto EdgeAddr.
@@ -125,6 +131,10 @@ type Site struct {
 // Underlay returns the edge's public (underlay) address: the address the
 // other edges reach it at.
 func (s *Site) Underlay() netip.Addr { return s.Public.Addr() }
+
+// Underlay6 returns the edge's IPv6 public address (invalid without
+// IPv6Underlay).
+func (s *Site) Underlay6() netip.Addr { return s.Public6.Addr() }
 
 // CIDRs returns every network behind the site's edge, primary first and
 // the IPv6 block, if any, last.
@@ -205,6 +215,9 @@ func (t *Topology) AddVPC(v VPC) (*Site, error) {
 	}
 	if v.Extra != nil && (!v.Extra.CIDR.Contains(v.Extra.EdgeAddr) || !v.Extra.CIDR.Contains(v.Extra.HostAddr)) {
 		return nil, fmt.Errorf("topo: bad extra network %+v", *v.Extra)
+	}
+	if v.IPv6Underlay && t.cloud {
+		return nil, fmt.Errorf("topo: an IPv6 underlay in the plain shape only")
 	}
 	if v.CIDR6.IsValid() && (t.cloud || !v.CIDR6.Addr().Is6() || !v.CIDR6.Contains(v.EdgeAddr6) || !v.CIDR6.Contains(v.HostAddr6)) {
 		return nil, fmt.Errorf("topo: bad IPv6 block %s (edge %s, host %s; the plain shape only)", v.CIDR6, v.EdgeAddr6, v.HostAddr6)
@@ -287,6 +300,25 @@ func (t *Topology) wirePlain(s *Site) error {
 	if _, err := n.Exec(s.Edge, "ip", "route", "add", "default", "via", s.Gateway.String()); err != nil {
 		return err
 	}
+	if s.IPv6Underlay {
+		net6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0xff, byte(s.Index)}), 64)
+		gw6 := net6.Addr().As16()
+		pub6 := gw6
+		gw6[15], pub6[15] = 1, 0x10
+		s.Public6 = netip.PrefixFrom(netip.AddrFrom16(pub6), 64)
+		for _, cmd := range []struct {
+			ns   string
+			args []string
+		}{
+			{t.Router, []string{"ip", "-6", "addr", "add", netip.PrefixFrom(netip.AddrFrom16(gw6), 64).String(), "dev", s.RouterIf, "nodad"}},
+			{s.Edge, []string{"ip", "-6", "addr", "add", s.Public6.String(), "dev", EdgeWAN, "nodad"}},
+			{s.Edge, []string{"ip", "-6", "route", "add", "default", "via", netip.AddrFrom16(gw6).String()}},
+		} {
+			if _, err := n.Exec(cmd.ns, cmd.args...); err != nil {
+				return err
+			}
+		}
+	}
 	if err := n.Veth(End{NS: s.Edge, Name: EdgeLAN, Addr: netip.PrefixFrom(s.EdgeAddr, s.CIDR.Bits())},
 		End{NS: s.Host, Name: HostIf, Addr: netip.PrefixFrom(s.HostAddr, s.CIDR.Bits())}); err != nil {
 		return err
@@ -306,9 +338,9 @@ func (t *Topology) wirePlain(s *Site) error {
 	return nil
 }
 
-// forwarding turns on IPv4 forwarding in namespace ns.
+// forwarding turns on IPv4 and IPv6 forwarding in namespace ns.
 func forwarding(n *Net, ns string) error {
-	_, err := n.Exec(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	_, err := n.Exec(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	return err
 }
 
