@@ -6,6 +6,7 @@ import (
 
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/api"
+	"github.com/cframe/cframe/orchestrator/mesh"
 )
 
 // Link health: a link's state is what its ends' configuration AND their
@@ -128,4 +129,12 @@ func linkOf(a, b linkEnd, rev uint64, revAt time.Time) api.Link {
 		}
 	}
 	return l
+}
+
+// incompatibleLink is the link between two edges whose underlays are of
+// different families: there is no tunnel between them to configure or
+// probe (mesh.ShareUnderlay).
+func incompatibleLink(a, b bus.Edge) api.Link {
+	return api.Link{A: a.Name, B: b.Name, State: api.LinkIncompatible, Probe: api.ProbeUnknown,
+		Reason: fmt.Sprintf("no common underlay: %s's hostaddr is %s, %s's is %s", a.Name, mesh.UnderlayFamily(a), b.Name, mesh.UnderlayFamily(b))}
 }

@@ -301,7 +301,11 @@ func (c *Controller) Topology() api.Topology {
 		t.Edges = append(t.Edges, te)
 	}
 	for i, a := range ends {
-		for _, b := range ends[i+1:] {
+		for j, b := range ends[i+1:] {
+			if ea, eb := edges[i], edges[i+1+j]; !mesh.ShareUnderlay(ea, eb) {
+				t.Links = append(t.Links, incompatibleLink(ea, eb))
+				continue
+			}
 			t.Links = append(t.Links, linkOf(a, b, rev, revAt))
 		}
 	}

@@ -127,8 +127,8 @@ func parseHostAddr(raw string) (netip.AddrPort, error) {
 	}
 	a := ap.Addr().Unmap()
 	switch {
-	case !a.Is4():
-		return ap, invalid("hostaddr %q: only IPv4 underlay addresses are supported", raw)
+	case a.Zone() != "" || a.Is6() && a.IsLinkLocalUnicast():
+		return ap, invalid("hostaddr %q: an IPv6 link-local address reaches no other network: use the edge's global IPv6 address", raw)
 	case ap.Port() == 0:
 		return ap, invalid("hostaddr %q: port 0 is not a tunnel port", raw)
 	case a.IsUnspecified(), a.IsLoopback(), a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):

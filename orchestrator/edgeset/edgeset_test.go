@@ -33,7 +33,15 @@ func TestValidate(t *testing.T) {
 		{"hostaddr hostname", with(func(s *Spec) { s.HostAddr = "edge.example.com:58423" }), "not IP:port"},
 		{"hostaddr bad port", with(func(s *Spec) { s.HostAddr = "198.51.100.10:70000" }), "not IP:port"},
 		{"hostaddr port zero", with(func(s *Spec) { s.HostAddr = "198.51.100.10:0" }), "port 0"},
-		{"hostaddr ipv6", with(func(s *Spec) { s.HostAddr = "[2001:db8::1]:58423" }), "IPv4"},
+		{"hostaddr ipv6", with(func(s *Spec) { s.HostAddr = "[2001:db8::1]:58423" }), ""},
+		{"hostaddr ipv6 link-local", with(func(s *Spec) { s.HostAddr = "[fe80::1]:58423" }), "link-local"},
+		{"hostaddr ipv6 zone", with(func(s *Spec) { s.HostAddr = "[fe80::1%eth0]:58423" }), "link-local"},
+		{"hostaddr ipv6 loopback", with(func(s *Spec) { s.HostAddr = "[::1]:58423" }), "not a unicast"},
+		{"hostaddr ipv6 multicast", with(func(s *Spec) { s.HostAddr = "[ff02::1]:58423" }), "not a unicast"},
+		{"hostaddr ipv6 without brackets", with(func(s *Spec) { s.HostAddr = "2001:db8::1:58423" }), "not IP:port"},
+		{"hostaddr inside own ipv6 cidr", with(func(s *Spec) {
+			s.HostAddr, s.ExtraCIDRs = "[2001:db8:18::10]:58423", []string{"2001:db8:18::/48"}
+		}), "inside the edge's own cidr"},
 		{"hostaddr unspecified", with(func(s *Spec) { s.HostAddr = "0.0.0.0:58423" }), "not a unicast"},
 		{"hostaddr loopback", with(func(s *Spec) { s.HostAddr = "127.0.0.1:58423" }), "not a unicast"},
 		{"hostaddr multicast", with(func(s *Spec) { s.HostAddr = "239.1.1.1:58423" }), "not a unicast"},

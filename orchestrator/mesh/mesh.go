@@ -66,6 +66,8 @@ type Local struct {
 // gateways, are reachable through the tunnel (for probes and HA messages)
 // and nothing is routed to them. A new active gateway is therefore one
 // neighbor entry's change. The VIP is the agent's to set (package ha).
+// Edges of the other underlay family are no peers at all (underlay.go);
+// on an IPv6 underlay the local address defaults to the edge's hostaddr.
 func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (netcfg.Desired, bool) {
 	d := netcfg.Desired{
 		Mode:            l.Mode,
@@ -86,11 +88,16 @@ func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (net
 	if vxlan {
 		d.LinkLocal = LinkLocal(l.Name)
 	}
+	if !d.LocalAddr.IsValid() && self.HostAddr.Addr().Is6() {
+		// An IPv6 underlay: its device needs the local address (the
+		// hostaddr, unless edge.toml's local_addr says otherwise).
+		d.LocalAddr = self.HostAddr.Addr()
+	}
 	d.LocalCIDRs = self.Prefixes()
 	for _, s := range Sites(set) {
 		active := s.Active(claims[s.Name]).Name
 		for _, e := range s.Gateways {
-			if e.Name == l.Name {
+			if e.Name == l.Name || !ShareUnderlay(self, e) {
 				continue
 			}
 			p := netcfg.Peer{Name: e.Name, Underlay: e.HostAddr, MAC: VTEPMAC(e.Name)}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/internal/topo"
+	"github.com/cframe/cframe/orchestrator/edgeset"
 	"github.com/cframe/cframe/scripts/cluster"
 )
 
@@ -184,6 +185,114 @@ func TestDualStack(t *testing.T) {
 			if out, err := f.net.Exec(gz.Edge, cmd...); err != nil || strings.Contains(out, "CFRAME") || strings.Contains(out, "proto 207") || cmd[0] == "ip" && strings.TrimSpace(out) != "" {
 				t.Fatalf("cleanup left objects behind (%v):\n%s", err, out)
 			}
+		}
+	})
+}
+
+// spec6 is edge name's spec with its IPv6 public address as hostaddr.
+func (f *fixture) spec6(name string) edgeset.Spec {
+	s := f.edges[name].Spec()
+	s.HostAddr = netip.AddrPortFrom(f.site(name).Underlay6(), cluster.TunnelPort).String()
+	return s
+}
+
+// TestUnderlay6: the dual-stack walkthrough over an IPv6 underlay (every
+// hostaddr IPv6; the control plane stays on IPv4): both families between
+// every pair, the VXLAN device at the IPv6 underlay's MTU; then a mixed
+// mesh, hk-1 moved back to an IPv4 hostaddr: the pairs that share a family
+// still meet, the others show as incompatible.
+func TestUnderlay6(t *testing.T) {
+	topo.SkipUnlessRoot(t, "ip6tables")
+	vpcs := topo.DualStack()
+	for i := range vpcs {
+		vpcs[i].IPv6Underlay = true
+	}
+	f := buildFixture(t, topo.Build, vpcs, cluster.Options{})
+	names := cluster.WalkthroughNames
+	for i, s := range f.topo.Sites() {
+		f.startEdge(names[i], s)
+	}
+	sz, hk, gz := f.site("sz-1"), f.site("hk-1"), f.site("gz-3")
+	all := []*topo.Site{sz, hk, gz}
+
+	t.Run("three adds with IPv6 hostaddrs: both families between every pair", func(t *testing.T) {
+		start := time.Now()
+		for _, n := range names {
+			if _, err := f.c.API.Add(f.ctx, f.spec6(n)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f.converge("IPv6 underlay, IPv4 overlay", start, all...)
+		if err := topo.Eventually(15*time.Second, func() error { return f.reachable6(all...) }); err != nil {
+			t.Fatal(err)
+		}
+		link, err := f.net.Exec(sz.Edge, "ip", "-d", "link", "show", "cframe0")
+		if err != nil || !strings.Contains(link, "mtu 1430") || !strings.Contains(link, "local "+sz.Underlay6().String()) {
+			t.Errorf("cframe0 over the IPv6 underlay (%v):\n%s", err, link)
+		}
+		// DF pings at the IPv6 underlay's path MTU, 1500 - 70, both families.
+		for _, c := range []struct {
+			to      netip.Addr
+			headers int
+		}{{hk.HostAddr, 28}, {hk.HostAddr6, 48}} {
+			if out, err := f.net.Exec(sz.Host, "ping", "-n", "-M", "do", "-s", strconv.Itoa(1430-c.headers), "-c", "2", "-i", "0.2", "-W", "2", c.to.String()); err != nil {
+				t.Errorf("DF ping of 1430 bytes to %s: %v\n%s", c.to, err, out)
+			}
+			if out, err := f.net.Exec(sz.Host, "ping", "-n", "-M", "do", "-s", strconv.Itoa(1431-c.headers), "-c", "1", "-W", "2", c.to.String()); err == nil {
+				t.Errorf("DF ping of 1431 bytes to %s passed:\n%s", c.to, out)
+			}
+		}
+		if err := topo.TCPTransfer(sz.Host, gz.Host, gz.HostAddr6, 1<<20, 15*time.Second); err != nil {
+			t.Error(err)
+		}
+		if err := topo.UDPTransfer(gz.Host, hk.Host, hk.HostAddr, 20, 1300, 10*time.Second); err != nil {
+			t.Error(err)
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	t.Run("mixed mesh: hk-1 on IPv4, the others on IPv6: incompatible links, the rest keeps working", func(t *testing.T) {
+		if _, err := f.edges["hk-1"].Add(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+		err := topo.Eventually(10*time.Second, func() error {
+			tp, err := f.c.API.Topology(f.ctx)
+			if err != nil {
+				return err
+			}
+			incompatible := 0
+			for _, l := range tp.Links {
+				involvesHK := l.A == "hk-1" || l.B == "hk-1"
+				switch {
+				case involvesHK && (l.State != "incompatible" || !strings.Contains(l.Reason, "no common underlay")):
+					return fmt.Errorf("link %s-%s: %s (%s), want incompatible", l.A, l.B, l.State, l.Reason)
+				case involvesHK:
+					incompatible++
+				case l.State != "up":
+					return fmt.Errorf("link %s-%s: %s (%s), want up", l.A, l.B, l.State, l.Reason)
+				}
+			}
+			if incompatible != 2 {
+				return fmt.Errorf("%d incompatible links, want 2", incompatible)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.reachable(sz, gz); err != nil {
+			t.Error(err)
+		}
+		if err := f.reachable6(sz, gz); err != nil {
+			t.Error(err)
+		}
+		if err := f.net.Ping(sz.Host, hk.HostAddr, 1, time.Second); err == nil {
+			t.Error("sz-1 reaches hk-1 without a common underlay")
+		}
+		if out, err := f.net.Exec(hk.Edge, "ip", "-d", "link", "show", "cframe0"); err != nil || !strings.Contains(out, "mtu 1450") || strings.Contains(out, "local ") {
+			t.Errorf("hk-1's device back on the IPv4 underlay (%v):\n%s", err, out)
 		}
 	})
 }
