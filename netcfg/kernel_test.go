@@ -293,9 +293,10 @@ var (
 // reconcileRequests is what a Reconcile of a VXLAN edge whose chains are
 // unchanged takes to make changes changes: one dump each of the links, FDB
 // entries, IPv4 and IPv6 neighbors, IPv4 and IPv6 routes, addresses and the
-// three sets, the read of the chains, and one request per change.
+// four sets (two of them IPv6), the read of the chains, and one request per
+// change.
 func reconcileRequests(k *Kernel, changes int) Requests {
-	return Requests{Netlink: 10 + changes}.plus(chainsRead(k))
+	return Requests{Netlink: 11 + changes}.plus(chainsRead(k))
 }
 
 // updateRequests is what an Update of one peer with cidrs networks takes to
