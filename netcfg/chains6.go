@@ -48,14 +48,15 @@ const ipv6Overhead = 20
 
 // readChains6 adds the ip6tables chains to chains, with one
 // ip6tables-save. A host without ip6tables has none; a failing
-// ip6tables-save is an error only when the mesh has IPv6 CIDRs.
+// ip6tables-save is an error only when the edge has IPv6 CIDRs or an IPv6
+// underlay.
 func (s *session) readChains6(r *reading, chains map[chain][]string) error {
 	if s.k.ipt6 == nil {
 		return nil
 	}
 	out, err := s.execute("", s.k.ipt6.save)
 	switch {
-	case err != nil && wantsIPv6(r.d):
+	case err != nil && (wantsIPv6(r.d) || r.d.underlay6()):
 		return fmt.Errorf("netcfg: %w", err)
 	case err != nil:
 		return nil

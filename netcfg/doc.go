@@ -67,7 +67,9 @@
 //     VXLAN device's transmit checksum offload, off so that TCP and UDP
 //     survive a NAT on the path
 //   - underlay.go: the foreign facts the plan takes defaults from — the
-//     underlay device and its MTU, the LAN address
+//     underlay device and its MTU, the LAN address; underlay6.go what
+//     differs over an IPv6 underlay (MTU -70, the tunnel port's filter in
+//     ip6tables)
 //
 // A new kind of object is a new file with those four parts, plus its read
 // step in Kernel's pipeline (session.read) and its plan step in newPlan.
