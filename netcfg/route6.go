@@ -68,7 +68,9 @@ func ip6(v []byte) (netip.Addr, bool) {
 }
 
 // readLANAddr6 finds the LAN's IPv6 address when the edge has IPv6 CIDRs
-// of its own (a full read; an Update takes it from its baseline).
+// of its own (a full read; an Update takes it from its baseline). Until
+// there is one the IPv6 routes go without a source address; the next full
+// reconcile gives them the one that appeared.
 func (s *session) readLANAddr6(r *reading) error {
 	var cidrs []netip.Prefix
 	for _, c := range r.d.LocalCIDRs {
@@ -83,6 +85,14 @@ func (s *session) readLANAddr6(r *reading) error {
 	if err := retryDump("ipv6 addresses", func() (err error) { addrs, err = s.nl.AddrList(nil, netlink.FAMILY_V6); return err }); err != nil {
 		return err
 	}
-	r.a.LANAddr6 = findLANAddr(addrs, cidrs, r.ours)
+	// An address still in (or failed) duplicate address detection cannot
+	// be a route's source yet: the kernel refuses it.
+	usable := addrs[:0]
+	for _, a := range addrs {
+		if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) == 0 {
+			usable = append(usable, a)
+		}
+	}
+	r.a.LANAddr6 = findLANAddr(usable, cidrs, r.ours)
 	return nil
 }
