@@ -85,8 +85,8 @@ func tunnelMatch(mode Mode, port uint16) []string {
 }
 
 // mssRules clamp the MSS of TCP SYN and SYN-ACK segments leaving and entering
-// dev to what fits the tunnel MTU
-// (IPv4 20 and TCP 20 bytes of headers), never raising it.
+// dev to what fits the tunnel MTU less IPv4's 20 and TCP's 20 bytes of
+// headers, never raising it.
 func mssRules(dev string, mtu int) []rule { return clampRules(chainMSS, dev, mtu-40) }
 
 // clampRules are the rules of MSS chain c that clamp to mss on dev.

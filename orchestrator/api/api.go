@@ -199,6 +199,7 @@ const (
 	ConfigApplied = "applied" // both ends online and at the current revision
 	ConfigPending = "pending" // both online, one lags
 	ConfigOffline = "offline" // an end's agent is not heartbeating
+	ConfigNone    = "none"    // no tunnel to configure: the underlays are of different families
 )
 
 // Probe states of a link (Link.Probe), from the ends' tunnel probes.

@@ -135,6 +135,6 @@ func linkOf(a, b linkEnd, rev uint64, revAt time.Time) api.Link {
 // different families: there is no tunnel between them to configure or
 // probe (mesh.ShareUnderlay).
 func incompatibleLink(a, b bus.Edge) api.Link {
-	return api.Link{A: a.Name, B: b.Name, State: api.LinkIncompatible, Probe: api.ProbeUnknown,
+	return api.Link{A: a.Name, B: b.Name, State: api.LinkIncompatible, Config: api.ConfigNone, Probe: api.ProbeUnknown,
 		Reason: fmt.Sprintf("no common underlay: %s's hostaddr is %s, %s's is %s", a.Name, mesh.UnderlayFamily(a), b.Name, mesh.UnderlayFamily(b))}
 }
