@@ -35,6 +35,9 @@ type actual struct {
 	// LANAddr is the host address that lies inside one of the desired
 	// LocalCIDRs (discovered only when Desired.LANAddr is invalid).
 	LANAddr netip.Addr
+	// LANAddr6 is the host address that lies inside one of the desired
+	// IPv6 LocalCIDRs (route6.go).
+	LANAddr6 netip.Addr
 	// UnderlayMTU is the MTU of the device holding Desired.LocalAddr, else
 	// of the default route's device, else 1500.
 	UnderlayMTU int
@@ -51,6 +54,9 @@ type actual struct {
 	UnderlaySource map[netip.Addr]netip.Addr
 	// IPForward is the value of net.ipv4.ip_forward.
 	IPForward bool
+	// IPv6: the host has IPv6 (read only when the mesh has IPv6 CIDRs),
+	// and IPForward6 the value of net.ipv6.conf.all.forwarding.
+	IPv6, IPForward6 bool
 	// Sets maps each existing ipset cframe owns (setPeers, setNets) to its
 	// type and members. A set that does not exist has no key.
 	Sets map[string]ipset
@@ -58,6 +64,9 @@ type actual struct {
 	// chain it hooks into, to its rules as "iptables -S" prints them
 	// ("-A CHAIN ..."). A chain that does not exist has no key.
 	Chains map[chain][]string
+	// IP6tables: the host has ip6tables, whose chains are in Chains with
+	// their tables prefixed by table6.
+	IP6tables bool
 }
 
 // wantRPS reports whether the VXLAN device should steer received packets

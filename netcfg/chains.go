@@ -92,26 +92,33 @@ func tunnelMatch(mode Mode, port uint16) []string {
 }
 
 // mssRules clamp the MSS of TCP SYN and SYN-ACK segments leaving and entering
-// dev to what fits the tunnel MTU, never raising it.
-func mssRules(dev string, mtu int) []rule {
+// dev to what fits the tunnel MTU less IPv4's 20 and TCP's 20 bytes of
+// headers, never raising it.
+func mssRules(dev string, mtu int) []rule { return clampRules(chainMSS, dev, mtu-40) }
+
+// clampRules are the rules of MSS chain c that clamp to mss on dev.
+func clampRules(c chain, dev string, mss int) []rule {
 	var out []rule
 	for _, dir := range []string{"-o", "-i"} {
-		out = append(out, rule{chainMSS, []string{dir, dev, "-p", "tcp", "-m", "tcp", "--tcp-flags", "SYN,RST", "SYN",
-			"-m", "tcpmss", "--mss", fmt.Sprintf("%d:65535", mtu-39), "-j", "TCPMSS", "--set-mss", strconv.Itoa(mtu - 40)}})
+		out = append(out, rule{c, []string{dir, dev, "-p", "tcp", "-m", "tcp", "--tcp-flags", "SYN,RST", "SYN",
+			"-m", "tcpmss", "--mss", fmt.Sprintf("%d:65535", mss+1), "-j", "TCPMSS", "--set-mss", strconv.Itoa(mss)}})
 	}
 	return out
 }
 
 // natRule SNATs traffic from the peers' networks (setNets) into a local
 // network to the LAN address (MASQUERADE when the LAN address is unknown).
-func natRule(local netip.Prefix, lan netip.Addr) rule {
-	args := []string{"-d", local.String(), "-m", "set", "--match-set", setNets, "src"}
+func natRule(local netip.Prefix, lan netip.Addr) rule { return snatRule(chainNAT, setNets, local, lan) }
+
+// snatRule is natRule in NAT chain c, matching set.
+func snatRule(c chain, set string, local netip.Prefix, lan netip.Addr) rule {
+	args := []string{"-d", local.String(), "-m", "set", "--match-set", set, "src"}
 	if lan.IsValid() {
 		args = append(args, "-j", "SNAT", "--to-source", lan.String())
 	} else {
 		args = append(args, "-j", "MASQUERADE")
 	}
-	return rule{chainNAT, args}
+	return rule{c, args}
 }
 
 // readChains reads every chain cframe owns or hooks into, with one
@@ -129,12 +136,16 @@ func (s *session) readChains(r *reading) error {
 		if err != nil {
 			return fmt.Errorf("netcfg: %w", err)
 		}
-		chains = parseSave(string(out))
+		chains = parseSave(string(out), "")
+		if err := s.readChains6(r, chains); err != nil {
+			return err
+		}
 		if cacheable {
 			s.k.chains = chainCache{gen: gen, chains: chains}
 		}
 	}
 	maps.Copy(r.a.Chains, chains)
+	r.a.IP6tables = s.k.ipt6 != nil
 	return nil
 }
 
@@ -146,10 +157,11 @@ type chainCache struct {
 }
 
 // parseSave returns, from iptables-save output, the rules (as "-A CHAIN
-// ..." lines) of every chain cframe owns or hooks into that exists.
-func parseSave(out string) map[chain][]string {
+// ..." lines) of every chain cframe owns or hooks into that exists; prefix
+// goes before the table names (table6's, for ip6tables-save output).
+func parseSave(out, prefix string) map[chain][]string {
 	relevant := map[chain]bool{}
-	for _, h := range hooks {
+	for _, h := range append(hooks, hooks6...) {
 		relevant[h.own], relevant[h.from] = true, true
 	}
 	chains := map[chain][]string{}
@@ -157,7 +169,7 @@ func parseSave(out string) map[chain][]string {
 	for _, l := range strings.Split(out, "\n") {
 		switch {
 		case strings.HasPrefix(l, "*"):
-			table = l[1:]
+			table = prefix + l[1:]
 		case strings.HasPrefix(l, ":"):
 			c := chain{table, strings.Fields(l[1:])[0]}
 			if relevant[c] && chains[c] == nil {
@@ -180,7 +192,9 @@ func (p *planner) planChains() {
 	want := map[chain][]rule{}
 	for _, dev := range p.tunnels {
 		for _, local := range p.d.LocalCIDRs {
-			want[chainForward] = append(want[chainForward], forwardRules(dev, local)...)
+			if !isV6(local) {
+				want[chainForward] = append(want[chainForward], forwardRules(dev, local)...)
+			}
 		}
 		want[chainMSS] = append(want[chainMSS], mssRules(dev, p.mtu)...)
 	}
@@ -194,7 +208,9 @@ func (p *planner) planChains() {
 	masquerade := p.d.Masquerade && p.setReady[setNets]
 	if masquerade {
 		for _, local := range p.d.LocalCIDRs {
-			want[chainNAT] = append(want[chainNAT], natRule(local, p.lan))
+			if !isV6(local) {
+				want[chainNAT] = append(want[chainNAT], natRule(local, p.lan))
+			}
 		}
 	}
 	for _, h := range hooks {
@@ -205,6 +221,7 @@ func (p *planner) planChains() {
 		p.syncChain(h.own, want[h.own], h.own == chainInput)
 		p.syncHook(h.from, h.own)
 	}
+	p.planChains6()
 }
 
 // syncChain makes chain c hold exactly rules, inserting missing rules at
@@ -304,7 +321,7 @@ func (p *planner) removeChain(own, from chain) {
 
 // removeChains unhooks and deletes every chain of cframe's (Cleanup).
 func (p *planner) removeChains() {
-	for _, h := range hooks {
+	for _, h := range append(hooks, hooks6...) {
 		p.removeChain(h.own, h.from)
 	}
 }

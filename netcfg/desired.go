@@ -52,7 +52,8 @@ type Desired struct {
 	// Port is this edge's own tunnel UDP port (the VXLAN dstport it listens
 	// on); 0 means DefaultPort.
 	Port uint16
-	// LocalAddr is the underlay source address; invalid means the kernel's choice.
+	// LocalAddr is the underlay source address; invalid means the kernel's
+	// choice. An IPv6 address makes the underlay IPv6 (underlay6.go).
 	LocalAddr netip.Addr
 	// LocalCIDRs are the networks behind this edge.
 	LocalCIDRs []netip.Prefix

@@ -22,9 +22,15 @@
 //     Reconcile or Update changed by kind of object.
 //
 // Ownership: cframe only ever touches objects it can recognise as its own —
-// links whose alias starts with OwnerAlias, routes with protocol
-// RouteProtocol, entries on its own links, the iptables chains named in
-// chains.go and the ipsets named in ipset.go. Everything else is read (to
+// links whose alias starts with OwnerAlias, routes (IPv4 and IPv6) with
+// protocol RouteProtocol, entries on its own links, the iptables and
+// ip6tables chains named in chains.go and chains6.go and the ipsets named
+// in ipset.go.
+//
+// Dual stack: CIDRs may be IPv4 or IPv6. An edge with IPv6 CIDRs of its
+// own routes its peers' IPv6 CIDRs through the same tunnel (over the IPv4
+// underlay) and gets the IPv6 counterparts of the IPv4 objects; an edge
+// without has no IPv6 object at all. Everything else is read (to
 // report conflicts) but never changed.
 //
 // # Files
@@ -48,17 +54,22 @@
 //     addresses on the tunnel
 //   - lladdr.go: the tunnel device's own IPv6 link-local address
 //   - vip.go: a site's VIP on the LAN interface, and its gratuitous ARP
-//   - route.go: the routes to the peers' networks
+//   - route.go: the routes to the peers' networks, and route6.go how
+//     the IPv6 ones differ (next hop: the peer's link-local address)
 //   - ipset.go: the sets of peer addresses and networks the rules match
-//   - chains.go: the iptables chains and rules, and iptables.go the
-//     iptables programs that read and write them
-//   - sysctl.go: net.ipv4.ip_forward
+//   - chains.go: the iptables chains and rules, chains6.go their
+//     ip6tables counterparts, and iptables.go the iptables and ip6tables
+//     programs that read and write them
+//   - sysctl.go: net.ipv4.ip_forward and, on an edge with IPv6 CIDRs,
+//     net.ipv6.conf.all.forwarding
 //   - sysfs.go: receive packet steering of the tunnel device
 //   - ethtool.go: the ethtool ioctl (for the underlay's GRO state) and the
 //     VXLAN device's transmit checksum offload, with the outer UDP
 //     checksum the two checksum settings (fast, safe) of Desired.Checksum
 //   - underlay.go: the foreign facts the plan takes defaults from — the
-//     underlay device and its MTU, the LAN address
+//     underlay device and its MTU, the LAN address; underlay6.go what
+//     differs over an IPv6 underlay (MTU -70, the tunnel port's filter in
+//     ip6tables)
 //
 // A new kind of object is a new file with those four parts, plus its read
 // step in Kernel's pipeline (session.read) and its plan step in newPlan.

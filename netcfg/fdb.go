@@ -41,7 +41,7 @@ func (s *session) readFDB(r *reading) error {
 		key:   func(mac net.HardwareAddr) *nl.RtAttr { return nl.NewRtAttr(unix.NDA_LLADDR, mac) },
 		start: func(n int) { r.a.FDB = make([]fdbEntry, 0, n) },
 		keep: func(dev *link, _ *netlink.Ndmsg, v neighAttrs, macs *arena) {
-			if v.dst.Is4() && len(v.lladdr) == 6 {
+			if v.dst.IsValid() && len(v.lladdr) == 6 {
 				e := fdbEntry{Device: dev.Name, MAC: macs.copy(v.lladdr), Dst: v.dst, Port: v.port}
 				if e.Port == 0 {
 					e.Port = dev.Port
@@ -145,10 +145,10 @@ func (s *session) fdbRequest(msgType, flags int, e fdbEntry) error {
 	if err != nil {
 		return err
 	}
-	dst := e.Dst.As4()
+	dst := e.Dst.AsSlice()
 	port := binary.BigEndian.AppendUint16(nil, e.Port)
 	req := neighRequest(msgType, flags|unix.NLM_F_ACK,
 		&netlink.Ndmsg{Family: unix.AF_BRIDGE, Index: uint32(i), State: netlink.NUD_PERMANENT, Flags: netlink.NTF_SELF},
-		nl.NewRtAttr(unix.NDA_LLADDR, e.MAC), nl.NewRtAttr(unix.NDA_DST, dst[:]), nl.NewRtAttr(unix.NDA_PORT, port))
+		nl.NewRtAttr(unix.NDA_LLADDR, e.MAC), nl.NewRtAttr(unix.NDA_DST, dst), nl.NewRtAttr(unix.NDA_PORT, port))
 	return s.send(unix.NETLINK_ROUTE, req, nil)
 }

@@ -25,10 +25,25 @@ const (
 	// setNets (hash:net) holds every peer's networks while Masquerade is
 	// on: CFRAME-POSTROUTING SNATs traffic from them into the LAN.
 	setNets = "cframe-nets"
+	// setNets6 (hash:net, family inet6) holds the peers' IPv6 networks
+	// while Masquerade is on and the mesh has IPv6 CIDRs: the ip6tables
+	// CFRAME-POSTROUTING SNATs traffic from them (chains6.go).
+	setNets6 = "cframe-nets6"
+	// setPeers6 (hash:ip, family inet6) holds the peers' IPv6 underlay
+	// addresses on an edge with an IPv6 underlay (underlay6.go).
+	setPeers6 = "cframe-peers6"
 )
 
 // setTypes are the ipset types of cframe's sets.
-var setTypes = map[string]string{setPeers: "hash:ip", setNets: "hash:net"}
+var setTypes = map[string]string{setPeers: "hash:ip", setNets: "hash:net", setNets6: "hash:net", setPeers6: "hash:ip"}
+
+// setFamily is the address family of set name's members.
+func setFamily(name string) (family uint8, word string) {
+	if name == setNets6 || name == setPeers6 {
+		return unix.AF_INET6, "inet6"
+	}
+	return unix.AF_INET, "inet"
+}
 
 // ipset is an ipset: its type ("hash:ip", "hash:net") and members, the
 // members of a hash:ip set as /32s.
@@ -44,8 +59,23 @@ type ipset struct {
 func (s *session) readSets(r *reading) error {
 	if r.keys != nil {
 		members := map[string][]netip.Prefix{setPeers: r.keys.underlays}
+		if r.d.underlay6() {
+			members = map[string][]netip.Prefix{setPeers: nil, setPeers6: r.keys.underlays}
+		}
 		if r.d.Masquerade {
-			members[setNets] = r.keys.cidrs
+			members[setNets] = nil
+			if wantsIPv6(r.d) && s.k.ipt6 != nil {
+				members[setNets6] = nil
+			}
+			for _, c := range r.keys.cidrs {
+				name := setNets
+				if isV6(c) {
+					name = setNets6
+				}
+				if _, ok := members[name]; ok {
+					members[name] = append(members[name], c)
+				}
+			}
 		}
 		for name, keys := range members {
 			set := ipset{Type: setTypes[name]}
@@ -66,10 +96,11 @@ func (s *session) readSets(r *reading) error {
 	for _, p := range r.d.Peers {
 		nets += len(p.CIDRs)
 	}
-	for name, hint := range map[string]int{setPeers: len(r.d.Peers), setNets: nets} {
+	for name, hint := range map[string]int{setPeers: len(r.d.Peers), setNets: nets, setNets6: 0, setPeers6: 0} {
 		set := ipset{Members: make([]netip.Prefix, 0, hint)}
+		family, _ := setFamily(name)
 		req := nl.NewNetlinkRequest(nl.IPSET_CMD_LIST|unix.NFNL_SUBSYS_IPSET<<8, nl.GetIpsetFlags(nl.IPSET_CMD_LIST))
-		req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_INET, Version: nl.NFNETLINK_V0})
+		req.AddData(&nl.Nfgenmsg{NfgenFamily: family, Version: nl.NFNETLINK_V0})
 		req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
 		req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(name)))
 		err := s.dump("ipset "+name, unix.NETLINK_NETFILTER, req, func() { set.Members = set.Members[:0] }, func(m []byte) error {
@@ -103,17 +134,20 @@ func (s *session) readSets(r *reading) error {
 	return nil
 }
 
-// setMember decodes one ipset entry (IPSET_ATTR_DATA) of an IPv4 hash:ip or
-// hash:net set.
+// setMember decodes one ipset entry (IPSET_ATTR_DATA) of an IPv4 or IPv6
+// hash:ip or hash:net set.
 func setMember(data []byte) (netip.Prefix, bool) {
 	var addr netip.Addr
-	bits := 32
+	bits := -1
 	walkAttrs(data, func(typ uint16, v []byte) {
 		switch typ {
 		case nl.IPSET_ATTR_IP:
 			walkAttrs(v, func(typ uint16, v []byte) {
-				if typ == nl.IPSET_ATTR_IPADDR_IPV4 {
+				switch typ {
+				case nl.IPSET_ATTR_IPADDR_IPV4:
 					addr, _ = ip4(v)
+				case nl.IPSET_ATTR_IPADDR_IPV6:
+					addr, _ = ip6(v)
 				}
 			})
 		case nl.IPSET_ATTR_CIDR:
@@ -122,7 +156,10 @@ func setMember(data []byte) (netip.Prefix, bool) {
 			}
 		}
 	})
-	return netip.PrefixFrom(addr, bits), addr.IsValid() && bits <= 32
+	if bits < 0 {
+		bits = addr.BitLen()
+	}
+	return netip.PrefixFrom(addr, bits), addr.IsValid() && bits <= addr.BitLen()
 }
 
 // planSets makes setPeers hold the plaintext peers' underlay addresses and, under
@@ -130,20 +167,43 @@ func setMember(data []byte) (netip.Prefix, bool) {
 // It notes in setReady the sets the rules may match.
 func (p *planner) planSets() {
 	underlays := make([]netip.Prefix, 0, len(p.d.Peers))
-	var nets []netip.Prefix
+	var nets, nets6 []netip.Prefix
 	for _, peer := range p.d.Peers {
 		if !peer.Encrypted() {
-			underlays = append(underlays, netip.PrefixFrom(peer.Underlay.Addr(), 32))
+			a := peer.Underlay.Addr()
+			underlays = append(underlays, netip.PrefixFrom(a, a.BitLen()))
 		}
 		if p.d.Masquerade {
-			nets = append(nets, peer.CIDRs...)
+			for _, c := range peer.CIDRs {
+				if isV6(c) && !p.ipv6 {
+					continue
+				}
+				if isV6(c) {
+					nets6 = append(nets6, c)
+				} else {
+					nets = append(nets, c)
+				}
+			}
 		}
 	}
-	p.setReady[setPeers] = p.planSet(setPeers, underlays)
+	if p.d.underlay6() {
+		// The peers' addresses are IPv6; the iptables INPUT filter keeps
+		// its (empty) set and drops the tunnel port over IPv4.
+		p.setReady[setPeers] = p.planSet(setPeers, nil)
+		p.setReady[setPeers6] = p.a.IP6tables && p.planSet(setPeers6, underlays)
+	} else {
+		p.setReady[setPeers] = p.planSet(setPeers, underlays)
+		p.removeSet(setPeers6)
+	}
 	if p.d.Masquerade {
 		p.setReady[setNets] = p.planSet(setNets, nets)
 	} else {
 		p.removeSet(setNets)
+	}
+	if p.d.Masquerade && p.ipv6 && p.a.IP6tables {
+		p.setReady[setNets6] = p.planSet(setNets6, nets6)
+	} else {
+		p.removeSet(setNets6)
 	}
 }
 
@@ -195,7 +255,7 @@ func (p *planner) removeSet(name string) {
 
 // removeSets destroys every set of cframe's (Cleanup).
 func (p *planner) removeSets() {
-	for _, name := range []string{setPeers, setNets} {
+	for _, name := range []string{setPeers, setNets, setNets6, setPeers6} {
 		p.removeSet(name)
 	}
 }
@@ -204,8 +264,9 @@ func (p *planner) removeSets() {
 
 func setCreate(name string) change {
 	typ := setTypes[name]
-	return change{desc: fmt.Sprintf("ipset create %s %s family inet", name, typ), do: func(s *session) error {
-		return s.nl.IpsetCreate(name, typ, netlink.IpsetCreateOptions{Family: unix.AF_INET})
+	family, word := setFamily(name)
+	return change{desc: fmt.Sprintf("ipset create %s %s family %s", name, typ, word), do: func(s *session) error {
+		return s.nl.IpsetCreate(name, typ, netlink.IpsetCreateOptions{Family: family})
 	}}
 }
 
@@ -238,7 +299,7 @@ func ignoreExists(err error) error {
 
 func setEntry(p netip.Prefix) *netlink.IPSetEntry {
 	e := &netlink.IPSetEntry{IP: p.Addr().AsSlice()}
-	if p.Bits() < 32 {
+	if p.Bits() < p.Addr().BitLen() {
 		e.CIDR = uint8(p.Bits())
 	}
 	return e

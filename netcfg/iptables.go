@@ -33,9 +33,10 @@ type iptables struct {
 	lib *goiptables.IPTables
 }
 
-// lookIptables locates program and the -save and -restore programs beside
-// it and tells whether they are the nf_tables flavour.
-func lookIptables(program string) (ipt iptables, err error) {
+// lookIptables locates program (ip6tables with v6) and the -save and
+// -restore programs beside it and tells whether they are the nf_tables
+// flavour.
+func lookIptables(program string, v6 bool) (ipt iptables, err error) {
 	if ipt.program, err = exec.LookPath(program); err != nil {
 		return ipt, err
 	}
@@ -50,7 +51,11 @@ func lookIptables(program string) (ipt iptables, err error) {
 		return ipt, fmt.Errorf("%s --version: %w", ipt.program, err)
 	}
 	ipt.nft = bytes.Contains(v, []byte("nf_tables"))
-	ipt.lib, err = goiptables.New(goiptables.IPFamily(goiptables.ProtocolIPv4), goiptables.Path(ipt.program), goiptables.Timeout(10))
+	proto := goiptables.ProtocolIPv4
+	if v6 {
+		proto = goiptables.ProtocolIPv6
+	}
+	ipt.lib, err = goiptables.New(goiptables.IPFamily(proto), goiptables.Path(ipt.program), goiptables.Timeout(10))
 	return ipt, err
 }
 
@@ -58,9 +63,22 @@ func lookIptables(program string) (ipt iptables, err error) {
 // CHAIN 1 ...", "-N CHAIN") and its table.
 type iptablesCmd struct{ table, line string }
 
-// iptablesChange is the change that runs line in table.
+// iptablesChange is the change that runs line in table: an ip6tables
+// table when table is one (see table6).
 func iptablesChange(table, line string) change {
+	if t, v6 := cutTable6(table); v6 {
+		return change{desc: "ip6tables -t " + t + " " + line, iptables: &iptablesCmd{table, line}}
+	}
 	return change{desc: "iptables -t " + table + " " + line, iptables: &iptablesCmd{table, line}}
+}
+
+// programs returns the iptables programs of table and its name for them:
+// ip6tables' for an ip6tables table.
+func (s *session) programs(table string) (*iptables, string) {
+	if t, v6 := cutTable6(table); v6 {
+		return s.k.ipt6, t
+	}
+	return &s.k.ipt, table
 }
 
 // iptablesRun runs a run of iptables commands and returns each one's
@@ -80,12 +98,19 @@ func (s *session) iptablesRun(changes []change) []error {
 	}
 	for _, t := range tables {
 		idx := byTable[t]
+		ipt, name := s.programs(t)
+		if ipt == nil {
+			for _, i := range idx {
+				errs[i] = errors.New("no ip6tables on this host")
+			}
+			continue
+		}
 		if len(idx) > 1 {
-			in := "*" + t + "\n"
+			in := "*" + name + "\n"
 			for _, i := range idx {
 				in += changes[i].iptables.line + "\n"
 			}
-			if _, err := s.execute(in+"COMMIT\n", s.k.ipt.restore, "--wait=10", "--noflush"); err == nil {
+			if _, err := s.execute(in+"COMMIT\n", ipt.restore, "--wait=10", "--noflush"); err == nil {
 				continue
 			}
 		}
@@ -107,17 +132,18 @@ func (s *session) iptablesAlone(c *iptablesCmd) error {
 		return fmt.Errorf("iptables command %q: no chain", c.line)
 	}
 	op, chain, rule := args[0], args[1], args[2:]
-	lib := s.k.ipt.lib
+	ipt, table := s.programs(c.table)
+	lib := ipt.lib
 	s.sent.Exec++ // one program per call; ClearChain, for -F, tries -N first
 	switch op {
 	case "-N":
-		err = lib.NewChain(c.table, chain)
+		err = lib.NewChain(table, chain)
 	case "-X":
-		err = lib.DeleteChain(c.table, chain)
+		err = lib.DeleteChain(table, chain)
 	case "-F":
-		err = lib.ClearChain(c.table, chain)
+		err = lib.ClearChain(table, chain)
 	case "-A":
-		err = lib.Append(c.table, chain, rule...)
+		err = lib.Append(table, chain, rule...)
 	case "-I":
 		pos := 0
 		if len(rule) > 0 {
@@ -126,9 +152,9 @@ func (s *session) iptablesAlone(c *iptablesCmd) error {
 		if err != nil || pos < 1 {
 			return fmt.Errorf("iptables command %q: no position", c.line)
 		}
-		err = lib.Insert(c.table, chain, pos, rule[1:]...)
+		err = lib.Insert(table, chain, pos, rule[1:]...)
 	case "-D":
-		err = lib.Delete(c.table, chain, rule...)
+		err = lib.Delete(table, chain, rule...)
 		var ie *goiptables.Error
 		if errors.As(err, &ie) && ie.IsNotExist() {
 			return nil

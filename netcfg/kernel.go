@@ -3,6 +3,7 @@ package netcfg
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Kernel reads and changes the kernel state cframe owns.
@@ -22,7 +23,9 @@ import (
 // unchanged, see chains.go) and what its last Reconcile left (the baseline
 // of Update, see update.go); it is safe for use by one goroutine at a time.
 type Kernel struct {
-	ipt    iptables
+	ipt iptables
+	// ipt6 is ip6tables (chains6.go); nil when the host has none.
+	ipt6   *iptables
 	chains chainCache
 	// base is what Update builds on (nil: nothing, Update reconciles).
 	base *baseline
@@ -62,17 +65,23 @@ type Result struct {
 	FallbackReason string
 }
 
-// New locates iptables (IPv4) and returns a Kernel.
+// New locates iptables (and ip6tables, if the host has it) and returns a
+// Kernel.
 func New() (*Kernel, error) { return newKernel("iptables") }
 
 // newKernel returns a Kernel that drives the iptables program named
-// program (and program-save and program-restore beside it).
+// program (and program-save and program-restore beside it), and its
+// ip6tables counterpart when there is one.
 func newKernel(program string) (*Kernel, error) {
-	ipt, err := lookIptables(program)
+	ipt, err := lookIptables(program, false)
 	if err != nil {
 		return nil, fmt.Errorf("netcfg: iptables: %w", err)
 	}
-	return &Kernel{ipt: ipt}, nil
+	k := &Kernel{ipt: ipt}
+	if ipt6, err := lookIptables(strings.Replace(program, "iptables", "ip6tables", 1), true); err == nil {
+		k.ipt6 = &ipt6
+	}
+	return k, nil
 }
 
 // Reconcile validates d, reads the kernel, plans and applies. Running it

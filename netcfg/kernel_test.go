@@ -292,10 +292,11 @@ var (
 
 // reconcileRequests is what a Reconcile of a VXLAN edge whose chains are
 // unchanged takes to make changes changes: one dump each of the links, FDB
-// entries, IPv4 and IPv6 neighbors, routes, addresses and the two sets, the
-// read of the chains, and one request per change.
+// entries, IPv4 and IPv6 neighbors, IPv4 and IPv6 routes, addresses and the
+// four sets (two of them IPv6), the read of the chains, and one request per
+// change.
 func reconcileRequests(k *Kernel, changes int) Requests {
-	return Requests{Netlink: 8 + changes}.plus(chainsRead(k))
+	return Requests{Netlink: 11 + changes}.plus(chainsRead(k))
 }
 
 // updateRequests is what an Update of one peer with cidrs networks takes to
@@ -309,10 +310,13 @@ func updateRequests(k *Kernel, cidrs, changes int) Requests {
 // chainsRead is what reading the iptables chains costs when they have not
 // changed since the Kernel last read them: with nf_tables one request for
 // the nftables generation; legacy iptables has no generation to tell that
-// nothing changed, so iptables-save runs.
+// nothing changed, so iptables-save runs (and ip6tables-save).
 func chainsRead(k *Kernel) Requests {
 	if k.ipt.nft {
 		return Requests{Netlink: 1}
+	}
+	if k.ipt6 != nil {
+		return Requests{Exec: 2}
 	}
 	return Requests{Exec: 1}
 }

@@ -72,6 +72,10 @@ type planner struct {
 	// wgMTU is the WireGuard device's MTU (with Desired.WireGuard).
 	wgMTU int
 	lan   netip.Addr
+	// lan6 is the LAN's IPv6 address (actual.LANAddr6), if any; ipv6
+	// tells that the edge takes part in IPv6 (wantsIPv6).
+	lan6 netip.Addr
+	ipv6 bool
 
 	changes   [stages][]change
 	conflicts []conflictNote
@@ -99,6 +103,7 @@ func newPlan(d Desired, a *actual) plan {
 	if !p.lan.IsValid() {
 		p.lan = a.LANAddr
 	}
+	p.lan6, p.ipv6 = a.LANAddr6, wantsIPv6(&d)
 	under := a.UnderlayMTU
 	if under == 0 {
 		under = 1500
@@ -129,9 +134,14 @@ func overhead(d Desired) int {
 	case d.Mode == ModeGRE:
 		return greOverhead
 	case d.WireGuard != nil:
+		// VXLAN rides WireGuard between IPv4 mesh addresses; WireGuard's
+		// own header follows the underlay's family.
+		if d.underlay6() {
+			return vxlanOverhead + wireGuardOverhead + ipv6Overhead
+		}
 		return vxlanOverhead + wireGuardOverhead
 	}
-	return vxlanOverhead
+	return d.vxlanOverhead()
 }
 
 // add plans changes in stage st.

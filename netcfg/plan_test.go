@@ -661,7 +661,14 @@ func TestValidate(t *testing.T) {
 		{"VNI", func(d *Desired) { d.VNI = 1 << 24 }, "VNI"},
 		{"MTU", func(d *Desired) { d.MTU = 100 }, "MTU"},
 		{"multicast device MAC", func(d *Desired) { d.DeviceMAC = net.HardwareAddr{1, 0, 0x5e, 0, 0, 1} }, "device MAC"},
-		{"IPv6 local", func(d *Desired) { d.LocalAddr = ip("2001:db8::1") }, "not IPv4"},
+		{"IPv6 local, IPv4 peers", func(d *Desired) { d.LocalAddr = ip("2001:db8::1") }, "not of this edge's underlay family (IPv6)"},
+		{"IPv4 local, an IPv6 peer", func(d *Desired) { d.Peers[0].Underlay = netip.MustParseAddrPort("[2001:db8::2]:58423") }, "not of this edge's underlay family (IPv4)"},
+		{"IPv6 local and peers", func(d *Desired) {
+			d.LocalAddr = ip("2001:db8::1")
+			d.Peers[0].Underlay, d.Peers[1].Underlay = netip.MustParseAddrPort("[2001:db8::2]:58423"), netip.MustParseAddrPort("[2001:db8::3]:58423")
+		}, ""},
+		{"IPv6 link-local local", func(d *Desired) { d.LocalAddr = ip("fe80::1") }, "global unicast"},
+		{"GRE over IPv6", func(d *Desired) { d.Mode, d.LocalAddr = ModeGRE, ip("2001:db8::1") }, "VXLAN mode"},
 		{"duplicate name", func(d *Desired) { d.Peers[1].Name = "vpc2" }, "same name"},
 		{"duplicate CIDR", func(d *Desired) { d.Peers[1].CIDRs = append(d.Peers[1].CIDRs, pfx("172.31.0.0/16")) }, "same CIDR"},
 		{"duplicate MAC", func(d *Desired) { d.Peers[1].MAC = mac(2) }, "same MAC"},
@@ -674,7 +681,27 @@ func TestValidate(t *testing.T) {
 			d.Peers[0].MAC, d.Peers[0].NextHop, d.Peers[0].Underlay = nil, netip.Addr{}, netip.MustParseAddrPort("203.0.113.10:0")
 		}, ""},
 		{"unnamed peer", func(d *Desired) { d.Peers[0].Name = "" }, "without a name"},
-		{"invalid CIDR", func(d *Desired) { d.Peers[0].CIDRs = []netip.Prefix{{}} }, "not an IPv4 prefix"},
+		{"invalid CIDR", func(d *Desired) { d.Peers[0].CIDRs = []netip.Prefix{{}} }, "not an IPv4 or IPv6 prefix"},
+		{"IPv4-mapped CIDR", func(d *Desired) { d.Peers[0].CIDRs = []netip.Prefix{pfx("::ffff:10.0.0.0/104")} }, "not an IPv4 or IPv6 prefix"},
+		{"IPv6 local CIDR", func(d *Desired) { d.LocalCIDRs = append(d.LocalCIDRs, pfx("2001:db8:20::/48")) }, ""},
+		{"IPv6 CIDR without link-local", func(d *Desired) { d.Peers[0].CIDRs = append(d.Peers[0].CIDRs, pfx("2001:db8:31::/48")) }, "need a link-local"},
+		{"IPv6 CIDR with link-local", func(d *Desired) {
+			d.Peers[0].CIDRs, d.Peers[0].LinkLocal = append(d.Peers[0].CIDRs, pfx("2001:db8:31::/48")), ip("fe80::2")
+		}, ""},
+		{"IPv6 CIDRs only, no next hop", func(d *Desired) {
+			d.Peers[0].CIDRs, d.Peers[0].LinkLocal, d.Peers[0].NextHop = []netip.Prefix{pfx("2001:db8:31::/48")}, ip("fe80::2"), netip.Addr{}
+		}, ""},
+		{"IPv4 CIDRs need a next hop beside IPv6 ones", func(d *Desired) {
+			d.Peers[0].CIDRs, d.Peers[0].LinkLocal, d.Peers[0].NextHop = append(d.Peers[0].CIDRs, pfx("2001:db8:31::/48")), ip("fe80::2"), netip.Addr{}
+		}, "next hop"},
+		{"duplicate IPv6 CIDR", func(d *Desired) {
+			d.Peers[0].CIDRs, d.Peers[0].LinkLocal = append(d.Peers[0].CIDRs, pfx("2001:db8:31::/48")), ip("fe80::2")
+			d.Peers[1].CIDRs, d.Peers[1].LinkLocal = append(d.Peers[1].CIDRs, pfx("2001:db8:31::/48")), ip("fe80::1")
+		}, "same CIDR"},
+		{"GRE IPv6 CIDR needs no link-local", func(d *Desired) {
+			d.Mode = ModeGRE
+			d.Peers[0].CIDRs = append(d.Peers[0].CIDRs, pfx("2001:db8:31::/48"))
+		}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,8 +16,11 @@ import (
 // Routes: a main-table route with protocol RouteProtocol per peer CIDR, via
 // the peer's next hop on the VXLAN device (onlink) or on the peer's GRE
 // device, from the LAN address. Foreign routes to a peer CIDR are conflicts.
+//
+// IPv6 CIDRs get the same routes in the IPv6 main table (route6.go says
+// how they differ: their next hop, metric and source).
 
-// route is an IPv4 main-table route.
+// route is an IPv4 or IPv6 main-table route.
 type route struct {
 	Dst      netip.Prefix
 	Gw       netip.Addr // invalid: directly connected (GRE)
@@ -96,7 +99,7 @@ func (s *session) readRoutes(r *reading) error {
 		req := routeRequest(unix.NLM_F_DUMP, &nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_INET}})
 		r.a.Routes = make([]route, 0, len(cidrs)+16)
 		restart := func() { r.a.Routes, r.a.ForeignRoutes, r.defaultDev, defaultMetric = r.a.Routes[:0], nil, 0, -1 }
-		return s.dump("routes", unix.NETLINK_ROUTE, req, restart, func(m []byte) error {
+		err := s.dump("routes", unix.NETLINK_ROUTE, req, restart, func(m []byte) error {
 			rt, oif, ok, err := decodeRoute(m, r)
 			if ok && rt.Dst.Bits() == 0 && oif != 0 && (defaultMetric < 0 || rt.Metric < defaultMetric) {
 				r.defaultDev, defaultMetric = oif, rt.Metric
@@ -106,11 +109,18 @@ func (s *session) readRoutes(r *reading) error {
 			}
 			return err
 		})
+		if err != nil {
+			return err
+		}
+		return s.readRoutes6(r, keep)
 	}
 	for _, c := range cidrs {
-		a4 := c.Addr().As4()
-		req := routeRequest(0, &nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_INET, Dst_len: 32, Flags: unix.RTM_F_FIB_MATCH}},
-			nl.NewRtAttr(unix.RTA_DST, a4[:]))
+		family, dst := unix.AF_INET, c.Addr().AsSlice()
+		if c.Addr().Is6() {
+			family = unix.AF_INET6
+		}
+		req := routeRequest(0, &nl.RtMsg{RtMsg: unix.RtMsg{Family: uint8(family), Dst_len: uint8(8 * len(dst)), Flags: unix.RTM_F_FIB_MATCH}},
+			nl.NewRtAttr(unix.RTA_DST, dst))
 		err := s.get(req, func(m []byte) error {
 			rt, _, ok, err := decodeRoute(m, r)
 			// Several CIDRs may fall under one route.
@@ -131,20 +141,23 @@ func (s *session) readRoutes(r *reading) error {
 	return nil
 }
 
-// decodeRoute decodes a route message, with device names from r's links;
-// ok is false for other families, other tables than main and cloned routes.
-// oif is the index of the output device.
+// decodeRoute decodes an IPv4 or IPv6 route message, with device names
+// from r's links; ok is false for other families, other tables than main
+// and cloned routes. oif is the index of the output device.
 func decodeRoute(m []byte, r *reading) (rt route, oif int, ok bool, err error) {
 	if len(m) < unix.SizeofRtMsg {
 		return rt, 0, false, errors.New("short route message")
 	}
 	msg := nl.DeserializeRtMsg(m)
-	if msg.Family != unix.AF_INET || msg.Flags&unix.RTM_F_CLONED != 0 {
+	if msg.Family != unix.AF_INET && msg.Family != unix.AF_INET6 || msg.Flags&unix.RTM_F_CLONED != 0 {
 		return rt, 0, false, nil
 	}
 	table := int(msg.Table)
 	rt.Protocol, rt.OnLink = int(msg.Protocol), msg.Flags&unix.RTNH_F_ONLINK != 0
-	dst := netip.IPv4Unspecified()
+	dst, addr := netip.IPv4Unspecified(), ip4
+	if msg.Family == unix.AF_INET6 {
+		dst, addr = netip.IPv6Unspecified(), ip6
+	}
 	walkAttrs(m[msg.Len():], func(typ uint16, v []byte) {
 		switch typ {
 		case unix.RTA_TABLE:
@@ -152,13 +165,13 @@ func decodeRoute(m []byte, r *reading) (rt route, oif int, ok bool, err error) {
 				table = int(nl.NativeEndian().Uint32(v))
 			}
 		case unix.RTA_DST:
-			if a, ok := ip4(v); ok {
+			if a, ok := addr(v); ok {
 				dst = a
 			}
 		case unix.RTA_GATEWAY:
-			rt.Gw, _ = ip4(v)
+			rt.Gw, _ = addr(v)
 		case unix.RTA_PREFSRC:
-			rt.Src, _ = ip4(v)
+			rt.Src, _ = addr(v)
 		case unix.RTA_OIF:
 			if len(v) == 4 {
 				oif = int(nl.NativeEndian().Uint32(v))
@@ -215,10 +228,16 @@ func (p *planner) planRoutes() {
 			if p.d.Mode == ModeVXLAN {
 				w.Gw, w.OnLink = peer.NextHop, true
 			}
+			if isV6(cidr) {
+				if !p.ipv6 {
+					continue
+				}
+				w = p.route6(w, peer)
+			}
 			blocked := false
 			for _, f := range p.a.ForeignRoutes {
 				switch {
-				case f.Dst == cidr && f.Metric == 0:
+				case f.Dst == cidr && f.Metric == w.Metric:
 					p.conflict(peer.Name, "route %s is not cframe's: skipped peer %s's route %s", f, peer.Name, cidr)
 					blocked = true
 				case f.Dst.Overlaps(cidr):
@@ -228,7 +247,7 @@ func (p *planner) planRoutes() {
 			if blocked {
 				continue
 			}
-			i, ok := ours[routeKey{cidr, 0}]
+			i, ok := ours[routeKey{cidr, w.Metric}]
 			switch {
 			case !ok:
 				p.add(stageEntriesAdd, routeAdd(w))

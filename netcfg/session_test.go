@@ -40,7 +40,7 @@ func TestRequestCounting(t *testing.T) {
 		}
 		r := newReading(&Desired{}, nil)
 		step("the links dump (package netlink)", Requests{Netlink: 1}, func() error { return s.readLinks(r) })
-		step("the routes dump (the session's socket)", Requests{Netlink: 1}, func() error { return s.readRoutes(r) })
+		step("the routes dumps, IPv4 and IPv6 (the session's socket)", Requests{Netlink: 2}, func() error { return s.readRoutes(r) })
 		step("lo up (package netlink)", Requests{Netlink: 1}, func() error {
 			return s.nl.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}})
 		})

@@ -27,7 +27,14 @@ func (s *session) readUnderlay(r *reading) error {
 	}
 	r.addrs, r.underlay = addrs, r.defaultDev
 	held := false
-	for _, ad := range addrs {
+	local := addrs
+	if r.d.underlay6() {
+		var err error
+		if local, err = s.localAddrs6(); err != nil {
+			return err
+		}
+	}
+	for _, ad := range local {
 		if ip := addrFromIP(ad.IP); r.d.LocalAddr.IsValid() && ip == r.d.LocalAddr {
 			r.underlay, held = ad.LinkIndex, true
 		}
@@ -41,6 +48,9 @@ func (s *session) readUnderlay(r *reading) error {
 	}
 	if !r.d.LANAddr.IsValid() {
 		r.a.LANAddr = findLANAddr(addrs, r.d.LocalCIDRs, r.ours)
+	}
+	if err := s.readLANAddr6(r); err != nil {
+		return err
 	}
 	if r.d.Mode == ModeGRE {
 		r.a.UnderlaySource = map[netip.Addr]netip.Addr{}

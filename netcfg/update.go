@@ -33,7 +33,7 @@ func newBaseline(n Desired, a *actual, notes []conflictNote) *baseline {
 	if err != nil {
 		return nil
 	}
-	return &baseline{ns: ns, d: n, notes: notes, facts: actual{LANAddr: a.LANAddr, UnderlayMTU: a.UnderlayMTU,
+	return &baseline{ns: ns, d: n, notes: notes, facts: actual{LANAddr: a.LANAddr, LANAddr6: a.LANAddr6, UnderlayMTU: a.UnderlayMTU,
 		UnderlayRxQueues: a.UnderlayRxQueues, CPUs: a.CPUs, UnderlayRxOnSender: a.UnderlayRxOnSender}}
 }
 

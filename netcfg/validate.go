@@ -29,8 +29,10 @@ const (
 const greTTL = 64
 
 // validate reports the first problem that would keep n (normalized) from
-// being applied: unknown mode, bad names, addresses that are not IPv4,
-// missing peer data for the mode, duplicate peers, MACs, next hops or CIDRs.
+// being applied: unknown mode, bad names, LAN addresses that are not IPv4,
+// peers' underlay addresses of another family than the edge's own, missing peer data for the mode (an IPv4 next hop for IPv4
+// CIDRs, a link-local address for IPv6 CIDRs in VXLAN mode), duplicate
+// peers, MACs, next hops or CIDRs. CIDRs may be of either family.
 func (n *Desired) validate() error {
 	if n.Mode != ModeVXLAN && n.Mode != ModeGRE {
 		return fmt.Errorf("unknown mode %q (want %q or %q)", n.Mode, ModeVXLAN, ModeGRE)
@@ -49,9 +51,10 @@ func (n *Desired) validate() error {
 	if n.DeviceMAC != nil && !unicastMAC(n.DeviceMAC) {
 		return fmt.Errorf("device MAC %s is not a unicast Ethernet address", n.DeviceMAC)
 	}
-	if n.LocalAddr.IsValid() && !n.LocalAddr.Is4() {
-		return fmt.Errorf("local address %s is not IPv4", n.LocalAddr)
+	if n.LocalAddr.IsValid() && n.LocalAddr.Is6() && (n.Mode != ModeVXLAN || n.LocalAddr.Is4In6() || !n.LocalAddr.IsGlobalUnicast() || n.LocalAddr.Zone() != "") {
+		return fmt.Errorf("local address %s: an IPv6 underlay takes a global unicast address, and VXLAN mode", n.LocalAddr)
 	}
+	underlay6 := n.underlay6()
 	if n.LANAddr.IsValid() && !n.LANAddr.Is4() {
 		return fmt.Errorf("LAN address %s is not IPv4", n.LANAddr)
 	}
@@ -65,8 +68,8 @@ func (n *Desired) validate() error {
 		return err
 	}
 	for _, c := range n.LocalCIDRs {
-		if !c.IsValid() || !c.Addr().Is4() {
-			return fmt.Errorf("local CIDR %s is not an IPv4 prefix", c)
+		if !c.IsValid() || c.Addr().Is4In6() || c.Addr().Zone() != "" {
+			return fmt.Errorf("local CIDR %s is not an IPv4 or IPv6 prefix", c)
 		}
 	}
 	// One map per kind, keyed by small values (IPv4 addresses as
@@ -74,6 +77,7 @@ func (n *Desired) validate() error {
 	// update, with thousands of keys at scale. Peers are sorted by name,
 	// so a repeated name is the previous one.
 	cidrs := make(map[uint64]string, 2*len(n.Peers))
+	cidrs6 := make(map[netip.Prefix]string)
 	macs := make(map[[6]byte]string, len(n.Peers))
 	hops := make(map[uint32]string, len(n.Peers))
 	lls := make(map[netip.Addr]string)
@@ -89,13 +93,23 @@ func (n *Desired) validate() error {
 		if i > 0 && n.Peers[i-1].Name == p.Name {
 			return dup(p.Name, p.Name, "name", p.Name)
 		}
-		if !p.Underlay.Addr().Is4() {
-			return fmt.Errorf("peer %q: underlay address %s is not IPv4", p.Name, p.Underlay.Addr())
+		if a := p.Underlay.Addr(); a.Is6() != underlay6 || a.Is4In6() || a.Zone() != "" {
+			return fmt.Errorf("peer %q: underlay address %s is not of this edge's underlay family (%s)", p.Name, a, n.underlayFamily())
 		}
+		has4, has6 := false, false
 		for _, c := range p.CIDRs {
-			if !c.IsValid() || !c.Addr().Is4() {
-				return fmt.Errorf("peer %q: CIDR %s is not an IPv4 prefix", p.Name, c)
+			if !c.IsValid() || c.Addr().Is4In6() || c.Addr().Zone() != "" {
+				return fmt.Errorf("peer %q: CIDR %s is not an IPv4 or IPv6 prefix", p.Name, c)
 			}
+			if c.Addr().Is6() {
+				has6 = true
+				if other, ok := cidrs6[c]; ok {
+					return dup(other, p.Name, "CIDR", c)
+				}
+				cidrs6[c] = p.Name
+				continue
+			}
+			has4 = true
 			key := uint64(v4(c.Addr()))<<8 | uint64(c.Bits())
 			if other, ok := cidrs[key]; ok {
 				return dup(other, p.Name, "CIDR", c)
@@ -115,7 +129,7 @@ func (n *Desired) validate() error {
 			}
 			macs[[6]byte(p.MAC)] = p.Name
 			switch {
-			case !p.NextHop.IsValid() && len(p.CIDRs) == 0: // a plain peer: FDB entry only
+			case !p.NextHop.IsValid() && !has4: // a plain peer, or IPv6 CIDRs only
 			case !p.NextHop.Is4():
 				return fmt.Errorf("peer %q: next hop %s is not IPv4", p.Name, p.NextHop)
 			default:
@@ -132,6 +146,8 @@ func (n *Desired) validate() error {
 					return dup(other, p.Name, "link-local address", p.LinkLocal)
 				}
 				lls[p.LinkLocal] = p.Name
+			} else if has6 {
+				return fmt.Errorf("peer %q: IPv6 CIDRs need a link-local address (their next hop on the tunnel)", p.Name)
 			}
 			if p.Encrypted() {
 				if err := n.validateEncrypted(p); err != nil {

@@ -34,6 +34,15 @@ type VPC struct {
 	// Extra optionally puts a second network behind the edge (the k8s pod
 	// range case) with one host in it.
 	Extra *Extra
+	// CIDR6, EdgeAddr6 and HostAddr6 optionally give the VPC an IPv6 block
+	// (dual stack, the plain shape only): the edge's LAN interface and the
+	// host hold the addresses beside their IPv4 ones, and the host routes
+	// the other VPCs' IPv6 blocks via the edge.
+	CIDR6                netip.Prefix
+	EdgeAddr6, HostAddr6 netip.Addr
+	// IPv6Underlay gives the edge an IPv6 public address too (Site.Public6;
+	// the plain shape only), beside its IPv4 one.
+	IPv6Underlay bool
 }
 
 // Extra is a further network behind an edge, on its own veth.
@@ -53,6 +62,22 @@ func Walkthrough() []VPC {
 		{Name: "vpc3", CIDR: netip.MustParsePrefix("172.20.0.0/16"),
 			EdgeAddr: netip.MustParseAddr("172.20.0.9"), HostAddr: netip.MustParseAddr("172.20.0.13")},
 	}
+}
+
+// DualStack returns the walkthrough's VPCs, each with an IPv6 block of
+// the documentation range (2001:db8:18::/48 for 172.18.0.0/16, and so on)
+// whose edge and host addresses end like their IPv4 ones.
+func DualStack() []VPC {
+	vpcs := Walkthrough()
+	for i, six := range []struct{ cidr, edge, host string }{
+		{"2001:db8:18::/48", "2001:db8:18::245", "2001:db8:18::247"},
+		{"2001:db8:31::/48", "2001:db8:31::158", "2001:db8:31::159"},
+		{"2001:db8:20::/48", "2001:db8:20::9", "2001:db8:20::13"},
+	} {
+		vpcs[i].CIDR6 = netip.MustParsePrefix(six.cidr)
+		vpcs[i].EdgeAddr6, vpcs[i].HostAddr6 = netip.MustParseAddr(six.edge), netip.MustParseAddr(six.host)
+	}
+	return vpcs
 }
 
 // Topology is an "internet" router namespace plus one Site per VPC, all
@@ -80,6 +105,9 @@ type Site struct {
 	// EdgeIf is the edge's underlay interface: EdgeWAN, or in the cloud
 	// shape its only NIC (HostIf), which is its LAN interface too.
 	EdgeIf string
+	// Public6, with IPv6Underlay, is the edge's IPv6 public address with its
+	// /64, 2001:db8:ffNN::10/64 for site NN (hex), the router being ::1.
+	Public6 netip.Prefix
 	// Public is the edge's public address with its /24, e.g.
 	// 198.51.100.10/24: an address of the edge itself, or in the cloud
 	// shape its EIP, held by the VPC router and mapped 1:1 onto EdgeAddr.
@@ -104,12 +132,21 @@ type Site struct {
 // other edges reach it at.
 func (s *Site) Underlay() netip.Addr { return s.Public.Addr() }
 
-// CIDRs returns every network behind the site's edge, primary first.
+// Underlay6 returns the edge's IPv6 public address (invalid without
+// IPv6Underlay).
+func (s *Site) Underlay6() netip.Addr { return s.Public6.Addr() }
+
+// CIDRs returns every network behind the site's edge, primary first and
+// the IPv6 block, if any, last.
 func (s *Site) CIDRs() []netip.Prefix {
+	out := []netip.Prefix{s.CIDR}
 	if s.Extra != nil {
-		return []netip.Prefix{s.CIDR, s.Extra.CIDR}
+		out = append(out, s.Extra.CIDR)
 	}
-	return []netip.Prefix{s.CIDR}
+	if s.CIDR6.IsValid() {
+		out = append(out, s.CIDR6)
+	}
+	return out
 }
 
 // underlayNet returns the /24 of site i: the three TEST-NETs first, then
@@ -178,6 +215,12 @@ func (t *Topology) AddVPC(v VPC) (*Site, error) {
 	}
 	if v.Extra != nil && (!v.Extra.CIDR.Contains(v.Extra.EdgeAddr) || !v.Extra.CIDR.Contains(v.Extra.HostAddr)) {
 		return nil, fmt.Errorf("topo: bad extra network %+v", *v.Extra)
+	}
+	if v.IPv6Underlay && t.cloud {
+		return nil, fmt.Errorf("topo: an IPv6 underlay in the plain shape only")
+	}
+	if v.CIDR6.IsValid() && (t.cloud || !v.CIDR6.Addr().Is6() || !v.CIDR6.Contains(v.EdgeAddr6) || !v.CIDR6.Contains(v.HostAddr6)) {
+		return nil, fmt.Errorf("topo: bad IPv6 block %s (edge %s, host %s; the plain shape only)", v.CIDR6, v.EdgeAddr6, v.HostAddr6)
 	}
 	t.mu.Lock()
 	idx := len(t.sites)
@@ -257,13 +300,47 @@ func (t *Topology) wirePlain(s *Site) error {
 	if _, err := n.Exec(s.Edge, "ip", "route", "add", "default", "via", s.Gateway.String()); err != nil {
 		return err
 	}
-	return n.Veth(End{NS: s.Edge, Name: EdgeLAN, Addr: netip.PrefixFrom(s.EdgeAddr, s.CIDR.Bits())},
-		End{NS: s.Host, Name: HostIf, Addr: netip.PrefixFrom(s.HostAddr, s.CIDR.Bits())})
+	if s.IPv6Underlay {
+		net6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0xff, byte(s.Index)}), 64)
+		gw6 := net6.Addr().As16()
+		pub6 := gw6
+		gw6[15], pub6[15] = 1, 0x10
+		s.Public6 = netip.PrefixFrom(netip.AddrFrom16(pub6), 64)
+		for _, cmd := range []struct {
+			ns   string
+			args []string
+		}{
+			{t.Router, []string{"ip", "-6", "addr", "add", netip.PrefixFrom(netip.AddrFrom16(gw6), 64).String(), "dev", s.RouterIf, "nodad"}},
+			{s.Edge, []string{"ip", "-6", "addr", "add", s.Public6.String(), "dev", EdgeWAN, "nodad"}},
+			{s.Edge, []string{"ip", "-6", "route", "add", "default", "via", netip.AddrFrom16(gw6).String()}},
+		} {
+			if _, err := n.Exec(cmd.ns, cmd.args...); err != nil {
+				return err
+			}
+		}
+	}
+	if err := n.Veth(End{NS: s.Edge, Name: EdgeLAN, Addr: netip.PrefixFrom(s.EdgeAddr, s.CIDR.Bits())},
+		End{NS: s.Host, Name: HostIf, Addr: netip.PrefixFrom(s.HostAddr, s.CIDR.Bits())}); err != nil {
+		return err
+	}
+	if !s.CIDR6.IsValid() {
+		return nil
+	}
+	// No duplicate address detection: the addresses work at once.
+	for _, a := range []struct {
+		ns, dev string
+		addr    netip.Addr
+	}{{s.Edge, EdgeLAN, s.EdgeAddr6}, {s.Host, HostIf, s.HostAddr6}} {
+		if _, err := n.Exec(a.ns, "ip", "-6", "addr", "add", netip.PrefixFrom(a.addr, s.CIDR6.Bits()).String(), "dev", a.dev, "nodad"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// forwarding turns on IPv4 forwarding in namespace ns.
+// forwarding turns on IPv4 and IPv6 forwarding in namespace ns.
 func forwarding(n *Net, ns string) error {
-	_, err := n.Exec(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	_, err := n.Exec(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	return err
 }
 
@@ -274,7 +351,13 @@ func (t *Topology) routeVia(host, dst *Site) error {
 		return nil
 	}
 	for _, c := range dst.CIDRs() {
-		if _, err := t.Net.Exec(host.RouteTable, "ip", "route", "replace", c.String(), "via", host.EdgeAddr.String()); err != nil {
+		via := host.EdgeAddr
+		if c.Addr().Is6() {
+			if via = host.EdgeAddr6; !via.IsValid() {
+				continue // a VPC without IPv6
+			}
+		}
+		if _, err := t.Net.Exec(host.RouteTable, "ip", "route", "replace", c.String(), "via", via.String()); err != nil {
 			return err
 		}
 	}

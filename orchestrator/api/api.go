@@ -192,11 +192,14 @@ type TopologyEdge struct {
 // Link states. State combines both views of a link: "up" when both ends
 // run the current configuration and no probe fails, "pending" while an end
 // has not applied the current revision, "down" when an end is offline or
-// the probes through the tunnel fail although both ends applied it.
+// the probes through the tunnel fail although both ends applied it, and
+// "incompatible" when the ends' underlays are of different families (one
+// hostaddr IPv4, the other IPv6): they cannot build a tunnel at all.
 const (
-	LinkUp      = "up"
-	LinkPending = "pending"
-	LinkDown    = "down"
+	LinkUp           = "up"
+	LinkPending      = "pending"
+	LinkDown         = "down"
+	LinkIncompatible = "incompatible"
 )
 
 // Configuration states of a link (Link.Config).
@@ -204,6 +207,7 @@ const (
 	ConfigApplied = "applied" // both ends online and at the current revision
 	ConfigPending = "pending" // both online, one lags
 	ConfigOffline = "offline" // an end's agent is not heartbeating
+	ConfigNone    = "none"    // no tunnel to configure: the underlays are of different families
 )
 
 // Probe states of a link (Link.Probe), from the ends' tunnel probes.

@@ -7,7 +7,7 @@ import (
 )
 
 // Graphviz colours of link states.
-var dotColor = map[string]string{LinkUp: "forestgreen", LinkPending: "orange", LinkDown: "red3"}
+var dotColor = map[string]string{LinkUp: "forestgreen", LinkPending: "orange", LinkDown: "red3", LinkIncompatible: "gray60"}
 
 // WriteDOT writes t as a Graphviz graph (`cframectl topology -o dot | dot
 // -Tsvg`): one node per edge, labelled with its networks and applied

@@ -381,8 +381,8 @@ func (e Edge) check(path string) error {
 		return fail("%v", err)
 	}
 	if e.LocalAddr != "" {
-		if a, err := netip.ParseAddr(e.LocalAddr); err != nil || !a.Is4() {
-			return fail("local_addr %q is not an IPv4 address", e.LocalAddr)
+		if a, err := netip.ParseAddr(e.LocalAddr); err != nil || a.Zone() != "" || a.Is4In6() || a.Is6() && !a.IsGlobalUnicast() {
+			return fail("local_addr %q is not an IPv4 or global IPv6 address", e.LocalAddr)
 		}
 	}
 	if e.StateDir == "" {

@@ -2,11 +2,13 @@ package controller
 
 import (
 	"fmt"
+	"iter"
 	"strings"
 	"time"
 
 	"github.com/cframe/cframe/bus"
 	"github.com/cframe/cframe/orchestrator/api"
+	"github.com/cframe/cframe/orchestrator/mesh"
 )
 
 // Link health: a link's state is what its ends' configuration AND their
@@ -37,6 +39,7 @@ func probesOf(st bus.Status) map[string]peerProbe {
 // linkEnd is what the controller knows about one end of a link.
 type linkEnd struct {
 	name string
+	edge bus.Edge
 	st   *edgeStatus // nil before the first heartbeat
 }
 
@@ -101,6 +104,9 @@ func encryptionOf(a, b linkEnd) (enc, why string, stale bool) {
 // when both ends applied the revision, and passing probes keep it up while
 // an end's agent is offline (a dead agent leaves the kernel forwarding).
 func linkOf(a, b linkEnd, rev uint64, revAt time.Time) api.Link {
+	if !mesh.ShareUnderlay(a.edge, b.edge) {
+		return incompatibleLink(a.edge, b.edge)
+	}
 	l := api.Link{A: a.name, B: b.name, Probe: api.ProbeUnknown}
 	var rtts []time.Duration
 	var upSince time.Time
@@ -175,22 +181,27 @@ func linkOf(a, b linkEnd, rev uint64, revAt time.Time) api.Link {
 }
 
 // linkCounts counts the links between ends by state without building
-// them: O(ends + probe reports), not O(ends²), so that a scrape of a
+// them: O(ends + per-peer reports), not O(ends²), so that a scrape of a
 // controller with thousands of edges stays cheap. A link neither end
-// reports probes for has the state of its ends' classes (offline, current,
-// behind), which linkOf decides once per pair of classes; the links some
-// end reports probes for are computed one by one.
+// reports on per peer (probes, or a link state such as "no path: ...")
+// has the state of its ends' classes (offline, current, behind; by
+// underlay family), which linkOf decides once per pair of classes; the
+// links some end reports on are computed one by one.
 func linkCounts(ends []linkEnd, rev uint64) map[string]int {
 	counts := map[string]int{api.LinkUp: 0, api.LinkPending: 0, api.LinkDown: 0}
-	const classes = 3
+	const classes = 6
 	classOf := func(e linkEnd) int {
+		c := 2
 		switch {
 		case !e.online():
-			return 0
+			c = 0
 		case e.current(rev):
-			return 1
+			c = 1
 		}
-		return 2
+		if e.edge.HostAddr.Addr().Is6() {
+			c += 3
+		}
+		return c
 	}
 	// A representative of each class, stripped of its probes.
 	var reps [classes]*linkEnd
@@ -201,10 +212,10 @@ func linkCounts(ends []linkEnd, rev uint64) map[string]int {
 		c := classOf(e)
 		n[c]++
 		if reps[c] == nil {
-			r := linkEnd{name: e.name}
+			r := linkEnd{name: e.name, edge: e.edge}
 			if e.st != nil {
 				st := *e.st
-				st.probes = nil
+				st.probes, st.last.Links = nil, nil
 				r.st = &st
 			}
 			reps[c] = &r
@@ -229,7 +240,7 @@ func linkCounts(ends []linkEnd, rev uint64) map[string]int {
 		if a.st == nil {
 			continue
 		}
-		for peer := range a.st.probes {
+		for peer := range peersReported(a.st) {
 			j, ok := index[peer]
 			if !ok || j == i {
 				continue
@@ -245,4 +256,29 @@ func linkCounts(ends []linkEnd, rev uint64) map[string]int {
 		}
 	}
 	return counts
+}
+
+// peersReported are the peers an end reports on one by one: probes and
+// link states.
+func peersReported(st *edgeStatus) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for peer := range st.probes {
+			if !yield(peer) {
+				return
+			}
+		}
+		for peer := range st.last.Links {
+			if _, ok := st.probes[peer]; !ok && !yield(peer) {
+				return
+			}
+		}
+	}
+}
+
+// incompatibleLink is the link between two edges whose underlays are of
+// different families: there is no tunnel between them to configure or
+// probe (mesh.ShareUnderlay).
+func incompatibleLink(a, b bus.Edge) api.Link {
+	return api.Link{A: a.Name, B: b.Name, State: api.LinkIncompatible, Config: api.ConfigNone, Probe: api.ProbeUnknown,
+		Reason: fmt.Sprintf("no common underlay: %s's hostaddr is %s, %s's is %s", a.Name, mesh.UnderlayFamily(a), b.Name, mesh.UnderlayFamily(b))}
 }

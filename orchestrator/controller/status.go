@@ -304,10 +304,10 @@ func (c *Controller) topology() (api.Topology, []linkEnd, time.Time) {
 	for i, e := range edges {
 		te := api.TopologyEdge{
 			Name: e.Name, HostAddr: e.HostAddr.String(), CIDRs: prefixStrings(e.Prefixes()),
-			VTEPMAC: mesh.VTEPMAC(e.Name).String(), NextHop: mesh.NextHop(e).String(), State: api.StateOffline,
+			VTEPMAC: mesh.VTEPMAC(e.Name).String(), NextHop: nextHop(e), State: api.StateOffline,
 			Site: e.Site, Role: roles[e.Name],
 		}
-		ends[i].name = e.Name
+		ends[i].name, ends[i].edge = e.Name, e
 		if s, ok := c.status.get(e.Name); ok {
 			ends[i].st = &s
 			te.AppliedRevision, te.LastError, te.Conflicts = s.last.AppliedRevision, s.last.Error, s.last.Conflicts
@@ -344,4 +344,14 @@ func (c *Controller) topologySite(s *mesh.Site) api.TopologySite {
 		}
 	}
 	return ts
+}
+
+// nextHop is the next hop the peers route e's networks through, as the
+// topology shows it: the IPv4 one, or for an edge with IPv6 CIDRs only its
+// link-local address on the tunnel.
+func nextHop(e bus.Edge) string {
+	if h := mesh.NextHop(e); h.IsValid() {
+		return h.String()
+	}
+	return mesh.LinkLocal(e.Name).String()
 }

@@ -60,10 +60,17 @@ var reserved = []struct {
 	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
 	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
 	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
+	{netip.MustParsePrefix("::1/128"), "IPv6 loopback"},
+	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped IPv6"},
+	{netip.MustParsePrefix("fe80::/10"), "IPv6 link-local"},
+	{netip.MustParsePrefix("ff00::/8"), "IPv6 multicast"},
 }
 
 // Validate turns a Spec into an Edge, or explains in one sentence what is
-// wrong with it.
+// wrong with it. The CIDRs may be IPv4 and IPv6, mixed in any order (a
+// dual-stack VPC is its IPv4 CIDR plus its IPv6 block); overlaps are
+// checked within each family (networks of different families never
+// overlap).
 func Validate(s Spec) (bus.Edge, error) {
 	if err := bus.CheckName(s.Name); err != nil {
 		return bus.Edge{}, &InvalidError{err.Error()}
@@ -120,8 +127,8 @@ func parseHostAddr(raw string) (netip.AddrPort, error) {
 	}
 	a := ap.Addr().Unmap()
 	switch {
-	case !a.Is4():
-		return ap, invalid("hostaddr %q: only IPv4 underlay addresses are supported", raw)
+	case a.Zone() != "" || a.Is6() && a.IsLinkLocalUnicast():
+		return ap, invalid("hostaddr %q: an IPv6 link-local address reaches no other network: use the edge's global IPv6 address", raw)
 	case ap.Port() == 0:
 		return ap, invalid("hostaddr %q: port 0 is not a tunnel port", raw)
 	case a.IsUnspecified(), a.IsLoopback(), a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
@@ -134,9 +141,6 @@ func parseCIDR(raw string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(raw)
 	if err != nil {
 		return p, invalid("cidr %q is not a network in CIDR notation (like \"172.18.0.0/16\")", raw)
-	}
-	if !p.Addr().Is4() {
-		return p, invalid("cidr %q: only IPv4 networks are supported", raw)
 	}
 	if p.Bits() == 0 {
 		return p, invalid("cidr %q would route everything through the mesh", raw)

@@ -33,7 +33,15 @@ func TestValidate(t *testing.T) {
 		{"hostaddr hostname", with(func(s *Spec) { s.HostAddr = "edge.example.com:58423" }), "not IP:port"},
 		{"hostaddr bad port", with(func(s *Spec) { s.HostAddr = "198.51.100.10:70000" }), "not IP:port"},
 		{"hostaddr port zero", with(func(s *Spec) { s.HostAddr = "198.51.100.10:0" }), "port 0"},
-		{"hostaddr ipv6", with(func(s *Spec) { s.HostAddr = "[2001:db8::1]:58423" }), "IPv4"},
+		{"hostaddr ipv6", with(func(s *Spec) { s.HostAddr = "[2001:db8::1]:58423" }), ""},
+		{"hostaddr ipv6 link-local", with(func(s *Spec) { s.HostAddr = "[fe80::1]:58423" }), "link-local"},
+		{"hostaddr ipv6 zone", with(func(s *Spec) { s.HostAddr = "[fe80::1%eth0]:58423" }), "link-local"},
+		{"hostaddr ipv6 loopback", with(func(s *Spec) { s.HostAddr = "[::1]:58423" }), "not a unicast"},
+		{"hostaddr ipv6 multicast", with(func(s *Spec) { s.HostAddr = "[ff02::1]:58423" }), "not a unicast"},
+		{"hostaddr ipv6 without brackets", with(func(s *Spec) { s.HostAddr = "2001:db8::1:58423" }), "not IP:port"},
+		{"hostaddr inside own ipv6 cidr", with(func(s *Spec) {
+			s.HostAddr, s.ExtraCIDRs = "[2001:db8:18::10]:58423", []string{"2001:db8:18::/48"}
+		}), "inside the edge's own cidr"},
 		{"hostaddr unspecified", with(func(s *Spec) { s.HostAddr = "0.0.0.0:58423" }), "not a unicast"},
 		{"hostaddr loopback", with(func(s *Spec) { s.HostAddr = "127.0.0.1:58423" }), "not a unicast"},
 		{"hostaddr multicast", with(func(s *Spec) { s.HostAddr = "239.1.1.1:58423" }), "not a unicast"},
@@ -42,7 +50,15 @@ func TestValidate(t *testing.T) {
 		{"cidr garbage", with(func(s *Spec) { s.CIDR = "172.18.0.0" }), "not a network in CIDR notation"},
 		{"cidr bad length", with(func(s *Spec) { s.CIDR = "172.18.0.0/33" }), "not a network in CIDR notation"},
 		{"cidr host bits", with(func(s *Spec) { s.CIDR = "172.18.171.245/16" }), "did you mean 172.18.0.0/16"},
-		{"cidr ipv6", with(func(s *Spec) { s.CIDR = "fd00::/64" }), "IPv4"},
+		{"cidr ipv6", with(func(s *Spec) { s.CIDR = "fd00::/64" }), ""},
+		{"dual stack", with(func(s *Spec) { s.ExtraCIDRs = []string{"2001:db8:18::/48", "10.244.0.0/16"} }), ""},
+		{"ipv6 host bits", with(func(s *Spec) { s.ExtraCIDRs = []string{"2001:db8:18::1/48"} }), "did you mean 2001:db8:18::/48"},
+		{"ipv6 default", with(func(s *Spec) { s.ExtraCIDRs = []string{"::/0"} }), "everything"},
+		{"ipv6 link-local", with(func(s *Spec) { s.ExtraCIDRs = []string{"fe80::/64"} }), "IPv6 link-local"},
+		{"ipv6 multicast", with(func(s *Spec) { s.ExtraCIDRs = []string{"ff02::/16"} }), "IPv6 multicast"},
+		{"ipv6 loopback", with(func(s *Spec) { s.ExtraCIDRs = []string{"::1/128"} }), "IPv6 loopback"},
+		{"ipv4-mapped", with(func(s *Spec) { s.ExtraCIDRs = []string{"::ffff:10.0.0.0/104"} }), "IPv4-mapped"},
+		{"ipv6 overlaps own", with(func(s *Spec) { s.ExtraCIDRs = []string{"2001:db8:18::/48", "2001:db8:18:5::/64"} }), "overlaps 2001:db8:18::/48 of the same edge"},
 		{"cidr default", with(func(s *Spec) { s.CIDR = "0.0.0.0/0" }), "everything"},
 		{"cidr loopback", with(func(s *Spec) { s.CIDR = "127.0.0.0/8" }), "loopback"},
 		{"cidr covering loopback", with(func(s *Spec) { s.CIDR = "64.0.0.0/2" }), "loopback"},
@@ -94,7 +110,7 @@ func TestCheckConflicts(t *testing.T) {
 	set := map[string]bus.Edge{}
 	for _, e := range []bus.Edge{
 		mustEdge(t, "sz-1", "198.51.100.10:58423", "172.18.0.0/16"),
-		mustEdge(t, "hk-1", "203.0.113.10:58423", "172.31.0.0/16", "10.244.0.0/16"),
+		mustEdge(t, "hk-1", "203.0.113.10:58423", "172.31.0.0/16", "10.244.0.0/16", "2001:db8:31::/48"),
 	} {
 		set[e.Name] = e
 	}
@@ -120,6 +136,12 @@ func TestCheckConflicts(t *testing.T) {
 		{"hostaddr taken", mustEdge(t, "gz-3", "198.51.100.10:58423", "172.20.0.0/16"),
 			[]string{"hostaddr 198.51.100.10:58423 of edge gz-3 is already used by edge sz-1"}},
 		{"same ip other port is fine", mustEdge(t, "gz-3", "198.51.100.10:58424", "172.20.0.0/16"), nil},
+		{"dual stack, disjoint in both families", mustEdge(t, "gz-3", "192.0.2.10:58423", "172.20.0.0/16", "2001:db8:20::/48"), nil},
+		{"ipv6 only, disjoint", mustEdge(t, "gz-3", "192.0.2.10:58423", "2001:db8:20::/48"), nil},
+		{"ipv6 overlap", mustEdge(t, "gz-3", "192.0.2.10:58423", "172.20.0.0/16", "2001:db8:31:7::/64"),
+			[]string{"cidr 2001:db8:31:7::/64 of edge gz-3 overlaps cidr 2001:db8:31::/48 of edge hk-1"}},
+		{"ipv6 covering", mustEdge(t, "gz-3", "192.0.2.10:58423", "2001:db8::/32"),
+			[]string{"cidr 2001:db8::/32 of edge gz-3 overlaps cidr 2001:db8:31::/48 of edge hk-1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -28,10 +28,20 @@ func VTEPMAC(name string) net.HardwareAddr {
 	return net.HardwareAddr{0x02, h[0], h[1], h[2], h[3], h[4]}
 }
 
-// NextHop is the on-link gateway peers route an edge's networks through: the
-// network address of its primary CIDR, the shape flannel's VXLAN backend
-// uses. It is unique because CIDRs never overlap.
-func NextHop(e bus.Edge) netip.Addr { return e.CIDR.Addr() }
+// NextHop is the on-link gateway peers route an edge's IPv4 networks
+// through: the network address of its first IPv4 CIDR (the primary one in
+// the walkthrough), the shape flannel's VXLAN backend uses. It is unique
+// because CIDRs never overlap. An edge with IPv6 CIDRs only has none: its
+// IPv6 networks are routed via its link-local address on the tunnel
+// (LinkLocal; see netcfg's route6.go).
+func NextHop(e bus.Edge) netip.Addr {
+	for _, p := range e.Prefixes() {
+		if p.Addr().Is4() {
+			return p.Addr()
+		}
+	}
+	return netip.Addr{}
+}
 
 // Local is what an edge knows about itself from its own config.
 type Local struct {
@@ -65,6 +75,8 @@ type Local struct {
 // gateways, are reachable through the tunnel (for probes and HA messages)
 // and nothing is routed to them. A new active gateway is therefore one
 // neighbor entry's change. The VIP is the agent's to set (package ha).
+// Edges of the other underlay family are no peers at all (underlay.go);
+// on an IPv6 underlay the local address defaults to the edge's hostaddr.
 func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (netcfg.Desired, bool) {
 	d := netcfg.Desired{
 		Mode:       l.Mode,
@@ -85,6 +97,11 @@ func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (net
 	if vxlan {
 		d.LinkLocal = LinkLocal(l.Name)
 	}
+	if !d.LocalAddr.IsValid() && self.HostAddr.Addr().Is6() {
+		// An IPv6 underlay: its device needs the local address (the
+		// hostaddr, unless edge.toml's local_addr says otherwise).
+		d.LocalAddr = self.HostAddr.Addr()
+	}
 	d.LocalCIDRs = self.Prefixes()
 	encrypting, why := l.encrypting(self)
 	if encrypting && vxlan {
@@ -93,7 +110,7 @@ func Desired(l Local, set map[string]bus.Edge, claims map[string]bus.Claim) (net
 	for _, s := range Sites(set) {
 		active := s.Active(claims[s.Name]).Name
 		for _, e := range s.Gateways {
-			if e.Name == l.Name {
+			if e.Name == l.Name || !ShareUnderlay(self, e) {
 				continue
 			}
 			p := netcfg.Peer{Name: e.Name, Underlay: e.HostAddr, MAC: VTEPMAC(e.Name)}

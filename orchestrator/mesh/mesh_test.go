@@ -159,3 +159,50 @@ func TestLinkLocal(t *testing.T) {
 		t.Fatalf("LinkLocal(sz-1) = %s, want the EUI-64 of %s: %s", a, m, want)
 	}
 }
+
+// TestDesiredDualStack: IPv6 CIDRs in any position; the IPv4 next hop is
+// the first IPv4 CIDR's network address, and an edge with IPv6 CIDRs only
+// has none (its networks are routed via its link-local address).
+func TestDesiredDualStack(t *testing.T) {
+	set := map[string]bus.Edge{
+		"sz-1": edge("sz-1", "198.51.100.10:58423", "172.18.0.0/16", "2001:db8:18::/48"),
+		"hk-1": edge("hk-1", "203.0.113.10:58423", "2001:db8:31::/48", "172.31.0.0/16"),
+		"v6-1": edge("v6-1", "192.0.2.20:58423", "2001:db8:99::/48"),
+	}
+	d, ok := Desired(Local{Name: "sz-1", Mode: netcfg.ModeVXLAN}, set, nil)
+	if !ok || len(d.Peers) != 2 {
+		t.Fatalf("Desired = %+v, %v", d, ok)
+	}
+	if hk := d.Peers[0]; hk.NextHop != netip.MustParseAddr("172.31.0.0") || hk.LinkLocal != LinkLocal("hk-1") || len(hk.CIDRs) != 2 {
+		t.Errorf("hk-1 peer = %+v, want next hop 172.31.0.0 (its IPv4 CIDR's) and both CIDRs", hk)
+	}
+	if v6 := d.Peers[1]; v6.NextHop.IsValid() || v6.LinkLocal != LinkLocal("v6-1") || len(v6.CIDRs) != 1 {
+		t.Errorf("v6-1 peer = %+v, want no IPv4 next hop, its link-local address and its CIDR", v6)
+	}
+}
+
+// TestDesiredUnderlayFamilies: an edge's peers are the edges of its own
+// underlay family; an IPv6 underlay's local address defaults to the
+// hostaddr, and edge.toml's local_addr wins.
+func TestDesiredUnderlayFamilies(t *testing.T) {
+	set := map[string]bus.Edge{
+		"sz-1": edge("sz-1", "198.51.100.10:58423", "172.18.0.0/16", "2001:db8:18::/48"),
+		"hk-1": edge("hk-1", "[2001:db8:ff01::10]:58423", "172.31.0.0/16", "2001:db8:31::/48"),
+		"gz-3": edge("gz-3", "[2001:db8:ff02::10]:58423", "172.20.0.0/16"),
+	}
+	if !ShareUnderlay(set["hk-1"], set["gz-3"]) || ShareUnderlay(set["sz-1"], set["hk-1"]) {
+		t.Error("ShareUnderlay wrong")
+	}
+	d, _ := Desired(Local{Name: "sz-1", Mode: netcfg.ModeVXLAN}, set, nil)
+	if len(d.Peers) != 0 || d.LocalAddr.IsValid() {
+		t.Errorf("IPv4-underlay sz-1: peers %+v, local %s; want none and the kernel's choice", d.Peers, d.LocalAddr)
+	}
+	d, _ = Desired(Local{Name: "hk-1", Mode: netcfg.ModeVXLAN}, set, nil)
+	if len(d.Peers) != 1 || d.Peers[0].Name != "gz-3" || d.LocalAddr != netip.MustParseAddr("2001:db8:ff01::10") {
+		t.Errorf("IPv6-underlay hk-1: peers %+v, local %s; want gz-3 and its hostaddr", d.Peers, d.LocalAddr)
+	}
+	d, _ = Desired(Local{Name: "hk-1", Mode: netcfg.ModeVXLAN, LocalAddr: netip.MustParseAddr("2001:db8:aa::1")}, set, nil)
+	if d.LocalAddr != netip.MustParseAddr("2001:db8:aa::1") {
+		t.Errorf("local_addr not kept: %s", d.LocalAddr)
+	}
+}

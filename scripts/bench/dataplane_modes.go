@@ -68,7 +68,9 @@ func dataPlaneModes() []*dpMode {
 		{name: "kernel-vxlan", prepare: prepareKernelVXLAN, up: upKernelVXLAN("")},
 		{name: kernelVXLANFast, prepare: prepareKernelVXLANFast, up: upKernelVXLAN(kernelVXLANFast)},
 		{name: kernelVXLANCsum, prepare: prepareKernelVXLANCsum, up: upKernelVXLAN(kernelVXLANCsum)},
-		{name: "cframe", prepare: prepareCframe, up: upCframe},
+		{name: "cframe", prepare: prepareCframe, up: upCframe(false)},
+		{name: kernelVXLAN6Csum, prepare: prepareKernelVXLAN6Csum, up: upKernelVXLAN6},
+		{name: cframeUnderlay6, prepare: prepareCframe6, up: upCframe(true)},
 		{name: "wireguard-go", userspace: true, prepare: wg.prepare, up: wg.up},
 		{name: "nebula", userspace: true, prepare: neb.prepare, up: neb.up},
 		{name: "openvpn", userspace: true, prepare: ovpn.prepare, up: ovpn.up},
@@ -214,9 +216,15 @@ func upKernelVXLAN(setting string) func(b *bed) (func() error, error) {
 	}
 }
 
-// upCframe runs the real controller and two cframe-edge agents, adds both
-// edges through the API, and tears down with cframe-edge cleanup.
-func upCframe(b *bed) (func() error, error) {
+// upCframe returns the start of the cframe modes: it runs the real
+// controller and two cframe-edge agents, adds both edges through the API
+// (with v6, by their IPv6 public addresses: the IPv6 underlay), and tears
+// down with cframe-edge cleanup.
+func upCframe(v6 bool) func(b *bed) (func() error, error) {
+	return func(b *bed) (func() error, error) { return startCframe(b, v6) }
+}
+
+func startCframe(b *bed, v6 bool) (func() error, error) {
 	c, err := cluster.Start(b.t, b.a, cluster.Options{Bin: b.o.Bin, Dir: filepath.Join(b.dir, fmt.Sprintf("cframe-%d", b.runs))})
 	if err != nil {
 		return nil, err
@@ -246,7 +254,11 @@ func upCframe(b *bed) (func() error, error) {
 			err = e.Start()
 		}
 		if err == nil {
-			_, err = e.Add(ctx)
+			spec := e.Spec()
+			if v6 {
+				spec.HostAddr = netip.AddrPortFrom(s.Underlay6(), cluster.TunnelPort).String()
+			}
+			_, err = c.API.Add(ctx, spec)
 		}
 		if err != nil {
 			return nil, errors.Join(err, down())

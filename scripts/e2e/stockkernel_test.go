@@ -9,9 +9,10 @@ import (
 // TestVMStockKernel runs, on Debian's stock kernel (internal/vm) with the
 // binaries built here: the walkthrough's convergence, traffic, drift
 // repair and cleanup in both shapes (the cloud shape with the checksum
-// setting the agents chose by default) (under TCG the rest of their
-// subtests, which the host runs, would take minutes more), and the GRE
-// walkthrough whole.
+// setting the agents chose by default; under TCG the rest of their
+// subtests, which the host runs, would take minutes more), the GRE
+// walkthrough whole, and the dual-stack walkthrough's convergence in both
+// families and drift repair.
 func TestVMStockKernel(t *testing.T) {
 	if bin == "" {
 		t.Skip("needs root")
@@ -19,7 +20,7 @@ func TestVMStockKernel(t *testing.T) {
 	vm.GoTest(t, ".", stockKernelRun, vm.Options{Env: []string{binEnv + "=" + bin}, Share: []string{bin}})
 }
 
-const stockKernelRun = "^(TestWalkthrough|TestCloudWalkthrough|TestGREWalkthrough)$/" +
+const stockKernelRun = "^(TestWalkthrough|TestCloudWalkthrough|TestGREWalkthrough|TestDualStack)$/" +
 	"^(three_adds|drift|SIGTERM|edges_started_first|DF_pings|checksum_setting|bulk_TCP|TCP_and_UDP|a_GRE_device|cleanup_leaves)"
 
 // TestVMEncrypted runs the encrypted walkthrough (TestEncryptedWalkthrough)

@@ -65,7 +65,8 @@ function render(t) {
   for (const l of t.links) count[l.state] = (count[l.state] || 0) + 1;
   const sites = new Set(edges.map(siteOf)).size;
   $("#summary").textContent = "revision " + t.revision + " · " + sites + " site" + (sites === 1 ? "" : "s") + ", " +
-    online + "/" + edges.length + " edges online · links: " + count.up + " up, " + count.pending + " pending, " + count.down + " down";
+    online + "/" + edges.length + " edges online · links: " + count.up + " up, " + count.pending + " pending, " + count.down + " down" +
+    (count.incompatible ? ", " + count.incompatible + " incompatible (no common underlay family)" : "");
   renderEdges(edges, t.revision);
   renderProblems(t.links);
   $("#graph").innerHTML = edges.length <= GRAPH_MAX ? graph(edges, t.links) : matrix(edges, t.links);
@@ -95,7 +96,7 @@ function renderEdges(edges, rev) {
 const GROUP = 3;
 
 function renderProblems(links) {
-  const order = { down: 0, pending: 1 };
+  const order = { down: 0, pending: 1, incompatible: 2 };
   const bad = links.filter((l) => l.state !== "up").sort((x, y) => order[x.state] - order[y.state] || (x.since || "").localeCompare(y.since || ""));
   $("#problem-count").textContent = bad.length ? "(" + bad.length + ")" : "";
   if (!bad.length) {

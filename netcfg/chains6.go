@@ -1,0 +1,119 @@
+package netcfg
+
+import (
+	"fmt"
+	"strings"
+)
+
+// ip6tables chains: the IPv6 counterparts of the iptables chains
+// (chains.go), with the same names, rules and hooks, for the mesh's IPv6
+// CIDRs: FORWARD accepts between the tunnel and the local IPv6 networks,
+// the MSS clamp (IPv6's header is 20 bytes longer than IPv4's, so the MSS
+// is the tunnel MTU minus 60), and under Masquerade the SNAT of the peers'
+// IPv6 networks (setNets6) into the local ones. They exist only while the
+// edge has IPv6 CIDRs of its own (wantsIPv6); an edge without has none of
+// them (and stale ones go). On an edge whose underlay is IPv6 the tunnel
+// port's INPUT filter joins them (underlay6.go).
+//
+// In actual.Chains and in changes an ip6tables table is its name with the
+// table6 prefix ("ip6:filter"), so that the chains of both programs share
+// one map and the planner's chain and hook steps work on either.
+
+// table6 prefixes the name of an ip6tables table.
+const table6 = "ip6:"
+
+// cutTable6 returns an ip6tables table's name without table6, and whether
+// it is one.
+func cutTable6(table string) (string, bool) { return strings.CutPrefix(table, table6) }
+
+// The ip6tables chains cframe owns.
+var (
+	chainForward6 = chain{table6 + "filter", "CFRAME-FORWARD"}
+	chainMSS6     = chain{table6 + "mangle", "CFRAME-MSS"}
+	chainNAT6     = chain{table6 + "nat", "CFRAME-POSTROUTING"}
+)
+
+// hooks6 maps each owned ip6tables chain to the built-in chain that jumps
+// to it.
+var hooks6 = []struct{ own, from chain }{
+	{chainForward6, chain{table6 + "filter", "FORWARD"}},
+	{chainInput6, chain{table6 + "filter", "INPUT"}},
+	{chainMSS6, chain{table6 + "mangle", "FORWARD"}},
+	{chainNAT6, chain{table6 + "nat", "POSTROUTING"}},
+}
+
+// ipv6Overhead is how much longer IPv6's header is than IPv4's: the MSS
+// clamp of IPv6 connections is that much lower.
+const ipv6Overhead = 20
+
+// readChains6 adds the ip6tables chains to chains, with one
+// ip6tables-save. A host without ip6tables has none; a failing
+// ip6tables-save is an error only when the edge has IPv6 CIDRs or an IPv6
+// underlay.
+func (s *session) readChains6(r *reading, chains map[chain][]string) error {
+	if s.k.ipt6 == nil {
+		return nil
+	}
+	out, err := s.execute("", s.k.ipt6.save)
+	switch {
+	case err != nil && (wantsIPv6(r.d) || r.d.underlay6()):
+		return fmt.Errorf("netcfg: %w", err)
+	case err != nil:
+		return nil
+	}
+	for c, rules := range parseSave(string(out), table6) {
+		chains[c] = rules
+	}
+	return nil
+}
+
+// planChains6 makes cframe's ip6tables chains hold exactly the rules for
+// the usable tunnel devices and the local IPv6 networks while the edge has
+// IPv6 CIDRs, and the tunnel port's filter while its underlay is IPv6; the
+// chains not wanted go.
+func (p *planner) planChains6() {
+	overlay, underlay := wantsIPv6(&p.d), p.d.underlay6()
+	if (overlay || underlay) && !p.a.IP6tables {
+		p.conflict("", "ip6tables is not installed: the edge's IPv6 traffic gets no FORWARD rules, MSS clamping, masquerading or tunnel port filter")
+		return
+	}
+	want := map[chain][]rule{}
+	if overlay {
+		for _, dev := range p.tunnels {
+			for _, local := range p.d.LocalCIDRs {
+				if isV6(local) {
+					for _, r := range forwardRules(dev, local) {
+						want[chainForward6] = append(want[chainForward6], rule{chainForward6, r.args})
+					}
+				}
+			}
+			want[chainMSS6] = append(want[chainMSS6], clampRules(chainMSS6, dev, p.mtu-40-ipv6Overhead)...)
+		}
+	}
+	masquerade := overlay && p.d.Masquerade && p.setReady[setNets6]
+	if masquerade {
+		for _, local := range p.d.LocalCIDRs {
+			if isV6(local) {
+				want[chainNAT6] = append(want[chainNAT6], snatRule(chainNAT6, setNets6, local, p.lan6))
+			}
+		}
+	}
+	if underlay {
+		want[chainInput6] = input6Rules(p.d.Port, p.setReady[setPeers6])
+	}
+	for _, h := range hooks6 {
+		wanted := overlay
+		switch h.own {
+		case chainNAT6:
+			wanted = masquerade
+		case chainInput6:
+			wanted = underlay
+		}
+		if !wanted {
+			p.removeChain(h.own, h.from)
+			continue
+		}
+		p.syncChain(h.own, want[h.own], h.own == chainInput6)
+		p.syncHook(h.from, h.own)
+	}
+}
