@@ -165,8 +165,10 @@ func (p *planner) wantLinks() []link {
 			// Toward encrypted peers the source must be the mesh address.
 			local = netip.Addr{}
 		}
+		// The zero outer checksum of the fast setting is IPv4's: over IPv6
+		// the kernel reports (and sends) the checksum on.
 		return append(out, link{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: local, UDPCsum: !p.d.Checksum.fast(), TxCsum: p.d.Checksum.fast(), RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()})
+			VNI: p.d.VNI, Port: p.d.Port, Local: local, UDPCsum: !p.d.Checksum.fast() || local.Is6(), TxCsum: p.d.Checksum.fast(), RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()})
 	}
 	var out []link
 	for _, peer := range p.d.Peers {
@@ -373,9 +375,13 @@ func vxlanAddRequest(name string, l link) *nl.NetlinkRequest {
 	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("vxlan"))
 	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
 	data.AddRtAttr(nl.IFLA_VXLAN_ID, nl.Uint32Attr(uint32(l.VNI)))
-	if l.Local.IsValid() {
+	switch {
+	case l.Local.Is4():
 		a := l.Local.As4()
 		data.AddRtAttr(nl.IFLA_VXLAN_LOCAL, a[:])
+	case l.Local.Is6():
+		a := l.Local.As16()
+		data.AddRtAttr(nl.IFLA_VXLAN_LOCAL6, a[:])
 	}
 	data.AddRtAttr(nl.IFLA_VXLAN_PORT, binary.BigEndian.AppendUint16(nil, l.Port))
 	data.AddRtAttr(nl.IFLA_VXLAN_LEARNING, []byte{boolByte(l.Learning)})
