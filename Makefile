@@ -34,11 +34,13 @@ vet:
 # under QEMU (named TestVM*, internal/vm): an emulated CPU takes a whole core,
 # so they do not run beside the host's timing-sensitive end-to-end tests.
 # The second phase checks kernels, not Go: the race detector has run over
-# the same code in the first, and under TCG it would cost minutes.
+# the same code in the first, and under TCG it would cost minutes. VMs take
+# turns (one lock), so a package's VM test may wait for the others': its
+# timeout is the whole phase's, not its own.
 test: deps vet
 	@mkdir -p test-out
 	$(GO) test -race -count=1 -timeout 15m -skip '^TestVM' -artifacts -outputdir=$(CURDIR)/test-out ./...
-	$(GO) test -count=1 -timeout 15m -run '^TestVM' -artifacts -outputdir=$(CURDIR)/test-out ./...
+	$(GO) test -count=1 -timeout 30m -run '^TestVM' -artifacts -outputdir=$(CURDIR)/test-out ./...
 
 demo: deps build
 	$(GO) run ./scripts/demo $(if $(ETCD),-etcd) $(if $(HOLD),-hold) $(if $(CLOUD),-cloud)
