@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/cframe/cframe/internal/topo"
+	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/scripts/cluster"
 )
 
@@ -137,6 +138,11 @@ func run(ctx context.Context, bin string, etcd, hold, cloud bool) error {
 	}
 	cfg, _ := os.ReadFile(edges[0].Config)
 	fmt.Printf("    %s:\n%s", filepath.Base(edges[0].Config), indent(redact(string(cfg))))
+	if err := topo.Do(home.Edge, netcfg.WireGuardSupported); err != nil {
+		fmt.Printf("    data plane: PLAINTEXT — %v; where the kernel has WireGuard the same configs encrypt every link\n", err)
+	} else {
+		fmt.Println("    data plane: encrypted with kernel WireGuard (encryption = \"prefer\", the default)")
+	}
 
 	step("adding the three edges with the walkthrough's API calls")
 	var added time.Time

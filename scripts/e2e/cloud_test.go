@@ -130,10 +130,12 @@ func TestCloudWalkthrough(t *testing.T) {
 				t.Fatalf("%s: %v (UdpInCsumErrors on the edges: %v before, %v now)", what, err, before, csumErrors(t, f.net, sites))
 			}
 		}
+		// Deadlines for the stock-kernel VM, whose emulated CPU also does
+		// WireGuard's crypto there: a stall still fails, slowness does not.
 		for _, fl := range flows {
-			check(fl.what, topo.TCPTransfer(fl.fromNS, fl.toNS, fl.to, 4<<20, 20*time.Second))
+			check(fl.what, topo.TCPTransfer(fl.fromNS, fl.toNS, fl.to, 4<<20, 60*time.Second))
 			for _, size := range []int{1400, 64} {
-				check(fl.what, topo.UDPTransfer(fl.fromNS, fl.toNS, fl.to, 20, size, 10*time.Second))
+				check(fl.what, topo.UDPTransfer(fl.fromNS, fl.toNS, fl.to, 20, size, 30*time.Second))
 			}
 		}
 		if after := csumErrors(t, f.net, sites); !slices.Equal(after, before) {

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/cframe/cframe/internal/topo"
 	"github.com/cframe/cframe/netcfg"
 	"github.com/cframe/cframe/orchestrator/api"
@@ -163,6 +166,42 @@ func TestEncryptedWalkthrough(t *testing.T) {
 		}
 	})
 
+	t.Run("drift: a WireGuard peer removed by hand comes back", func(t *testing.T) {
+		var key string
+		for _, e := range mustList(t, f) {
+			if e.Name == "sz-1" {
+				key = e.WireGuardKey
+			}
+		}
+		pub, err := wgtypes.ParseKey(key)
+		if err != nil {
+			t.Fatalf("sz-1's pinned WireGuard key %q: %v", key, err)
+		}
+		if err := topo.Do(gz.Edge, func() error {
+			c, err := wgctrl.New()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.ConfigureDevice("cframe-wg", wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: pub, Remove: true}}})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		removed := time.Now()
+		if err := topo.Eventually(encryptedDeadline, func() error {
+			if n, err := wgPeers(gz.Edge); err != nil || n != 2 {
+				return fmt.Errorf("gz-3: %d WireGuard peers (%v), want 2", n, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("a WireGuard peer removed by hand was back after %s (under TCG)", time.Since(removed).Round(time.Millisecond))
+		if err := topo.Eventually(encryptedDeadline, func() error { return f.reachable(sz, gz) }); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("delete: the WireGuard peer is gone everywhere, add it back", func(t *testing.T) {
 		if _, err := f.c.API.Del(f.ctx, "hk-1"); err != nil {
 			t.Fatal(err)
@@ -239,6 +278,15 @@ func (f *fixture) encrypted() bool {
 		}
 	}
 	return len(tp.Links) > 0
+}
+
+func mustList(t *testing.T, f *fixture) []api.EdgeView {
+	t.Helper()
+	list, err := f.c.API.List(f.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list
 }
 
 // links waits until the topology shows each link ("a|b" in any order) with
