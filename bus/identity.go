@@ -94,8 +94,16 @@ func (id *Identity) EdgeOptions(secret string) []nats.Option {
 		nats.MaxReconnects(-1),
 		nats.IgnoreAuthErrorAbort(),
 		nats.CustomReconnectDelay(ReconnectDelay),
+		nats.Timeout(ConnectTimeout),
 	)
 }
+
+// ConnectTimeout bounds one attempt to connect to a controller: the TCP
+// dial, the TLS handshake and the controller's answer to the join, which
+// pins a new key in its store first. A controller that thousands of edges
+// join at once takes longer than nats.go's default of 2 s: an attempt
+// abandoned then is a handshake done for nothing, and its retry more load.
+const ConnectTimeout = 10 * time.Second
 
 // Reconnect timing: see ReconnectDelay.
 const (

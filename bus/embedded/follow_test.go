@@ -19,6 +19,9 @@ type fakeController struct {
 	snap  bus.Snapshot
 	asked int
 	last  bus.SnapshotRequest
+	// since, when set, answers a request that accepts deltas instead of
+	// snap (a reply with Since 0 falls through to snap).
+	since func(bus.SnapshotRequest) bus.Snapshot
 }
 
 func newFakeController(t *testing.T, s *Server) *fakeController {
@@ -31,7 +34,13 @@ func newFakeController(t *testing.T, s *Server) *fakeController {
 		if err := bus.Decode(m, &f.last); err != nil {
 			t.Error(err)
 		}
-		if err := bus.Publish(f.nc, m.Reply, f.snap); err != nil {
+		reply := f.snap
+		if f.since != nil && f.last.Accepts(bus.AcceptDeltas) {
+			if r := f.since(f.last); r.Since != 0 {
+				reply = r
+			}
+		}
+		if err := bus.Publish(f.nc, m.Reply, reply); err != nil {
 			t.Error(err)
 		}
 	}); err != nil {
@@ -218,5 +227,50 @@ func TestFollowerSetsAreImmutable(t *testing.T) {
 	// Revision 35 deleted b, 39 deleted c.
 	if latest, rev, _ := fl.Set(); rev != 39 || len(latest) != 1 || latest["a"].Name != "a" {
 		t.Fatalf("revision %d set %v, want 39 with a alone: the deltas were not applied", rev, latest)
+	}
+}
+
+// A follower that holds a revision is sent the changes since it when the
+// controller has them, applies them in order, and takes the whole set
+// instead when they do not start from what it holds or do not chain.
+func TestFollowerTakesChangesSince(t *testing.T) {
+	ctl, fl := joined(t, 5) // a, b at 5
+	edge := func(name string) bus.Edge { return bus.Edge{Name: name, CIDR: netip.MustParsePrefix("10.0.0.0/24")} }
+	for _, tc := range []struct {
+		name   string
+		deltas []bus.Delta
+		since  uint64
+		want   string // change reported
+		names  string
+	}{
+		{"changes since the held revision", []bus.Delta{
+			{Revision: 6, Prev: 5, Op: bus.OpPut, Edge: edge("c")},
+			{Revision: 8, Prev: 6, Op: bus.OpDelete, Edge: bus.Edge{Name: "b"}},
+		}, 5, "2 changes since 5", "a,c"},
+		{"changes from another revision", []bus.Delta{{Revision: 9, Prev: 7, Op: bus.OpPut, Edge: edge("d")}}, 7, "snapshot revision 9 (", "a,b,d"},
+		{"changes that do not chain", []bus.Delta{
+			{Revision: 10, Prev: 9, Op: bus.OpPut, Edge: edge("c")},
+			{Revision: 12, Prev: 11, Op: bus.OpPut, Edge: edge("b")},
+		}, 9, "snapshot revision 12 (", "a"},
+	} {
+		last := tc.deltas[len(tc.deltas)-1].Revision
+		ctl.mu.Lock()
+		ctl.since = func(bus.SnapshotRequest) bus.Snapshot {
+			return bus.Snapshot{Revision: last, Since: tc.since, Deltas: tc.deltas}
+		}
+		ctl.mu.Unlock()
+		// The whole set, for a follower that cannot use the changes.
+		ctl.set(last, strings.Split(tc.names, ",")...)
+		asked := ctl.requests()
+		change, err := fl.Resync("test")
+		if err != nil || !strings.Contains(change, tc.want) {
+			t.Fatalf("%s: change %q, %v; want %q", tc.name, change, err, tc.want)
+		}
+		if _, rev, _ := fl.Set(); rev != last || names(fl) != tc.names {
+			t.Fatalf("%s: revision %d set %s, want %d %s", tc.name, rev, names(fl), last, tc.names)
+		}
+		if n := ctl.requests() - asked; (tc.since == 5) != (n == 1) {
+			t.Errorf("%s: %d requests", tc.name, n)
+		}
 	}
 }

@@ -94,7 +94,6 @@ func main() {
 	if err != nil {
 		fail("%v", err)
 	}
-	defer os.RemoveAll(work)
 	o := Options{Quick: *quick, Bin: absBin, Work: work, Log: os.Stderr}
 	for _, f := range strings.FieldsFunc(*edges, func(r rune) bool { return r == ',' }) {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -125,6 +124,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "  (%s)\n", time.Since(t0).Round(time.Second))
 		sections = append(sections, s)
 	}
+	// Removed here, not deferred: fail exits without running defers.
+	os.RemoveAll(work)
 	md, js := render(sections, *quick, time.Since(started))
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		fail("%v", err)

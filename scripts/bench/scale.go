@@ -435,7 +435,7 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 	}); err != nil {
 		return s, nil, err
 	}
-	if _, err := join.wait(t0, 3*time.Minute); err != nil {
+	if _, err := join.wait(t0, max(3*time.Minute, time.Duration(size)*30*time.Millisecond)); err != nil {
 		return s, nil, exited(c, fmt.Errorf("first join: %w", err))
 	}
 	s.FirstJoinMs = ms(time.Since(t0))
