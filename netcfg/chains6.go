@@ -2,6 +2,8 @@ package netcfg
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -48,22 +50,36 @@ const ipv6Overhead = 20
 
 // readChains6 adds the ip6tables chains to chains, with one
 // ip6tables-save. A host without ip6tables has none; a failing
-// ip6tables-save is an error only when the edge has IPv6 CIDRs or an IPv6
-// underlay.
+// ip6tables-save is an error only when the edge wants IPv6 chains (it has
+// IPv6 CIDRs or an IPv6 underlay). An edge that wants none reads them only
+// until a read finds none of cframe's (the Kernel's quiet6): cframe creates
+// them only when wanted, so until then there is nothing to remove, and an
+// IPv4-only edge runs no ip6tables at all in its steady state.
 func (s *session) readChains6(r *reading, chains map[chain][]string) error {
-	if s.k.ipt6 == nil {
+	want := wantsIPv6(r.d) || r.d.underlay6()
+	ns, nsErr := threadNS()
+	if s.k.ipt6 == nil || !want && nsErr == nil && s.k.quiet6[ns] {
 		return nil
 	}
 	out, err := s.execute("", s.k.ipt6.save)
 	switch {
-	case err != nil && (wantsIPv6(r.d) || r.d.underlay6()):
+	case err != nil && want:
 		return fmt.Errorf("netcfg: %w", err)
 	case err != nil:
 		return nil
 	}
-	for c, rules := range parseSave(string(out), table6) {
-		chains[c] = rules
+	found := parseSave(string(out), table6)
+	quiet := nsErr == nil
+	for _, h := range hooks6 {
+		if _, ok := found[h.own]; ok || slices.Contains(found[h.from], jumpRule(h.from, h.own).line()) {
+			quiet = false
+		}
 	}
+	if s.k.quiet6 == nil {
+		s.k.quiet6 = map[nsID]bool{}
+	}
+	s.k.quiet6[ns] = quiet
+	maps.Copy(chains, found)
 	return nil
 }
 

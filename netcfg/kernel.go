@@ -24,8 +24,11 @@ import (
 // of Update, see update.go); it is safe for use by one goroutine at a time.
 type Kernel struct {
 	ipt iptables
-	// ipt6 is ip6tables (chains6.go); nil when the host has none.
+	// ipt6 is ip6tables (chains6.go); nil when the host has none. quiet6
+	// holds the namespaces where its last read found none of cframe's
+	// chains (see readChains6).
 	ipt6   *iptables
+	quiet6 map[nsID]bool
 	chains chainCache
 	// base is what Update builds on (nil: nothing, Update reconciles).
 	base *baseline
@@ -249,7 +252,7 @@ func (s *session) apply(changes []change) (applied []string, err error) {
 // chains and the jumps into them, its ipsets — and nothing else. It returns
 // what it removed.
 func (k *Kernel) Cleanup() ([]string, error) {
-	k.base = nil
+	k.base, k.quiet6 = nil, nil
 	s, err := k.begin()
 	if err != nil {
 		return nil, err
