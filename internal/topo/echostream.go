@@ -1,7 +1,6 @@
 package topo
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -47,17 +46,11 @@ func (s EchoStats) String() string {
 
 // StartEchoStream starts an EchoStream from namespace ns to dst.
 func StartEchoStream(ns string, dst netip.Addr, interval time.Duration) (*EchoStream, error) {
-	var pc net.PacketConn
-	if err := Do(ns, func() (err error) {
-		pc, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("topo: icmp socket in %s: %w", ns, err)
+	c, id, err := icmpSocket(ns)
+	if err != nil {
+		return nil, err
 	}
-	id := make([]byte, 2)
-	rand.Read(id)
-	f := &EchoStream{c: pc.(*net.IPConn), dst: &net.IPAddr{IP: dst.AsSlice()}, id: binary.BigEndian.Uint16(id),
-		interval: interval, stop: make(chan struct{})}
+	f := &EchoStream{c: c, dst: &net.IPAddr{IP: dst.AsSlice()}, id: id, interval: interval, stop: make(chan struct{})}
 	f.wg.Add(2)
 	go f.send()
 	go f.receive()

@@ -26,16 +26,26 @@ type Pinger struct {
 
 // NewPinger opens a raw ICMP socket inside namespace ns.
 func NewPinger(ns string) (*Pinger, error) {
+	c, id, err := icmpSocket(ns)
+	if err != nil {
+		return nil, err
+	}
+	return &Pinger{c: c, id: id, buf: make([]byte, 1500)}, nil
+}
+
+// icmpSocket opens a raw ICMP socket inside namespace ns, with a random
+// echo identifier for its requests.
+func icmpSocket(ns string) (*net.IPConn, uint16, error) {
 	var c net.PacketConn
 	if err := Do(ns, func() (err error) {
 		c, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
 		return err
 	}); err != nil {
-		return nil, fmt.Errorf("topo: icmp socket in %s: %w", ns, err)
+		return nil, 0, fmt.Errorf("topo: icmp socket in %s: %w", ns, err)
 	}
 	id := make([]byte, 2)
 	rand.Read(id)
-	return &Pinger{c: c.(*net.IPConn), id: binary.BigEndian.Uint16(id), buf: make([]byte, 1500)}, nil
+	return c.(*net.IPConn), binary.BigEndian.Uint16(id), nil
 }
 
 // Close closes the socket.

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -146,10 +148,11 @@ func (h *haRunner) run(ctx context.Context) {
 	}
 	tick := time.NewTicker(haTick)
 	defer tick.Stop()
-	version := h.e.Version() - 1
 	var set map[string]bus.Edge
+	var targets []probe.Target
 	ticks := 0
 	for {
+		input := true // false when only the clock moved
 		select {
 		case <-ctx.Done():
 			return
@@ -161,8 +164,10 @@ func (h *haRunner) run(ctx context.Context) {
 		case m := <-msgs:
 			h.e.Receive(m, time.Now())
 		case now := <-tick.C:
+			input = false
 			if ticks++; ticks%int(lanCheck/haTick) == 0 {
 				h.e.SetLAN(lanAddr(set, h.self))
+				input = true
 			}
 			h.e.Tick(now)
 		}
@@ -174,46 +179,43 @@ func (h *haRunner) run(ctx context.Context) {
 				h.log.Debug("HA message not sent", "to", env.To, "kind", env.Msg.Kind, "err", err)
 			}
 		}
-		if v := h.e.Version(); v != version {
-			version = v
-			if h.pr != nil {
-				h.pr.SetTargets(h.e.Targets(h.dev))
+		// Changes are found one way: the engine's outputs compared with
+		// what was last handed on. The probe targets cost O(edges) to
+		// build, and a tick changes none of their inputs but the claims,
+		// so they are rebuilt after an input or a change of claims only.
+		if claimsChanged := h.publish(); h.pr != nil && (input || claimsChanged) {
+			if t := h.e.Targets(h.dev); !slices.Equal(t, targets) {
+				targets = t
+				h.pr.SetTargets(t)
 			}
-			h.publish()
 		}
 	}
 }
 
 // publish makes the engine's decisions the view, saves changed claims and
-// tells the agent.
-func (h *haRunner) publish() {
+// tells the agent when anything changed. It reports whether the claims did.
+func (h *haRunner) publish() bool {
 	vip, state := h.e.VIP()
 	v := haView{Claims: h.e.Claims(), VIP: vip, VIPState: state, Site: h.e.Status()}
 	h.mu.Lock()
 	old := h.view
-	h.view = v
+	claims := !maps.Equal(old.Claims, v.Claims)
+	same := !claims && old.VIP == v.VIP && old.VIPState == v.VIPState && sameSite(old.Site, v.Site)
+	if !same {
+		h.view = v
+	}
 	h.mu.Unlock()
-	if !sameClaims(old.Claims, v.Claims) {
-		h.save()
-	}
-	if !sameClaims(old.Claims, v.Claims) || old.VIP != v.VIP || old.VIPState != v.VIPState || !sameSite(old.Site, v.Site) {
-		select {
-		case h.changed <- struct{}{}:
-		default:
-		}
-	}
-}
-
-func sameClaims(a, b map[string]bus.Claim) bool {
-	if len(a) != len(b) {
+	if same {
 		return false
 	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
+	if claims {
+		h.save()
 	}
-	return true
+	select {
+	case h.changed <- struct{}{}:
+	default:
+	}
+	return claims
 }
 
 func sameSite(a, b *bus.SiteStatus) bool {

@@ -266,7 +266,6 @@ func (e *Engine) commit(now time.Time) {
 	e.cand, e.backoff = nil, 0
 	e.claims[c.Site] = c
 	e.confirmed = true
-	e.version++
 	e.log.Info("active gateway of the site", "site", c.Site, "epoch", c.Epoch, "reason", c.Reason)
 	e.unacked = map[string]*resend{}
 	for _, g := range e.remoteGateways() {

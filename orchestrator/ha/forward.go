@@ -42,7 +42,6 @@ func (e *Engine) onAnnounce(m Message) {
 		return
 	}
 	e.remoteLAN[m.From] = m.LAN
-	e.version++ // a new probe target
 }
 
 // forwardTarget reports whether addr may be probed as gateway name's LAN

@@ -52,6 +52,7 @@ package ha
 
 import (
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sort"
 	"strings"
@@ -214,7 +215,6 @@ type Engine struct {
 
 	claims    map[string]bus.Claim
 	confirmed bool
-	version   uint64
 
 	// Own site.
 	sibs    map[string]*sibling
@@ -303,7 +303,6 @@ func (e *Engine) Restore(claims []bus.Claim) {
 		}
 	}
 	e.confirmed = false
-	e.version++
 }
 
 // SetEdges hands the engine the edge set.
@@ -331,28 +330,15 @@ func (e *Engine) SetEdges(set map[string]bus.Edge) {
 			delete(e.remoteLAN, name)
 		}
 	}
-	e.version++
 }
 
 // SetLAN tells the engine this gateway's LAN address (sent in hellos).
 func (e *Engine) SetLAN(a netip.Addr) {
-	if a != e.lan {
-		e.lan = a
-		e.version++ // forwarding targets are probed with a LAN address only
-	}
+	e.lan = a
 }
-
-// Version changes whenever Claims, VIP or Status may have changed.
-func (e *Engine) Version() uint64 { return e.version }
 
 // Claims returns the claim in force per site (a copy).
-func (e *Engine) Claims() map[string]bus.Claim {
-	out := make(map[string]bus.Claim, len(e.claims))
-	for k, v := range e.claims {
-		out[k] = v
-	}
-	return out
-}
+func (e *Engine) Claims() map[string]bus.Claim { return maps.Clone(e.claims) }
 
 // SavedClaims returns the claims to save for a restart, sorted by site.
 func (e *Engine) SavedClaims() []bus.Claim {
@@ -502,7 +488,6 @@ func (e *Engine) adopt(c bus.Claim, from string) bool {
 	}
 	old := e.claims[c.Site]
 	e.claims[c.Site] = c
-	e.version++
 	if own := e.ownSite(); own != nil && own.Name == c.Site {
 		switch {
 		case old.Gateway == e.self && c.Gateway != e.self:
@@ -524,7 +509,6 @@ func (e *Engine) confirm(c bus.Claim) {
 	own := e.ownSite()
 	if own != nil && c.Site == own.Name && c.Gateway == e.self && c == e.claims[c.Site] && !e.confirmed {
 		e.confirmed = true
-		e.version++
 		e.log.Info("active role confirmed", "site", c.Site, "epoch", c.Epoch)
 	}
 }
@@ -586,9 +570,6 @@ func (e *Engine) onHello(m Message, now time.Time) {
 		sb = &sibling{}
 		e.sibs[m.From] = sb
 	}
-	if sb.lan != m.LAN {
-		e.version++ // a new probe target
-	}
 	sb.lan, sb.heard, sb.priority = m.LAN, now, m.Priority
 	if m.Claim.Site == own.Name {
 		e.adopt(m.Claim, m.From)
@@ -598,6 +579,8 @@ func (e *Engine) onHello(m Message, now time.Time) {
 
 // Tick does what is due at now: hellos, refreshes, retransmissions, the
 // witness's pending checks and down reports, and the own site's election.
+// Of what Targets depends on, a tick changes the claims only (the agent
+// relies on it; the simulation checks it).
 func (e *Engine) Tick(now time.Time) {
 	e.observe(now)
 	own := e.ownSite()
@@ -625,7 +608,6 @@ func (e *Engine) Tick(now time.Time) {
 		e.retransmit(now, cur)
 		if !e.confirmed && len(own.Gateways) == 1 && len(e.remoteGateways()) == 0 && now.Sub(e.started) >= e.t.Rejoin {
 			e.confirmed = true // nobody to ask
-			e.version++
 		}
 	}
 	if e.cand != nil {

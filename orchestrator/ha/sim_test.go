@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -162,7 +164,13 @@ func (s *sim) tick() {
 			continue
 		}
 		s.probe(n)
+		claims, targets := n.e.Claims(), n.e.Targets("cframe0")
 		n.e.Tick(s.now)
+		// The agent rebuilds probe targets after a tick only when the
+		// claims changed (agent/ha.go): hold the engine to that.
+		if maps.Equal(claims, n.e.Claims()) && !slices.Equal(targets, n.e.Targets("cframe0")) {
+			s.t.Fatalf("%s: a tick changed the probe targets but not the claims", name)
+		}
 		counted := false
 		for _, env := range n.e.Outbox() {
 			if env.Msg.Kind == KindClaim && !counted {
