@@ -58,10 +58,14 @@ const ipv6Overhead = 20
 func (s *session) readChains6(r *reading, chains map[chain][]string) error {
 	want := wantsIPv6(r.d) || r.d.underlay6()
 	ns, nsErr := threadNS()
-	if s.k.ipt6 == nil || !want && nsErr == nil && s.k.quiet6[ns] {
+	if !want && nsErr == nil && s.k.quiet6[ns] {
 		return nil
 	}
-	out, err := s.execute("", s.k.ipt6.save)
+	ipt6 := s.k.ip6tables()
+	if ipt6 == nil {
+		return nil
+	}
+	out, err := s.execute("", ipt6.save)
 	switch {
 	case err != nil && want:
 		return fmt.Errorf("netcfg: %w", err)
