@@ -5,6 +5,9 @@ import (
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // ip6tables chains: the IPv6 counterparts of the iptables chains
@@ -54,12 +57,24 @@ const ipv6Overhead = 20
 // IPv6 CIDRs or an IPv6 underlay). An edge that wants none reads them only
 // until a read finds none of cframe's (the Kernel's quiet6): cframe creates
 // them only when wanted, so until then there is nothing to remove, and an
-// IPv4-only edge runs no ip6tables at all in its steady state.
+// IPv4-only edge runs no ip6tables at all in its steady state. With the
+// nf_tables flavour not even its first read does: one netlink dump of the
+// ip6 family's chains tells that none of cframe's exists (ip6tables is
+// taken to be of iptables' flavour, as distributions switch them).
 func (s *session) readChains6(r *reading, chains map[chain][]string) error {
 	want := wantsIPv6(r.d) || r.d.underlay6()
 	ns, nsErr := threadNS()
 	if !want && nsErr == nil && s.k.quiet6[ns] {
 		return nil
+	}
+	if !want && nsErr == nil && s.k.ipt.nft {
+		if own, err := s.nftOwnChains6(); err == nil && !own {
+			if s.k.quiet6 == nil {
+				s.k.quiet6 = map[nsID]bool{}
+			}
+			s.k.quiet6[ns] = true
+			return nil
+		}
 	}
 	ipt6 := s.k.ip6tables()
 	if ipt6 == nil {
@@ -136,4 +151,24 @@ func (p *planner) planChains6() {
 		p.syncChain(h.own, want[h.own], h.own == chainInput6)
 		p.syncHook(h.from, h.own)
 	}
+}
+
+// nftOwnChains6 reports whether the nftables ruleset of the ip6 family has
+// a chain named like one of cframe's (NFT_MSG_GETCHAIN, one dump).
+func (s *session) nftOwnChains6() (bool, error) {
+	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETCHAIN, unix.NLM_F_DUMP)
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.NFPROTO_IPV6, Version: nl.NFNETLINK_V0})
+	own := false
+	err := s.send(unix.NETLINK_NETFILTER, req, func(m []byte) error {
+		if len(m) >= nl.SizeofNfgenmsg {
+			walkAttrs(m[nl.SizeofNfgenmsg:], func(typ uint16, v []byte) {
+				if typ == unix.NFTA_CHAIN_NAME {
+					name := unix.ByteSliceToString(v)
+					own = own || slices.ContainsFunc(hooks6, func(h struct{ own, from chain }) bool { return h.own.Name == name })
+				}
+			})
+		}
+		return nil
+	})
+	return own, err
 }
