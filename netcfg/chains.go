@@ -145,7 +145,7 @@ func (s *session) readChains(r *reading) error {
 		}
 	}
 	maps.Copy(r.a.Chains, chains)
-	r.a.IP6tables = s.k.ipt6 != nil
+	r.a.IP6tables = (wantsIPv6(r.d) || r.d.underlay6()) && s.k.ip6tables() != nil
 	return nil
 }
 

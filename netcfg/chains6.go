@@ -2,7 +2,12 @@ package netcfg
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
+
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // ip6tables chains: the IPv6 counterparts of the iptables chains
@@ -48,22 +53,52 @@ const ipv6Overhead = 20
 
 // readChains6 adds the ip6tables chains to chains, with one
 // ip6tables-save. A host without ip6tables has none; a failing
-// ip6tables-save is an error only when the edge has IPv6 CIDRs or an IPv6
-// underlay.
+// ip6tables-save is an error only when the edge wants IPv6 chains (it has
+// IPv6 CIDRs or an IPv6 underlay). An edge that wants none reads them only
+// until a read finds none of cframe's (the Kernel's quiet6): cframe creates
+// them only when wanted, so until then there is nothing to remove, and an
+// IPv4-only edge runs no ip6tables at all in its steady state. With the
+// nf_tables flavour not even its first read does: one netlink dump of the
+// ip6 family's chains tells that none of cframe's exists (ip6tables is
+// taken to be of iptables' flavour, as distributions switch them).
 func (s *session) readChains6(r *reading, chains map[chain][]string) error {
-	if s.k.ipt6 == nil {
+	want := wantsIPv6(r.d) || r.d.underlay6()
+	ns, nsErr := threadNS()
+	if !want && nsErr == nil && s.k.quiet6[ns] {
 		return nil
 	}
-	out, err := s.execute("", s.k.ipt6.save)
+	if !want && nsErr == nil && s.k.ipt.nft {
+		if own, err := s.nftOwnChains6(); err == nil && !own {
+			if s.k.quiet6 == nil {
+				s.k.quiet6 = map[nsID]bool{}
+			}
+			s.k.quiet6[ns] = true
+			return nil
+		}
+	}
+	ipt6 := s.k.ip6tables()
+	if ipt6 == nil {
+		return nil
+	}
+	out, err := s.execute("", ipt6.save)
 	switch {
-	case err != nil && (wantsIPv6(r.d) || r.d.underlay6()):
+	case err != nil && want:
 		return fmt.Errorf("netcfg: %w", err)
 	case err != nil:
 		return nil
 	}
-	for c, rules := range parseSave(string(out), table6) {
-		chains[c] = rules
+	found := parseSave(string(out), table6)
+	quiet := nsErr == nil
+	for _, h := range hooks6 {
+		if _, ok := found[h.own]; ok || slices.Contains(found[h.from], jumpRule(h.from, h.own).line()) {
+			quiet = false
+		}
 	}
+	if s.k.quiet6 == nil {
+		s.k.quiet6 = map[nsID]bool{}
+	}
+	s.k.quiet6[ns] = quiet
+	maps.Copy(chains, found)
 	return nil
 }
 
@@ -116,4 +151,24 @@ func (p *planner) planChains6() {
 		p.syncChain(h.own, want[h.own], h.own == chainInput6)
 		p.syncHook(h.from, h.own)
 	}
+}
+
+// nftOwnChains6 reports whether the nftables ruleset of the ip6 family has
+// a chain named like one of cframe's (NFT_MSG_GETCHAIN, one dump).
+func (s *session) nftOwnChains6() (bool, error) {
+	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETCHAIN, unix.NLM_F_DUMP)
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.NFPROTO_IPV6, Version: nl.NFNETLINK_V0})
+	own := false
+	err := s.send(unix.NETLINK_NETFILTER, req, func(m []byte) error {
+		if len(m) >= nl.SizeofNfgenmsg {
+			walkAttrs(m[nl.SizeofNfgenmsg:], func(typ uint16, v []byte) {
+				if typ == unix.NFTA_CHAIN_NAME {
+					name := unix.ByteSliceToString(v)
+					own = own || slices.ContainsFunc(hooks6, func(h struct{ own, from chain }) bool { return h.own.Name == name })
+				}
+			})
+		}
+		return nil
+	})
+	return own, err
 }

@@ -64,7 +64,7 @@ func (s *session) readSets(r *reading) error {
 		}
 		if r.d.Masquerade {
 			members[setNets] = nil
-			if wantsIPv6(r.d) && s.k.ipt6 != nil {
+			if wantsIPv6(r.d) && s.k.ip6tables() != nil {
 				members[setNets6] = nil
 			}
 			for _, c := range r.keys.cidrs {

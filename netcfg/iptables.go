@@ -76,7 +76,7 @@ func iptablesChange(table, line string) change {
 // ip6tables' for an ip6tables table.
 func (s *session) programs(table string) (*iptables, string) {
 	if t, v6 := cutTable6(table); v6 {
-		return s.k.ipt6, t
+		return s.k.ip6tables(), t
 	}
 	return &s.k.ipt, table
 }

@@ -24,9 +24,14 @@ import (
 // of Update, see update.go); it is safe for use by one goroutine at a time.
 type Kernel struct {
 	ipt iptables
-	// ipt6 is ip6tables (chains6.go); nil when the host has none.
-	ipt6   *iptables
-	chains chainCache
+	// ipt6 is ip6tables (chains6.go), located on first use (ip6tables
+	// below); nil when the host has none. quiet6 holds the namespaces where
+	// its last read found none of cframe's chains (see readChains6).
+	ipt6        *iptables
+	ipt6Program string
+	ipt6Located bool
+	quiet6      map[nsID]bool
+	chains      chainCache
 	// base is what Update builds on (nil: nothing, Update reconciles).
 	base *baseline
 }
@@ -65,8 +70,8 @@ type Result struct {
 	FallbackReason string
 }
 
-// New locates iptables (and ip6tables, if the host has it) and returns a
-// Kernel.
+// New locates iptables and returns a Kernel (ip6tables, if the host has
+// it, is located when first needed).
 func New() (*Kernel, error) { return newKernel("iptables") }
 
 // newKernel returns a Kernel that drives the iptables program named
@@ -77,11 +82,19 @@ func newKernel(program string) (*Kernel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netcfg: iptables: %w", err)
 	}
-	k := &Kernel{ipt: ipt}
-	if ipt6, err := lookIptables(strings.Replace(program, "iptables", "ip6tables", 1), true); err == nil {
-		k.ipt6 = &ipt6
+	return &Kernel{ipt: ipt, ipt6Program: strings.Replace(program, "iptables", "ip6tables", 1)}, nil
+}
+
+// ip6tables returns the ip6tables programs, located on the first call
+// (an IPv4-only edge may never need them); nil when the host has none.
+func (k *Kernel) ip6tables() *iptables {
+	if !k.ipt6Located {
+		k.ipt6Located = true
+		if ipt6, err := lookIptables(k.ipt6Program, true); err == nil {
+			k.ipt6 = &ipt6
+		}
 	}
-	return k, nil
+	return k.ipt6
 }
 
 // Reconcile validates d, reads the kernel, plans and applies. Running it
@@ -250,7 +263,7 @@ func (s *session) apply(changes []change) (applied []string, err error) {
 // chains and the jumps into them, its ipsets — and nothing else. It returns
 // what it removed.
 func (k *Kernel) Cleanup() ([]string, error) {
-	k.base = nil
+	k.base, k.quiet6 = nil, nil
 	s, err := k.begin()
 	if err != nil {
 		return nil, err

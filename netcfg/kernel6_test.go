@@ -150,8 +150,29 @@ func TestKernelDualStack(t *testing.T) {
 	}
 	m.expectNoChanges()
 
-	// Cleanup removes the IPv6 objects too.
+	// Cleanup removes the IPv6 objects too. (With nf_tables, the netlink
+	// check an IPv4-only edge reads instead of ip6tables-save sees the
+	// chains before and not after.)
+	ownChains6 := func() bool {
+		var own bool
+		m.in("vpc3", func() error {
+			s, err := m.k.begin()
+			if err != nil {
+				return err
+			}
+			defer s.end()
+			own, err = s.nftOwnChains6()
+			return err
+		})
+		return own
+	}
+	if m.k.ipt.nft && !ownChains6() {
+		t.Error("nftOwnChains6 finds none of cframe's chains on a dual-stack edge")
+	}
 	m.in("vpc3", func() error { _, err := m.k.Cleanup(); return err })
+	if m.k.ipt.nft && ownChains6() {
+		t.Error("nftOwnChains6 finds cframe's chains after Cleanup")
+	}
 	if got := m.lines(s3.Edge, "ip", "-6", "route", "show", "proto", "207"); len(got) != 0 {
 		t.Errorf("IPv6 routes after Cleanup: %q", got)
 	}

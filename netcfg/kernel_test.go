@@ -310,13 +310,11 @@ func updateRequests(k *Kernel, cidrs, changes int) Requests {
 // chainsRead is what reading the iptables chains costs when they have not
 // changed since the Kernel last read them: with nf_tables one request for
 // the nftables generation; legacy iptables has no generation to tell that
-// nothing changed, so iptables-save runs (and ip6tables-save).
+// nothing changed, so iptables-save runs (and no ip6tables-save: the
+// callers' edges are IPv4-only, see readChains6).
 func chainsRead(k *Kernel) Requests {
 	if k.ipt.nft {
 		return Requests{Netlink: 1}
-	}
-	if k.ipt6 != nil {
-		return Requests{Exec: 2}
 	}
 	return Requests{Exec: 1}
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,6 +31,27 @@ func (f *fixture) reachable6(sites ...*topo.Site) error {
 		}
 	}
 	return nil
+}
+
+// waitConnected waits until the agents of names wait at the controller,
+// not yet added, so that the convergence measured after their adds is the
+// mesh's and not the agents' start-up (slow on the emulated CPU).
+func (f *fixture) waitConnected(names ...string) {
+	f.t.Helper()
+	if err := topo.Eventually(60*time.Second, func() error {
+		tp, err := f.c.API.Topology(f.ctx)
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			if !slices.Contains(tp.Pending, n) {
+				return fmt.Errorf("%s has not connected yet (pending %v)", n, tp.Pending)
+			}
+		}
+		return nil
+	}); err != nil {
+		f.t.Fatal(err)
+	}
 }
 
 // kernelDump6 is everything IPv6 cframe owns in an edge namespace.
@@ -68,6 +90,7 @@ func TestDualStack(t *testing.T) {
 	all := []*topo.Site{sz, hk, gz}
 
 	t.Run("three adds with IPv6 blocks: every host reaches every host and edge in both families", func(t *testing.T) {
+		f.waitConnected(names...)
 		start := f.add(names...)
 		f.converge("dual-stack walkthrough, IPv4", start, all...)
 		if err := topo.Eventually(15*time.Second, func() error { return f.reachable6(all...) }); err != nil {
@@ -219,6 +242,7 @@ func TestUnderlay6(t *testing.T) {
 	all := []*topo.Site{sz, hk, gz}
 
 	t.Run("three adds with IPv6 hostaddrs: both families between every pair", func(t *testing.T) {
+		f.waitConnected(names...)
 		start := time.Now()
 		for _, n := range names {
 			if _, err := f.c.API.Add(f.ctx, f.spec6(n)); err != nil {
