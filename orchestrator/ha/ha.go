@@ -52,6 +52,7 @@ package ha
 
 import (
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sort"
 	"strings"
@@ -337,13 +338,7 @@ func (e *Engine) SetLAN(a netip.Addr) {
 }
 
 // Claims returns the claim in force per site (a copy).
-func (e *Engine) Claims() map[string]bus.Claim {
-	out := make(map[string]bus.Claim, len(e.claims))
-	for k, v := range e.claims {
-		out[k] = v
-	}
-	return out
-}
+func (e *Engine) Claims() map[string]bus.Claim { return maps.Clone(e.claims) }
 
 // SavedClaims returns the claims to save for a restart, sorted by site.
 func (e *Engine) SavedClaims() []bus.Claim {
