@@ -195,12 +195,14 @@ var (
 		"Probes sent to the gateway; with cframe_edge_peer_probes_received_total, the loss.", []string{"peer", "path"}, nil)
 	descProbesReceived = prometheus.NewDesc("cframe_edge_peer_probes_received_total",
 		"Probe answers received from the gateway.", []string{"peer", "path"}, nil)
+	descPeerUDPUp = prometheus.NewDesc("cframe_edge_peer_udp_up",
+		"1 while the remote gateway answers the UDP probes through the tunnel (the checksum setting's evidence, and after a fall back its confirmation; in an agent that started in the fast setting of checksum_offload = auto), else 0.", []string{"peer"}, nil)
 	descRole = prometheus.NewDesc("cframe_edge_gateway_role",
 		"For a gateway of a site: 1 for its current role (active or standby), 0 for the other.", []string{"site", "role"}, nil)
 )
 
 func (haCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeerUp, descPeerRTT, descPeerSince, descProbesSent, descProbesReceived, descRole} {
+	for _, d := range []*prometheus.Desc{descPeerUp, descPeerRTT, descPeerSince, descProbesSent, descProbesReceived, descPeerUDPUp, descRole} {
 		ch <- d
 	}
 }
@@ -229,6 +231,18 @@ func (c haCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descPeerSince, prometheus.GaugeValue, float64(st.Since.UnixNano())/1e9, peer, path)
 			ch <- prometheus.MustNewConstMetric(descProbesSent, prometheus.CounterValue, float64(st.Sent), peer, path)
 			ch <- prometheus.MustNewConstMetric(descProbesReceived, prometheus.CounterValue, float64(st.Received), peer, path)
+		}
+	}
+	if h.udp != nil {
+		for name, st := range h.udp.States() {
+			if !st.Known {
+				continue
+			}
+			up := 0.0
+			if st.Up {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descPeerUDPUp, prometheus.GaugeValue, up, name)
 		}
 	}
 	if site := h.View().Site; site != nil {

@@ -247,6 +247,16 @@ func TestCloudWalkthrough(t *testing.T) {
 		if hits, err := br.Hits(); err != nil || hits == 0 {
 			t.Errorf("breaker mangled %d packets (%v)", hits, err)
 		}
+		// The fall back confirmed: the UDP probes through the broken path
+		// pass in the safe setting.
+		if err := topo.Eventually(5*time.Second, func() error {
+			if v, _ := f.scrapeEdge("sz-1").Value("cframe_edge_peer_udp_up", "peer", "hk-1"); v != 1 {
+				return fmt.Errorf("sz-1: cframe_edge_peer_udp_up{peer=hk-1} = %v in the safe setting", v)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
 		// Pings passed all along but for the devices' replacement.
 		sent, received, err := ping.Wait()
 		if err != nil || sent-received > 10 {

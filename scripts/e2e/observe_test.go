@@ -39,6 +39,9 @@ func TestObservability(t *testing.T) {
 				if v, _ := s.Value("cframe_edge_peer_up"); v != 2 {
 					return fmt.Errorf("%s: %v peers up", name, v)
 				}
+				if v, _ := s.Value("cframe_edge_peer_udp_up"); v != 2 {
+					return fmt.Errorf("%s: %v peers answer the UDP probes", name, v)
+				}
 				return nil
 			})
 			metricstest.Promtool(t, s)
@@ -64,6 +67,7 @@ func TestObservability(t *testing.T) {
 				{"cframe_edge_checksum_switches_total", nil, eq(0), "0"},
 				// Encrypted where both kernels have WireGuard, else plaintext.
 				{"cframe_edge_links", []string{"state", "no_path"}, eq(0), "0"},
+				{"cframe_edge_peer_udp_up", nil, eq(2), "both peers answer the UDP probes"},
 				// The convergence pings crossed the tunnel both ways.
 				{"cframe_edge_tunnel_receive_bytes_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
 				{"cframe_edge_tunnel_transmit_bytes_total", []string{"device", "cframe0"}, atLeast(1), "traffic"},
