@@ -3,9 +3,9 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
 	"slices"
 	"sort"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
