@@ -208,20 +208,29 @@ func (c *icmpConn) zone(name string) (int, error) {
 	if i, ok := c.zones[name]; ok {
 		return i, nil
 	}
+	i, err := c.v6.ifindex(name)
+	if err != nil {
+		return 0, err
+	}
+	c.zones[name] = i
+	return i, nil
+}
+
+// ifindex asks the socket for the index of interface name: in the
+// socket's network namespace, whatever thread calls.
+func (s *rawSocket) ifindex(name string) (int, error) {
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		return 0, err
 	}
 	var ierr error
-	if err := c.v6.rc.Control(func(fd uintptr) { ierr = unix.IoctlIfreq(int(fd), unix.SIOCGIFINDEX, ifr) }); err != nil {
+	if err := s.rc.Control(func(fd uintptr) { ierr = unix.IoctlIfreq(int(fd), unix.SIOCGIFINDEX, ifr) }); err != nil {
 		return 0, err
 	}
 	if ierr != nil {
 		return 0, fmt.Errorf("probe: interface %s: %w", name, ierr)
 	}
-	i := int(ifr.Uint32())
-	c.zones[name] = i
-	return i, nil
+	return int(ifr.Uint32()), nil
 }
 
 // Receive reads the echo replies of both sockets until Close.

@@ -145,18 +145,10 @@ func (c *udpConn) zone(name string) (int, error) {
 	if i, ok := c.zones[name]; ok {
 		return i, nil
 	}
-	ifr, err := unix.NewIfreq(name)
+	i, err := c.udp.ifindex(name)
 	if err != nil {
 		return 0, err
 	}
-	var ierr error
-	if err := c.udp.rc.Control(func(fd uintptr) { ierr = unix.IoctlIfreq(int(fd), unix.SIOCGIFINDEX, ifr) }); err != nil {
-		return 0, err
-	}
-	if ierr != nil {
-		return 0, fmt.Errorf("probe: interface %s: %w", name, ierr)
-	}
-	i := int(ifr.Uint32())
 	c.zones[name] = i
 	return i, nil
 }
