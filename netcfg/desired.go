@@ -104,6 +104,12 @@ const (
 // fast reports whether c is ChecksumFast.
 func (c Checksum) fast() bool { return c == ChecksumFast }
 
+// outerUDP reports whether a VXLAN device sending from local computes the
+// outer UDP checksum: always but with the fast setting, whose zero
+// checksum is IPv4's only (over IPv6 the kernel sends, and reports, the
+// checksum on whatever the device asked).
+func (c Checksum) outerUDP(local netip.Addr) bool { return !c.fast() || local.Is6() }
+
 // Peer is one remote edge.
 type Peer struct {
 	// Name is the peer's edge name (used in logs and GRE device aliases).

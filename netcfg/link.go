@@ -165,10 +165,8 @@ func (p *planner) wantLinks() []link {
 			// Toward encrypted peers the source must be the mesh address.
 			local = netip.Addr{}
 		}
-		// The zero outer checksum of the fast setting is IPv4's: over IPv6
-		// the kernel reports (and sends) the checksum on.
 		return append(out, link{Name: p.d.Device, Kind: "vxlan", Alias: OwnerAlias, MTU: p.mtu, MAC: p.d.DeviceMAC, Up: true,
-			VNI: p.d.VNI, Port: p.d.Port, Local: local, UDPCsum: !p.d.Checksum.fast() || local.Is6(), TxCsum: p.d.Checksum.fast(), RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()})
+			VNI: p.d.VNI, Port: p.d.Port, Local: local, UDPCsum: p.d.Checksum.outerUDP(local), TxCsum: p.d.Checksum.fast(), RPS: p.a.wantRPS(), IPv6: p.d.LinkLocal.IsValid()})
 	}
 	var out []link
 	for _, peer := range p.d.Peers {

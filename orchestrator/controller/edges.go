@@ -148,20 +148,30 @@ func (c *Controller) change(ctx context.Context, plan func(edges map[string]bus.
 	}
 }
 
-// catchUp waits for the view to move past rev after a write conditional on
-// rev was refused; if the feed brings nothing within a moment (it is being
-// re-established), the view is loaded afresh.
+// catchUp waits (within ctx) for the view to move past rev after a write
+// conditional on rev was refused. The feed usually brings the write that
+// came first at once; when it does not within storeAttempt (its consumer lived on a controller that died and is being
+// recreated, which waits for a new metadata leader), a fresh load of the
+// store runs beside it, and whichever comes first moves the view. The
+// caller's loop tries again either way.
 func (c *Controller) catchUp(ctx context.Context, rev uint64) {
-	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if c.view.awaitRevision(wctx, rev+1) || ctx.Err() != nil {
-		return
-	}
-	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	if st, err := c.store.Load(lctx); err == nil {
-		c.view.replace(st, false)
-	}
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		select {
+		case <-time.After(storeAttempt):
+		case <-ctx.Done():
+			return
+		}
+		if st, err := c.store.Load(ctx); err == nil {
+			c.view.replace(st, false)
+		}
+	}()
+	c.view.awaitRevision(ctx, rev+1)
+	cancel()
+	<-loaded
 }
 
 // committed applies a stored write to the view, publishes the delta

@@ -509,6 +509,15 @@ func TestControllerCluster(t *testing.T) {
 		}
 		killed := time.Now()
 		victim.Kill()
+		restarted := false
+		defer func() {
+			// A check failed on the way: the next subtests need all three.
+			if !restarted {
+				if err := victim.Start(); err != nil {
+					t.Errorf("restart %s: %v", victim.Name, err)
+				}
+			}
+		}()
 
 		// Writes are accepted again within 10 s.
 		var firstWrite time.Duration
@@ -579,6 +588,7 @@ func TestControllerCluster(t *testing.T) {
 		}
 
 		// The victim rejoins and catches up; no acknowledged write is lost.
+		restarted = true
 		if err := victim.Start(); err != nil {
 			t.Fatal(err)
 		}

@@ -128,15 +128,29 @@ func runDir(t *testing.T) string {
 	return dir
 }
 
+// dumpLogs shows the last lines of every program's log after a failure,
+// without the NATS server's once-a-second route reconnection errors (a
+// dead controller's peers log them until it is back, and they would
+// crowd out everything else), and keeps the whole logs in the test's
+// artifact directory (go test -artifacts).
 func (f *fixture) dumpLogs(dir string) {
 	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
 	for _, l := range logs {
 		b, _ := os.ReadFile(l)
-		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		_ = os.WriteFile(filepath.Join(f.t.ArtifactDir(), filepath.Base(l)), b, 0o644)
+		var lines []string
+		skipped := 0
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if strings.Contains(line, "Error trying to connect to route") {
+				skipped++
+				continue
+			}
+			lines = append(lines, line)
+		}
 		if len(lines) > 40 {
 			lines = lines[len(lines)-40:]
 		}
-		f.t.Logf("---- %s ----\n%s", filepath.Base(l), strings.Join(lines, "\n"))
+		f.t.Logf("---- %s (last lines; %d route reconnection errors left out) ----\n%s", filepath.Base(l), skipped, strings.Join(lines, "\n"))
 	}
 }
 
