@@ -209,7 +209,11 @@ func (f *fixture) reachable(sites ...*topo.Site) error {
 // since start (an API call returning).
 func (f *fixture) converge(what string, start time.Time, sites ...*topo.Site) {
 	f.t.Helper()
-	if err := topo.Eventually(15*time.Second, func() error { return f.reachable(sites...) }); err != nil {
+	// A minute: in the stock-kernel VM, on an emulated CPU shared with
+	// other work, the walkthrough took over 15 s to converge (and 30 s in
+	// GRE mode); a stall still fails. The figure is logged, and measured
+	// for real in make bench.
+	if err := topo.Eventually(time.Minute, func() error { return f.reachable(sites...) }); err != nil {
 		f.t.Fatalf("%s: %v", what, err)
 	}
 	f.t.Logf("convergence (%s): %s from the API call returning to every peer reachable", what, time.Since(start).Round(time.Millisecond))
