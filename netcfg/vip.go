@@ -25,7 +25,7 @@ import (
 //     holder), deprecated (preferred lifetime 0, valid forever: never the
 //     source of the gateway's own traffic, as a secondary IPv4 address is
 //     not), announced by unsolicited neighbour advertisements with the
-//     override flag (RFC 4861 7.2.6) to all nodes. IPv6 addresses carry
+//     router and override flags (RFC 4861 7.2.6) to all nodes. IPv6 addresses carry
 //     no label, and the address protocol (IFA_PROTO) came with Linux 6.0,
 //     above the 5.10 cframe supports: a /128 that is nodad, deprecated and
 //     valid forever, inside the edge's own IPv6 CIDRs, is cframe's — a
@@ -267,12 +267,13 @@ func advertise(lan lanLink, vip netip.Addr) error {
 }
 
 // unsolicitedNA is an ICMPv6 neighbour advertisement of vip at mac with
-// the override flag (neither router nor solicited) and the target
-// link-layer address option; the checksum is left to the kernel.
+// the router flag (the gateway forwards: a host's entry for its next hop
+// keeps saying router) and the override flag, not solicited, and the
+// target link-layer address option; the checksum is left to the kernel.
 func unsolicitedNA(mac net.HardwareAddr, vip netip.Addr) []byte {
 	b := make([]byte, 32)
 	b[0] = 136                                    // neighbour advertisement
-	binary.BigEndian.PutUint32(b[4:], 0x20000000) // override
+	binary.BigEndian.PutUint32(b[4:], 0xa0000000) // router, override
 	a := vip.As16()
 	copy(b[8:], a[:])
 	b[24], b[25] = 2, 1 // target link-layer address, 8 bytes

@@ -144,7 +144,7 @@ func TestIsVIP6(t *testing.T) {
 // TestUnsolicitedNA: the advertisement's bytes (RFC 4861 4.4).
 func TestUnsolicitedNA(t *testing.T) {
 	got := unsolicitedNA(mac(0x99), ip("2001:db8:20::fa"))
-	want := []byte{136, 0, 0, 0, 0x20, 0, 0, 0,
+	want := []byte{136, 0, 0, 0, 0xa0, 0, 0, 0,
 		0x20, 0x01, 0x0d, 0xb8, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfa,
 		2, 1, 0x02, 0xcf, 0, 0, 0, 0x99}
 	if string(got) != string(want) {

@@ -40,7 +40,9 @@ func TestValidateSite(t *testing.T) {
 		{"vip with prefix", with(func(s *Spec) { s.VIP = "172.18.171.250/32" }), "not an IPv4 address", 0, ""},
 		{"vip network address", with(func(s *Spec) { s.VIP = "172.18.0.0" }), "network or broadcast", 0, ""},
 		{"vip broadcast address", with(func(s *Spec) { s.VIP = "172.18.255.255" }), "network or broadcast", 0, ""},
-		{"vip per family", with(func(s *Spec) { s.ExtraCIDRs, s.VIP, s.VIP6 = []string{"2001:db8:18::/48"}, "172.18.171.250", "2001:db8:18::fa" }), "", DefaultPriority, "172.18.171.250,2001:db8:18::fa"},
+		{"vip per family", with(func(s *Spec) {
+			s.ExtraCIDRs, s.VIP, s.VIP6 = []string{"2001:db8:18::/48"}, "172.18.171.250", "2001:db8:18::fa"
+		}), "", DefaultPriority, "172.18.171.250,2001:db8:18::fa"},
 		{"vip6 alone, ipv6-only site", with(func(s *Spec) { s.CIDR, s.VIP6 = "2001:db8:18::/48", "2001:db8:18::fa" }), "", DefaultPriority, "2001:db8:18::fa"},
 		{"vip6 in an extra cidr", with(func(s *Spec) { s.ExtraCIDRs, s.VIP6 = []string{"10.244.0.0/16", "2001:db8:18::/48"}, "2001:db8:18::fa" }), "", DefaultPriority, "2001:db8:18::fa"},
 		{"vip6 without site", with(func(s *Spec) { s.Site, s.ExtraCIDRs, s.VIP6 = "", []string{"2001:db8:18::/48"}, "2001:db8:18::fa" }), "vip needs a site", 0, ""},
