@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -27,9 +28,10 @@ import (
 //     not), announced by unsolicited neighbour advertisements with the
 //     router and override flags (RFC 4861 7.2.6) to all nodes. IPv6 addresses carry
 //     no label, and the address protocol (IFA_PROTO) came with Linux 6.0,
-//     above the 5.10 cframe supports: a /128 that is nodad, deprecated and
-//     valid forever, inside the edge's own IPv6 CIDRs, is cframe's — a
-//     shape nothing else gives an address there.
+//     above the 5.10 cframe supports: a /128 that is nodad, noprefixroute
+//     (which means nothing for a /128: a mark, not a setting), deprecated
+//     and valid forever is cframe's — a shape nothing else gives an
+//     address by accident. Cleanup, which knows no CIDRs, finds it too.
 
 // VIPLabel labels the IPv4 VIP addresses cframe adds.
 const VIPLabel = "cframe-vip"
@@ -63,19 +65,13 @@ type lanLink struct {
 	MAC   net.HardwareAddr
 }
 
-// isVIP6 reports whether ad has the shape of cframe's IPv6 VIP inside one
-// of cidrs.
-func isVIP6(ad netlink.Addr, cidrs []netip.Prefix) bool {
-	ip := addrFromIP(ad.IP)
-	if ones, _ := ad.Mask.Size(); ones != 128 || !ip.Is6() || ad.Flags&unix.IFA_F_NODAD == 0 || ad.PreferedLft != 0 || ad.ValidLft != lifeForever {
-		return false
-	}
-	for _, c := range cidrs {
-		if c.Addr().Is6() && c.Contains(ip) {
-			return true
-		}
-	}
-	return false
+// vip6Flags are the flags that mark cframe's IPv6 VIP.
+const vip6Flags = unix.IFA_F_NODAD | unix.IFA_F_NOPREFIXROUTE
+
+// isVIP6 reports whether ad has the shape of cframe's IPv6 VIP.
+func isVIP6(ad netlink.Addr) bool {
+	ones, _ := ad.Mask.Size()
+	return ones == 128 && addrFromIP(ad.IP).Is6() && ad.Flags&vip6Flags == vip6Flags && ad.PreferedLft == 0 && ad.ValidLft == lifeForever
 }
 
 // readVIP finds cframe's VIP addresses, foreign holders of the desired
@@ -94,11 +90,24 @@ func (s *session) readVIP(r *reading) error {
 	if !lan.IsValid() {
 		lan = r.a.LANAddr6 // an IPv6-only site
 	}
-	for _, ad := range append(r.addrs[:len(r.addrs):len(r.addrs)], r.addrs6...) {
+	if r.addrs6 == nil {
+		// No IPv6 CIDRs of its own (or a cleanup): still one look for a
+		// VIP6 left behind.
+		if err := retryDump("ipv6 addresses", func() (err error) { r.addrs6, err = s.nl.AddrList(nil, netlink.FAMILY_V6); return err }); err != nil {
+			return err
+		}
+	}
+	all := slices.Clip(r.addrs)
+	for _, ad := range r.addrs6 {
+		if addrFromIP(ad.IP).Is6() {
+			all = append(all, ad)
+		}
+	}
+	for _, ad := range all {
 		ip := addrFromIP(ad.IP)
 		ones, _ := ad.Mask.Size()
 		switch {
-		case ip.Is4() && ad.Label == VIPLabel, ip.Is6() && isVIP6(ad, r.d.LocalCIDRs):
+		case ip.Is4() && ad.Label == VIPLabel, ip.Is6() && isVIP6(ad):
 			v.Ours = append(v.Ours, vipAddr{Addr: ip, Bits: ones, Link: ad.LinkIndex, Device: r.name(ad.LinkIndex)})
 		case ip.IsValid() && (ip == r.d.VIP || ip == r.d.VIP6):
 			v.Foreign[ip] = r.name(ad.LinkIndex)
@@ -145,14 +154,14 @@ func foreignWhy(a netip.Addr) string {
 	if a.Is4() {
 		return fmt.Sprintf("no %q label", VIPLabel)
 	}
-	return "not a /128 that is nodad, deprecated and valid forever"
+	return "not a /128 that is nodad, noprefixroute, deprecated and valid forever"
 }
 
 // VIP operations.
 
 func vipAdd(vip netip.Addr, lan lanLink) change {
 	if vip.Is6() {
-		return change{desc: fmt.Sprintf("addr add %s/128 dev %s nodad preferred_lft 0, unsolicited neighbour advertisement", vip, lan.Name), do: func(s *session) error {
+		return change{desc: fmt.Sprintf("addr add %s/128 dev %s nodad noprefixroute preferred_lft 0, unsolicited neighbour advertisement", vip, lan.Name), do: func(s *session) error {
 			err := s.nl.AddrAdd(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: lan.Index}}, vipNetlinkAddr(vip, 128))
 			if err != nil && !errors.Is(err, unix.EEXIST) {
 				return err
@@ -180,13 +189,13 @@ func vipDel(a vipAddr) change {
 }
 
 // vipNetlinkAddr is VIP address a/bits as cframe adds it: labelled for
-// IPv4; nodad, deprecated and valid forever for IPv6.
+// IPv4; nodad, noprefixroute, deprecated and valid forever for IPv6.
 func vipNetlinkAddr(a netip.Addr, bits int) *netlink.Addr {
 	ad := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}}
 	if a.Is4() {
 		ad.Label = VIPLabel
 	} else {
-		ad.Flags, ad.PreferedLft, ad.ValidLft = unix.IFA_F_NODAD, 0, lifeForever
+		ad.Flags, ad.PreferedLft, ad.ValidLft = vip6Flags, 0, lifeForever
 	}
 	return ad
 }

@@ -28,7 +28,7 @@ func TestPlanVIP(t *testing.T) {
 			vip:     vipState{LAN: lan},
 			wantChanges: []string{
 				"addr add 172.20.0.250/32 dev eth1 label cframe-vip, gratuitous ARP",
-				"addr add 2001:db8:20::fa/128 dev eth1 nodad preferred_lft 0, unsolicited neighbour advertisement",
+				"addr add 2001:db8:20::fa/128 dev eth1 nodad noprefixroute preferred_lft 0, unsolicited neighbour advertisement",
 			},
 		},
 		{
@@ -42,7 +42,7 @@ func TestPlanVIP(t *testing.T) {
 			vip:     vipState{LAN: lan, Ours: []vipAddr{v4}},
 			wantChanges: []string{
 				"addr del 172.20.0.250/32 dev eth1 label cframe-vip",
-				"addr add 2001:db8:20::fa/128 dev eth1 nodad preferred_lft 0, unsolicited neighbour advertisement",
+				"addr add 2001:db8:20::fa/128 dev eth1 nodad noprefixroute preferred_lft 0, unsolicited neighbour advertisement",
 			},
 		},
 		{
@@ -64,7 +64,7 @@ func TestPlanVIP(t *testing.T) {
 			vip:     vipState{LAN: lan, Ours: []vipAddr{v4, v6}},
 			wantChanges: []string{
 				"addr del 2001:db8:20::fa/128 dev eth1",
-				"addr add 2001:db8:20::fb/128 dev eth1 nodad preferred_lft 0, unsolicited neighbour advertisement",
+				"addr add 2001:db8:20::fb/128 dev eth1 nodad noprefixroute preferred_lft 0, unsolicited neighbour advertisement",
 			},
 		},
 		{
@@ -73,14 +73,14 @@ func TestPlanVIP(t *testing.T) {
 			vip:     vipState{LAN: lan, Ours: []vipAddr{v4, {Addr: v6.Addr, Bits: 128, Link: 4, Device: "eth2"}}},
 			wantChanges: []string{
 				"addr del 2001:db8:20::fa/128 dev eth2",
-				"addr add 2001:db8:20::fa/128 dev eth1 nodad preferred_lft 0, unsolicited neighbour advertisement",
+				"addr add 2001:db8:20::fa/128 dev eth1 nodad noprefixroute preferred_lft 0, unsolicited neighbour advertisement",
 			},
 		},
 		{
 			name:          "someone else's address: left alone, said",
 			desired:       both,
 			vip:           vipState{LAN: lan, Ours: []vipAddr{v4}, Foreign: mapOf(v6.Addr, "eth1")},
-			wantConflicts: []string{"address 2001:db8:20::fa on eth1 is not cframe's (not a /128 that is nodad, deprecated and valid forever): VIP not added"},
+			wantConflicts: []string{"address 2001:db8:20::fa on eth1 is not cframe's (not a /128 that is nodad, noprefixroute, deprecated and valid forever): VIP not added"},
 		},
 		{
 			name:          "no LAN interface",
@@ -117,7 +117,6 @@ func mapOf[K comparable, V any](k K, v V) map[K]V { return map[K]V{k: v} }
 
 // TestIsVIP6: what an IPv6 address must be to count as cframe's VIP.
 func TestIsVIP6(t *testing.T) {
-	cidrs := dualDesired().LocalCIDRs
 	addr := func(s string, bits int, flags, pref, valid int) netlink.Addr {
 		return netlink.Addr{IPNet: &net.IPNet{IP: ip(s).AsSlice(), Mask: net.CIDRMask(bits, 128)}, Flags: flags, PreferedLft: pref, ValidLft: valid}
 	}
@@ -128,14 +127,15 @@ func TestIsVIP6(t *testing.T) {
 		want bool
 	}{
 		{"as cframe adds it", *ours, true},
-		{"as the kernel lists it", addr("2001:db8:20::fa", 128, unix.IFA_F_NODAD|unix.IFA_F_DEPRECATED|unix.IFA_F_PERMANENT, 0, lifeForever), true},
+		{"as the kernel lists it", addr("2001:db8:20::fa", 128, unix.IFA_F_NODAD|unix.IFA_F_NOPREFIXROUTE|unix.IFA_F_DEPRECATED|unix.IFA_F_PERMANENT, 0, lifeForever), true},
+		{"nodad alone", addr("2001:db8:20::fa", 128, unix.IFA_F_NODAD|unix.IFA_F_DEPRECATED, 0, lifeForever), false},
 		{"the LAN address", addr("2001:db8:20::9", 48, unix.IFA_F_NODAD|unix.IFA_F_PERMANENT, lifeForever, lifeForever), false},
-		{"a /128 with DAD", addr("2001:db8:20::fa", 128, unix.IFA_F_DEPRECATED, 0, lifeForever), false},
-		{"preferred", addr("2001:db8:20::fa", 128, unix.IFA_F_NODAD, lifeForever, lifeForever), false},
-		{"expiring", addr("2001:db8:20::fa", 128, unix.IFA_F_NODAD, 0, 3600), false},
-		{"outside the edge's networks", addr("2001:db8:99::fa", 128, unix.IFA_F_NODAD, 0, lifeForever), false},
+		{"a /128 with DAD", addr("2001:db8:20::fa", 128, unix.IFA_F_NOPREFIXROUTE|unix.IFA_F_DEPRECATED, 0, lifeForever), false},
+		{"preferred", addr("2001:db8:20::fa", 128, unix.IFA_F_NODAD|unix.IFA_F_NOPREFIXROUTE, lifeForever, lifeForever), false},
+		{"expiring", addr("2001:db8:20::fa", 128, unix.IFA_F_NODAD|unix.IFA_F_NOPREFIXROUTE, 0, 3600), false},
+		{"a /64", addr("2001:db8:20::fa", 64, unix.IFA_F_NODAD|unix.IFA_F_NOPREFIXROUTE, 0, lifeForever), false},
 	} {
-		if got := isVIP6(tc.a, cidrs); got != tc.want {
+		if got := isVIP6(tc.a); got != tc.want {
 			t.Errorf("%s: isVIP6 = %v, want %v", tc.name, got, tc.want)
 		}
 	}
