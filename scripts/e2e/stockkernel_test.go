@@ -30,5 +30,5 @@ func TestVMEncrypted(t *testing.T) {
 	if bin == "" {
 		t.Skip("needs root")
 	}
-	vm.GoTest(t, ".", "^TestEncryptedUnderlay6$", vm.Options{Env: []string{binEnv + "=" + bin}, Share: []string{bin}})
+	vm.GoTest(t, ".", "^(TestEncryptedWalkthrough|TestEncryptedUnderlay6)$", vm.Options{Env: []string{binEnv + "=" + bin}, Share: []string{bin}})
 }
