@@ -26,6 +26,9 @@ type Edge struct {
 	// VIP is the site's virtual IP (the cloud's HaVip), held by its active
 	// gateway only; invalid when the site has none.
 	VIP netip.Addr `json:"vip,omitzero"`
+	// VIP6 is the site's IPv6 virtual IP, the same for IPv6: a site with
+	// IPv6 CIDRs may have one beside VIP (a VIP per family), or alone.
+	VIP6 netip.Addr `json:"vip6,omitzero"`
 	// Mesh is the edge's mesh address (in 240.207.0.0/16), which the
 	// controller gives it when it is added and keeps across re-adds: the
 	// address its peers' encrypted VXLAN goes to inside WireGuard.

@@ -91,9 +91,10 @@ type reading struct {
 	// From the routes (a full read): the default route's device.
 	defaultDev int
 	// From the addresses (a full read): the underlay device, and every
-	// IPv4 address.
+	// IPv4 address; with IPv6 CIDRs of its own every IPv6 address too.
 	underlay int
 	addrs    []netlink.Addr
+	addrs6   []netlink.Addr
 }
 
 func newReading(d *Desired, keys *scope) *reading {

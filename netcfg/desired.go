@@ -74,6 +74,9 @@ type Desired struct {
 	// are instead — neither added nor removed — and VIP is ignored.
 	VIP     netip.Addr
 	KeepVIP bool
+	// VIP6, when valid, is the site's IPv6 virtual IP this gateway holds
+	// beside (or instead of) VIP; KeepVIP applies to it too.
+	VIP6 netip.Addr
 	// WireGuard, when not nil, is the WireGuard device the encrypted peers
 	// are reached through (wireguard.go; VXLAN mode only). The VXLAN
 	// device's MTU then leaves room for both encapsulations, and its

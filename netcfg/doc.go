@@ -53,7 +53,8 @@
 //   - neigh6.go: the permanent IPv6 neighbors of the peers' link-local
 //     addresses on the tunnel
 //   - lladdr.go: the tunnel device's own IPv6 link-local address
-//   - vip.go: a site's VIP on the LAN interface, and its gratuitous ARP
+//   - vip.go: a site's VIPs on the LAN interface (one per family), with
+//     gratuitous ARP (IPv4) or unsolicited neighbour advertisements (IPv6)
 //   - route.go: the routes to the peers' networks, and route6.go how
 //     the IPv6 ones differ (next hop: the peer's link-local address)
 //   - ipset.go: the sets of peer addresses and networks the rules match

@@ -3,6 +3,7 @@ package netcfg
 import (
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -173,4 +174,60 @@ func (m *mesh) tunnelAddrs(s *topo.Site) []string {
 		}
 	}
 	return out
+}
+
+// A site's IPv6 VIP on the LAN interface of a dual-stack edge: a /128
+// nodad, noprefixroute, deprecated, announced by unsolicited neighbour
+// advertisement (the host's stale entry moves), never the routes' source,
+// reconciled to no-op, released, someone else's /128 left alone, and
+// removed by cleanup.
+func TestKernelVIP6(t *testing.T) {
+	t.Parallel()
+	m := newDualMesh(t)
+	s1 := m.site("vpc1")
+	vip := netip.MustParseAddr("2001:db8:18::250")
+	m.reconcileAll()
+	m.sh(s1.Host, "ip", "-6", "neigh", "replace", vip.String(), "lladdr", "02:00:00:00:00:99", "dev", "eth0", "nud", "stale")
+	lanMAC := m.sh(s1.Edge, "cat", "/sys/class/net/lan0/address")
+
+	d := m.desired["vpc1"]
+	d.VIP6 = vip
+	expectLines(t, "VIP6 taken", m.reconcile("vpc1").Changes, []string{"addr add 2001:db8:18::250/128 dev lan0 nodad noprefixroute preferred_lft 0, unsolicited neighbour advertisement"})
+	if got := m.sh(s1.Host, "ip", "-6", "neigh", "show", vip.String()); !strings.Contains(got, lanMAC) {
+		t.Errorf("the neighbour advertisement did not reach the host: %q, want lladdr %s", got, lanMAC)
+	}
+	if got := m.sh(s1.Edge, "ip", "-6", "-o", "addr", "show", "dev", "lan0"); !regexp.MustCompile(`2001:db8:18::250/128 .*nodad .*deprecated noprefixroute`).MatchString(got) {
+		t.Errorf("the VIP6 on lan0:\n%s", got)
+	}
+	if err := m.net.Ping(s1.Host, vip, 1, 5*time.Second); err != nil {
+		t.Errorf("host -> VIP6: %v", err)
+	}
+	m.expectNoChanges()
+	if got := m.sh(s1.Edge, "ip", "-6", "route", "show", "proto", "207"); strings.Contains(got, "src "+vip.String()) {
+		t.Errorf("a route has the VIP6 as its source:\n%s", got)
+	}
+
+	// Someone else's /128 in the site's block, nodad and deprecated but
+	// without cframe's mark: left alone, and a VIP6 there is a conflict.
+	m.sh(s1.Edge, "ip", "-6", "addr", "add", "2001:db8:18::251/128", "dev", "lan0", "nodad", "preferred_lft", "0")
+	d.VIP6 = netip.MustParseAddr("2001:db8:18::251")
+	res := m.reconcile("vpc1")
+	expectLines(t, "foreign VIP6", res.Changes, []string{"addr del 2001:db8:18::250/128 dev lan0"})
+	expectLines(t, "foreign VIP6 conflict", res.Conflicts, []string{"address 2001:db8:18::251 on lan0 is not cframe's (not a /128 that is nodad, noprefixroute, deprecated and valid forever): VIP not added"})
+
+	// Released by a standby, taken again, then removed by cleanup only.
+	d.VIP6 = vip
+	m.reconcile("vpc1")
+	d.VIP6 = netip.Addr{}
+	expectLines(t, "VIP6 released", m.reconcile("vpc1").Changes, []string{"addr del 2001:db8:18::250/128 dev lan0"})
+	d.VIP6 = vip
+	m.reconcile("vpc1")
+	var removed []string
+	m.in("vpc1", func() (err error) { removed, err = m.k.Cleanup(); return err })
+	if !slices.Contains(removed, "addr del 2001:db8:18::250/128 dev lan0") {
+		t.Errorf("cleanup removed %q", removed)
+	}
+	if got := m.sh(s1.Edge, "ip", "-6", "-o", "addr", "show", "dev", "lan0"); !strings.Contains(got, "2001:db8:18::251/128") || !strings.Contains(got, "2001:db8:18::245/48") || strings.Contains(got, "2001:db8:18::250") {
+		t.Errorf("after cleanup:\n%s", got)
+	}
 }

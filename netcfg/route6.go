@@ -85,11 +85,13 @@ func (s *session) readLANAddr6(r *reading) error {
 	if err := retryDump("ipv6 addresses", func() (err error) { addrs, err = s.nl.AddrList(nil, netlink.FAMILY_V6); return err }); err != nil {
 		return err
 	}
+	r.addrs6 = addrs
 	// An address still in (or failed) duplicate address detection cannot
-	// be a route's source yet: the kernel refuses it.
-	usable := addrs[:0]
+	// be a route's source yet: the kernel refuses it; a deprecated one
+	// (the site's VIP6 among them, vip.go) should not be one.
+	var usable []netlink.Addr
 	for _, a := range addrs {
-		if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) == 0 {
+		if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED|unix.IFA_F_DEPRECATED) == 0 {
 			usable = append(usable, a)
 		}
 	}

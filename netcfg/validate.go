@@ -64,6 +64,9 @@ func (n *Desired) validate() error {
 	if n.VIP.IsValid() && !n.VIP.Is4() {
 		return fmt.Errorf("VIP %s is not IPv4", n.VIP)
 	}
+	if n.VIP6.IsValid() && (!n.VIP6.Is6() || n.VIP6.Is4In6() || n.VIP6.Zone() != "" || !n.VIP6.IsGlobalUnicast()) {
+		return fmt.Errorf("VIP6 %s is not a global IPv6 address", n.VIP6)
+	}
 	if err := n.validateWireGuard(); err != nil {
 		return err
 	}

@@ -72,6 +72,7 @@ func main() {
 							&cli.StringFlag{Name: "site", Usage: "the network this edge is one gateway of (gateways of a site carry the same CIDRs; one is active)"},
 							&cli.IntFlag{Name: "priority", Usage: "rank among the site's gateways, 1-255 (default 100; higher takes over)"},
 							&cli.StringFlag{Name: "vip", Usage: "the site's virtual IP inside its primary CIDR, held by the active gateway (the cloud's HaVip)"},
+							&cli.StringFlag{Name: "vip6", Usage: "the site's IPv6 virtual IP inside one of its IPv6 CIDRs, held by the active gateway"},
 						},
 						OnUsageError: usageError,
 						Action:       edgeAdd,
@@ -180,7 +181,7 @@ func edgeAdd(cc *cli.Context) error {
 	}
 	cidrs := cc.StringSlice("cidr")
 	s := edgeset.Spec{Name: cc.String("name"), HostAddr: cc.String("hostaddr"), CIDR: cidrs[0], ExtraCIDRs: cidrs[1:], Comment: cc.String("comment"),
-		Site: cc.String("site"), VIP: cc.String("vip")}
+		Site: cc.String("site"), VIP: cc.String("vip"), VIP6: cc.String("vip6")}
 	if cc.IsSet("priority") {
 		p := cc.Int("priority")
 		s.Priority = &p
@@ -260,7 +261,7 @@ func topology(cc *cli.Context) error {
 		if s.Since != nil {
 			since = s.Since.Local().Format(time.RFC3339)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, strings.Join(s.CIDRs, ","), dash(s.VIP), s.Active,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, strings.Join(s.CIDRs, ","), dash(strings.Trim(s.VIP+","+s.VIP6, ",")), s.Active,
 			strings.Join(s.Gateways, ","), s.Epoch, since, dash(s.Reason))
 	}
 	w.Flush()

@@ -11,6 +11,8 @@ import (
 type Gateway struct {
 	NS      string
 	LANAddr netip.Addr
+	// LANAddr6 is its IPv6 address on the LAN (AddIPv6), or invalid.
+	LANAddr6 netip.Addr
 	// Public is the gateway's underlay address with its /24, Router the
 	// router's address in it, RouterIf the router's interface toward it.
 	Public   netip.Prefix
@@ -26,9 +28,11 @@ func (g *Gateway) Underlay() netip.Addr { return g.Public.Addr() }
 // host routing the other VPCs through VIP — the cloud route table pointing
 // at the HaVip.
 type HA struct {
-	Site     *Site
-	LAN      string
-	VIP      netip.Addr
+	Site *Site
+	LAN  string
+	VIP  netip.Addr
+	// VIP6 is the IPv6 VIP (AddIPv6), or invalid.
+	VIP6     netip.Addr
 	Gateways []*Gateway
 }
 
@@ -40,7 +44,7 @@ const haUnderlay = 3 + 512
 // VPC with one more gateway per address in standbys: the edge's and the
 // host's LAN link is replaced by a bridge they share with the new gateways,
 // each of which gets an underlay link to the router like an edge; the
-// host's routes to the other VPCs go via vip.
+// host's routes to the other VPCs' IPv4 networks go via vip.
 func (t *Topology) MakeHA(s *Site, vip netip.Addr, standbys ...netip.Addr) (*HA, error) {
 	n := t.Net
 	if !s.CIDR.Contains(vip) {
@@ -112,12 +116,55 @@ func (t *Topology) MakeHA(s *Site, vip netip.Addr, standbys ...netip.Addr) (*HA,
 			continue
 		}
 		for _, c := range o.CIDRs() {
+			if c.Addr().Is6() {
+				continue // AddIPv6's
+			}
 			if _, err := n.Exec(s.Host, "ip", "route", "replace", c.String(), "via", vip.String()); err != nil {
 				return nil, err
 			}
 		}
 	}
 	return h, nil
+}
+
+// AddIPv6 gives a dual-stack VPC's HA LAN its IPv6 block back (MakeHA
+// replaced the links that held it): the site's edge and host their IPv6
+// addresses again, each further gateway the one of addrs in its order; the
+// host's routes to the other VPCs' IPv6 blocks go via vip6. The bridge
+// floods multicast as a cloud's vSwitch does (no MLD snooping).
+func (h *HA) AddIPv6(t *Topology, vip6 netip.Addr, addrs ...netip.Addr) error {
+	s, n := h.Site, t.Net
+	if !s.CIDR6.IsValid() || !s.CIDR6.Contains(vip6) || len(addrs) != len(h.Gateways)-1 {
+		return fmt.Errorf("topo: vip6 %s and %d addresses for the IPv6 block %q of a site with %d gateways", vip6, len(addrs), s.CIDR6, len(h.Gateways))
+	}
+	h.VIP6 = vip6
+	if _, err := n.Exec(h.LAN, "ip", "link", "set", "br0", "type", "bridge", "mcast_snooping", "0"); err != nil {
+		return err
+	}
+	add := func(ns, dev string, a netip.Addr) error {
+		_, err := n.Exec(ns, "ip", "-6", "addr", "add", netip.PrefixFrom(a, s.CIDR6.Bits()).String(), "dev", dev, "nodad")
+		return err
+	}
+	h.Gateways[0].LANAddr6 = s.EdgeAddr6
+	for i, a := range addrs {
+		h.Gateways[i+1].LANAddr6 = a
+	}
+	for _, g := range h.Gateways {
+		if err := add(g.NS, EdgeLAN, g.LANAddr6); err != nil {
+			return err
+		}
+	}
+	if err := add(s.Host, HostIf, s.HostAddr6); err != nil {
+		return err
+	}
+	for _, o := range t.Sites() {
+		if o != s && o.CIDR6.IsValid() {
+			if _, err := n.Exec(s.Host, "ip", "-6", "route", "replace", o.CIDR6.String(), "via", vip6.String()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // SetDown takes every link of gateway g down (a dead host: nothing in or
@@ -175,6 +222,9 @@ func (h *HA) Isolate(t *Topology, on bool) error {
 func (h *HA) SiteOf(g *Gateway) *Site {
 	s := *h.Site
 	s.Edge, s.EdgeAddr, s.Public, s.Gateway, s.RouterIf = g.NS, g.LANAddr, g.Public, g.Router, g.RouterIf
+	if s.CIDR6.IsValid() {
+		s.EdgeAddr6 = g.LANAddr6
+	}
 	return &s
 }
 

@@ -553,7 +553,13 @@ func (a *Agent) desired(set map[string]bus.Edge, roles haView) (netcfg.Desired, 
 	d, registered := mesh.Desired(a.local, set, roles.Claims)
 	switch roles.VIPState {
 	case ha.VIPHeld:
-		d.VIP = roles.VIP
+		for _, v := range roles.VIPs {
+			if v.Is4() {
+				d.VIP = v
+			} else {
+				d.VIP6 = v
+			}
+		}
 	case ha.VIPKeep:
 		d.KeepVIP = true
 	}

@@ -57,7 +57,7 @@ type haRunner struct {
 // with the own site's VIP.
 type haView struct {
 	Claims   map[string]bus.Claim
-	VIP      netip.Addr
+	VIPs     []netip.Addr
 	VIPState ha.VIPState
 	Site     *bus.SiteStatus
 }
@@ -250,12 +250,12 @@ func (h *haRunner) run(ctx context.Context) {
 // publish makes the engine's decisions the view, saves changed claims and
 // tells the agent when anything changed. It reports whether the claims did.
 func (h *haRunner) publish() bool {
-	vip, state := h.e.VIP()
-	v := haView{Claims: h.e.Claims(), VIP: vip, VIPState: state, Site: h.e.Status()}
+	vips, state := h.e.VIP()
+	v := haView{Claims: h.e.Claims(), VIPs: vips, VIPState: state, Site: h.e.Status()}
 	h.mu.Lock()
 	old := h.view
 	claims := !maps.Equal(old.Claims, v.Claims)
-	same := !claims && old.VIP == v.VIP && old.VIPState == v.VIPState && sameSite(old.Site, v.Site)
+	same := !claims && slices.Equal(old.VIPs, v.VIPs) && old.VIPState == v.VIPState && sameSite(old.Site, v.Site)
 	if !same {
 		h.view = v
 	}
@@ -295,7 +295,7 @@ func lanAddr(set map[string]bus.Edge, self string) netip.Addr {
 				continue
 			}
 			ip, ok := netip.AddrFromSlice(n.IP)
-			if ip = ip.Unmap(); ok && p.Contains(ip) && ip != e.VIP {
+			if ip = ip.Unmap(); ok && p.Contains(ip) && ip != e.VIP && ip != e.VIP6 {
 				return ip
 			}
 		}
@@ -338,13 +338,25 @@ func describeRoles(old, v haView) string {
 			parts = append(parts, fmt.Sprintf("site %s: %s active at epoch %d (%s)", site, c.Gateway, c.Epoch, c.Reason))
 		}
 	}
-	if old.VIPState != v.VIPState || old.VIP != v.VIP {
-		parts = append(parts, fmt.Sprintf("VIP %s: %s", v.VIP, v.VIPState))
+	if old.VIPState != v.VIPState || !slices.Equal(old.VIPs, v.VIPs) {
+		parts = append(parts, fmt.Sprintf("VIP %s: %s", addrList(v.VIPs), v.VIPState))
 	}
 	if len(parts) == 0 {
 		return "site roles unchanged"
 	}
 	return strings.Join(parts, "; ")
+}
+
+// addrList is addrs comma-separated ("none" for none).
+func addrList(addrs []netip.Addr) string {
+	if len(addrs) == 0 {
+		return "none"
+	}
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
 }
 
 func sortedSites(m map[string]bus.Claim) []string {

@@ -1,7 +1,7 @@
 // Package api is the controller's HTTP API, byte-compatible with the
 // reference walkthrough in paths and JSON field names:
 //
-//	POST /api-service/v1/edge/add   {"name","hostaddr","cidr"[,"comment","extra_cidrs","site","priority","vip"]}
+//	POST /api-service/v1/edge/add   {"name","hostaddr","cidr"[,"comment","extra_cidrs","site","priority","vip","vip6"]}
 //	POST /api-service/v1/edge/del   {"name"}
 //	GET  /api-service/v1/edge/list  [{"name","comment","cidr","host_addr","status",...}]
 //	GET  /api-service/v1/topology
@@ -96,11 +96,12 @@ type EdgeView struct {
 	HostAddr   string   `json:"host_addr"`
 	Status     int      `json:"status"`
 	ExtraCIDRs []string `json:"extra_cidrs,omitempty"`
-	// Site, Priority and VIP are the edge's site fields (empty without a
-	// site: the edge is a site of its own).
+	// Site, Priority, VIP and VIP6 are the edge's site fields (empty
+	// without a site: the edge is a site of its own).
 	Site     string `json:"site,omitempty"`
 	Priority int    `json:"priority,omitempty"`
 	VIP      string `json:"vip,omitempty"`
+	VIP6     string `json:"vip6,omitempty"`
 	// Role is "active" for the gateway carrying its site's traffic (every
 	// edge without a site), else "standby".
 	Role string `json:"role"`
@@ -161,6 +162,7 @@ type TopologySite struct {
 	Name     string   `json:"name"`
 	CIDRs    []string `json:"cidrs"`
 	VIP      string   `json:"vip,omitempty"`
+	VIP6     string   `json:"vip6,omitempty"`
 	Gateways []string `json:"gateways"`
 	Active   string   `json:"active"`
 	// Epoch, Reason and Since describe the claim that made Active the

@@ -214,7 +214,8 @@ func deref(r *api.ChangeResult) api.ChangeResult {
 
 func sameEdge(a, b bus.Edge) bool {
 	return a.Name == b.Name && a.Comment == b.Comment && a.CIDR == b.CIDR && a.HostAddr == b.HostAddr &&
-		slices.Equal(a.ExtraCIDRs, b.ExtraCIDRs) && a.Site == b.Site && a.Priority == b.Priority && a.VIP == b.VIP
+		slices.Equal(a.ExtraCIDRs, b.ExtraCIDRs) && a.Site == b.Site && a.Priority == b.Priority && a.VIP == b.VIP &&
+		a.VIP6 == b.VIP6
 }
 
 func describe(e bus.Edge) string {
@@ -224,6 +225,9 @@ func describe(e bus.Edge) string {
 	}
 	if e.VIP.IsValid() {
 		d += " vip " + e.VIP.String()
+	}
+	if e.VIP6.IsValid() {
+		d += " vip6 " + e.VIP6.String()
 	}
 	return d
 }

@@ -240,6 +240,9 @@ func (c *Controller) ListEdges() []api.EdgeView {
 		if e.VIP.IsValid() {
 			v.VIP = e.VIP.String()
 		}
+		if e.VIP6.IsValid() {
+			v.VIP6 = e.VIP6.String()
+		}
 		if s, ok := c.status.get(e.Name); ok {
 			if s.online {
 				v.Status, v.State = 1, api.StateOnline
@@ -335,6 +338,9 @@ func (c *Controller) topologySite(s *mesh.Site) api.TopologySite {
 	}
 	if vip := s.VIP(); vip.IsValid() {
 		ts.VIP = vip.String()
+	}
+	if vip := s.VIP6(); vip.IsValid() {
+		ts.VIP6 = vip.String()
 	}
 	if cl.Gateway == ts.Active && cl.Epoch > 0 {
 		ts.Epoch, ts.Reason = cl.Epoch, cl.Reason

@@ -25,11 +25,12 @@ type Spec struct {
 	// ExtraCIDRs are further networks behind the same edge (k8s pod and
 	// service ranges).
 	ExtraCIDRs []string `json:"extra_cidrs,omitempty"`
-	// Site, Priority and VIP make the edge one gateway of a site (gateway
-	// HA, see sites.go); all optional.
+	// Site, Priority, VIP and VIP6 make the edge one gateway of a site
+	// (gateway HA, see sites.go); all optional. VIP is IPv4, VIP6 IPv6.
 	Site     string `json:"site,omitempty"`
 	Priority *int   `json:"priority,omitempty"`
 	VIP      string `json:"vip,omitempty"`
+	VIP6     string `json:"vip6,omitempty"`
 }
 
 // InvalidError is a malformed Spec (HTTP 400).

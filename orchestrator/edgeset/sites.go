@@ -24,7 +24,7 @@ func validateSite(s Spec, e *bus.Edge) error {
 		switch {
 		case s.Priority != nil:
 			return invalid("priority needs a site: it ranks the gateways of one site (add \"site\")")
-		case s.VIP != "":
+		case s.VIP != "" || s.VIP6 != "":
 			return invalid("vip needs a site: it is the address the site's active gateway holds (add \"site\")")
 		}
 		return nil
@@ -39,22 +39,59 @@ func validateSite(s Spec, e *bus.Edge) error {
 		}
 		e.Priority = *s.Priority
 	}
-	if s.VIP == "" {
-		return nil
+	if s.VIP != "" {
+		vip, err := netip.ParseAddr(s.VIP)
+		if err != nil || !vip.Is4() {
+			hint := ""
+			if err == nil && vip.Is6() {
+				hint = "; an IPv6 VIP is vip6"
+			}
+			return invalid("vip %q is not an IPv4 address (like \"172.18.171.250\")%s", s.VIP, hint)
+		}
+		c := e.CIDR
+		if !c.Contains(vip) {
+			return invalid("vip %s is not inside the site's primary cidr %s", vip, c)
+		}
+		if c.Bits() <= 30 && (vip == c.Addr() || vip == lastAddr(c)) {
+			return invalid("vip %s is the network or broadcast address of %s", vip, c)
+		}
+		e.VIP = vip
 	}
-	vip, err := netip.ParseAddr(s.VIP)
-	if err != nil || !vip.Is4() {
-		return invalid("vip %q is not an IPv4 address (like \"172.18.171.250\")", s.VIP)
+	if s.VIP6 != "" {
+		vip, err := validateVIP6(s.VIP6, e.Prefixes())
+		if err != nil {
+			return err
+		}
+		e.VIP6 = vip
 	}
-	c := e.CIDR
-	if !c.Contains(vip) {
-		return invalid("vip %s is not inside the site's primary cidr %s", vip, c)
-	}
-	if c.Bits() <= 30 && (vip == c.Addr() || vip == lastAddr(c)) {
-		return invalid("vip %s is the network or broadcast address of %s", vip, c)
-	}
-	e.VIP = vip
 	return nil
+}
+
+// validateVIP6 checks an IPv6 VIP: inside one of the site's IPv6 CIDRs,
+// and not its subnet-router anycast address (the prefix's first).
+func validateVIP6(s string, cidrs []netip.Prefix) (netip.Addr, error) {
+	vip, err := netip.ParseAddr(s)
+	if err != nil || !vip.Is6() || vip.Is4In6() || vip.Zone() != "" {
+		return netip.Addr{}, invalid("vip6 %q is not an IPv6 address (like \"2001:db8:18::fa\")", s)
+	}
+	var six []string
+	for _, c := range cidrs {
+		if !c.Addr().Is6() {
+			continue
+		}
+		six = append(six, c.String())
+		if !c.Contains(vip) {
+			continue
+		}
+		if c.Bits() < 128 && vip == c.Masked().Addr() {
+			return netip.Addr{}, invalid("vip6 %s is the subnet-router anycast address of %s", vip, c)
+		}
+		return vip, nil
+	}
+	if len(six) == 0 {
+		return netip.Addr{}, invalid("vip6 %s needs an IPv6 cidr of the site to lie in (it has none)", vip)
+	}
+	return netip.Addr{}, invalid("vip6 %s is not inside the site's IPv6 cidrs %s", vip, strings.Join(six, ","))
 }
 
 // lastAddr is the highest address of p (its broadcast address).
@@ -96,6 +133,10 @@ func siteConflict(e, o bus.Edge) (msg string, same bool) {
 	if e.VIP != o.VIP {
 		return fmt.Sprintf("site %s: edge %s gives vip %s but gateway %s has %s: the gateways of a site share one vip",
 			e.Site, e.Name, addrOrNone(e.VIP), o.Name, addrOrNone(o.VIP)), true
+	}
+	if e.VIP6 != o.VIP6 {
+		return fmt.Sprintf("site %s: edge %s gives vip6 %s but gateway %s has %s: the gateways of a site share one vip6",
+			e.Site, e.Name, addrOrNone(e.VIP6), o.Name, addrOrNone(o.VIP6)), true
 	}
 	return "", true
 }

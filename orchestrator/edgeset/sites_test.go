@@ -3,6 +3,7 @@ package edgeset
 import (
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -35,10 +36,21 @@ func TestValidateSite(t *testing.T) {
 		{"vip outside the cidr", with(func(s *Spec) { s.VIP = "172.19.0.1" }), "vip 172.19.0.1 is not inside the site's primary cidr 172.18.0.0/16", 0, ""},
 		{"vip in an extra cidr", with(func(s *Spec) { s.ExtraCIDRs, s.VIP = []string{"10.244.0.0/16"}, "10.244.0.5" }), "not inside the site's primary cidr", 0, ""},
 		{"vip garbage", with(func(s *Spec) { s.VIP = "vip" }), `vip "vip" is not an IPv4 address`, 0, ""},
-		{"vip ipv6", with(func(s *Spec) { s.VIP = "fd00::1" }), "not an IPv4 address", 0, ""},
+		{"vip ipv6", with(func(s *Spec) { s.VIP = "fd00::1" }), "not an IPv4 address (like \"172.18.171.250\"); an IPv6 VIP is vip6", 0, ""},
 		{"vip with prefix", with(func(s *Spec) { s.VIP = "172.18.171.250/32" }), "not an IPv4 address", 0, ""},
 		{"vip network address", with(func(s *Spec) { s.VIP = "172.18.0.0" }), "network or broadcast", 0, ""},
 		{"vip broadcast address", with(func(s *Spec) { s.VIP = "172.18.255.255" }), "network or broadcast", 0, ""},
+		{"vip per family", with(func(s *Spec) {
+			s.ExtraCIDRs, s.VIP, s.VIP6 = []string{"2001:db8:18::/48"}, "172.18.171.250", "2001:db8:18::fa"
+		}), "", DefaultPriority, "172.18.171.250,2001:db8:18::fa"},
+		{"vip6 alone, ipv6-only site", with(func(s *Spec) { s.CIDR, s.VIP6 = "2001:db8:18::/48", "2001:db8:18::fa" }), "", DefaultPriority, "2001:db8:18::fa"},
+		{"vip6 in an extra cidr", with(func(s *Spec) { s.ExtraCIDRs, s.VIP6 = []string{"10.244.0.0/16", "2001:db8:18::/48"}, "2001:db8:18::fa" }), "", DefaultPriority, "2001:db8:18::fa"},
+		{"vip6 without site", with(func(s *Spec) { s.Site, s.ExtraCIDRs, s.VIP6 = "", []string{"2001:db8:18::/48"}, "2001:db8:18::fa" }), "vip needs a site", 0, ""},
+		{"vip6 without an ipv6 cidr", with(func(s *Spec) { s.VIP6 = "2001:db8:18::fa" }), "vip6 2001:db8:18::fa needs an IPv6 cidr of the site to lie in (it has none)", 0, ""},
+		{"vip6 outside the cidrs", with(func(s *Spec) { s.ExtraCIDRs, s.VIP6 = []string{"2001:db8:18::/48"}, "2001:db8:19::fa" }), "vip6 2001:db8:19::fa is not inside the site's IPv6 cidrs 2001:db8:18::/48", 0, ""},
+		{"vip6 ipv4", with(func(s *Spec) { s.VIP6 = "172.18.171.250" }), `vip6 "172.18.171.250" is not an IPv6 address`, 0, ""},
+		{"vip6 mapped", with(func(s *Spec) { s.VIP6 = "::ffff:172.18.171.250" }), "is not an IPv6 address", 0, ""},
+		{"vip6 subnet-router anycast", with(func(s *Spec) { s.ExtraCIDRs, s.VIP6 = []string{"2001:db8:18::/48"}, "2001:db8:18::" }), "subnet-router anycast", 0, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,10 +59,13 @@ func TestValidateSite(t *testing.T) {
 				if err != nil {
 					t.Fatalf("Validate(%+v) = %v, want ok", tt.spec, err)
 				}
-				vip := ""
-				if e.VIP.IsValid() {
-					vip = e.VIP.String()
+				var vips []string
+				for _, a := range []netip.Addr{e.VIP, e.VIP6} {
+					if a.IsValid() {
+						vips = append(vips, a.String())
+					}
 				}
+				vip := strings.Join(vips, ",")
 				if e.Site != tt.spec.Site || e.Priority != tt.priority || vip != tt.vip {
 					t.Fatalf("Validate = site %q priority %d vip %q, want %q %d %q", e.Site, e.Priority, vip, tt.spec.Site, tt.priority, tt.vip)
 				}
@@ -98,6 +113,11 @@ func TestCheckConflictsSites(t *testing.T) {
 			[]string{"site sz: edge sz-2 gives vip 172.18.171.251 but gateway sz-1 has 172.18.171.250"}},
 		{"no vip", gw("sz-2", "198.51.100.11:58423", "sz", "", "172.18.0.0/16", "10.244.0.0/16"),
 			[]string{"gives vip none but gateway sz-1 has 172.18.171.250"}},
+		{"a vip6 the other gateway lacks", func() bus.Edge {
+			e := gw("sz-2", "198.51.100.11:58423", "sz", "172.18.171.250", "172.18.0.0/16", "10.244.0.0/16")
+			e.VIP6 = netip.MustParseAddr("2001:db8:18::fa")
+			return e
+		}(), []string{"site sz: edge sz-2 gives vip6 2001:db8:18::fa but gateway sz-1 has none: the gateways of a site share one vip6"}},
 		{"same hostaddr as the other gateway", gw("sz-2", "198.51.100.10:58423", "sz", "172.18.171.250", "172.18.0.0/16", "10.244.0.0/16"),
 			[]string{"hostaddr 198.51.100.10:58423 of edge sz-2 is already used by edge sz-1"}},
 		{"site named like a lone edge", gw("x-1", "192.0.2.10:58423", "hk-1", "", "172.20.0.0/16"),

@@ -3,6 +3,7 @@ package ha
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -49,7 +50,7 @@ func (e *Engine) onAnnounce(m Message) {
 // in the site's networks and is not its VIP.
 func (e *Engine) forwardTarget(name string, addr netip.Addr) bool {
 	s := e.sites[e.siteOf[name]]
-	if !addr.IsValid() || s == nil || !s.Explicit() || len(s.Gateways) < 2 || s.Name == e.me.SiteName() || addr == s.VIP() {
+	if !addr.IsValid() || s == nil || !s.Explicit() || len(s.Gateways) < 2 || s.Name == e.me.SiteName() || slices.Contains(s.VIPs(), addr) {
 		return false
 	}
 	g, _ := s.Gateway(name)

@@ -350,23 +350,23 @@ func (e *Engine) SavedClaims() []bus.Claim {
 	return out
 }
 
-// VIP returns the own site's VIP (invalid when it has none) and what to
-// do with it: VIPKeep until the engine has an edge set.
-func (e *Engine) VIP() (netip.Addr, VIPState) {
+// VIP returns the own site's VIPs (none, or one per family, IPv4 first)
+// and what to do with them: VIPKeep until the engine has an edge set.
+func (e *Engine) VIP() ([]netip.Addr, VIPState) {
 	if !e.haveSet {
-		return netip.Addr{}, VIPKeep
+		return nil, VIPKeep
 	}
 	s := e.ownSite()
-	if s == nil || !s.VIP().IsValid() {
-		return netip.Addr{}, VIPNone
+	if s == nil || len(s.VIPs()) == 0 {
+		return nil, VIPNone
 	}
 	if e.claims[s.Name].Gateway != e.self {
-		return s.VIP(), VIPNone
+		return s.VIPs(), VIPNone
 	}
 	if e.confirmed {
-		return s.VIP(), VIPHeld
+		return s.VIPs(), VIPHeld
 	}
-	return s.VIP(), VIPKeep
+	return s.VIPs(), VIPKeep
 }
 
 // Status is this gateway's view of its site, nil without an own site.

@@ -49,6 +49,21 @@ func (s *Site) Explicit() bool { return s.Gateways[0].Site != "" }
 // VIP is the site's virtual IP (the gateways agree on it), or invalid.
 func (s *Site) VIP() netip.Addr { return s.Gateways[0].VIP }
 
+// VIP6 is the site's IPv6 virtual IP, or invalid.
+func (s *Site) VIP6() netip.Addr { return s.Gateways[0].VIP6 }
+
+// VIPs are the site's virtual IPs, IPv4 first (none, one or one per
+// family).
+func (s *Site) VIPs() []netip.Addr {
+	var out []netip.Addr
+	for _, a := range []netip.Addr{s.VIP(), s.VIP6()} {
+		if a.IsValid() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // Preferred is the gateway a site starts with when no claim is known: the
 // highest priority, then the first name.
 func (s *Site) Preferred() bus.Edge {

@@ -65,11 +65,11 @@ func dataPlaneModes() []*dpMode {
 	ovpn := &openvpnMode{}
 	return []*dpMode{
 		{name: "direct", up: upDirect},
-		{name: "kernel-vxlan", prepare: prepareKernelVXLAN, up: upKernelVXLAN("")},
-		{name: kernelVXLANFast, prepare: prepareKernelVXLANFast, up: upKernelVXLAN(kernelVXLANFast)},
-		{name: kernelVXLANCsum, prepare: prepareKernelVXLANCsum, up: upKernelVXLAN(kernelVXLANCsum)},
+		{name: "kernel-vxlan", prepare: prepareKernelVXLAN, up: upKernelVXLAN("", false)},
+		{name: kernelVXLANFast, prepare: prepareKernelVXLANFast, up: upKernelVXLAN(kernelVXLANFast, false)},
+		{name: kernelVXLANCsum, prepare: prepareKernelVXLANCsum, up: upKernelVXLAN(kernelVXLANCsum, false)},
 		{name: "cframe", prepare: prepareCframe, up: upCframe(false)},
-		{name: kernelVXLAN6Csum, prepare: prepareKernelVXLAN6Csum, up: upKernelVXLAN6},
+		{name: kernelVXLAN6Fast, prepare: prepareKernelVXLAN6Fast, up: upKernelVXLAN(kernelVXLANFast, true)},
 		{name: cframeUnderlay6, prepare: prepareCframe6, up: upCframe(true)},
 		{name: "wireguard-go", userspace: true, prepare: wg.prepare, up: wg.up},
 		{name: "nebula", userspace: true, prepare: neb.prepare, up: neb.up},
@@ -166,11 +166,16 @@ func prepareKernelVXLANFast(Options) (string, error) {
 // upKernelVXLAN returns the kernel-vxlan modes' start: each edge gets a
 // VXLAN device with an address in 10.97.0.0/24, one all-zeros FDB entry
 // toward the other edge's public address (ARP works through it) and a
-// route to the other VPC via the other edge's address. The device has no
-// fixed local address (an edge behind 1:1 NAT does not hold its public
-// one); setting (kernelVXLANCsum, kernelVXLANFast, "": the kernel's
-// defaults) applies one of cframe's checksum settings.
-func upKernelVXLAN(setting string) func(b *bed) (func() error, error) {
+// route to the other VPC via the other edge's address. Over the IPv4
+// underlay the device has no fixed local address (an edge behind 1:1 NAT
+// does not hold its public one); with v6 it runs over the IPv6 underlay
+// as cframe's does there: the edge's IPv6 public address as local address
+// (the kernel fixes a VXLAN device's family by it), MTU 1430. setting
+// (kernelVXLANCsum, kernelVXLANFast, "": the kernel's defaults) applies
+// one of cframe's checksum settings as the agent applies it to the family:
+// the fast setting's zero outer checksum is IPv4's, over IPv6 the outer
+// checksum stays on (the kernel's default there) and fast is offload on.
+func upKernelVXLAN(setting string, v6 bool) func(b *bed) (func() error, error) {
 	return func(b *bed) (func() error, error) {
 		var made []string
 		down := func() error {
@@ -190,17 +195,24 @@ func upKernelVXLAN(setting string) func(b *bed) (func() error, error) {
 		for _, s := range b.sites() {
 			p := b.peer(s)
 			add := []string{"ip", "link", "add", kernelVXLANDevice, "type", "vxlan", "id", "97", "dstport", "4797", "nolearning"}
+			mtu, remote := "1450", p.Underlay()
+			if v6 {
+				add = append(add, "local", s.Underlay6().String())
+				mtu, remote = "1430", p.Underlay6()
+			}
 			cmds := [][]string{
 				{"ip", "addr", "add", addr(s) + "/24", "dev", kernelVXLANDevice},
-				{"ip", "link", "set", kernelVXLANDevice, "mtu", "1450", "up"},
-				{"bridge", "fdb", "append", "00:00:00:00:00:00", "dev", kernelVXLANDevice, "dst", p.Underlay().String()},
+				{"ip", "link", "set", kernelVXLANDevice, "mtu", mtu, "up"},
+				{"bridge", "fdb", "append", "00:00:00:00:00:00", "dev", kernelVXLANDevice, "dst", remote.String()},
 				{"ip", "route", "add", p.CIDR.String(), "via", addr(p), "dev", kernelVXLANDevice},
 			}
-			switch setting {
-			case kernelVXLANCsum:
-				add = append(add, "udpcsum")
+			switch {
+			case setting == kernelVXLANCsum:
+				if !v6 {
+					add = append(add, "udpcsum")
+				}
 				cmds = append(cmds, []string{"ethtool", "-K", kernelVXLANDevice, "tx", "off"})
-			case kernelVXLANFast:
+			case setting == kernelVXLANFast && !v6:
 				add = append(add, "noudpcsum")
 			}
 			for i, args := range append([][]string{add}, cmds...) {

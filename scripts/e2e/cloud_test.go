@@ -96,10 +96,7 @@ func TestCloudWalkthrough(t *testing.T) {
 	}
 
 	t.Run("DF pings at the path MTU pass, one byte more is answered with frag-needed", func(t *testing.T) {
-		mtu := 1450 // the underlay's 1500 minus VXLAN's 50 bytes
-		if f.encrypted() {
-			mtu -= 60 // and WireGuard's 60 around it
-		}
+		mtu := f.pathMTU(false)
 		for _, to := range []*topo.Site{hk, gz} {
 			out, err := f.net.Exec(sz.Host, "ping", "-n", "-M", "do", "-s", strconv.Itoa(mtu-28), "-c", "2", "-i", "0.2", "-W", "2", to.HostAddr.String())
 			if err != nil {

@@ -129,10 +129,7 @@ func TestDualStack(t *testing.T) {
 	})
 
 	t.Run("DF pings at the IPv6 path MTU pass, one byte more is answered with packet-too-big", func(t *testing.T) {
-		mtu := 1450 // the IPv4 underlay's 1500 minus VXLAN's 50 bytes
-		if f.encrypted() {
-			mtu -= 60 // and WireGuard's 60 around it (the stock kernel)
-		}
+		mtu := f.pathMTU(false)
 		for _, to := range []*topo.Site{hk, gz} {
 			// 40 bytes of IPv6 header and 8 of ICMPv6.
 			if out, err := f.net.Exec(sz.Host, "ping", "-n", "-M", "do", "-s", strconv.Itoa(mtu-48), "-c", "2", "-i", "0.2", "-W", "2", to.HostAddr6.String()); err != nil {
@@ -218,6 +215,23 @@ func TestDualStack(t *testing.T) {
 	})
 }
 
+// pathMTU is the mesh's path MTU between hosts of two VPCs, over an IPv4
+// underlay or, with underlay6, an IPv6 one: the underlay's 1500 bytes
+// minus VXLAN's 50 (70 over IPv6); where every link is encrypted, VXLAN
+// rides WireGuard between IPv4 mesh addresses (50) and WireGuard's 60 (80
+// over IPv6) go around it.
+func (f *fixture) pathMTU(underlay6 bool) int {
+	f.t.Helper()
+	six := 0
+	if underlay6 {
+		six = 20 // IPv6's header over IPv4's
+	}
+	if f.encrypted() {
+		return 1500 - 50 - 60 - six
+	}
+	return 1500 - 50 - six
+}
+
 // spec6 is edge name's spec with its IPv6 public address as hostaddr.
 func (f *fixture) spec6(name string) edgeset.Spec {
 	s := f.edges[name].Spec()
@@ -260,16 +274,17 @@ func TestUnderlay6(t *testing.T) {
 		if err != nil || !strings.Contains(link, "mtu 1430") || !strings.Contains(link, "local "+sz.Underlay6().String()) {
 			t.Errorf("cframe0 over the IPv6 underlay (%v):\n%s", err, link)
 		}
-		// DF pings at the IPv6 underlay's path MTU, 1500 - 70, both families.
+		// DF pings at the IPv6 underlay's path MTU, both families.
+		mtu := f.pathMTU(true)
 		for _, c := range []struct {
 			to      netip.Addr
 			headers int
 		}{{hk.HostAddr, 28}, {hk.HostAddr6, 48}} {
-			if out, err := f.net.Exec(sz.Host, "ping", "-n", "-M", "do", "-s", strconv.Itoa(1430-c.headers), "-c", "2", "-i", "0.2", "-W", "2", c.to.String()); err != nil {
-				t.Errorf("DF ping of 1430 bytes to %s: %v\n%s", c.to, err, out)
+			if out, err := f.net.Exec(sz.Host, "ping", "-n", "-M", "do", "-s", strconv.Itoa(mtu-c.headers), "-c", "2", "-i", "0.2", "-W", "2", c.to.String()); err != nil {
+				t.Errorf("DF ping of %d bytes to %s: %v\n%s", mtu, c.to, err, out)
 			}
-			if out, err := f.net.Exec(sz.Host, "ping", "-n", "-M", "do", "-s", strconv.Itoa(1431-c.headers), "-c", "1", "-W", "2", c.to.String()); err == nil {
-				t.Errorf("DF ping of 1431 bytes to %s passed:\n%s", c.to, out)
+			if out, err := f.net.Exec(sz.Host, "ping", "-n", "-M", "do", "-s", strconv.Itoa(mtu+1-c.headers), "-c", "1", "-W", "2", c.to.String()); err == nil {
+				t.Errorf("DF ping of %d bytes to %s passed:\n%s", mtu+1, c.to, out)
 			}
 		}
 		if err := topo.TCPTransfer(sz.Host, gz.Host, gz.HostAddr6, 1<<20, 15*time.Second); err != nil {

@@ -27,6 +27,7 @@ type haFixture struct {
 	*fixture
 	ha       *topo.HA
 	vip      netip.Addr
+	vip6     netip.Addr // dual-stack only
 	gw       map[string]*topo.Gateway
 	dead     map[string]bool
 	eventLog string
@@ -40,13 +41,24 @@ func newHAFixture(t *testing.T) *haFixture { return newHAFixtureWith(t, false) }
 // controllers (c1 on hk-1's edge, c2 on gz-3's, c3 on sz-1's) in place of
 // the one, every agent listing all three.
 func newHAFixtureWith(t *testing.T, clustered bool) *haFixture {
+	return buildHAFixture(t, clustered, false)
+}
+
+// buildHAFixture is newHAFixtureWith, with dual: the dual-stack VPCs, site
+// sz with a VIP per family (haVIP6 beside haVIP).
+func buildHAFixture(t *testing.T, clustered, dual bool) *haFixture {
 	topo.SkipUnlessRoot(t, "bridge", "iptables", "ping")
+	vpcs := topo.Walkthrough()
+	if dual {
+		topo.SkipUnlessRoot(t, "ip6tables")
+		vpcs = topo.DualStack()
+	}
 	n, err := topo.New(topo.UniquePrefix("cfa"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
-	tp, err := topo.Build(n, topo.Walkthrough()...)
+	tp, err := topo.Build(n, vpcs...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,6 +66,13 @@ func newHAFixtureWith(t *testing.T, clustered bool) *haFixture {
 	h, err := tp.MakeHA(sz, haVIP, netip.MustParseAddr("172.18.171.246"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	var vip6 netip.Addr
+	if dual {
+		vip6 = haVIP6
+		if err := h.AddIPv6(tp, vip6, netip.MustParseAddr("2001:db8:18::246")); err != nil {
+			t.Fatal(err)
+		}
 	}
 	dir := runDir(t)
 	opts := cluster.Options{Bin: bin, Dir: dir}
@@ -65,7 +84,7 @@ func newHAFixtureWith(t *testing.T, clustered bool) *haFixture {
 		t.Fatal(err)
 	}
 	f := &haFixture{fixture: &fixture{t: t, net: n, topo: tp, c: c, edges: map[string]*cluster.Edge{}, ctx: context.Background()},
-		ha: h, vip: haVIP, gw: map[string]*topo.Gateway{"sz-1": h.Gateways[0], "sz-2": h.Gateways[1]}, dead: map[string]bool{}}
+		ha: h, vip: haVIP, vip6: vip6, gw: map[string]*topo.Gateway{"sz-1": h.Gateways[0], "sz-2": h.Gateways[1]}, dead: map[string]bool{}}
 	t.Cleanup(func() {
 		if t.Failed() {
 			f.dumpLogs(dir)
@@ -91,6 +110,9 @@ func (f *haFixture) addGateway(name string) {
 	spec := f.edges[name].Spec()
 	if strings.HasPrefix(name, "sz-") {
 		spec.Site, spec.VIP = "sz", f.vip.String()
+		if f.vip6.IsValid() {
+			spec.VIP6 = f.vip6.String()
+		}
 	}
 	if _, err := f.c.API.Add(f.ctx, spec); err != nil {
 		f.t.Fatalf("add %s: %v", name, err)
@@ -115,12 +137,17 @@ func (f *haFixture) activeIs(gw string, live ...string) error {
 		if f.dead[name] {
 			continue
 		}
-		held, err := f.ha.Holds(f.topo, g, f.vip)
-		if err != nil {
-			return err
-		}
-		if held != (name == gw) {
-			return fmt.Errorf("%s holds the VIP: %v", name, held)
+		for _, vip := range []netip.Addr{f.vip, f.vip6} {
+			if !vip.IsValid() {
+				continue
+			}
+			held, err := f.ha.Holds(f.topo, g, vip)
+			if err != nil {
+				return err
+			}
+			if held != (name == gw) {
+				return fmt.Errorf("%s holds the VIP %s: %v", name, vip, held)
+			}
 		}
 	}
 	want := mesh.VTEPMAC(gw).String()
