@@ -71,7 +71,7 @@ type Controller struct {
 	// (pins.go).
 	write    sync.Mutex
 	pinWrite nameLocks
-	pinSlots chan struct{}
+	pinSlots slots
 
 	// view is the store as this controller last saw it (view.go).
 	view *storeView
@@ -96,7 +96,7 @@ type Controller struct {
 // listener. Run serves until its context ends.
 func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
 	c := &Controller{cfg: cfg, log: log, started: time.Now(), view: newStoreView(), status: newStatusBook(), claims: newClaimBook(), keys: newKeyBook(),
-		pinSlots: make(chan struct{}, maxPinWrites)}
+		pinSlots: make(slots, maxPinWrites)}
 	c.metrics = newControllerMetrics(c)
 	c.fanout = &fanout{m: c.metrics}
 	c.page = ui.NewHub("topology", func() any { return c.Topology() }, log)

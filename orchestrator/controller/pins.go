@@ -48,12 +48,11 @@ func (c *Controller) Pin(name, key string) error {
 	}
 	wait, cancelWait := context.WithTimeout(c.ctx, pinTimeout)
 	defer cancelWait()
-	select {
-	case c.pinSlots <- struct{}{}:
-		defer func() { <-c.pinSlots }()
-	case <-wait.Done():
+	release, err := c.pinSlots.take(wait)
+	if err != nil {
 		return fmt.Errorf("cannot pin a new key now: %d key pins in flight, none done within %s", maxPinWrites, pinTimeout)
 	}
+	defer release()
 	defer c.pinWrite.lock(name)()
 	ctx, cancel := context.WithTimeout(c.ctx, pinTimeout)
 	defer cancel()
@@ -93,6 +92,19 @@ func (c *Controller) unpin(ctx context.Context, name string) (bool, error) {
 	}
 	c.view.pinned(name, "", rev)
 	return true, nil
+}
+
+// slots bounds the work in flight: one slot each.
+type slots chan struct{}
+
+// take waits for a free slot until ctx is done, and returns its release.
+func (s slots) take(ctx context.Context) (func(), error) {
+	select {
+	case s <- struct{}{}:
+		return func() { <-s }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // nameLocks is a lock per name, held only while in use.
