@@ -109,8 +109,11 @@ const ConnectTimeout = 10 * time.Second
 const (
 	reconnectFloor = 100 * time.Millisecond
 	reconnectBase  = time.Second
-	// ReconnectSpread caps the window an edge picks its wait in.
-	ReconnectSpread = 30 * time.Second
+	// ReconnectSpread caps the window an edge picks its wait in: an edge
+	// whose controller was down for a while is back within it of the
+	// controller's return (the handshake and pin bounds at the controller,
+	// not a wider window, keep a burst of joins from feeding itself).
+	ReconnectSpread = 8 * time.Second
 )
 
 // ReconnectDelay is how long an edge waits before its attempt-th round of
@@ -120,8 +123,7 @@ const (
 // edges a restarted controller lost come back spread over seconds rather
 // than in one burst; and when thousands join at once and most attempts fail
 // (handshakes refused or timed out at a busy controller), the window keeps
-// doubling, so the retries thin out until the controller keeps up instead of
-// coming back in waves it spends its CPU on.
+// doubling, so the retries thin out instead of coming back in waves.
 func ReconnectDelay(attempt int) time.Duration {
 	return reconnectFloor + rand.N(reconnectWindow(attempt))
 }
