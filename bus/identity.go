@@ -107,20 +107,31 @@ const ConnectTimeout = 10 * time.Second
 
 // Reconnect timing: see ReconnectDelay.
 const (
-	reconnectFloor  = 100 * time.Millisecond
-	reconnectBase   = time.Second
-	ReconnectSpread = 4 * time.Second
+	reconnectFloor = 100 * time.Millisecond
+	reconnectBase  = time.Second
+	// ReconnectSpread caps the window an edge picks its wait in: an edge
+	// whose controller was down for a while is back within it of the
+	// controller's return (the handshake and pin bounds at the controller,
+	// not a wider window, keep a burst of joins from feeding itself).
+	ReconnectSpread = 8 * time.Second
 )
 
 // ReconnectDelay is how long an edge waits before its attempt-th round of
-// trying the controllers (from 1): a random time up to a window that
-// doubles from one second to ReconnectSpread (plus a floor of 100 ms). So
-// the edges a restarted controller lost come back spread over seconds
-// rather than in one burst of TLS handshakes and snapshot requests, and
-// a lone edge is back within about a second.
+// trying the controllers (from 1; nats.go counts the rounds that failed in a
+// row): a random time up to reconnectWindow(attempt), plus a floor of
+// 100 ms. A lone edge is back within about a second of its controller; the
+// edges a restarted controller lost come back spread over seconds rather
+// than in one burst; and when thousands join at once and most attempts fail
+// (handshakes refused or timed out at a busy controller), the window keeps
+// doubling, so the retries thin out instead of coming back in waves.
 func ReconnectDelay(attempt int) time.Duration {
-	window := reconnectBase << min(max(attempt-1, 0), 8)
-	return reconnectFloor + rand.N(min(window, ReconnectSpread))
+	return reconnectFloor + rand.N(reconnectWindow(attempt))
+}
+
+// reconnectWindow doubles from one second with every attempt that failed,
+// up to ReconnectSpread.
+func reconnectWindow(attempt int) time.Duration {
+	return min(reconnectBase<<min(max(attempt-1, 0), 16), ReconnectSpread)
 }
 
 // ControllerURLs turns the edge config's controller addresses ("1.2.3.4:58422"

@@ -97,7 +97,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		CustomClientAuthentication: s,
 		NoSigs:                     true,
 		DisableJetStreamBanner:     true,
-		TLSConfig:                  cfg.TLS,
+		TLSConfig:                  newHandshakeGate(MaxHandshakes, cfg.Log).wrap(cfg.TLS),
 		TLSTimeout:                 bus.TLSTimeout.Seconds(),
 		TLSHandshakeFirst:          true,
 	}
@@ -261,6 +261,9 @@ func (n natsLogger) Warnf(f string, v ...any) {
 }
 func (n natsLogger) Errorf(f string, v ...any) {
 	msg := fmt.Sprintf(f, v...)
+	if isRefusedHandshake(msg) {
+		return // the handshake gate logs these in sum
+	}
 	n.s.noteError(msg)
 	n.l.Error(msg)
 }

@@ -67,9 +67,11 @@ type Controller struct {
 
 	// write serialises this controller's edge writes (edges.go; other
 	// controllers' are kept apart by the store's conditional writes);
-	// pinWrite its pin writes, by name (pins.go).
+	// pinWrite its pin writes, by name, pinSlots how many are in flight
+	// (pins.go).
 	write    sync.Mutex
 	pinWrite nameLocks
+	pinSlots slots
 
 	// view is the store as this controller last saw it (view.go).
 	view *storeView
@@ -93,7 +95,8 @@ type Controller struct {
 // New opens the store, starts the embedded NATS server and binds the API
 // listener. Run serves until its context ends.
 func New(cfg config.Controller, log *slog.Logger) (*Controller, error) {
-	c := &Controller{cfg: cfg, log: log, started: time.Now(), view: newStoreView(), status: newStatusBook(), claims: newClaimBook(), keys: newKeyBook()}
+	c := &Controller{cfg: cfg, log: log, started: time.Now(), view: newStoreView(), status: newStatusBook(), claims: newClaimBook(), keys: newKeyBook(),
+		pinSlots: make(slots, maxPinWrites)}
 	c.metrics = newControllerMetrics(c)
 	c.fanout = &fanout{m: c.metrics}
 	c.page = ui.NewHub("topology", func() any { return c.Topology() }, log)

@@ -15,8 +15,14 @@ import (
 // Every edge name is pinned to the identity key it first connected with.
 // The pins live in the store beside the edge set (the view follows them);
 // this controller's pin writes of one name take turns (c.pinWrite), those
-// of different names run side by side: ten thousand edges joining at once
-// do not wait for each other's store writes.
+// of different names run side by side, up to maxPinWrites at once
+// (c.pinSlots); the others wait their turn for up to pinTimeout, so ten
+// thousand edges joining at once are pinned a few dozen at a time, each
+// write done well within its timeout, rather than all of them at once,
+// each timing out after the store spent its time on it, and retried.
+
+// maxPinWrites is how many pin writes this controller has in flight.
+const maxPinWrites = 32
 
 // pinTimeout bounds the store write that pins a new key: the server is
 // holding the edge's connection meanwhile.
@@ -40,6 +46,13 @@ func (c *Controller) Pin(name, key string) error {
 	if err := c.writable(); err != nil {
 		return fmt.Errorf("cannot pin a new key now: %w", err)
 	}
+	wait, cancelWait := context.WithTimeout(c.ctx, pinTimeout)
+	defer cancelWait()
+	release, err := c.pinSlots.take(wait)
+	if err != nil {
+		return fmt.Errorf("cannot pin a new key now: %d key pins in flight, none done within %s", maxPinWrites, pinTimeout)
+	}
+	defer release()
 	defer c.pinWrite.lock(name)()
 	ctx, cancel := context.WithTimeout(c.ctx, pinTimeout)
 	defer cancel()
@@ -79,6 +92,19 @@ func (c *Controller) unpin(ctx context.Context, name string) (bool, error) {
 	}
 	c.view.pinned(name, "", rev)
 	return true, nil
+}
+
+// slots bounds the work in flight: one slot each.
+type slots chan struct{}
+
+// take waits for a free slot until ctx is done, and returns its release.
+func (s slots) take(ctx context.Context) (func(), error) {
+	select {
+	case s <- struct{}{}:
+		return func() { <-s }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // nameLocks is a lock per name, held only while in use.

@@ -482,6 +482,7 @@ func scaleRun(o Options, tp *topo.Topology, plain, tlsFloor floor, size, reps in
 	idleRate := float64(u1.CPU-u0.CPU) / float64(idle)
 	s.IdleCPUPercent = 100 * idleRate
 	s.RSSBytes = u1.RSS
+	o.Logf("%d edges, %d controller(s): idle %.1f%% CPU, RSS %.0f MiB", size, controllers, s.IdleCPUPercent, mib(s.RSSBytes))
 
 	// The floor publishes what a delta of this benchmark weighs.
 	spec := simSpec(0)
