@@ -113,7 +113,7 @@ const (
 	// whose controller was down for a while is back within it of the
 	// controller's return (the handshake and pin bounds at the controller,
 	// not a wider window, keep a burst of joins from feeding itself).
-	ReconnectSpread = 8 * time.Second
+	ReconnectSpread = 4 * time.Second
 )
 
 // ReconnectDelay is how long an edge waits before its attempt-th round of

@@ -14,8 +14,7 @@ func TestReconnectWindow(t *testing.T) {
 		{1, time.Second},
 		{2, 2 * time.Second},
 		{3, 4 * time.Second},
-		{4, 8 * time.Second},
-		{5, ReconnectSpread},
+		{4, ReconnectSpread},
 		{40, ReconnectSpread},
 		{1 << 30, ReconnectSpread},
 	} {
