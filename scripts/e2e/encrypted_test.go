@@ -421,8 +421,8 @@ func (f *fixture) counter(ns, match string) int {
 	return 0
 }
 
-// wgPeers counts the peers of cframe-wg in namespace ns.
-func wgPeers(ns string) (int, error) {
+// wgStats returns the peers of cframe-wg in namespace ns.
+func wgStats(ns string) ([]netcfg.WireGuardPeerStats, error) {
 	var stats []netcfg.WireGuardPeerStats
 	err := topo.Do(ns, func() (err error) {
 		k, err := netcfg.New()
@@ -432,23 +432,22 @@ func wgPeers(ns string) (int, error) {
 		stats, err = k.WireGuardStats("")
 		return err
 	})
+	return stats, err
+}
+
+// wgPeers counts the peers of cframe-wg in namespace ns.
+func wgPeers(ns string) (int, error) {
+	stats, err := wgStats(ns)
 	return len(stats), err
 }
 
 // wgPeerKeys lists the public keys of cframe-wg's peers in namespace ns.
 func wgPeerKeys(ns string) ([]string, error) {
+	stats, err := wgStats(ns)
 	var keys []string
-	err := topo.Do(ns, func() error {
-		k, err := netcfg.New()
-		if err != nil {
-			return err
-		}
-		stats, err := k.WireGuardStats("")
-		for _, s := range stats {
-			keys = append(keys, s.PublicKey.String())
-		}
-		return err
-	})
+	for _, s := range stats {
+		keys = append(keys, s.PublicKey.String())
+	}
 	return keys, err
 }
 

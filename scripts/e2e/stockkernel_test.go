@@ -24,10 +24,11 @@ const stockKernelRun = "^(TestWalkthrough|TestCloudWalkthrough|TestGREWalkthroug
 	"^(three_adds|drift|SIGTERM|edges_started_first|DF_pings|checksum_setting|bulk_TCP|TCP_and_UDP|a_GRE_device|cleanup_leaves)"
 
 // TestVMEncrypted runs the encrypted walkthrough (TestEncryptedWalkthrough)
-// on Debian's stock kernel, which has WireGuard: one boot for all of it.
+// and gateway HA encrypted (TestEncryptedGatewayHA) on Debian's stock
+// kernel, which has WireGuard: one boot for all of it.
 func TestVMEncrypted(t *testing.T) {
 	if bin == "" {
 		t.Skip("needs root")
 	}
-	vm.GoTest(t, ".", "^TestEncryptedWalkthrough$", vm.Options{Env: []string{binEnv + "=" + bin}, Share: []string{bin}})
+	vm.GoTest(t, ".", "^(TestEncryptedWalkthrough|TestEncryptedGatewayHA)$", vm.Options{Env: []string{binEnv + "=" + bin}, Share: []string{bin}})
 }
