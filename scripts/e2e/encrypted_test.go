@@ -217,7 +217,7 @@ func TestEncryptedWalkthrough(t *testing.T) {
 					t.Errorf("round %d: ping %s across the rotation: %d sent, %d received (%v)", round, what, sent, received, err)
 				}
 			}
-			t.Logf("round %d: rotated hk-1 from %s to %s in %s (under TCG), no ping lost", round, old, newKey, took.Round(time.Millisecond))
+			t.Logf("round %d: rotated hk-1 from %s to %s in %s (under TCG)", round, old, newKey, took.Round(time.Millisecond))
 		}
 		b, err := os.ReadFile(hk1.Log)
 		if err != nil {
