@@ -177,7 +177,7 @@ func (a *Agent) followRotation(now time.Time) {
 	case rotateWait:
 		return
 	case rotateDone:
-		a.rotating, a.status.RotatingFrom = nil, ""
+		a.rotating, a.status.RotatingFrom, a.local.RotatingFrom = nil, "", wgtypes.Key{}
 		if r.back {
 			a.log.Info("WireGuard key rollback confirmed by the edge set", "key", r.to.PublicKey())
 			return
@@ -240,7 +240,7 @@ func (a *Agent) startRotation(now time.Time, held bool) {
 // setWireGuardKey has the device run key and heartbeats say it rotates
 // from from.
 func (a *Agent) setWireGuardKey(key, from wgtypes.Key) {
-	a.local.WireGuardKey = key
+	a.local.WireGuardKey, a.local.RotatingFrom = key, from
 	a.status.WireGuardKey = key.PublicKey().String()
 	a.status.RotatingFrom = from.PublicKey().String()
 }
