@@ -150,6 +150,12 @@ type Status struct {
 	// empty when it does not, and then Plaintext says why.
 	WireGuardKey string `json:"wireguard_key,omitempty"`
 	Plaintext    string `json:"plaintext,omitempty"`
+	// RotatingFrom is set while the edge rotates its WireGuard key: the
+	// public key it rotates from. The controller moves the pin from that
+	// key to WireGuardKey; any other pinned key still refuses it. The
+	// heartbeat's subject is the only one the edge's identity may publish
+	// on (embedded.EdgePermissions), so it proves who asks.
+	RotatingFrom string `json:"rotating_from,omitempty"`
 	// Encryption is the edge's encryption setting (prefer, required, none).
 	Encryption string `json:"encryption,omitempty"`
 	// Links says, for each peer that does not run encrypted with this
@@ -169,6 +175,8 @@ const (
 	EventEdgeOffline = "offline"
 	EventKeyPinned   = "key-pinned"
 	EventKeyRefused  = "key-refused"
+	// EventKeyRotated: the pin moved to the key the edge rotated to.
+	EventKeyRotated = "key-rotated"
 	// EventRole: a site's active gateway changed (Edge is the new active
 	// one, Detail the reason).
 	EventRole = "role"

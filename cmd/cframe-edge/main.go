@@ -3,6 +3,7 @@
 //	cframe-edge -c edge.toml             follow the controller, keep the kernel in line (same as "run")
 //	cframe-edge reconcile -c edge.toml   fetch the current set, make the kernel match once, print the changes
 //	cframe-edge cleanup -c edge.toml     remove every kernel object cframe created
+//	cframe-edge rotate-key -c edge.toml  have the running agent rotate its WireGuard key, print the new public key
 package main
 
 import (
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -31,6 +33,8 @@ func main() {
 		Commands: []*cli.Command{
 			{Name: "run", Usage: "follow the controller and keep the kernel in line (default)", Flags: []cli.Flag{configFlag}, Action: run},
 			{Name: "reconcile", Usage: "make the kernel match the controller's current edge set once", Flags: []cli.Flag{configFlag}, Action: reconcile},
+			{Name: "rotate-key", Usage: "have the running agent rotate its WireGuard key without losing a packet; prints the new public key", Flags: []cli.Flag{configFlag,
+				&cli.DurationFlag{Name: "timeout", Value: agent.RotateTimeout, Usage: "how long to wait for the agent"}}, Action: rotateKey},
 			{Name: "cleanup", Usage: "remove every kernel object cframe created, and nothing else", Flags: []cli.Flag{configFlag}, Action: cleanup},
 		},
 	}
@@ -97,4 +101,32 @@ func cleanup(cc *cli.Context) error {
 	}
 	fmt.Printf("removed %d object(s)\n", len(removed))
 	return nil
+}
+
+// rotateKey stages a new key in state_dir and waits for the running agent
+// to rotate to it (or roll back) — see orchestrator/agent/rotate.go.
+func rotateKey(cc *cli.Context) error {
+	cfg, err := config.LoadEdge(cc.String("config"))
+	if err != nil {
+		return err
+	}
+	pub, err := agent.StageRotation(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(cc.Duration("timeout"))
+	for time.Now().Before(deadline) {
+		res, err := agent.ReadRotateResult(cfg.StateDir)
+		switch {
+		case err != nil:
+			return err
+		case res != nil && res.Error != "":
+			return fmt.Errorf("key rotation failed: %s", res.Error)
+		case res != nil:
+			fmt.Println("rotated WireGuard key; new public key", res.Key)
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("the agent did not finish the key rotation within %s (is cframe-edge running and connected to the controller?); the new key %s stays staged in %s and is used once it is", cc.Duration("timeout"), pub, cfg.StateDir)
 }

@@ -81,6 +81,11 @@ type Agent struct {
 	// encryptedSince is when each encrypted link was first seen so (the
 	// reference of its handshake timeout before a first handshake).
 	encryptedSince map[string]time.Time
+	// rotating is the WireGuard key rotation under way (rotate.go), nil
+	// for none; rotateDeferred: a staged one waits for the controller
+	// (said once).
+	rotating       *rotation
+	rotateDeferred bool
 }
 
 // New checks that the kernel can do the configured mode and prepares the agent.
@@ -293,7 +298,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.reconcile("periodic resync")
 		case <-a.ha.Changed():
 			a.rolesChanged()
-		case <-heartbeat.C:
+		case now := <-heartbeat.C:
+			a.followRotation(now)
 			a.publishStatus()
 		case now := <-checksumC:
 			if a.checksum.Observe(now, a.ha.paths()) {

@@ -16,7 +16,7 @@ import (
 // Every edge gets a mesh address when it is added (kept across re-adds),
 // and the WireGuard public key its heartbeats name is pinned in its record
 // like its identity key: the first one seen, any other refused until the
-// edge is deleted and added again. Both go out with the edge set. The
+// edge is deleted and added again or rotates from the pinned key. Both go out with the edge set. The
 // writes are ordinary edge writes (c.change), so two controllers hearing
 // the same heartbeat pin one key.
 
@@ -63,30 +63,45 @@ func keyState(e *bus.Edge, old *bus.Edge, st *bus.Status, edges map[string]bus.E
 
 // keyUpdate is what a heartbeat st says of edge e's WireGuard state: the
 // edge with its new state when that must be written (nil: nothing to
-// write), or why the key st names is refused.
-func keyUpdate(e bus.Edge, st bus.Status) (next *bus.Edge, pinned bool, refused string) {
+// write) and the audit event the write is (bus.EventKeyPinned for a first
+// key, bus.EventKeyRotated for a rotation from the pinned key, "" for
+// none), or why the key st names is refused.
+//
+// A rotation is trusted because of where the heartbeat comes from: the
+// bus server lets an edge's identity (its pinned nkey) publish only on
+// bus.StatusSubject(its name) (embedded.EdgePermissions), and a body
+// naming another edge than its subject is dropped (handleStatus). So
+// only the edge itself can ask to move its pin, and only from the key
+// pinned now: a heartbeat rotating from any other key is refused.
+func keyUpdate(e bus.Edge, st bus.Status) (next *bus.Edge, event string, refused string) {
 	n := e
 	switch {
 	case st.WireGuardKey != "":
 		if _, err := wgtypes.ParseKey(st.WireGuardKey); err != nil {
-			return nil, false, "malformed WireGuard key"
+			return nil, "", "malformed WireGuard key"
 		}
 		switch e.WireGuardKey {
 		case "":
-			n.WireGuardKey, n.Plaintext, pinned = st.WireGuardKey, false, true
+			n.WireGuardKey, n.Plaintext, event = st.WireGuardKey, false, bus.EventKeyPinned
 		case st.WireGuardKey:
 			n.Plaintext = false
+		case st.RotatingFrom:
+			n.WireGuardKey, n.Plaintext, event = st.WireGuardKey, false, bus.EventKeyRotated
 		default:
-			return nil, false, fmt.Sprintf("edge %s is pinned to WireGuard key %s, not %s: delete and re-add the edge to accept a new key", e.Name, e.WireGuardKey, st.WireGuardKey)
+			why := "delete and re-add the edge, or rotate its key with cframe-edge rotate-key, to accept a new key"
+			if st.RotatingFrom != "" {
+				why = "it rotates from " + st.RotatingFrom + ", which is not the pinned key"
+			}
+			return nil, "", fmt.Sprintf("edge %s is pinned to WireGuard key %s, not %s: %s", e.Name, e.WireGuardKey, st.WireGuardKey, why)
 		}
 	case st.Plaintext != "" && e.WireGuardKey != "":
 		// Without a pinned key the edge counts as plaintext anyway.
 		n.Plaintext = true
 	}
 	if !n.Mesh.IsValid() || n.WireGuardKey != e.WireGuardKey || n.Plaintext != e.Plaintext {
-		return &n, pinned, ""
+		return &n, event, ""
 	}
-	return nil, false, ""
+	return nil, "", ""
 }
 
 // keyBook is the WireGuard pins this controller is writing and the
@@ -151,7 +166,7 @@ func (c *Controller) followWireGuard(st bus.Status) {
 	}
 	go func() {
 		defer c.keys.done(st.Name)
-		pinned := false
+		event := ""
 		_, err := c.change(c.ctx, func(edges map[string]bus.Edge, rev uint64) (edgeWrite, error) {
 			e, ok := edges[st.Name]
 			if !ok {
@@ -168,15 +183,18 @@ func (c *Controller) followWireGuard(st bus.Status) {
 				}
 				next.Mesh = a
 			}
-			pinned = p
+			event = p
 			return edgeWrite{name: st.Name, put: next, replaces: true, own: "WireGuard state from its heartbeat"}, nil
 		})
 		switch {
 		case err != nil:
 			c.log.Warn("WireGuard state of edge not stored; next heartbeat retries", "edge", st.Name, "err", err)
-		case pinned:
+		case event == bus.EventKeyPinned:
 			c.log.Info("pinned WireGuard key", "edge", st.Name, "key", st.WireGuardKey)
-			c.event(bus.EventKeyPinned, st.Name, 0, "WireGuard key "+st.WireGuardKey)
+			c.event(event, st.Name, 0, "WireGuard key "+st.WireGuardKey)
+		case event == bus.EventKeyRotated:
+			c.log.Info("rotated WireGuard key: the pin moved", "edge", st.Name, "from", st.RotatingFrom, "to", st.WireGuardKey)
+			c.event(event, st.Name, 0, "WireGuard key "+st.RotatingFrom+" rotated to "+st.WireGuardKey)
 		}
 	}()
 }

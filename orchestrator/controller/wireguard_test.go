@@ -14,36 +14,46 @@ import (
 
 // TestKeyUpdate: the first WireGuard key a heartbeat names is pinned,
 // the same key again changes nothing, another is refused (until delete
-// and re-add), a plaintext edge is recorded as such and back when it
+// and re-add) unless the heartbeat rotates from the pinned key (and a
+// rollback moves the pin back), a plaintext edge is recorded as such and back when it
 // names its pinned key, and an edge without a mesh address gets one.
 func TestKeyUpdate(t *testing.T) {
 	k1, _ := wgtypes.GeneratePrivateKey()
 	k2, _ := wgtypes.GeneratePrivateKey()
-	pub1, pub2 := k1.PublicKey().String(), k2.PublicKey().String()
+	k3, _ := wgtypes.GeneratePrivateKey()
+	pub1, pub2, pub3 := k1.PublicKey().String(), k2.PublicKey().String(), k3.PublicKey().String()
 	mesh := netip.MustParseAddr("240.207.0.1")
 	base := bus.Edge{Name: "sz-1", Mesh: mesh}
 	pinned := base
 	pinned.WireGuardKey = pub1
 	plain := pinned
 	plain.Plaintext = true
+	rotated := base
+	rotated.WireGuardKey = pub2
 	tests := []struct {
 		name        string
 		edge        bus.Edge
 		st          bus.Status
 		want        *bus.Edge
-		wantPinned  bool
+		wantEvent   string
 		wantRefused string
 	}{
-		{"first key pinned", base, bus.Status{WireGuardKey: pub1}, &pinned, true, ""},
-		{"same key: nothing", pinned, bus.Status{WireGuardKey: pub1}, nil, false, ""},
-		{"another key refused", pinned, bus.Status{WireGuardKey: pub2}, nil, false, "delete and re-add"},
-		{"malformed key refused", base, bus.Status{WireGuardKey: "not a key"}, nil, false, "malformed"},
-		{"plaintext recorded, key kept", pinned, bus.Status{Plaintext: "no WireGuard"}, &plain, false, ""},
-		{"plaintext without a key: nothing (it counts as plaintext)", base, bus.Status{Plaintext: "no WireGuard"}, nil, false, ""},
-		{"plaintext again: nothing", plain, bus.Status{Plaintext: "no WireGuard"}, nil, false, ""},
-		{"back to its pinned key", plain, bus.Status{WireGuardKey: pub1}, &pinned, false, ""},
-		{"an old agent says nothing: nothing", pinned, bus.Status{}, nil, false, ""},
-		{"no mesh address yet: written", bus.Edge{Name: "sz-1"}, bus.Status{}, &bus.Edge{Name: "sz-1"}, false, ""},
+		{"first key pinned", base, bus.Status{WireGuardKey: pub1}, &pinned, bus.EventKeyPinned, ""},
+		{"same key: nothing", pinned, bus.Status{WireGuardKey: pub1}, nil, "", ""},
+		{"another key refused", pinned, bus.Status{WireGuardKey: pub2}, nil, "", "delete and re-add"},
+		{"malformed key refused", base, bus.Status{WireGuardKey: "not a key"}, nil, "", "malformed"},
+		{"plaintext recorded, key kept", pinned, bus.Status{Plaintext: "no WireGuard"}, &plain, "", ""},
+		{"plaintext without a key: nothing (it counts as plaintext)", base, bus.Status{Plaintext: "no WireGuard"}, nil, "", ""},
+		{"plaintext again: nothing", plain, bus.Status{Plaintext: "no WireGuard"}, nil, "", ""},
+		{"back to its pinned key", plain, bus.Status{WireGuardKey: pub1}, &pinned, "", ""},
+		{"rotation from the pinned key accepted", pinned, bus.Status{WireGuardKey: pub2, RotatingFrom: pub1}, &rotated, bus.EventKeyRotated, ""},
+		{"rotation of a plaintext edge from its pinned key accepted", plain, bus.Status{WireGuardKey: pub2, RotatingFrom: pub1}, &rotated, bus.EventKeyRotated, ""},
+		{"rotation from another key refused", pinned, bus.Status{WireGuardKey: pub2, RotatingFrom: pub3}, nil, "", "not the pinned key"},
+		{"rotation back to the pinned key (a rollback): nothing", pinned, bus.Status{WireGuardKey: pub1, RotatingFrom: pub2}, nil, "", ""},
+		{"rollback after the pin moved: the pin moves back", rotated, bus.Status{WireGuardKey: pub1, RotatingFrom: pub2}, &pinned, bus.EventKeyRotated, ""},
+		{"rotating with a malformed key refused", pinned, bus.Status{WireGuardKey: "not a key", RotatingFrom: pub1}, nil, "", "malformed"},
+		{"an old agent says nothing: nothing", pinned, bus.Status{}, nil, "", ""},
+		{"no mesh address yet: written", bus.Edge{Name: "sz-1"}, bus.Status{}, &bus.Edge{Name: "sz-1"}, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,8 +66,8 @@ func TestKeyUpdate(t *testing.T) {
 				t.Errorf("refused: %s", refused)
 			case (next == nil) != (tc.want == nil) || next != nil && (next.WireGuardKey != tc.want.WireGuardKey || next.Plaintext != tc.want.Plaintext):
 				t.Errorf("next = %+v, want %+v", next, tc.want)
-			case p != tc.wantPinned:
-				t.Errorf("pinned = %v", p)
+			case p != tc.wantEvent:
+				t.Errorf("event = %q, want %q", p, tc.wantEvent)
 			}
 		})
 	}

@@ -73,7 +73,8 @@ func (l Link) String() string {
 }
 
 // encrypting reports whether l itself encrypts in set: it has a key, and
-// the edge set holds its mesh address and pins that key. Otherwise it says
+// the edge set holds its mesh address and pins that key (or, during a
+// rotation, the key it rotates from). Otherwise it says
 // why not.
 func (l Local) encrypting(self bus.Edge) (bool, string) {
 	switch {
@@ -87,7 +88,8 @@ func (l Local) encrypting(self bus.Edge) (bool, string) {
 		return false, "the controller has not given this edge a mesh address"
 	case self.WireGuardKey == "":
 		return false, "the controller has not pinned this edge's WireGuard key yet"
-	case self.WireGuardKey != l.WireGuardKey.PublicKey().String():
+	case self.WireGuardKey != l.WireGuardKey.PublicKey().String() &&
+		(l.RotatingFrom == (wgtypes.Key{}) || self.WireGuardKey != l.RotatingFrom.PublicKey().String()):
 		return false, fmt.Sprintf("the controller pinned another WireGuard key (%s) for this edge: delete and re-add it to accept this one", self.WireGuardKey)
 	}
 	return true, ""

@@ -53,6 +53,10 @@ func TestEncryption(t *testing.T) {
 			"plaintext: no WireGuard here: no module", "plaintext: no WireGuard here: no module", false, 58423, 2},
 		{"key not pinned yet: plaintext until it is", Local{Encryption: EncryptPrefer, WireGuardKey: gzKey}, func() bus.Edge { e := gz; e.Mesh = netip.MustParseAddr("240.207.0.3"); return e }(),
 			"plaintext: the controller has not pinned this edge's WireGuard key yet", "plaintext: the controller has not pinned this edge's WireGuard key yet", false, 58423, 2},
+		{"rotating: the old key still pinned, the links stay encrypted", Local{Encryption: EncryptPrefer, WireGuardKey: key(), RotatingFrom: gzKey}, encrypts(gz, "240.207.0.3", gzKey),
+			"", "plaintext: hk-1 does not encrypt", true, 58424, 2},
+		{"rotating from a key that is not the pinned one: plaintext", Local{Encryption: EncryptPrefer, WireGuardKey: key(), RotatingFrom: key()}, encrypts(gz, "240.207.0.3", gzKey),
+			"plaintext: the controller pinned another WireGuard key", "plaintext: the controller pinned another WireGuard key", false, 58423, 2},
 		{"another key pinned: plaintext, and says what to do", Local{Encryption: EncryptPrefer, WireGuardKey: key()}, encrypts(gz, "240.207.0.3", gzKey),
 			"plaintext: the controller pinned another WireGuard key", "plaintext: the controller pinned another WireGuard key", false, 58423, 2},
 	}
@@ -85,7 +89,7 @@ func TestEncryption(t *testing.T) {
 			}
 			if tc.wireGuard {
 				wg := d.WireGuard
-				if wg.ListenPort != 58423 || wg.Address != netip.MustParsePrefix("240.207.0.3/16") || wg.PrivateKey != gzKey {
+				if wg.ListenPort != 58423 || wg.Address != netip.MustParsePrefix("240.207.0.3/16") || wg.PrivateKey != l.WireGuardKey {
 					t.Errorf("WireGuard device %+v", wg)
 				}
 			}

@@ -61,6 +61,10 @@ type Local struct {
 	// encryption "none", or NoWireGuard says why (the kernel's words).
 	WireGuardKey wgtypes.Key
 	NoWireGuard  string
+	// RotatingFrom is, while this edge rotates its WireGuard key, the key
+	// it rotates from: the edge set may still pin that one, and the links
+	// stay encrypted meanwhile (the device runs WireGuardKey already).
+	RotatingFrom wgtypes.Key
 }
 
 // Desired returns the kernel state edge l should have for the edge set and

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,7 +30,8 @@ const encryptedDeadline = 60 * time.Second
 // unchanged, so encryption is "prefer" — on a kernel with WireGuard: every
 // link runs on WireGuard, hosts exchange TCP and UDP while the underlay
 // shows none of it, a plaintext VXLAN packet from a peer's address is
-// dropped, an agent killed with -9 loses no ping, a deleted edge's
+// dropped, an agent killed with -9 loses no ping, rotate-key loses none
+// and leaves no peer holding the old key, a deleted edge's
 // WireGuard peer is gone everywhere, and against a peer running encryption
 // "none" a "prefer" edge runs plaintext (and says so) while a "required"
 // one gives it no path. This machine's kernel may lack WireGuard:
@@ -163,6 +166,69 @@ func TestEncryptedWalkthrough(t *testing.T) {
 		sent, received, err := ping.Wait()
 		if err != nil || sent != received {
 			t.Fatalf("ping across the restart: %d sent, %d received (%v)", sent, received, err)
+		}
+	})
+
+	t.Run("rotate-key: no ping lost either way, afterwards no peer holds the old key (twice)", func(t *testing.T) {
+		hk1 := f.edges["hk-1"]
+		for round := 1; round <= 2; round++ {
+			old := pinnedKey(t, f, "hk-1")
+			// 10 pings a second each way across the whole rotation.
+			pings := map[string]*topo.Ping{
+				"sz-1 -> hk-1": topo.StartPing(sz.Host, hk.HostAddr, 200, 100*time.Millisecond),
+				"hk-1 -> sz-1": topo.StartPing(hk.Host, sz.HostAddr, 200, 100*time.Millisecond),
+				"hk-1 -> gz-3": topo.StartPing(hk.Host, gz.HostAddr, 200, 100*time.Millisecond),
+			}
+			began := time.Now()
+			out, err := hk1.Run("rotate-key")
+			if err != nil || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.Contains(out, "new public key ") {
+				t.Fatalf("round %d: cframe-edge rotate-key: %v: %q (want one line naming the new key)", round, err, out)
+			}
+			took := time.Since(began)
+			fields := strings.Fields(out)
+			newKey := fields[len(fields)-1]
+			if newKey == old {
+				t.Fatalf("round %d: rotated to the pinned key %s", round, old)
+			}
+			if got := pinnedKey(t, f, "hk-1"); got != newKey {
+				t.Errorf("round %d: the controller pins %s, want the new key %s", round, got, newKey)
+			}
+			saved, err := readKey(filepath.Join(hk1.StateDir, "wireguard.key"))
+			if err != nil || saved != newKey {
+				t.Errorf("round %d: state_dir/wireguard.key is the key of %s (%v), want %s", round, saved, err, newKey)
+			}
+			if err := topo.Eventually(encryptedDeadline, func() error {
+				for _, s := range []*topo.Site{sz, gz} {
+					keys, err := wgPeerKeys(s.Edge)
+					if err != nil {
+						return err
+					}
+					if slices.Contains(keys, old) || !slices.Contains(keys, newKey) || len(keys) != 2 {
+						return fmt.Errorf("%s: WireGuard peers %v, want hk-1's new key %s and not its old %s", s.Name, keys, newKey, old)
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			for what, p := range pings {
+				sent, received, err := p.Wait()
+				if err != nil || sent != received || sent == 0 {
+					t.Errorf("round %d: ping %s across the rotation: %d sent, %d received (%v)", round, what, sent, received, err)
+				}
+			}
+			t.Logf("round %d: rotated hk-1 from %s to %s in %s (under TCG)", round, old, newKey, took.Round(time.Millisecond))
+		}
+		b, err := os.ReadFile(hk1.Log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		priv, err := os.ReadFile(filepath.Join(hk1.StateDir, "wireguard.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), strings.TrimSpace(string(priv))) {
+			t.Error("the agent's log holds its private WireGuard key")
 		}
 	})
 
@@ -355,8 +421,8 @@ func (f *fixture) counter(ns, match string) int {
 	return 0
 }
 
-// wgPeers counts the peers of cframe-wg in namespace ns.
-func wgPeers(ns string) (int, error) {
+// wgStats returns the peers of cframe-wg in namespace ns.
+func wgStats(ns string) ([]netcfg.WireGuardPeerStats, error) {
 	var stats []netcfg.WireGuardPeerStats
 	err := topo.Do(ns, func() (err error) {
 		k, err := netcfg.New()
@@ -366,7 +432,48 @@ func wgPeers(ns string) (int, error) {
 		stats, err = k.WireGuardStats("")
 		return err
 	})
+	return stats, err
+}
+
+// wgPeers counts the peers of cframe-wg in namespace ns.
+func wgPeers(ns string) (int, error) {
+	stats, err := wgStats(ns)
 	return len(stats), err
+}
+
+// wgPeerKeys lists the public keys of cframe-wg's peers in namespace ns.
+func wgPeerKeys(ns string) ([]string, error) {
+	stats, err := wgStats(ns)
+	var keys []string
+	for _, s := range stats {
+		keys = append(keys, s.PublicKey.String())
+	}
+	return keys, err
+}
+
+// pinnedKey is the WireGuard key the controller pins for name.
+func pinnedKey(t *testing.T, f *fixture, name string) string {
+	t.Helper()
+	for _, e := range mustList(t, f) {
+		if e.Name == name {
+			return e.WireGuardKey
+		}
+	}
+	t.Fatalf("%s is not listed", name)
+	return ""
+}
+
+// readKey returns the public key of the private key in file path.
+func readKey(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		return "", err
+	}
+	return k.PublicKey().String(), nil
 }
 
 func inVPC(a netip.Addr, sites []*topo.Site) bool {

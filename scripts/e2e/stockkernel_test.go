@@ -23,12 +23,13 @@ func TestVMStockKernel(t *testing.T) {
 const stockKernelRun = "^(TestWalkthrough|TestCloudWalkthrough|TestGREWalkthrough|TestDualStack)$/" +
 	"^(three_adds|drift|SIGTERM|edges_started_first|DF_pings|checksum_setting|bulk_TCP|TCP_and_UDP|a_GRE_device|cleanup_leaves)"
 
-// TestVMEncrypted runs the encrypted walkthrough (TestEncryptedWalkthrough)
-// and WireGuard over an IPv6 underlay (TestEncryptedUnderlay6)
-// on Debian's stock kernel, which has WireGuard: one boot for all of it.
+// TestVMEncrypted runs the encrypted walkthrough (TestEncryptedWalkthrough),
+// gateway HA encrypted (TestEncryptedGatewayHA) and WireGuard over an
+// IPv6 underlay (TestEncryptedUnderlay6) on Debian's stock kernel, which
+// has WireGuard: one boot for all of it.
 func TestVMEncrypted(t *testing.T) {
 	if bin == "" {
 		t.Skip("needs root")
 	}
-	vm.GoTest(t, ".", "^(TestEncryptedWalkthrough|TestEncryptedUnderlay6)$", vm.Options{Env: []string{binEnv + "=" + bin}, Share: []string{bin}})
+	vm.GoTest(t, ".", "^(TestEncryptedWalkthrough|TestEncryptedGatewayHA|TestEncryptedUnderlay6)$", vm.Options{Env: []string{binEnv + "=" + bin}, Share: []string{bin}})
 }
