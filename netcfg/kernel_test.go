@@ -292,11 +292,12 @@ var (
 
 // reconcileRequests is what a Reconcile of a VXLAN edge whose chains are
 // unchanged takes to make changes changes: one dump each of the links, FDB
-// entries, IPv4 and IPv6 neighbors, IPv4 and IPv6 routes, addresses and the
-// four sets (two of them IPv6), the read of the chains, and one request per
-// change.
+// entries, IPv4 and IPv6 neighbors, IPv4 and IPv6 routes, IPv4 addresses,
+// IPv6 addresses (a site's IPv6 VIP, found without its CIDRs, see vip.go)
+// and the four sets (two of them IPv6), the read of the chains, and one
+// request per change.
 func reconcileRequests(k *Kernel, changes int) Requests {
-	return Requests{Netlink: 11 + changes}.plus(chainsRead(k))
+	return Requests{Netlink: 12 + changes}.plus(chainsRead(k))
 }
 
 // updateRequests is what an Update of one peer with cidrs networks takes to
