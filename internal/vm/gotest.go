@@ -74,12 +74,20 @@ func GoTest(t *testing.T, pkg, run string, o Options) {
 // summary matches go test -v's verdict lines.
 var summary = regexp.MustCompile(`(?m)^\s*--- (PASS|FAIL|SKIP): .*$`)
 
+// message matches the first line of a test's message (t.Log, t.Error...).
+var message = regexp.MustCompile(`^\s+[\w.-]+_test\.go:\d+: `)
+
 // failures are go test -v's "--- FAIL" lines of log, each with the
-// messages indented under it (at most 20 lines).
+// messages indented under it (at most 20 lines), then the first lines of
+// the last 30 test messages: go test -v streams a test's messages before
+// its verdict, so a failing check's words are often not under it.
 func failures(log []byte) string {
-	var out []string
+	var out, messages []string
 	indent, n := -1, 0
 	for _, l := range strings.Split(string(log), "\n") {
+		if message.MatchString(l) {
+			messages = append(messages, truncate(l, 300))
+		}
 		depth := len(l) - len(strings.TrimLeft(l, " "))
 		switch {
 		case strings.HasPrefix(strings.TrimLeft(l, " "), "--- FAIL"):
@@ -92,5 +100,16 @@ func failures(log []byte) string {
 			indent = -1
 		}
 	}
-	return strings.Join(out, "\n")
+	if len(messages) > 30 {
+		messages = messages[len(messages)-30:]
+	}
+	return strings.Join(out, "\n") + "\nthe last test messages:\n" + strings.Join(messages, "\n")
+}
+
+// truncate is l cut to n bytes, marked when cut.
+func truncate(l string, n int) string {
+	if len(l) <= n {
+		return l
+	}
+	return l[:n] + "…"
 }
