@@ -240,7 +240,7 @@ func (f *fixture) spec6(name string) edgeset.Spec {
 }
 
 // TestUnderlay6: the dual-stack walkthrough over an IPv6 underlay (every
-// hostaddr IPv6; the control plane stays on IPv4): both families between
+// hostaddr IPv6; the control plane stays on IPv4), in plaintext: both families between
 // every pair, the VXLAN device at the IPv6 underlay's MTU; then a mixed
 // mesh, hk-1 moved back to an IPv4 hostaddr: the pairs that share a family
 // still meet, the others show as incompatible.
@@ -252,8 +252,10 @@ func TestUnderlay6(t *testing.T) {
 	}
 	f := buildFixture(t, topo.Build, vpcs, cluster.Options{})
 	names := cluster.WalkthroughNames
+	// Plaintext, on every kernel: TestEncryptedUnderlay6 is the encrypted
+	// IPv6 underlay.
 	for i, s := range f.topo.Sites() {
-		f.startEdge(names[i], s)
+		f.startEdge(names[i], s, `encryption = "none"`)
 	}
 	sz, hk, gz := f.site("sz-1"), f.site("hk-1"), f.site("gz-3")
 	all := []*topo.Site{sz, hk, gz}
